@@ -1,0 +1,1 @@
+"""wxens data_pipeline."""

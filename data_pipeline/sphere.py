@@ -1,0 +1,175 @@
+"""Grids on the sphere and spectral operations on them, built on torch-harmonics.
+
+A `LatLonGrid` is a regular global latitude-longitude grid. Spectral coefficients follow
+torch-harmonics' real SHT with orthonormal ("ortho") normalisation: shape `(..., lmax, mmax)`,
+complex, orders `m >= 0` only. With that normalisation, for real fields f and g on the unit
+sphere, `integral f g dOmega = sum_l [f_l0 g_l0 + 2 sum_{m>0} Re(f_lm conj(g_lm))]`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch_harmonics as th
+
+EARTH_RADIUS_M = 6.371e6
+EARTH_ROTATION_RATE = 7.292e-5  # s-1
+GRAVITY = 9.80665  # m s-2
+
+
+@dataclass(frozen=True)
+class LatLonGrid:
+    """A regular global grid: latitudes descending (north first), longitudes 0 .. 360 - dlon.
+
+    `kind` is torch-harmonics' quadrature: "equiangular" (poles included, as ERA5) or
+    "legendre-gauss" (no poles; exact quadrature, used inside the dynamical core).
+    """
+
+    nlat: int
+    nlon: int
+    kind: str = "equiangular"
+
+    @cached_property
+    def latitude(self) -> np.ndarray:
+        """Latitudes in degrees north, descending."""
+        colat, _ = th.quadrature.precompute_latitudes(self.nlat, grid=self.kind)
+        return 90.0 - np.degrees(colat.numpy())
+
+    @cached_property
+    def longitude(self) -> np.ndarray:
+        """Longitudes in degrees east, 0 .. 360 - dlon."""
+        return np.arange(self.nlon) * (360.0 / self.nlon)
+
+    @cached_property
+    def quadrature_weights(self) -> torch.Tensor:
+        """Quadrature weight of each latitude row (float64, sums to 2 over the rows)."""
+        _, weights = th.quadrature.precompute_latitudes(self.nlat, grid=self.kind)
+        return weights
+
+    def area_weights(self) -> np.ndarray:
+        """Normalised cell-area weights `(nlat, nlon)` summing to 1 (cos latitude cells)."""
+        weights = self.quadrature_weights.numpy()[:, None] * np.ones((1, self.nlon))
+        return weights / weights.sum()
+
+
+def max_truncation(grid: LatLonGrid) -> int:
+    """The largest triangular truncation T whose coefficients a grid's quadrature gives exactly.
+
+    Gauss-Legendre rows integrate degree 2 nlat - 1 exactly (T = nlat - 1); Clenshaw-Curtis
+    rows (equiangular, poles included) integrate degree nlat - 1 (T = (nlat - 1) // 2).
+    Synthesis (coefficients to grid) only needs T < nlon / 2.
+    """
+    by_rows = grid.nlat - 1 if grid.kind == "legendre-gauss" else (grid.nlat - 1) // 2
+    return min(by_rows, grid.nlon // 2 - 1)
+
+
+def check_synthesis(grid: LatLonGrid, truncation: int) -> None:
+    """Refuse a truncation the grid's longitudes cannot represent."""
+    if truncation > grid.nlon // 2 - 1:
+        raise ValueError(f"T{truncation} needs more than {grid.nlon} longitudes")
+
+
+class SpectralTransforms(torch.nn.Module):
+    """Scalar SHT, its inverse, and the gradient of a scalar, at triangular truncation T.
+
+    `gradient(coeffs)` returns `(d/dtheta, 1/sin(theta) d/dlambda)` on the unit sphere, theta
+    the colatitude; that is `(-df/dphi, 1/cos(phi) df/dlambda)` with phi the latitude.
+    """
+
+    def __init__(self, grid: LatLonGrid, truncation: int):
+        super().__init__()
+        if truncation > max_truncation(grid):
+            raise ValueError(f"truncation T{truncation} exceeds what a {grid.nlat}x{grid.nlon} grid resolves")
+        n = truncation + 1
+        self.grid = grid
+        self.truncation = truncation
+        self.forward_sht = th.RealSHT(grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind)
+        self.inverse_sht = th.InverseRealSHT(grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind)
+        self.inverse_vector_sht = th.InverseRealVectorSHT(
+            grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind
+        )
+        l_index = torch.arange(n, dtype=torch.float64)[:, None].expand(n, n)
+        self.register_buffer("total_wavenumber", l_index.clone(), persistent=False)
+        self.register_buffer("zonal_wavenumber", l_index.T.clone(), persistent=False)
+
+    def to_spectral(self, field: torch.Tensor) -> torch.Tensor:
+        return self.forward_sht(field)
+
+    def to_grid(self, coeffs: torch.Tensor) -> torch.Tensor:
+        return self.inverse_sht(coeffs)
+
+    def gradient(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Gradient components `(..., 2, nlat, nlon)` of fields with coefficients `coeffs`."""
+        return self.inverse_vector_sht(torch.stack([coeffs, torch.zeros_like(coeffs)], dim=-3))
+
+
+def spectral_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`integral a b dOmega` over the unit sphere from orthonormal real-SHT coefficients.
+
+    Sums over the last two axes `(l, m)`; order m > 0 counts twice (it stands for +m and -m).
+    """
+    weight = torch.full(a.shape[-1:], 2.0, dtype=a.real.dtype, device=a.device)
+    weight[0] = 1.0
+    return (torch.real(a * torch.conj(b)) * weight).sum(dim=(-2, -1))
+
+
+def truncate(coeffs: torch.Tensor, truncation: int) -> torch.Tensor:
+    """Keep degrees and orders up to `truncation` (triangular: m <= l <= T)."""
+    n = truncation + 1
+    out = coeffs[..., :n, :n].clone()
+    lower = torch.tril(torch.ones(n, n, dtype=torch.bool, device=coeffs.device))
+    return out * lower
+
+
+def regrid(field: torch.Tensor, source: LatLonGrid, target: LatLonGrid, truncation: int) -> torch.Tensor:
+    """Spectral regridding: SHT on `source`, truncate to T`truncation`, inverse SHT on `target`.
+
+    Exact (to round-off) for any field band-limited to degree <= truncation, provided both
+    grids resolve that degree.
+    """
+    if truncation > max_truncation(source):
+        raise ValueError(
+            f"truncation T{truncation} exceeds what the {source.nlat}x{source.nlon} source grid"
+            f" resolves (at most T{max_truncation(source)})"
+        )
+    check_synthesis(target, truncation)
+    n = truncation + 1
+    sht = th.RealSHT(source.nlat, source.nlon, lmax=n, mmax=n, grid=source.kind).to(field.device)
+    isht = th.InverseRealSHT(target.nlat, target.nlon, lmax=n, mmax=n, grid=target.kind)
+    return isht.to(field.device)(truncate(sht(field), truncation))
+
+
+def gaussian_random_field(
+    shape: tuple[int, ...],
+    truncation: int,
+    length_scale_m: float,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Spectral coefficients of a random field, spatially correlated over `length_scale_m`.
+
+    Written here rather than with `torch_harmonics.random_fields.GaussianRandomFieldS2`
+    because we need the coefficients (not a grid field) at a given truncation, drawn from an
+    explicit `torch.Generator` so that each member's noise is reproducible on its own.
+
+    Each coefficient is complex Gaussian with variance `exp(-(l (l+1)) (L / a)^2 / 2)`
+    (a Gaussian-shaped covariance of width L), normalised so that the field's
+    area-mean variance is 1. `l = 0` (the global mean) is zero.
+    """
+    n = truncation + 1
+    l_index = torch.arange(n, dtype=torch.float64)[:, None].expand(n, n)
+    spectrum = torch.exp(-0.5 * l_index * (l_index + 1) * (length_scale_m / EARTH_RADIUS_M) ** 2)
+    spectrum[0] = 0.0
+    spectrum = spectrum * torch.tril(torch.ones(n, n, dtype=torch.float64))
+    real = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
+    imag = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
+    imag[..., 0] = 0.0  # m = 0 coefficients of a real field are real
+    coeffs = torch.complex(real, imag) * torch.sqrt(spectrum)
+    variance = spectral_inner(coeffs, coeffs) / (4 * math.pi)
+    coeffs = coeffs / torch.sqrt(variance)[..., None, None]
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return coeffs.to(complex_dtype)
