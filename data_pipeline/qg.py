@@ -107,7 +107,9 @@ class TwoLayerQG(torch.nn.Module):
         """Coefficients of psi_T_eq: shear u_1 - u_2 = U sin^2(2 phi) = -(2/a) dpsi_T/dphi."""
         phi = torch.deg2rad(torch.from_numpy(self.grid.latitude))[:, None]
         # integral of sin^2(2 phi) dphi = phi / 2 - sin(4 phi) / 8
-        psi_t = -0.5 * EARTH_RADIUS_M * self.params.jet_shear_m_s * (phi / 2 - torch.sin(4 * phi) / 8)
+        psi_t = (
+            -0.5 * EARTH_RADIUS_M * self.params.jet_shear_m_s * (phi / 2 - torch.sin(4 * phi) / 8)
+        )
         psi_t = psi_t.expand(self.grid.nlat, self.grid.nlon).contiguous()
         coeffs = self.transforms.to_spectral(psi_t.to(self.real_dtype))
         coeffs[..., 0, 0] = 0.0
@@ -121,12 +123,16 @@ class TwoLayerQG(torch.nn.Module):
         q_baroclinic = (q[:, 0] - q[:, 1]) / 2
         psi_barotropic = -q_barotropic * self.inverse_k_sq
         psi_baroclinic = -q_baroclinic / (self.k_sq + self.inverse_deformation_sq)
-        return torch.stack([psi_barotropic + psi_baroclinic, psi_barotropic - psi_baroclinic], dim=1)
+        return torch.stack(
+            [psi_barotropic + psi_baroclinic, psi_barotropic - psi_baroclinic], dim=1
+        )
 
     def potential_vorticity(self, psi: torch.Tensor) -> torch.Tensor:
         """PV anomaly coefficients from streamfunction coefficients `(batch, 2, l, m)`."""
         thermal = self.inverse_deformation_sq / 2 * (psi[:, 0] - psi[:, 1])
-        return torch.stack([-self.k_sq * psi[:, 0] - thermal, -self.k_sq * psi[:, 1] + thermal], dim=1)
+        return torch.stack(
+            [-self.k_sq * psi[:, 0] - thermal, -self.k_sq * psi[:, 1] + thermal], dim=1
+        )
 
     # --- tendencies ---------------------------------------------------------------------------
 
@@ -145,8 +151,10 @@ class TwoLayerQG(torch.nn.Module):
         }
         if self.params.forcing:
             psi_t = (psi[:, 0] - psi[:, 1]) / 2
-            relax = self.inverse_deformation_sq * (psi_t - self.psi_t_equilibrium) / (
-                self.params.relaxation_days * DAY
+            relax = (
+                self.inverse_deformation_sq
+                * (psi_t - self.psi_t_equilibrium)
+                / (self.params.relaxation_days * DAY)
             )
             terms["relaxation"] = torch.stack([relax, -relax], dim=1)
         if self.params.drag:
@@ -173,7 +181,7 @@ class TwoLayerQG(torch.nn.Module):
 
     def energy(self, q: torch.Tensor) -> torch.Tensor:
         """Total energy per unit mass `E` [m2 s-2] of each member (see module docstring)."""
-        return -0.5 * self._area_mean_inner(self.streamfunction(q), q)
+        return -0.25 * self._area_mean_inner(self.streamfunction(q), q)
 
     def energy_budget(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
         """Contribution of each tendency term to dE/dt [m2 s-3]: `-(1/2) sum_i <psi_i dq_i/dt>`."""
@@ -191,8 +199,10 @@ class TwoLayerQG(torch.nn.Module):
         psi = self.streamfunction(q)
         eddy = psi.clone()
         eddy[..., 0] = 0.0
-        return 0.25 * spectral_inner(eddy * self.k_sq.sqrt(), eddy * self.k_sq.sqrt()).sum(1) / (
-            4 * math.pi
+        return (
+            0.25
+            * spectral_inner(eddy * self.k_sq.sqrt(), eddy * self.k_sq.sqrt()).sum(1)
+            / (4 * math.pi)
         )
 
     def eddy_kinetic_energy_spectrum(self, q: torch.Tensor) -> torch.Tensor:
@@ -205,7 +215,9 @@ class TwoLayerQG(torch.nn.Module):
 
     # --- initial states and output ------------------------------------------------------------
 
-    def rest_state(self, batch: int, generator: torch.Generator, noise_m2_s: float = 1e5) -> torch.Tensor:
+    def rest_state(
+        self, batch: int, generator: torch.Generator, noise_m2_s: float = 1e5
+    ) -> torch.Tensor:
         """The equilibrium jet (all shear, no barotropic flow) plus small random eddies."""
         n = self.params.truncation + 1
         noise = torch.randn((batch, 2, n, n, 2), generator=generator, dtype=torch.float64)

@@ -83,7 +83,9 @@ class SpectralTransforms(torch.nn.Module):
     def __init__(self, grid: LatLonGrid, truncation: int):
         super().__init__()
         if truncation > max_truncation(grid):
-            raise ValueError(f"truncation T{truncation} exceeds what a {grid.nlat}x{grid.nlon} grid resolves")
+            raise ValueError(
+                f"truncation T{truncation} exceeds what a {grid.nlat}x{grid.nlon} grid resolves"
+            )
         n = truncation + 1
         self.grid = grid
         self.truncation = truncation
@@ -125,7 +127,9 @@ def truncate(coeffs: torch.Tensor, truncation: int) -> torch.Tensor:
     return out * lower
 
 
-def regrid(field: torch.Tensor, source: LatLonGrid, target: LatLonGrid, truncation: int) -> torch.Tensor:
+def regrid(
+    field: torch.Tensor, source: LatLonGrid, target: LatLonGrid, truncation: int
+) -> torch.Tensor:
     """Spectral regridding: SHT on `source`, truncate to T`truncation`, inverse SHT on `target`.
 
     Exact (to round-off) for any field band-limited to degree <= truncation, provided both

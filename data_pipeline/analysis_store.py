@@ -1,0 +1,159 @@
+"""The analysis store: a 6-hourly CF Zarr "reanalysis", `(time, latitude, longitude)` per field.
+
+The truth world and the reanalysis readers both write it through `AnalysisStoreWriter`:
+
+- the store is built at `PATH.partial` and renamed to `PATH` only when complete, so an
+  interrupted run never leaves a store that looks complete; its root carries
+  `wxens_complete = true`;
+- an existing `PATH` is refused unless `overwrite=True`, and even then it is replaced only
+  after the new store is complete;
+- a `PATH.partial` that another live process is writing is refused (its pid is in a lock file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from data_pipeline.sphere import LatLonGrid
+
+COMPLETE_FLAG = "wxens_complete"
+LOCK_FILE = "wxens.lock"
+TIME_CHUNK = 120  # 30 days of 6-hourly analyses per chunk
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be written or read; the message names the path."""
+
+
+def analysis_dataset(
+    fields: Mapping[str, np.ndarray],
+    times: np.ndarray,
+    grid: LatLonGrid,
+    field_attrs: Mapping[str, Mapping[str, str]],
+) -> xr.Dataset:
+    """Wrap `(time, lat, lon)` arrays as a CF dataset on `grid` (float32 fields)."""
+    coords = {
+        "time": ("time", np.asarray(times, dtype="datetime64[ns]"), {"standard_name": "time"}),
+        "latitude": (
+            "latitude",
+            grid.latitude.astype(np.float64),
+            {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"},
+        ),
+        "longitude": (
+            "longitude",
+            grid.longitude.astype(np.float64),
+            {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"},
+        ),
+    }
+    data_vars = {
+        name: (
+            ("time", "latitude", "longitude"),
+            np.asarray(values, np.float32),
+            dict(field_attrs[name]),
+        )
+        for name, values in fields.items()
+    }
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AnalysisStoreWriter:
+    """Append analyses along `time` into a Zarr v3 store that appears only when complete.
+
+    Use as a context manager: on a clean exit the store is finalised and moved into place; on
+    an exception the partial store is left at `PATH.partial` (never at `PATH`).
+    """
+
+    def __init__(self, path: str | Path, attrs: Mapping[str, object], overwrite: bool = False):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.attrs = {**attrs, COMPLETE_FLAG: False}
+        self._started = False
+        if self.path.exists() and not overwrite:
+            raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
+        lock = self.partial / LOCK_FILE
+        if lock.exists():
+            pid = int(lock.read_text().strip() or 0)
+            if pid != os.getpid() and _pid_alive(pid):
+                raise StoreError(f"{self.partial} is being written by another run (pid {pid})")
+
+    def __enter__(self) -> AnalysisStoreWriter:
+        shutil.rmtree(self.partial, ignore_errors=True)  # left by a dead run: never complete
+        self.partial.mkdir(parents=True)
+        (self.partial / LOCK_FILE).write_text(str(os.getpid()))
+        return self
+
+    def append(self, dataset: xr.Dataset) -> None:
+        encoding = None
+        if not self._started:
+            dataset = dataset.assign_attrs(self.attrs)
+            encoding = {
+                name: {
+                    "chunks": (TIME_CHUNK, dataset.sizes["latitude"], dataset.sizes["longitude"])
+                }
+                for name in dataset.data_vars
+            }
+            encoding["time"] = {"units": "hours since 1970-01-01", "dtype": "int64"}
+        dataset.to_zarr(
+            self.partial,
+            mode="a" if self._started else "w-",
+            append_dim="time" if self._started else None,
+            encoding=encoding,
+            zarr_format=3,
+            consolidated=False,
+        )
+        self._started = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            (self.partial / LOCK_FILE).unlink(missing_ok=True)
+            return
+        if not self._started:
+            raise StoreError(f"{self.path}: nothing was written")
+        _set_root_attribute(self.partial, COMPLETE_FLAG, True)
+        (self.partial / LOCK_FILE).unlink()
+        backup = self.path.with_name(self.path.name + ".replaced")
+        if self.path.exists():
+            self.path.rename(backup)
+        self.partial.rename(self.path)
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _set_root_attribute(path: Path, key: str, value: object) -> None:
+    """Set one attribute in a Zarr v3 group's `zarr.json` (written atomically)."""
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("attributes", {})[key] = value
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(meta_path)
+
+
+def open_analyses(path: str | Path) -> xr.Dataset:
+    """Open a complete analysis store lazily (dask); refuse a missing or incomplete one."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    try:
+        dataset = xr.open_zarr(path, consolidated=False)
+    except Exception as exc:  # zarr raises many types for a corrupt store
+        raise StoreError(f"{path}: not a readable Zarr store ({exc})") from None
+    if dataset.attrs.get(COMPLETE_FLAG) is not True:
+        raise StoreError(f"{path}: store is incomplete (an interrupted or running write)")
+    return dataset

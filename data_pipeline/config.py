@@ -1,0 +1,184 @@
+"""Experiment configs: YAML read with `yaml.safe_load`, validated by pydantic.
+
+A bad file fails with one line, `FILE: dotted.key: what was expected`, raised as `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from data_pipeline.qg import QGParameters
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line naming the culprit."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TruthConfig(Strict):
+    """The fine-resolution truth model (see `data_pipeline.qg`)."""
+
+    truncation: int = Field(42, ge=5, le=340)
+    timestep_minutes: PositiveFloat = 30.0
+    deformation_radius_km: PositiveFloat = 800.0
+    relaxation_days: PositiveFloat = 20.0
+    jet_shear_m_s: float = 40.0
+    drag_days: PositiveFloat = 4.0
+    hyperdiffusion_hours: PositiveFloat = 3.0
+    hyperdiffusion_order: int = Field(4, ge=1, le=8)
+    spinup_days: float = Field(200.0, ge=0)
+    output_interval_hours: int = Field(6, gt=0)
+    dtype: Literal["float32", "float64"] = "float64"
+
+    def qg_parameters(self) -> QGParameters:
+        names = QGParameters.__dataclass_fields__.keys() & type(self).model_fields.keys()
+        return QGParameters(**{name: getattr(self, name) for name in names})
+
+
+class GridConfig(Strict):
+    """The model grid: equiangular, poles included, latitude descending (as ERA5)."""
+
+    nlat: int = Field(33, ge=3)
+    nlon: int = Field(64, ge=4)
+    truncation: int = Field(21, ge=1)
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> GridConfig:
+        if self.truncation > self.nlon // 2 - 1:
+            raise ValueError(
+                f"truncation T{self.truncation} needs more than {self.nlon} longitudes"
+            )
+        return self
+
+
+class Years(Strict):
+    first: int
+    last: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Years:
+        if self.last < self.first:
+            raise ValueError(f"last year {self.last} is before first year {self.first}")
+        return self
+
+
+class PeriodsConfig(Strict):
+    """Calendar of the truth world: its first analysis, and the train/validation/test years."""
+
+    start: dt.date = dt.date(2025, 1, 1)
+    train: Years = Years(first=2025, last=2029)
+    validation: Years = Years(first=2030, last=2030)
+    test: Years = Years(first=2031, last=2031)
+
+    @property
+    def total_years(self) -> int:
+        return max(p.last for p in (self.train, self.validation, self.test)) - self.start.year + 1
+
+
+class DiagnoseConfig(Strict):
+    """Settings of `wxens data diagnose` (twin experiments and the climate run)."""
+
+    years: int = Field(5, ge=1)
+    twin_pairs: int = Field(8, ge=1)
+    small_error: PositiveFloat = 1e-3
+    analysis_error: PositiveFloat = 0.1
+    twin_days: int = Field(30, ge=6)
+    perturbation_length_scale_km: PositiveFloat = 1000.0
+    analysis_length_scale_km: PositiveFloat = 2000.0
+
+
+class SourceField(Strict):
+    """Where a model variable comes from in a reanalysis file, and its unit conversion.
+
+    value = source_value * scale + offset
+    """
+
+    source: str
+    level: float | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    units: str
+    long_name: str
+    standard_name: str | None = None
+
+
+class ExperimentConfig(Strict):
+    name: str = "default"
+    seed: int = 0
+    truth: TruthConfig = TruthConfig()
+    grid: GridConfig = GridConfig()
+    variables: list[str] = Field(default_factory=lambda: ["psi_upper", "psi_lower"], min_length=1)
+    periods: PeriodsConfig = PeriodsConfig()
+    diagnose: DiagnoseConfig = DiagnoseConfig()
+    ingest: dict[str, SourceField] | None = None
+
+    @model_validator(mode="after")
+    def _variables_known(self) -> ExperimentConfig:
+        from data_pipeline.truth import TRUTH_FIELDS
+
+        allowed = self.ingest.keys() if self.ingest is not None else TRUTH_FIELDS.keys()
+        unknown = [v for v in self.variables if v not in allowed]
+        if unknown:
+            where = "ingest" if self.ingest is not None else "the truth world"
+            raise ValueError(f"unknown {unknown}; {where} provides {sorted(allowed)}")
+        return self
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, error["loc"][:-1])
+        return f"{location}: unknown key; allowed: {', '.join(allowed)}"
+    got = error.get("input")
+    suffix = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{location}: {error['msg']}{suffix}"
+
+
+def _allowed_keys(model: type[BaseModel], parent: tuple) -> list[str]:
+    for part in parent:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc.errors()[0], ExperimentConfig)}") from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment config; raise `ConfigError` with one line on failure."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    return parse_config(data, str(path))

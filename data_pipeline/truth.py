@@ -1,0 +1,142 @@
+"""The truth world: run the two-layer QG model at the fine resolution and write a 6-hourly
+"reanalysis" coarse-grained spectrally to the model grid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data_pipeline.analysis_store import TIME_CHUNK, AnalysisStoreWriter, analysis_dataset
+from data_pipeline.config import ExperimentConfig
+from data_pipeline.progress import progress_bar
+from data_pipeline.provenance import default_device, provenance
+from data_pipeline.qg import TwoLayerQG
+from data_pipeline.sphere import LatLonGrid
+
+TRUTH_FIELDS: dict[str, dict[str, str]] = {
+    "psi_upper": {
+        "long_name": "upper-layer streamfunction",
+        "standard_name": "atmosphere_horizontal_streamfunction",
+        "units": "m2 s-1",
+    },
+    "psi_lower": {
+        "long_name": "lower-layer streamfunction",
+        "standard_name": "atmosphere_horizontal_streamfunction",
+        "units": "m2 s-1",
+    },
+}
+LAYER_OF_FIELD = {"psi_upper": 0, "psi_lower": 1}
+
+
+def model_grid(config: ExperimentConfig) -> LatLonGrid:
+    return LatLonGrid(config.grid.nlat, config.grid.nlon, kind="equiangular")
+
+
+def truth_model(config: ExperimentConfig, device: torch.device | None = None) -> TwoLayerQG:
+    dtype = torch.float64 if config.truth.dtype == "float64" else torch.float32
+    return TwoLayerQG(config.truth.qg_parameters(), dtype=dtype).to(device or default_device())
+
+
+def steps_per_output(config: ExperimentConfig) -> int:
+    ratio = config.truth.output_interval_hours * 60 / config.truth.timestep_minutes
+    if abs(ratio - round(ratio)) > 1e-9:
+        raise ValueError(
+            f"truth.output_interval_hours ({config.truth.output_interval_hours}) is not a multiple"
+            f" of truth.timestep_minutes ({config.truth.timestep_minutes})"
+        )
+    return round(ratio)
+
+
+def spun_up_state(
+    model: TwoLayerQG, config: ExperimentConfig, batch: int, generator: torch.Generator, quiet: bool
+) -> torch.Tensor:
+    """Start from the equilibrium jet plus small noise and integrate `truth.spinup_days`."""
+    q = model.rest_state(batch, generator).to(model.k_sq.device)
+    steps = round(config.truth.spinup_days * 1440 / config.truth.timestep_minutes)
+    per_day = round(1440 / config.truth.timestep_minutes)
+    with progress_bar(steps, "spin-up", quiet) as advance:
+        for start in range(0, steps, per_day):
+            q = model.integrate(q, min(per_day, steps - start))
+            advance(min(per_day, steps - start))
+    return q
+
+
+def analysis_times(config: ExperimentConfig, years: int) -> pd.DatetimeIndex:
+    start = pd.Timestamp(config.periods.start)
+    return pd.date_range(
+        start,
+        start + pd.DateOffset(years=years),
+        freq=f"{config.truth.output_interval_hours}h",
+        inclusive="left",
+    )
+
+
+def truth_trajectory(
+    config: ExperimentConfig, years: int, quiet: bool = False, device: torch.device | None = None
+) -> Iterator[tuple[pd.DatetimeIndex, dict[str, np.ndarray]]]:
+    """Yield blocks of `(times, {field: (time, lat, lon)})` on the model grid."""
+    model = truth_model(config, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    q = spun_up_state(model, config, 1, generator, quiet)
+    grid, truncation = model_grid(config), config.grid.truncation
+    times = analysis_times(config, years)
+    steps = steps_per_output(config)
+    with progress_bar(len(times), "truth", quiet) as advance:
+        for start in range(0, len(times), TIME_CHUNK):
+            block = times[start : start + TIME_CHUNK]
+            snapshots = []
+            for _ in block:
+                snapshots.append(model.streamfunction_on(q, grid, truncation)[0].cpu().numpy())
+                q = model.integrate(q, steps)
+                advance()
+            stacked = np.stack(snapshots)
+            if not np.isfinite(stacked).all():
+                raise FloatingPointError(f"truth model blew up before {block[-1]}")
+            yield (
+                block,
+                {
+                    name: stacked[:, layer]
+                    for name, layer in LAYER_OF_FIELD.items()
+                    if name in config.variables
+                },
+            )
+
+
+def write_truth(
+    config: ExperimentConfig,
+    config_dict: dict,
+    years: int,
+    out: Path,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Path:
+    """Run the truth world for `years` years and write the analysis store at `out`."""
+    if years <= 0:
+        raise ValueError(f"--years must be positive, got {years}")
+    attrs = {
+        "title": f"wxens truth world '{config.name}': two-layer QG reanalysis",
+        "source": (
+            f"two-layer quasi-geostrophic model, T{config.truth.truncation} Gauss grid,"
+            f" coarse-grained spectrally to T{config.grid.truncation} on"
+            f" {config.grid.nlat}x{config.grid.nlon}"
+        ),
+        "Conventions": "CF-1.10",
+        "wxens_seed": config.seed,
+        **provenance(config_dict, "wxens data truth", years=years, out=out),
+    }
+    grid = model_grid(config)
+    with AnalysisStoreWriter(out, attrs, overwrite=overwrite) as writer:
+        for times, fields in truth_trajectory(config, years, quiet):
+            writer.append(analysis_dataset(fields, times.values, grid, TRUTH_FIELDS))
+    return out
+
+
+def simulated_years_per_minute(model: TwoLayerQG, steps: int, seconds: float) -> float:
+    """Throughput of a batch-1 run: simulated years per wall-clock minute."""
+    simulated_days = steps * model.dt / 86400.0
+    return simulated_days / 365.25 / (seconds / 60.0) if seconds > 0 else math.inf
