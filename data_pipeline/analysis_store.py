@@ -7,7 +7,7 @@ The truth world and the reanalysis readers both write it through `AnalysisStoreW
   `wxens_complete = true`;
 - an existing `PATH` is refused unless `overwrite=True`, and even then it is replaced only
   after the new store is complete;
-- a `PATH.partial` that another live process is writing is refused (its pid is in a lock file).
+- a store that another live process is writing is refused (its pid is in `PATH.lock`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import xarray as xr
 from data_pipeline.sphere import LatLonGrid
 
 COMPLETE_FLAG = "wxens_complete"
-LOCK_FILE = "wxens.lock"
 TIME_CHUNK = 120  # 30 days of 6-hourly analyses per chunk
 
 
@@ -83,20 +82,20 @@ class AnalysisStoreWriter:
     def __init__(self, path: str | Path, attrs: Mapping[str, object], overwrite: bool = False):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
+        self.lock = self.path.with_name(self.path.name + ".lock")
         self.attrs = {**attrs, COMPLETE_FLAG: False}
         self._started = False
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
-        lock = self.partial / LOCK_FILE
-        if lock.exists():
-            pid = int(lock.read_text().strip() or 0)
+        if self.lock.exists():
+            pid = int(self.lock.read_text().strip() or 0)
             if pid != os.getpid() and _pid_alive(pid):
-                raise StoreError(f"{self.partial} is being written by another run (pid {pid})")
+                raise StoreError(f"{self.path} is being written by another run (pid {pid})")
 
     def __enter__(self) -> AnalysisStoreWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.write_text(str(os.getpid()))
         shutil.rmtree(self.partial, ignore_errors=True)  # left by a dead run: never complete
-        self.partial.mkdir(parents=True)
-        (self.partial / LOCK_FILE).write_text(str(os.getpid()))
         return self
 
     def append(self, dataset: xr.Dataset) -> None:
@@ -121,13 +120,16 @@ class AnalysisStoreWriter:
         self._started = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            (self.partial / LOCK_FILE).unlink(missing_ok=True)
-            return
+        try:
+            if exc_type is None:
+                self._finalise()
+        finally:
+            self.lock.unlink(missing_ok=True)
+
+    def _finalise(self) -> None:
         if not self._started:
             raise StoreError(f"{self.path}: nothing was written")
         _set_root_attribute(self.partial, COMPLETE_FLAG, True)
-        (self.partial / LOCK_FILE).unlink()
         backup = self.path.with_name(self.path.name + ".replaced")
         if self.path.exists():
             self.path.rename(backup)

@@ -30,7 +30,7 @@ class TruthConfig(Strict):
 
     truncation: int = Field(42, ge=5, le=340)
     timestep_minutes: PositiveFloat = 30.0
-    deformation_radius_km: PositiveFloat = 800.0
+    deformation_radius_km: PositiveFloat = 566.0
     relaxation_days: PositiveFloat = 20.0
     jet_shear_m_s: float = 40.0
     drag_days: PositiveFloat = 4.0
@@ -130,18 +130,19 @@ class ExperimentConfig(Strict):
         unknown = [v for v in self.variables if v not in allowed]
         if unknown:
             where = "ingest" if self.ingest is not None else "the truth world"
-            raise ValueError(f"unknown {unknown}; {where} provides {sorted(allowed)}")
+            raise ValueError(f"variables: unknown {unknown}; {where} provides {sorted(allowed)}")
         return self
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    location = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, error["loc"][:-1])
         return f"{location}: unknown key; allowed: {', '.join(allowed)}"
+    message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
     suffix = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{location}: {error['msg']}{suffix}"
+    return f"{location}: {message}{suffix}" if location else message
 
 
 def _allowed_keys(model: type[BaseModel], parent: tuple) -> list[str]:

@@ -51,7 +51,8 @@ def doubling_time_days(days: np.ndarray, errors: np.ndarray) -> float:
 
 
 def saturation_day(days: np.ndarray, errors: np.ndarray, clim_std: float) -> float | None:
-    """First day on which the RMS over pairs of `errors` `(time, pair)` reaches 0.9 sqrt(2) sigma."""
+    """First day on which the RMS over pairs of `errors` `(time, pair)` reaches 0.9 sqrt(2) sigma;
+    None if it never does."""
     rms = np.sqrt((errors**2).mean(axis=1))
     reached = np.nonzero(rms >= 0.9 * math.sqrt(2) * clim_std)[0]
     return float(days[reached[0]]) if reached.size else None

@@ -51,7 +51,7 @@ class QGParameters:
 
     truncation: int = 42
     timestep_minutes: float = 30.0
-    deformation_radius_km: float = 800.0
+    deformation_radius_km: float = 566.0
     relaxation_days: float = 20.0
     jet_shear_m_s: float = 40.0
     drag_days: float = 4.0
@@ -118,7 +118,10 @@ class TwoLayerQG(torch.nn.Module):
     # --- PV <-> streamfunction --------------------------------------------------------------
 
     def streamfunction(self, q: torch.Tensor) -> torch.Tensor:
-        """Invert PV anomaly to streamfunction: barotropic `-q_B / k^2`, baroclinic `-q_T / (k^2 + F)`."""
+        """Invert PV anomaly to streamfunction.
+
+        Barotropic `psi_B = -q_B / k^2`, baroclinic `psi_T = -q_T / (k^2 + F)`.
+        """
         q_barotropic = (q[:, 0] + q[:, 1]) / 2
         q_baroclinic = (q[:, 0] - q[:, 1]) / 2
         psi_barotropic = -q_barotropic * self.inverse_k_sq

@@ -66,18 +66,23 @@ def spun_up_state(
     return q
 
 
-def analysis_times(config: ExperimentConfig, years: int) -> pd.DatetimeIndex:
+def analysis_times(config: ExperimentConfig, years: float) -> pd.DatetimeIndex:
+    """Analysis times from `periods.start`: whole calendar years, or `years * 365.25` days."""
     start = pd.Timestamp(config.periods.start)
+    if float(years).is_integer():
+        end = start + pd.DateOffset(years=int(years))
+    else:
+        end = start + pd.Timedelta(days=round(years * 365.25))
     return pd.date_range(
         start,
-        start + pd.DateOffset(years=years),
+        end,
         freq=f"{config.truth.output_interval_hours}h",
         inclusive="left",
     )
 
 
 def truth_trajectory(
-    config: ExperimentConfig, years: int, quiet: bool = False, device: torch.device | None = None
+    config: ExperimentConfig, years: float, quiet: bool = False, device: torch.device | None = None
 ) -> Iterator[tuple[pd.DatetimeIndex, dict[str, np.ndarray]]]:
     """Yield blocks of `(times, {field: (time, lat, lon)})` on the model grid."""
     model = truth_model(config, device)
@@ -110,7 +115,7 @@ def truth_trajectory(
 def write_truth(
     config: ExperimentConfig,
     config_dict: dict,
-    years: int,
+    years: float,
     out: Path,
     overwrite: bool = False,
     quiet: bool = False,

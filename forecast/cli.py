@@ -50,7 +50,7 @@ def data_truth(
     config: ConfigOption,
     out: Annotated[Path, typer.Option("--out", help="Output Zarr store.")],
     years: Annotated[
-        int | None, typer.Option("--years", help="Years to simulate (default: all periods).")
+        float | None, typer.Option("--years", help="Years to simulate (default: all periods).")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing store.")
@@ -68,6 +68,32 @@ def data_truth(
     try:
         write_truth(cfg, resolved, years, out, overwrite=overwrite, quiet=quiet)
     except (StoreError, ValueError, FloatingPointError) as exc:
+        fail(str(exc))
+    typer.echo(str(out))
+
+
+@data_app.command("ingest")
+def data_ingest(
+    config: ConfigOption,
+    source: Annotated[
+        list[Path], typer.Option("--source", help="ERA5 file(s): netCDF, GRIB, Zarr.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output Zarr store.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing store.")
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Read reanalysis files, map them to the model variables, regrid spectrally, write a store."""
+    from data_pipeline.analysis_store import StoreError
+    from data_pipeline.reanalysis import ingest
+
+    cfg, resolved = read_config(config)
+    if cfg.ingest is None:
+        fail(f"{config}: no 'ingest' section mapping model variables to source fields")
+    try:
+        ingest(cfg, resolved, source, out, overwrite=overwrite, quiet=quiet)
+    except (StoreError, ValueError) as exc:
         fail(str(exc))
     typer.echo(str(out))
 

@@ -85,17 +85,17 @@ def test_rossby_haurwitz_wave_propagates_at_the_closed_form_speed():
     westward: psi_lm(t) = psi_lm(0) exp(-i omega t), omega = -2 Omega m / (l (l+1)).
     The tolerance is SSP-RK3's phase error, (omega dt)^4 / 24 per step."""
     model = TwoLayerQG(QGParameters(truncation=21, hyperdiffusion_hours=1e12, **QUIET))
-    l, m, n = 4, 3, 22
+    degree, m, n = 4, 3, 22
     psi = torch.zeros((1, 2, n, n), dtype=torch.complex128)
-    psi[0, :, l, m] = 1e7
+    psi[0, :, degree, m] = 1e7
     days = 3
     q = model.integrate(model.potential_vorticity(psi), days * 48)
-    coeff = model.streamfunction(q)[0, 0, l, m]
-    omega = -2 * EARTH_ROTATION_RATE * m / (l * (l + 1))
+    coeff = model.streamfunction(q)[0, 0, degree, m]
+    omega = -2 * EARTH_ROTATION_RATE * m / (degree * (degree + 1))
     expected = 1e7 * np.exp(-1j * omega * days * 86400)
     assert abs(complex(coeff) - expected) / 1e7 < 1e-4
     psi_after = model.streamfunction(q).clone()
-    psi_after[0, :, l, m] = 0
+    psi_after[0, :, degree, m] = 0
     assert psi_after.abs().max() < 1e-3  # no other harmonic is excited
 
 
