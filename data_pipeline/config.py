@@ -26,16 +26,16 @@ class Strict(BaseModel):
 
 
 class TruthConfig(Strict):
-    """The fine-resolution truth model (see `data_pipeline.qg`)."""
+    """The fine-resolution truth model (see `data_pipeline.qg`; defaults from `QGParameters`)."""
 
-    truncation: int = Field(42, ge=5, le=340)
-    timestep_minutes: PositiveFloat = 30.0
-    deformation_radius_km: PositiveFloat = 566.0
-    relaxation_days: PositiveFloat = 20.0
-    jet_shear_m_s: float = 40.0
-    drag_days: PositiveFloat = 4.0
-    hyperdiffusion_hours: PositiveFloat = 3.0
-    hyperdiffusion_order: int = Field(4, ge=1, le=8)
+    truncation: int = Field(QGParameters.truncation, ge=5, le=340)
+    timestep_minutes: PositiveFloat = QGParameters.timestep_minutes
+    deformation_radius_km: PositiveFloat = QGParameters.deformation_radius_km
+    relaxation_days: PositiveFloat = QGParameters.relaxation_days
+    jet_shear_m_s: float = QGParameters.jet_shear_m_s
+    drag_days: PositiveFloat = QGParameters.drag_days
+    hyperdiffusion_hours: PositiveFloat = QGParameters.hyperdiffusion_hours
+    hyperdiffusion_order: int = Field(QGParameters.hyperdiffusion_order, ge=1, le=8)
     spinup_days: float = Field(200.0, ge=0)
     output_interval_hours: int = Field(6, gt=0)
     dtype: Literal["float32", "float64"] = "float64"

@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 import torch
 import torch_harmonics as th
+from torch_harmonics import fft as th_fft
 
 EARTH_RADIUS_M = 6.371e6
 EARTH_ROTATION_RATE = 7.292e-5  # s-1
@@ -105,8 +106,23 @@ class SpectralTransforms(torch.nn.Module):
         return self.inverse_sht(coeffs)
 
     def gradient(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """Gradient components `(..., 2, nlat, nlon)` of fields with coefficients `coeffs`."""
-        return self.inverse_vector_sht(torch.stack([coeffs, torch.zeros_like(coeffs)], dim=-3))
+        """Gradient components `(..., 2, nlat, nlon)` of fields with coefficients `coeffs`.
+
+        The same as `InverseRealVectorSHT` on `(coeffs, 0)`, with its Legendre-derivative tables,
+        but skipping the four contractions of the zero toroidal part: the gradient is the hot
+        path of the truth model, and this halves its cost.
+        """
+        x = coeffs.transpose(-1, -2)
+        x_re, x_im = x.real.contiguous(), x.imag.contiguous()
+        d_theta, d_lambda = self.inverse_vector_sht.dpct.to(x_re.dtype)
+        theta_re = torch.einsum("...ml,mkl->...km", x_re, d_theta)
+        theta_im = torch.einsum("...ml,mkl->...km", x_im, d_theta)
+        lambda_re = -torch.einsum("...ml,mkl->...km", x_im, d_lambda)
+        lambda_im = torch.einsum("...ml,mkl->...km", x_re, d_lambda)
+        fourier = torch.complex(
+            torch.stack((theta_re, lambda_re), dim=-3), torch.stack((theta_im, lambda_im), dim=-3)
+        )
+        return th_fft.irfft(fourier, n=self.grid.nlon, dim=-1, norm="forward")
 
 
 def spectral_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

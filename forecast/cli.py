@@ -22,6 +22,8 @@ app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="Experiment YAML.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+OutOption = Annotated[Path, typer.Option("--out", help="Output Zarr store.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 
 
 def fail(message: str) -> None:
@@ -48,13 +50,11 @@ def config_check(file: Path) -> None:
 @data_app.command("truth")
 def data_truth(
     config: ConfigOption,
-    out: Annotated[Path, typer.Option("--out", help="Output Zarr store.")],
+    out: OutOption,
     years: Annotated[
         float | None, typer.Option("--years", help="Years to simulate (default: all periods).")
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing store.")
-    ] = False,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Run the truth world at the fine resolution and write a 6-hourly CF Zarr reanalysis."""
@@ -78,10 +78,8 @@ def data_ingest(
     source: Annotated[
         list[Path], typer.Option("--source", help="ERA5 file(s): netCDF, GRIB, Zarr.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Output Zarr store.")],
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing store.")
-    ] = False,
+    out: OutOption,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Read reanalysis files, map them to the model variables, regrid spectrally, write a store."""
