@@ -173,7 +173,8 @@ def twin_errors(
             control + model.potential_vorticity(analysis),
         ]
     )
-    grid, weights = model_grid(config), model_grid(config).area_weights()
+    grid = model_grid(config)
+    weights = grid.area_weights()
     steps = steps_per_output(config)
     outputs = round(cfg.twin_days * 24 / config.truth.output_interval_hours)
     days, small_err, analysis_err = [], [], []

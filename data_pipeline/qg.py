@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch_harmonics as th
 
 from data_pipeline.sphere import (
     EARTH_RADIUS_M,
@@ -39,6 +38,7 @@ from data_pipeline.sphere import (
     SpectralTransforms,
     check_synthesis,
     spectral_inner,
+    synthesis,
     truncate,
 )
 
@@ -199,14 +199,7 @@ class TwoLayerQG(torch.nn.Module):
 
     def eddy_kinetic_energy(self, q: torch.Tensor) -> torch.Tensor:
         """Layer-mean eddy (m > 0) kinetic energy per unit mass [m2 s-2], per member."""
-        psi = self.streamfunction(q)
-        eddy = psi.clone()
-        eddy[..., 0] = 0.0
-        return (
-            0.25
-            * spectral_inner(eddy * self.k_sq.sqrt(), eddy * self.k_sq.sqrt()).sum(1)
-            / (4 * math.pi)
-        )
+        return self.eddy_kinetic_energy_spectrum(q).sum(dim=-1)
 
     def eddy_kinetic_energy_spectrum(self, q: torch.Tensor) -> torch.Tensor:
         """Layer-mean eddy kinetic energy by total wavenumber l, `(batch, T+1)` [m2 s-2]."""
@@ -233,12 +226,5 @@ class TwoLayerQG(torch.nn.Module):
     def streamfunction_on(self, q: torch.Tensor, grid: LatLonGrid, truncation: int) -> torch.Tensor:
         """Streamfunction `(batch, 2, nlat, nlon)` truncated to T`truncation` on `grid`."""
         check_synthesis(grid, truncation)
-        n = truncation + 1
         coeffs = truncate(self.streamfunction(q), truncation)
-        key = (grid, truncation)
-        if getattr(self, "_output_key", None) != key:
-            self._output_isht = th.InverseRealSHT(
-                grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind
-            ).to(q.device)
-            self._output_key = key
-        return self._output_isht(coeffs)
+        return synthesis(grid, truncation).to(q.device)(coeffs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import torch
@@ -143,6 +143,20 @@ def truncate(coeffs: torch.Tensor, truncation: int) -> torch.Tensor:
     return out * lower
 
 
+@cache
+def analysis(grid: LatLonGrid, truncation: int) -> th.RealSHT:
+    """The (cached) forward SHT of `grid` at triangular truncation T."""
+    n = truncation + 1
+    return th.RealSHT(grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind)
+
+
+@cache
+def synthesis(grid: LatLonGrid, truncation: int) -> th.InverseRealSHT:
+    """The (cached) inverse SHT onto `grid` at triangular truncation T."""
+    n = truncation + 1
+    return th.InverseRealSHT(grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind)
+
+
 def regrid(
     field: torch.Tensor, source: LatLonGrid, target: LatLonGrid, truncation: int
 ) -> torch.Tensor:
@@ -157,10 +171,8 @@ def regrid(
             f" resolves (at most T{max_truncation(source)})"
         )
     check_synthesis(target, truncation)
-    n = truncation + 1
-    sht = th.RealSHT(source.nlat, source.nlon, lmax=n, mmax=n, grid=source.kind).to(field.device)
-    isht = th.InverseRealSHT(target.nlat, target.nlon, lmax=n, mmax=n, grid=target.kind)
-    return isht.to(field.device)(truncate(sht(field), truncation))
+    coeffs = analysis(source, truncation).to(field.device)(field)
+    return synthesis(target, truncation).to(field.device)(truncate(coeffs, truncation))
 
 
 def gaussian_random_field(

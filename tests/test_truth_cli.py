@@ -100,7 +100,7 @@ def tiny_truth(tmp_path_factory):
 def test_truth_store_is_cf_and_complete(tiny_truth):
     _, out = tiny_truth
     ds = open_analyses(out)
-    assert list(ds.data_vars) == ["psi_upper", "psi_lower"]
+    assert set(ds.data_vars) == {"psi_upper", "psi_lower"}
     assert ds.psi_upper.dims == ("time", "latitude", "longitude")
     assert ds.psi_upper.dtype == np.float32
     assert ds.psi_upper.attrs["units"] == "m2 s-1"
