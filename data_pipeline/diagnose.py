@@ -29,7 +29,7 @@ from data_pipeline.truth import (
     model_grid,
     simulated_years_per_minute,
     spun_up_state,
-    steps_per_output,
+    steps_per,
     truth_model,
 )
 
@@ -83,7 +83,7 @@ class ClimateRun:
     def run(self, q: torch.Tensor, quiet: bool) -> float:
         """Integrate `diagnose.years` years; return simulated years per minute."""
         model, config = self.model, self.config
-        per_day = round(1440 / config.truth.timestep_minutes)
+        per_day = steps_per(config, 24)
         days = round(config.diagnose.years * 365.25)
         spectrum = torch.zeros(model.params.truncation + 1, dtype=model.real_dtype, device=q.device)
         zonal_psi = torch.zeros_like(q[0, 0])
@@ -95,8 +95,9 @@ class ClimateRun:
                 started = time.perf_counter()
                 q = model.integrate(q, per_day)
                 seconds += time.perf_counter() - started
-                self.daily_eke.append(float(model.eddy_kinetic_energy(q)[0]))
-                spectrum += model.eddy_kinetic_energy_spectrum(q)[0]
+                daily_spectrum = model.eddy_kinetic_energy_spectrum(q)[0]
+                self.daily_eke.append(float(daily_spectrum.sum()))
+                spectrum += daily_spectrum
                 psi = model.streamfunction(q)[0, 0]
                 zonal_psi[:, 0] += psi[:, 0]
                 upper = model.streamfunction_on(q, self.grid, config.grid.truncation)[0, 0]
@@ -175,7 +176,7 @@ def twin_errors(
     )
     grid = model_grid(config)
     weights = grid.area_weights()
-    steps = steps_per_output(config)
+    steps = steps_per(config, config.truth.output_interval_hours)
     outputs = round(cfg.twin_days * 24 / config.truth.output_interval_hours)
     days, small_err, analysis_err = [], [], []
     with progress_bar(outputs, "twin experiments", quiet) as advance:

@@ -42,12 +42,13 @@ def truth_model(config: ExperimentConfig, device: torch.device | None = None) ->
     return TwoLayerQG(config.truth.qg_parameters(), dtype=dtype).to(device or default_device())
 
 
-def steps_per_output(config: ExperimentConfig) -> int:
-    ratio = config.truth.output_interval_hours * 60 / config.truth.timestep_minutes
+def steps_per(config: ExperimentConfig, hours: float) -> int:
+    """Model steps in `hours`; refuse an interval that is not a whole number of steps."""
+    ratio = hours * 60 / config.truth.timestep_minutes
     if abs(ratio - round(ratio)) > 1e-9:
         raise ValueError(
-            f"truth.output_interval_hours ({config.truth.output_interval_hours}) is not a multiple"
-            f" of truth.timestep_minutes ({config.truth.timestep_minutes})"
+            f"{hours} h is not a multiple of truth.timestep_minutes"
+            f" ({config.truth.timestep_minutes})"
         )
     return round(ratio)
 
@@ -57,8 +58,8 @@ def spun_up_state(
 ) -> torch.Tensor:
     """Start from the equilibrium jet plus small noise and integrate `truth.spinup_days`."""
     q = model.rest_state(batch, generator).to(model.k_sq.device)
-    steps = round(config.truth.spinup_days * 1440 / config.truth.timestep_minutes)
-    per_day = round(1440 / config.truth.timestep_minutes)
+    per_day = steps_per(config, 24)
+    steps = round(config.truth.spinup_days * per_day)
     with progress_bar(steps, "spin-up", quiet) as advance:
         for start in range(0, steps, per_day):
             q = model.integrate(q, min(per_day, steps - start))
@@ -90,7 +91,7 @@ def truth_trajectory(
     q = spun_up_state(model, config, 1, generator, quiet)
     grid, truncation = model_grid(config), config.grid.truncation
     times = analysis_times(config, years)
-    steps = steps_per_output(config)
+    steps = steps_per(config, config.truth.output_interval_hours)
     with progress_bar(len(times), "truth", quiet) as advance:
         for start in range(0, len(times), TIME_CHUNK):
             block = times[start : start + TIME_CHUNK]
@@ -122,7 +123,7 @@ def write_truth(
 ) -> Path:
     """Run the truth world for `years` years and write the analysis store at `out`."""
     if years <= 0:
-        raise ValueError(f"--years must be positive, got {years}")
+        raise ValueError(f"--years must be a positive number of years, got {years}")
     attrs = {
         "title": f"wxens truth world '{config.name}': two-layer QG reanalysis",
         "source": (

@@ -63,8 +63,6 @@ def data_truth(
 
     cfg, resolved = read_config(config)
     years = cfg.periods.total_years if years is None else years
-    if years <= 0:
-        fail(f"--years must be a positive number of years, got {years}")
     try:
         write_truth(cfg, resolved, years, out, overwrite=overwrite, quiet=quiet)
     except (StoreError, ValueError, FloatingPointError) as exc:
