@@ -226,3 +226,22 @@ def test_console_script_runs():
     exe = os.path.join(os.path.dirname(sys.executable), "wxens")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "data" in result.stdout
+
+
+def test_diagnose_json_end_to_end(tmp_path):
+    """`wxens data diagnose --json` on a tiny world: one JSON object with every number."""
+    import json
+
+    data = {**TINY, "diagnose": {"years": 1, "twin_pairs": 2, "twin_days": 6}}
+    code, output = run(
+        "data", "diagnose", "--config", write_config(tmp_path, data), "--json", "--quiet"
+    )
+    assert code == 0, output
+    numbers = json.loads(output)
+    assert numbers["twin_pairs"] == 2 and numbers["years"] == 1 and numbers["truncation"] == 10
+    assert numbers["eke_year_spread"] == 0.0  # one year is its own mean
+    assert 1 <= numbers["spectrum_peak_wavenumber"] <= 10
+    assert numbers["doubling_time_days"] > 0 and numbers["sim_years_per_minute"] > 0
+    assert numbers["mean_eddy_kinetic_energy_m2_s2"] > 0
+    assert numbers["jets"]["north"]["latitude"] > 0 > numbers["jets"]["south"]["latitude"]
+    assert numbers["jets"]["north"]["speed_m_s"] > 5 and numbers["jets"]["south"]["speed_m_s"] > 5
