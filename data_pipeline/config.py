@@ -112,15 +112,55 @@ class SourceField(Strict):
     standard_name: str | None = None
 
 
+class SFNOConfig(Strict):
+    """Architecture of the SFNO emulator (torch-harmonics `SphericalFourierNeuralOperator`).
+
+    The network keeps spherical-harmonic degrees below `grid.truncation + 1` inside its spectral
+    convolutions (on an internal grid `scale_factor` times coarser than the model grid).
+    """
+
+    embed_dim: int = Field(64, ge=1)
+    num_layers: int = Field(4, ge=1)
+    scale_factor: int = Field(1, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    pos_embed: Literal["none", "learnable lat", "learnable latlon", "spectral"] = "learnable lat"
+    precision: Literal["float32", "tf32", "bf16"] = "float32"  # tf32/bf16 apply on CUDA only
+
+
+class TrainingConfig(Strict):
+    """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
+
+    Epochs after `rollout_start_epoch` (counting from 0) train on `rollout_steps`-step
+    autoregressive rollouts; `samples_per_epoch` draws a random subset of the training pairs
+    each epoch (all of them when null). Validation is the area-weighted RMSE over
+    `validation_lead_steps` steps from `validation_inits` evenly spaced validation-year inits.
+    """
+
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(8, ge=1)
+    samples_per_epoch: int | None = Field(None, ge=1)
+    learning_rate: PositiveFloat = 2e-3
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    rollout_steps: int = Field(1, ge=1)
+    rollout_start_epoch: int = Field(0, ge=0)
+    validation_inits: int = Field(64, ge=1)
+    validation_lead_steps: int = Field(4, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
+
+
 class ExperimentConfig(Strict):
     name: str = "default"
     seed: int = 0
+    analyses: Path | None = None  # the analysis store that train and skill read (--analyses)
     truth: TruthConfig = TruthConfig()
     grid: GridConfig = GridConfig()
     variables: list[str] = Field(default_factory=lambda: ["psi_upper", "psi_lower"], min_length=1)
     periods: PeriodsConfig = PeriodsConfig()
     diagnose: DiagnoseConfig = DiagnoseConfig()
     ingest: dict[str, SourceField] | None = None
+    sfno: SFNOConfig = SFNOConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @model_validator(mode="after")
     def _variables_known(self) -> ExperimentConfig:

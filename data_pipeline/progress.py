@@ -13,9 +13,12 @@ stderr_console = Console(stderr=True)
 
 @contextmanager
 def progress_bar(total: float, description: str, quiet: bool = False) -> Iterator:
-    """Yield `advance(amount)`; draws a bar on stderr unless `quiet`."""
+    """Yield `advance(amount=1, status=None)`; draws a bar on stderr unless `quiet`.
+
+    A `status` (for example the current loss) is shown after the description.
+    """
     if quiet:
-        yield lambda amount=1: None
+        yield lambda amount=1, status=None: None
         return
     columns = (
         TextColumn("{task.description}"),
@@ -26,4 +29,9 @@ def progress_bar(total: float, description: str, quiet: bool = False) -> Iterato
     )
     with Progress(*columns, console=stderr_console, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda amount=1: progress.advance(task, amount)
+
+        def advance(amount: float = 1, status: str | None = None) -> None:
+            label = description if status is None else f"{description} {status}"
+            progress.update(task, advance=amount, description=label)
+
+        yield advance

@@ -205,3 +205,26 @@ def gaussian_random_field(
     coeffs = coeffs / torch.sqrt(variance)[..., None, None]
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     return coeffs.to(complex_dtype)
+
+
+def power_spectrum(field: torch.Tensor, grid: LatLonGrid, truncation: int) -> torch.Tensor:
+    """Area-mean variance by total wavenumber, `(..., l)` for `l = 0..truncation`.
+
+    `P_l = sum_m w_m |f_lm|^2 / (4 pi)` from orthonormal real-SHT coefficients (`w_m` = 2 for
+    m > 0, which stands for +m and -m), so `sum_l P_l` is the area mean of `f^2`
+    (units: those of `f`, squared).
+    """
+    coeffs = analysis(grid, truncation).to(field.device)(field)
+    weight = torch.full(coeffs.shape[-1:], 2.0, dtype=field.dtype, device=field.device)
+    weight[0] = 1.0
+    return (coeffs.abs() ** 2 * weight).sum(dim=-1) / (4 * math.pi)
+
+
+def kinetic_energy_spectrum(
+    streamfunction: torch.Tensor, grid: LatLonGrid, truncation: int
+) -> torch.Tensor:
+    """Area-mean kinetic energy `|grad psi|^2 / 2` by total wavenumber, `(..., l)`, in m2 s-2
+    for `psi` in m2 s-1: `E_l = l (l + 1) P_l / (2 a^2)` with `P_l` from `power_spectrum`."""
+    power = power_spectrum(streamfunction, grid, truncation)
+    degree = torch.arange(truncation + 1, dtype=power.dtype, device=power.device)
+    return power * degree * (degree + 1) / (2 * EARTH_RADIUS_M**2)

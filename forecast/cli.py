@@ -115,6 +115,132 @@ def data_diagnose(
             typer.echo(f"{key:36s} {value}")
 
 
+AnalysesOption = Annotated[
+    Path | None,
+    typer.Option("--analyses", help="Analysis store (default: the config's `analyses`)."),
+]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="torch device (default: cuda if present, else cpu).")
+]
+
+
+def analyses_path(cfg: ExperimentConfig, analyses: Path | None) -> Path:
+    path = analyses or cfg.analyses
+    if path is None:
+        fail("no analysis store: pass --analyses or set `analyses:` in the config")
+    return path
+
+
+def pick_device(device: str | None):
+    import torch
+
+    from data_pipeline.provenance import default_device
+
+    try:
+        return torch.device(device) if device else default_device()
+    except RuntimeError as exc:
+        fail(f"--device {device}: {exc}")
+
+
+@app.command("train")
+def train(
+    config: ConfigOption,
+    seed: Annotated[str, typer.Option("--seed", help="Integer seed of the weights and batches.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory.")],
+    analyses: AnalysesOption = None,
+    device: DeviceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train one SFNO emulator; resume from OUT/last when an earlier run was interrupted."""
+    from data_pipeline.analysis_store import StoreError
+    from models.checkpoint import CheckpointError
+    from models.training import Trainer
+
+    cfg, resolved = read_config(config)
+    try:
+        seed_value = int(seed)
+    except ValueError:
+        fail(f"--seed must be an integer, got {seed!r}")
+    try:
+        trainer = Trainer(
+            cfg, resolved, analyses_path(cfg, analyses), seed_value, out, pick_device(device), quiet
+        )
+        summary = trainer.run()
+    except (StoreError, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(summary["history"][-1] if summary["history"] else summary))
+
+
+@app.command("skill")
+def skill(
+    config: ConfigOption,
+    checkpoints: Annotated[
+        list[Path],
+        typer.Option("--checkpoints", help="Checkpoint, or folder of checkpoints (repeatable)."),
+    ],
+    init_dates: Annotated[int, typer.Option("--init-dates", help="Test-period inits.")] = 16,
+    lead_days: Annotated[float, typer.Option("--lead-days", help="Forecast length.")] = 10,
+    stability_days: Annotated[
+        int, typer.Option("--stability-days", help="Long-rollout check length (0: skip).")
+    ] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    analyses: AnalysesOption = None,
+    device: DeviceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Deterministic RMSE by variable and lead: checkpoints, NWP baseline, persistence,
+    climatology; then a long-rollout stability and spectrum check of each checkpoint."""
+    from data_pipeline.analysis_store import StoreError
+    from forecast.skill import Analyses, deterministic_skill, rollout_checks
+    from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
+    from models.nwp import QGEmulator
+
+    cfg, _ = read_config(config)
+    torch_device = pick_device(device)
+    lead_steps = lead_days * 24 / cfg.truth.output_interval_hours
+    if lead_days <= 0 or not float(lead_steps).is_integer():
+        fail(f"--lead-days {lead_days} is not a positive multiple of the analysis interval")
+    try:
+        truth = Analyses(analyses_path(cfg, analyses), cfg)
+        emulators = {
+            path.name: load_checkpoint(path, cfg, torch_device)
+            for path in find_checkpoints(checkpoints)
+        }
+        baseline = {"nwp": QGEmulator(cfg, torch_device)}
+        scores = deterministic_skill(
+            truth,
+            {**emulators, **baseline},
+            cfg.variables,
+            init_dates,
+            int(lead_steps),
+            torch_device,
+            quiet,
+        )
+        if stability_days > 0:
+            scores["rollout_checks"] = {
+                name: rollout_checks(truth, emulator, cfg, stability_days, 10, 8, torch_device)
+                for name, emulator in emulators.items()
+            }
+    except (StoreError, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(scores))
+    else:
+        print_skill(scores)
+
+
+def print_skill(scores: dict) -> None:
+    """RMSE / climatological std at whole days, one row per model and variable."""
+    days = [i for i, hours in enumerate(scores["lead_hours"]) if hours % 24 == 0]
+    header = "model".ljust(24) + "variable".ljust(12)
+    typer.echo(header + "".join(f"d{scores['lead_hours'][i] / 24:<6.0f}" for i in days))
+    for name, by_variable in scores["rmse"].items():
+        for variable, values in by_variable.items():
+            sigma = scores["climatological_std"][variable]
+            row = "".join(f"{values[i] / sigma:<7.3f}" for i in days)
+            typer.echo(f"{name:<24}{variable:<12}{row}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="wxens")
 

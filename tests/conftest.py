@@ -19,3 +19,48 @@ def sample_data() -> Path:
             pytest.fail(message)  # CI always has ../shared beside the clone
         pytest.skip(message)
     return path
+
+
+TINY_WORLD = {
+    "name": "tiny",
+    "seed": 11,
+    "truth": {"truncation": 10, "spinup_days": 20, "timestep_minutes": 120},
+    "grid": {"nlat": 9, "nlon": 16, "truncation": 4},
+    "periods": {
+        "start": "2025-01-01",
+        "train": {"first": 2025, "last": 2025},
+        "validation": {"first": 2026, "last": 2026},
+        "test": {"first": 2027, "last": 2027},
+    },
+    "sfno": {"embed_dim": 8, "num_layers": 2},
+    "training": {
+        "batch_size": 16,
+        "epochs": 2,
+        "samples_per_epoch": 96,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "rollout_steps": 2,
+        "rollout_start_epoch": 1,
+        "validation_inits": 8,
+        "validation_lead_steps": 2,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
+    """A real three-year truth store of a tiny world (T10 truth, 9 x 16 grid at T4) and its
+    config (with `analyses:` pointing at the store): train 2025, validate 2026, test 2027."""
+    import yaml
+
+    from data_pipeline.config import parse_config
+    from data_pipeline.truth import write_truth
+
+    folder = tmp_path_factory.mktemp("tiny_world")
+    store = folder / "truth.zarr"
+    data = {**TINY_WORLD, "analyses": str(store)}
+    config = parse_config(data)
+    write_truth(config, config.model_dump(mode="json"), 3, store, quiet=True)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, store

@@ -1,0 +1,50 @@
+"""The NWP baseline as an `Emulator`: the truth world's own QG model at the model resolution.
+
+It starts from the coarse-grained analyses and integrates the same equations with the same
+parameters, but at the model grid's truncation (T21 by default, against the truth's T42), so
+its only error is truncation, as with operational NWP (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data_pipeline.config import ExperimentConfig
+from data_pipeline.sphere import analysis
+from data_pipeline.truth import LAYER_OF_FIELD, model_grid, steps_per, truth_model
+
+
+class QGEmulator(torch.nn.Module):
+    """The two-layer QG model at `grid.truncation`, stepping 6 h of streamfunction."""
+
+    kind = "nwp"
+
+    def __init__(self, config: ExperimentConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        if sorted(config.variables) != sorted(LAYER_OF_FIELD):
+            raise ValueError(
+                f"the NWP baseline needs variables {sorted(LAYER_OF_FIELD)},"
+                f" the config has {config.variables}"
+            )
+        coarse = config.model_copy(
+            update={"truth": config.truth.model_copy(update={"truncation": config.grid.truncation})}
+        )
+        self.model = truth_model(coarse, torch.device(device))
+        self.grid = model_grid(config)
+        self.truncation = config.grid.truncation
+        self.input_variables = tuple(config.variables)
+        self.layers = [LAYER_OF_FIELD[name] for name in config.variables]
+        self.steps = steps_per(config, config.truth.output_interval_hours)
+        self.timestep = np.timedelta64(config.truth.output_interval_hours, "h")
+
+    @torch.no_grad()
+    def step(
+        self, state: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Analyse the streamfunction, invert to PV, integrate 6 h, synthesise on the grid."""
+        by_layer = state[:, np.argsort(self.layers)].to(self.model.real_dtype)
+        psi = analysis(self.grid, self.truncation).to(state.device)(by_layer)
+        q = self.model.integrate(self.model.potential_vorticity(psi), self.steps)
+        layers = self.model.streamfunction_on(q, self.grid, self.truncation)
+        return layers[:, self.layers].to(state.dtype)

@@ -1,0 +1,341 @@
+"""Training one SFNO emulator (`wxens train`).
+
+AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the
+area-weighted MSE of the predicted states, each channel scaled by its climatological std,
+
+    L = (1 / K C) sum_k sum_c sum_ij w_ij ((x^_k - x_k)_cij / sigma_c)^2,
+
+averaged over a batch of K-step autoregressive rollouts (K = 1 until `rollout_start_epoch`,
+then `rollout_steps`). After every epoch the model is scored on the validation years and the
+best one is kept as the checkpoint in `out/`; the latest state (weights, optimizer, epoch)
+goes to `out/last/`, from which an interrupted run resumes. Batches are drawn in an order
+seeded by `(seed, epoch)` and no other randomness is used, so the same seed on the same
+machine gives the same weights, interrupted or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import yaml
+
+from data_pipeline.analysis_store import open_analyses
+from data_pipeline.config import ExperimentConfig
+from data_pipeline.progress import progress_bar
+from data_pipeline.training_data import AnalysisWindows, compute_normalisation
+from data_pipeline.truth import model_grid
+from models.checkpoint import (
+    METADATA,
+    WEIGHTS,
+    CheckpointError,
+    read_metadata,
+    save_checkpoint,
+    save_json,
+    save_tensors,
+    sha256_file,
+)
+from models.sfno import SFNOEmulator
+
+LAST = "last"  # sub-directory of the output holding the state to resume from
+OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"
+
+
+def data_description(analyses: Path, config: ExperimentConfig) -> dict[str, Any]:
+    """What the training data is: the store's provenance, time axis, variables and years."""
+    dataset = open_analyses(analyses)
+    times = dataset["time"].values
+    description = {
+        "store": str(analyses),
+        "store_config": dataset.attrs.get("wxens_config"),
+        "store_git_revision": dataset.attrs.get("git_revision"),
+        "times": [str(times[0]), str(times[-1]), len(times)],
+        "variables": list(config.variables),
+        "train_years": [config.periods.train.first, config.periods.train.last],
+        "validation_years": [config.periods.validation.first, config.periods.validation.last],
+    }
+    dataset.close()
+    return description
+
+
+def sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def weighted_mse(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Per-channel area-weighted MSE in units of `scale`, shape `(channel,)`: the batch mean
+    of `sum_ij w_ij ((prediction - target) / scale)^2`."""
+    squared = ((prediction - target) / scale) ** 2
+    return (squared * weights).sum(dim=(-2, -1)).mean(dim=0)
+
+
+def rollout_errors(
+    emulator: SFNOEmulator, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Normalised MSE `(step, channel)` of a rollout from `inputs` against `targets`
+    `(batch, step, channel, lat, lon)`."""
+    state, errors = inputs, []
+    for k in range(targets.shape[1]):
+        state = emulator(state)
+        errors.append(weighted_mse(state, targets[:, k], weights, emulator.std))
+    return torch.stack(errors)
+
+
+def batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
+
+
+def load_batch(
+    dataset: AnalysisWindows, indices: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = zip(*(dataset[int(i)] for i in indices), strict=True)
+    return torch.stack(inputs).to(device), torch.stack(targets).to(device)
+
+
+def windows(
+    analyses: Path, config: ExperimentConfig, years: tuple[int, int], steps: int
+) -> AnalysisWindows:
+    """Training windows whose chunk cache holds the whole period (read once, then memory)."""
+    chunks = math.ceil((years[1] - years[0] + 1) * 366 * 24 / 6 / 120) + 2
+    return AnalysisWindows(analyses, config.variables, years, steps, cache_chunks=chunks)
+
+
+@torch.no_grad()
+def validate(
+    emulator: SFNOEmulator, dataset: AnalysisWindows, count: int, batch_size: int
+) -> dict[str, Any]:
+    """Area-weighted RMSE over the validation windows from `count` evenly spaced inits.
+
+    `score` = sqrt of the normalised MSE averaged over leads and channels (lower is better);
+    `rmse` = per-variable RMSE at the last lead, in the variable's units.
+    """
+    device = emulator.std.device
+    weights = dataset.area_weights.to(device)
+    indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+    total = torch.zeros(dataset.steps, len(dataset.variables), dtype=torch.float64)
+    for chunk in batches(indices, batch_size):
+        inputs, targets = load_batch(dataset, chunk, device)
+        total += rollout_errors(emulator, inputs, targets, weights).cpu().double() * len(chunk)
+    mse = total / len(indices)
+    last = (mse[-1] * emulator.std.flatten().cpu().double() ** 2).sqrt()
+    return {
+        "score": float(mse.mean().sqrt()),
+        "lead_hours": float(dataset.steps * dataset.timestep / np.timedelta64(1, "h")),
+        "rmse": dict(zip(dataset.variables, map(float, last), strict=True)),
+        "inits": len(indices),
+    }
+
+
+class Trainer:
+    """One training run of `wxens train` into the directory `out` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        config_dict: dict,
+        analyses: Path,
+        seed: int,
+        out: Path,
+        device: torch.device,
+        quiet: bool = False,
+    ):
+        self.config, self.settings = config, config.training
+        self.seed, self.out, self.device, self.quiet = seed, out, device, quiet
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        periods = config.periods
+        train_years = (periods.train.first, periods.train.last)
+        validation_years = (periods.validation.first, periods.validation.last)
+        self.description = data_description(analyses, config)
+        self.identity = {
+            "seed": seed,
+            "config": yaml.safe_dump(config_dict, sort_keys=False),
+            "training_data_sha256": sha256_json(self.description),
+        }
+        self.train_pairs = windows(analyses, config, train_years, 1)
+        self.train_rollouts = windows(analyses, config, train_years, self.settings.rollout_steps)
+        self.validation = windows(
+            analyses, config, validation_years, self.settings.validation_lead_steps
+        )
+        stats = compute_normalisation(open_analyses(analyses), config.variables, train_years)
+        torch.manual_seed(seed)
+        self.emulator = SFNOEmulator(
+            model_grid(config), config.grid.truncation, config.variables, stats, config.sfno
+        ).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.emulator.network.parameters(),
+            lr=self.settings.learning_rate,
+            weight_decay=self.settings.weight_decay,
+        )
+        self.weights = self.train_pairs.area_weights.to(device)
+        self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
+
+    # --- the schedule ---------------------------------------------------------------------
+
+    def epoch_dataset(self, epoch: int) -> AnalysisWindows:
+        rollout = self.settings.rollout_steps > 1 and epoch >= self.settings.rollout_start_epoch
+        return self.train_rollouts if rollout else self.train_pairs
+
+    def epoch_order(self, epoch: int, size: int) -> np.ndarray:
+        """The sample order of `epoch`, seeded by `(seed, epoch)` alone."""
+        rng = np.random.default_rng([self.seed, epoch])
+        count = min(size, self.settings.samples_per_epoch or size)
+        return rng.permutation(size)[:count]
+
+    def total_steps(self) -> int:
+        return sum(
+            math.ceil(
+                len(self.epoch_order(e, len(self.epoch_dataset(e)))) / self.settings.batch_size
+            )
+            for e in range(self.settings.epochs)
+        )
+
+    # --- training -------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train (resuming from `out/last` when it is there) and return the summary."""
+        self.resume()
+        total = self.total_steps()
+        for epoch in range(self.epoch, self.settings.epochs):
+            dataset = self.epoch_dataset(epoch)
+            order = batches(self.epoch_order(epoch, len(dataset)), self.settings.batch_size)
+            label = f"epoch {epoch + 1}/{self.settings.epochs} ({dataset.steps}-step)"
+            self.emulator.train()
+            with progress_bar(len(order), label, self.quiet) as advance:
+                for chunk in order:
+                    loss = self.train_step(dataset, chunk, total)
+                    advance(status=f"loss {loss:.4f}")
+            self.emulator.eval()
+            metrics = validate(
+                self.emulator,
+                self.validation,
+                self.settings.validation_inits,
+                self.settings.batch_size,
+            )
+            self.history.append({"epoch": epoch, "step": self.step, **metrics})
+            self.epoch = epoch + 1
+            if metrics["score"] < self.best:
+                self.best = metrics["score"]
+                self.save_best(metrics)
+            self.save_last()
+        self.mark_finished()
+        return {"out": str(self.out), "best_score": self.best, "history": self.history}
+
+    def train_step(self, dataset: AnalysisWindows, indices: np.ndarray, total: int) -> float:
+        factor = learning_rate_factor(self.step, self.settings.warmup_steps, total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.learning_rate * factor
+        inputs, targets = load_batch(dataset, indices, self.device)
+        loss = rollout_errors(self.emulator, inputs, targets, self.weights).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.emulator.network.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    # --- checkpoints and resume -----------------------------------------------------------
+
+    def save_best(self, metrics: dict[str, Any]) -> None:
+        save_checkpoint(
+            self.emulator,
+            self.out,
+            training={
+                **self.identity,
+                "epoch": self.epoch,
+                "step": self.step,
+                "device": str(self.device),
+                "threads": torch.get_num_threads(),
+            },
+            training_data=self.description,
+            validation=metrics,
+        )
+
+    def mark_finished(self) -> None:
+        """Record in the best checkpoint's metadata that the run is over, with its history."""
+        metadata = read_metadata(self.out)
+        metadata["training"].update(finished=True, history=self.history)
+        save_json(metadata, self.out / METADATA)
+
+    def save_last(self) -> None:
+        """Weights, optimizer moments and counters, each file replaced atomically; the state
+        JSON goes last, so a run killed mid-save resumes from the previous complete epoch."""
+        last = self.out / LAST
+        last.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.emulator.network.state_dict(), last / WEIGHTS)
+        state = self.optimizer.state_dict()
+        moments = {
+            f"{index}.{name}": value
+            for index, entry in state["state"].items()
+            for name, value in entry.items()
+        }
+        save_tensors(moments, last / OPTIMIZER)
+        save_json(
+            {
+                **self.identity,
+                "epoch": self.epoch,
+                "step": self.step,
+                "best": self.best,
+                "history": self.history,
+                "param_groups": state["param_groups"],
+                "weights_sha256": sha256_file(last / WEIGHTS),
+                "optimizer_sha256": sha256_file(last / OPTIMIZER),
+            },
+            last / STATE,
+        )
+
+    def check_identity(self, saved: dict[str, Any]) -> None:
+        for key, value in self.identity.items():
+            if saved.get(key) != value:
+                raise CheckpointError(
+                    f"{self.out}: holds a run with another {key.replace('_', ' ')};"
+                    " choose a new --out"
+                )
+
+    def resume(self) -> None:
+        """Continue from `out/last` if an earlier run with the same identity left it there;
+        do nothing more if `out` holds the finished checkpoint of that run."""
+        path = self.out / LAST / STATE
+        if (self.out / METADATA).is_file():
+            training = read_metadata(self.out).get("training", {})
+            if training.get("finished"):
+                self.check_identity(training)
+                self.epoch, self.history = self.settings.epochs, training["history"]
+                self.best = min(entry["score"] for entry in self.history)
+                return
+        if not path.is_file():
+            if (self.out / METADATA).exists():
+                raise CheckpointError(f"{self.out}: holds a checkpoint but no {LAST}/{STATE}")
+            return
+        saved = json.loads(path.read_text())
+        self.check_identity(saved)
+        last = self.out / LAST
+        for name, digest in ((WEIGHTS, "weights_sha256"), (OPTIMIZER, "optimizer_sha256")):
+            if sha256_file(last / name) != saved[digest]:
+                raise CheckpointError(f"{last / name}: corrupt (sha256 differs from {STATE})")
+        self.emulator.network.load_state_dict(safetensors.torch.load_file(str(last / WEIGHTS)))
+        moments = safetensors.torch.load_file(str(last / OPTIMIZER))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in moments.items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        self.epoch, self.step = saved["epoch"], saved["step"]
+        self.best, self.history = saved["best"], saved["history"]

@@ -1,0 +1,320 @@
+"""SFNO emulator, checkpoints, training, the NWP baseline and `wxens skill` on a tiny real world."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import xarray as xr
+import yaml
+from typer.testing import CliRunner
+
+from data_pipeline.analysis_store import open_analyses
+from data_pipeline.config import load_config, parse_config
+from data_pipeline.sphere import LatLonGrid, analysis, power_spectrum, synthesis
+from data_pipeline.training_data import area_weights, compute_normalisation
+from data_pipeline.truth import model_grid, write_truth
+from forecast.cli import app
+from models.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
+from models.emulator import Emulator
+from models.nwp import QGEmulator
+from models.sfno import SFNOEmulator
+from models.training import LAST, STATE, Trainer
+
+runner = CliRunner()
+
+
+def run_cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world):
+    path, store = tiny_world
+    config = load_config(path)
+    return path, store, config
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """One short real training run of the tiny world's config (seed 5)."""
+    path, _, _ = world
+    out = tmp_path_factory.mktemp("trained") / "sfno"
+    code, output = run_cli("train", "--config", path, "--seed", 5, "--out", out, "--quiet")
+    assert code == 0, output
+    return out
+
+
+def emulator_of(config, store) -> SFNOEmulator:
+    train = (config.periods.train.first, config.periods.train.last)
+    stats = compute_normalisation(open_analyses(store), config.variables, train)
+    return SFNOEmulator(
+        model_grid(config), config.grid.truncation, config.variables, stats, config.sfno
+    )
+
+
+def first_states(store, count=4) -> torch.Tensor:
+    dataset = open_analyses(store)
+    fields = dataset[["psi_upper", "psi_lower"]].to_array("channel").isel(time=slice(0, count))
+    return torch.from_numpy(fields.transpose("time", "channel", ...).values.astype(np.float32))
+
+
+def test_emulator_protocol_and_the_step_formula(world):
+    """With the network's output zeroed, a step adds exactly the mean 6 h tendency."""
+    _, store, config = world
+    emulator = emulator_of(config, store)
+    assert isinstance(emulator, Emulator)
+    assert emulator.timestep == np.timedelta64(6, "h")
+    torch.nn.init.zeros_(emulator.network.decoder[-1].weight)
+    state = first_states(store)
+    expected = state + emulator.tendency_mean
+    torch.testing.assert_close(
+        emulator.step(state), expected, rtol=0, atol=1e-6 * state.abs().max()
+    )
+
+
+def test_step_adds_no_scale_beyond_the_model_truncation(world):
+    _, store, config = world
+    torch.manual_seed(0)
+    emulator = emulator_of(config, store)
+    state = first_states(store)
+    change = (emulator.step(state) - state).double()
+    grid = model_grid(config)
+    finest = analysis(grid, 6)(change)  # the 9 x 16 grid resolves up to T6
+    beyond = finest[..., config.grid.truncation + 1 :, :].abs().max()
+    assert finest.abs().max() > 0 and beyond < 1e-5 * finest.abs().max()
+
+
+def test_power_spectrum_sums_to_the_area_mean_square():
+    """Parseval on the sphere: sum_l P_l equals the quadrature mean of f^2 (band-limited f)."""
+    grid = LatLonGrid(17, 32)
+    coeffs = torch.randn(2, 8, 8, dtype=torch.complex128) * torch.tril(torch.ones(8, 8))
+    coeffs[..., 0] = coeffs[..., 0].real.to(coeffs.dtype)
+    values = synthesis(grid, 7)(coeffs)
+    weights = torch.from_numpy(area_weights(grid.latitude, grid.longitude))
+    mean_square = (values**2 * weights).sum(dim=(-2, -1))
+    spectrum = power_spectrum(values, grid, 7)
+    assert spectrum.shape == (2, 8)
+    torch.testing.assert_close(spectrum.sum(-1), mean_square, rtol=1e-10, atol=0)
+
+
+def test_checkpoint_round_trip_is_bitwise(world, tmp_path):
+    _, store, config = world
+    torch.manual_seed(1)
+    emulator = emulator_of(config, store)
+    save_checkpoint(emulator, tmp_path / "ck", validation={"score": 1.0})
+    loaded = load_checkpoint(tmp_path / "ck", config)
+    state = first_states(store)
+    assert torch.equal(loaded.step(state), emulator.step(state))
+    metadata = json.loads((tmp_path / "ck" / "metadata.json").read_text())
+    assert metadata["architecture"]["variables"] == ["psi_upper", "psi_lower"]
+    assert metadata["validation"] == {"score": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "sha256 differs"),
+        ("metadata", "corrupt metadata"),
+        ("no_weights", "missing model.safetensors"),
+        ("not_a_checkpoint", "not a checkpoint"),
+        ("wrong_tensors", "cannot be loaded"),
+    ],
+)
+def test_corrupt_checkpoints_fail_with_one_line(world, tmp_path, damage, message):
+    _, store, config = world
+    folder = save_checkpoint(emulator_of(config, store), tmp_path / "ck")
+    weights = folder / WEIGHTS
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "metadata":
+        (folder / "metadata.json").write_text('{"format": ')
+    elif damage == "no_weights":
+        weights.unlink()
+    elif damage == "not_a_checkpoint":
+        (folder / "metadata.json").unlink()
+    else:  # valid safetensors with the right hash but the wrong tensors
+        safetensors.torch.save_file({"bogus": torch.zeros(3)}, str(weights))
+        metadata = json.loads((folder / "metadata.json").read_text())
+        from models.checkpoint import sha256_file
+
+        metadata["weights_sha256"] = sha256_file(weights)
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_checkpoint(folder, config)
+    assert "\n" not in str(error.value) and str(folder) in str(error.value)
+
+
+def test_checkpoint_for_another_grid_or_variables_is_refused(world, tmp_path):
+    _, store, config = world
+    folder = save_checkpoint(emulator_of(config, store), tmp_path / "ck")
+    other_grid = config.model_copy(
+        update={"grid": config.grid.model_copy(update={"nlat": 17, "nlon": 32})}
+    )
+    with pytest.raises(CheckpointError, match=r"trained on grid 9x16 T4, the config has 17x32 T4"):
+        load_checkpoint(folder, other_grid)
+    swapped = config.model_copy(update={"variables": ["psi_lower", "psi_upper"]})
+    with pytest.raises(CheckpointError, match="trained on variables"):
+        load_checkpoint(folder, swapped)
+
+
+def weights_of(folder):
+    return safetensors.torch.load_file(str(folder / WEIGHTS))
+
+
+def test_training_lowers_the_validation_error_and_keeps_the_best(trained):
+    state = json.loads((trained / LAST / STATE).read_text())
+    scores = [entry["score"] for entry in state["history"]]
+    assert len(scores) == 2
+    metadata = json.loads((trained / "metadata.json").read_text())
+    assert metadata["validation"]["score"] == min(scores)
+    assert metadata["training"]["seed"] == 5
+    assert len(metadata["training"]["training_data_sha256"]) == 64
+
+
+def test_training_beats_the_untrained_network(world, trained):
+    """Validation score of the trained emulator against the same network untrained."""
+    _, store, config = world
+    trainer = Trainer(config, {}, store, 5, trained.parent / "fresh", torch.device("cpu"), True)
+    from models.training import validate
+
+    untrained = validate(trainer.emulator.eval(), trainer.validation, 8, 16)["score"]
+    best = json.loads((trained / "metadata.json").read_text())["validation"]["score"]
+    assert best < 0.7 * untrained
+
+
+def test_same_seed_same_weights_and_resume_after_sigkill(world, trained, tmp_path):
+    """A second run with seed 5, SIGKILLed after its first epoch and run again, ends with
+    weights bitwise equal to the uninterrupted run's."""
+    path, _, _ = world
+    out = tmp_path / "again"
+    command = [sys.executable, "-m", "forecast.cli", "train", "--config", str(path)]
+    command += ["--seed", "5", "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / LAST / STATE).exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = json.loads((out / LAST / STATE).read_text())["epoch"]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert finished.returncode == 0, finished.stderr
+    assert interrupted == 1  # killed between the two epochs, so the resume did real work
+    for name, value in weights_of(trained).items():
+        assert torch.equal(value, weights_of(out)[name]), name
+    assert weights_of(out / LAST).keys() == weights_of(trained / LAST).keys()
+
+
+def test_resume_refuses_another_seed(world, trained, tmp_path):
+    path, _, _ = world
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    code, output = run_cli("train", "--config", path, "--seed", 6, "--out", out, "--quiet")
+    assert code == 1 and "holds a run with another seed" in output
+
+
+@pytest.mark.parametrize(
+    ("seed", "edit", "message"),
+    [
+        ("x1", {}, "--seed must be an integer, got 'x1'"),
+        ("1", {"periods": {"train": {"first": 2020, "last": 2025}}}, "years 2020-2025 are not"),
+        ("1", {"variables": ["psi_upper"], "analyses": "/nonexistent.zarr"}, "no such store"),
+    ],
+)
+def test_train_bad_input(world, tmp_path, seed, edit, message):
+    path, _, _ = world
+    data = yaml.safe_load(path.read_text())
+    for key, value in edit.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    code, output = run_cli("train", "--config", bad, "--seed", seed, "--out", tmp_path / "o")
+    assert code == 1 and message in output and len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "metadata.json").exists()
+
+
+def test_nwp_baseline_at_the_truth_resolution_reproduces_the_truth(tmp_path):
+    """With the model grid at the truth's own truncation, coarse-graining is the identity and
+    the NWP baseline is the truth model: a step from one analysis lands on the next."""
+    config = parse_config(
+        {
+            "seed": 3,
+            "truth": {"truncation": 10, "spinup_days": 5, "timestep_minutes": 60},
+            "grid": {"nlat": 17, "nlon": 32, "truncation": 10},
+        }
+    )
+    store = write_truth(config, {}, 0.01, tmp_path / "t.zarr", quiet=True)
+    fields = open_analyses(store)[["psi_upper", "psi_lower"]].to_array("channel")
+    states = torch.from_numpy(fields.transpose("time", "channel", ...).values.astype(np.float64))
+    nwp = QGEmulator(config)
+    step = nwp.step(states[:-1])
+    error = (step - states[1:]).abs().max() / states.abs().max()
+    change = (states[1:] - states[:-1]).abs().max() / states.abs().max()
+    assert error < 1e-6 < change
+
+
+def test_nwp_baseline_needs_both_layers(world):
+    _, _, config = world
+    with pytest.raises(ValueError, match="needs variables"):
+        QGEmulator(config.model_copy(update={"variables": ["psi_upper"]}))
+
+
+def test_skill_json_against_hand_computed_references(world, trained):
+    path, store, _ = world
+    code, output = run_cli(
+        "skill", "--config", path, "--checkpoints", trained, "--init-dates", 3,
+        "--lead-days", 1, "--stability-days", 3, "--json", "--quiet",
+    )  # fmt: skip
+    assert code == 0, output
+    scores = json.loads(output)
+    assert scores["lead_hours"] == [6.0, 12.0, 18.0, 24.0]
+    assert set(scores["rmse"]) == {"persistence", "climatology", "sfno", "nwp"}
+    dataset = xr.open_zarr(store)
+    test = dataset.sel(time=slice("2027", "2027"))
+    inits = np.datetime64(scores["init_times"][1], "ns")
+    index = int(np.searchsorted(test["time"].values, inits))
+    assert index == round((len(test["time"]) - 1 - 4) / 2)
+    weights = area_weights(dataset["latitude"].values, dataset["longitude"].values)
+    picks = [0, index, len(test["time"]) - 1 - 4]
+    field = test["psi_lower"].values.astype(np.float64)
+    lead = 2
+    persistence = np.sqrt(
+        np.mean([(weights * (field[i + lead] - field[i]) ** 2).sum() for i in picks])
+    )
+    assert scores["rmse"]["persistence"]["psi_lower"][lead - 1] == pytest.approx(persistence, 1e-6)
+    climate = dataset["psi_lower"].sel(time="2025").values.astype(np.float64).mean(0)
+    climatology = np.sqrt(
+        np.mean([(weights * (field[i + lead] - climate) ** 2).sum() for i in picks])
+    )
+    assert scores["rmse"]["climatology"]["psi_lower"][lead - 1] == pytest.approx(climatology, 1e-6)
+    check = scores["rollout_checks"]["sfno"]
+    assert check["finite"] and check["days"] == 3 and check["spectrum_ratio"] is None
+
+
+def test_skill_bad_input(world, trained, tmp_path):
+    path, _, _ = world
+    code, output = run_cli("skill", "--config", path, "--checkpoints", tmp_path, "--quiet")
+    assert code == 1 and "neither a checkpoint nor a folder" in output
+    code, output = run_cli("skill", "--config", path, "--checkpoints", trained, "--lead-days", 0.1)
+    assert code == 1 and "not a positive multiple" in output
+
+
+@pytest.mark.skipif(not os.path.isdir("checkpoints/default"), reason="no committed checkpoints")
+def test_committed_checkpoints_load_under_the_default_config():
+    config = load_config("configs/default.yaml")
+    folders = sorted(p for p in os.scandir("checkpoints/default") if p.is_dir())
+    assert len(folders) >= 4
+    seeds = set()
+    for folder in folders:
+        emulator = load_checkpoint(folder.path, config)
+        assert os.path.getsize(os.path.join(folder.path, WEIGHTS)) <= 10e6
+        seeds.add(emulator.metadata["training"]["seed"])
+    assert len(seeds) == len(folders)
