@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint truth checkpoints $(foreach seed,1 2 3 4,train-seed$(seed))
+.PHONY: demo test lint truth checkpoints
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,11 @@ truth: $(TRUTH)
 $(TRUTH): | $(STAMP)
 	$(VENV)/bin/wxens data truth --config configs/default.yaml --out $@ --quiet
 
-checkpoints: $(foreach seed,$(SEEDS),train-seed$(seed))
+TRAIN_SEEDS := $(foreach seed,$(SEEDS),train-seed$(seed))
 
-train-seed%: | $(TRUTH)
+checkpoints: $(TRAIN_SEEDS)
+
+$(TRAIN_SEEDS): train-seed%: | $(TRUTH)
 	OMP_NUM_THREADS=1 $(VENV)/bin/wxens train --config configs/default.yaml --seed $* \
 		--out checkpoints/default/sfno-seed$* --quiet
+.PHONY: $(TRAIN_SEEDS)
