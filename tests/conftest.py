@@ -24,7 +24,7 @@ def sample_data() -> Path:
 TINY_WORLD = {
     "name": "tiny",
     "seed": 11,
-    "truth": {"truncation": 10, "spinup_days": 20, "timestep_minutes": 120},
+    "truth": {"truncation": 10, "spinup_days": 20, "timestep_minutes": 180},
     "grid": {"nlat": 9, "nlon": 16, "truncation": 4},
     "periods": {
         "start": "2025-01-01",
