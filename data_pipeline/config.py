@@ -117,6 +117,11 @@ class SFNOConfig(Strict):
 
     The network keeps spherical-harmonic degrees below `grid.truncation + 1` inside its spectral
     convolutions (on an internal grid `scale_factor` times coarser than the model grid).
+
+    With `gradient_features`, each field's gradient components enter beside it. The SFNO's
+    spectral convolutions are isotropic (one weight per degree l), so they cannot form the
+    directional derivatives that advection needs; given the gradient, they can (the Laplacian
+    commutes with d/dlambda), and the MLPs can multiply winds by gradients.
     """
 
     embed_dim: int = Field(64, ge=1)
@@ -124,6 +129,7 @@ class SFNOConfig(Strict):
     scale_factor: int = Field(1, ge=1)
     mlp_ratio: float = Field(2.0, gt=0)
     pos_embed: Literal["none", "learnable lat", "learnable latlon", "spectral"] = "learnable lat"
+    gradient_features: bool = True  # also feed the fields' exact spectral gradients
     precision: Literal["float32", "tf32", "bf16"] = "float32"  # tf32/bf16 apply on CUDA only
 
 

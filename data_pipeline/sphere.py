@@ -81,9 +81,13 @@ class SpectralTransforms(torch.nn.Module):
     the colatitude; that is `(-df/dphi, 1/cos(phi) df/dlambda)` with phi the latitude.
     """
 
-    def __init__(self, grid: LatLonGrid, truncation: int):
+    def __init__(self, grid: LatLonGrid, truncation: int, exact: bool = True):
+        """With `exact=False`, accept any T the longitudes can synthesise: the analyses of the
+        33 x 64 model grid are T21, where its quadrature is exact up to T16 and off by at most
+        0.5% of a coefficient at T21."""
         super().__init__()
-        if truncation > max_truncation(grid):
+        check_synthesis(grid, truncation)
+        if exact and truncation > max_truncation(grid):
             raise ValueError(
                 f"truncation T{truncation} exceeds what a {grid.nlat}x{grid.nlon} grid resolves"
             )

@@ -22,7 +22,7 @@ import zarr
 from data_pipeline.analysis_store import open_analyses
 from data_pipeline.sphere import LatLonGrid
 
-STATISTICS = ("mean", "std", "tendency_mean", "tendency_std")
+STATISTICS = ("mean", "std", "tendency_mean", "tendency_std", "anomaly_std")
 
 
 def area_weights(latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
@@ -80,13 +80,20 @@ def year_window(times: np.ndarray, years: tuple[int, int]) -> slice:
 @dataclass(frozen=True)
 class VariableStats:
     """Statistics of one variable: field mean and std in `units`, and of its tendency over
-    one analysis interval, `x(t + dt) - x(t)`, in `units` per interval (not per second)."""
+    one analysis interval, `x(t + dt) - x(t)`, in `units` per interval (not per second).
+
+    `zonal_mean` is the time- and zonal-mean profile by latitude (the climatological jet),
+    `anomaly_std` the area-weighted std about it: `sqrt(sum_t sum_ij w_ij (x_tij -
+    zonal_mean_i)^2 / T)`, the size of the weather rather than of the jet.
+    """
 
     units: str
     mean: float
     std: float
     tendency_mean: float
     tendency_std: float
+    zonal_mean: tuple[float, ...]
+    anomaly_std: float
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,12 @@ class NormalisationStats:
         values = [getattr(self.variables[name], statistic) for name in names]
         return np.asarray(values, dtype=np.float32)[:, None, None]
 
+    def zonal_mean(self, variables: Sequence[str] | None = None) -> np.ndarray:
+        """The zonal-mean profiles as a float32 array `(channel, latitude, 1)`."""
+        names = list(self.variables) if variables is None else variables
+        profiles = [self.variables[name].zonal_mean for name in names]
+        return np.asarray(profiles, dtype=np.float32)[:, :, None]
+
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-serialisable dict (numbers, strings, lists, dicts)."""
         return {
@@ -128,7 +141,9 @@ class NormalisationStats:
         try:
             variables = {
                 name: VariableStats(
-                    units=str(stats["units"]), **{k: float(stats[k]) for k in STATISTICS}
+                    units=str(stats["units"]),
+                    zonal_mean=tuple(float(v) for v in stats["zonal_mean"]),
+                    **{k: float(stats[k]) for k in STATISTICS},
                 )
                 for name, stats in data["variables"].items()
             }
@@ -172,24 +187,33 @@ def compute_normalisation(
         area_weights(dataset["latitude"].values, dataset["longitude"].values),
         dims=("latitude", "longitude"),
     )
+    row_weights = weights.sum("longitude")
     lazy = {}
     for name in variables:
         field = selection[name].astype(np.float64)
         shift = field.isel(time=0).mean()
         tendency = field.diff("time")
+        anomaly = field - shift
         lazy[name] = (
             shift,
             *_weighted_moments(field, weights, shift),
             *_weighted_moments(tendency, weights, 0.0),
+            anomaly.mean(("time", "longitude")),
+            (anomaly**2).mean(("time", "longitude")),
         )
     (computed,) = dask.compute(lazy)
     stats = {}
     for name, values in computed.items():
-        shift, first, second, tendency_first, tendency_second = (float(v) for v in values)
+        shift, first, second, tendency_first, tendency_second = (float(v) for v in values[:5])
+        row_first, row_second = values[5], values[6]
+        # E[(x - profile)^2] on each row is E[(x - shift)^2] - (profile - shift)^2
+        anomaly_variance = float(((row_second - row_first**2) * row_weights).sum())
         stats[name] = VariableStats(
             str(dataset[name].attrs.get("units", "1")),
             *_mean_std(shift, first, second),
             *_mean_std(0.0, tendency_first, tendency_second),
+            tuple(float(v) for v in shift + row_first.values),
+            float(np.sqrt(max(anomaly_variance, 0.0))),
         )
     return NormalisationStats(stats, tuple(years), float(step / np.timedelta64(1, "h")))
 

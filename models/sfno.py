@@ -3,10 +3,13 @@
 Physical fields go in and come out. Inside, the state is normalised, the network predicts the
 normalised 6 h tendency, and the step is
 
-    x(t + dt) = x(t) + P_T[ sigma_tend * f((x(t) - mu) / sigma) + mu_tend ]
+    z = (x(t) - mu(lat)) / sigma_anomaly
+    x(t + dt) = x(t) + P_T[ sigma_tend * f(z, grad z / T) + mu_tend ]
 
-with `mu`, `sigma` the field statistics, `mu_tend`, `sigma_tend` those of the 6 h tendency
-(`NormalisationStats`) and `P_T` the projection onto spherical harmonics of degree <= T (the
+with `mu(lat)` the climatological zonal-mean profile (the jet), `sigma_anomaly` the std about
+it, `mu_tend`, `sigma_tend` the mean and std of the 6 h tendency (`NormalisationStats`),
+`grad z` the exact spectral gradient on the unit sphere (with `sfno.gradient_features`; scaled
+by 1/T to order one) and `P_T` the projection onto spherical harmonics of degree <= T (the
 model grid's truncation), so that a step never adds scales the analyses cannot hold.
 """
 
@@ -18,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch_harmonics as th
 from torch_harmonics.examples.models import SphericalFourierNeuralOperator
 
 from data_pipeline.config import SFNOConfig
-from data_pipeline.sphere import LatLonGrid
+from data_pipeline.sphere import LatLonGrid, SpectralTransforms
 from data_pipeline.training_data import NormalisationStats
 
 
@@ -40,12 +42,13 @@ def build_network(
     grid: LatLonGrid, channels: int, sfno: SFNOConfig, truncation: int
 ) -> SphericalFourierNeuralOperator:
     """The raw torch-harmonics SFNO of this configuration (also what the benchmark times)."""
+    inputs = channels * (3 if sfno.gradient_features else 1)
     return SphericalFourierNeuralOperator(
         img_size=(grid.nlat, grid.nlon),
         grid=grid.kind,
         grid_internal="legendre-gauss",
         scale_factor=sfno.scale_factor,
-        in_chans=channels,
+        in_chans=inputs,
         out_chans=channels,
         embed_dim=sfno.embed_dim,
         num_layers=sfno.num_layers,
@@ -76,18 +79,29 @@ class SFNOEmulator(torch.nn.Module):
         self.sfno = sfno
         self.timestep = np.timedelta64(round(stats.timestep_hours * 3600), "s")
         self.network = build_network(grid, len(variables), sfno, truncation)
-        n = truncation + 1
-        self.analysis = th.RealSHT(grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind)
-        self.synthesis = th.InverseRealSHT(grid.nlat, grid.nlon, lmax=n, mmax=n, grid=grid.kind)
-        for name in ("mean", "std", "tendency_mean", "tendency_std"):
-            value = torch.from_numpy(stats.channel(name, variables))
-            self.register_buffer(name, value, persistent=False)
+        self.transforms = SpectralTransforms(grid, truncation, exact=False)
+        buffers = {
+            "mean": stats.zonal_mean(variables),
+            "std": stats.channel("anomaly_std", variables),
+            "tendency_mean": stats.channel("tendency_mean", variables),
+            "tendency_std": stats.channel("tendency_std", variables),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, torch.from_numpy(value), persistent=False)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """The next state, differentiable (training); `state` is `(batch, channel, lat, lon)`."""
-        normalised = (state - self.mean) / self.std
-        tendency = self.network(normalised) * self.tendency_std + self.tendency_mean
-        return state + self.synthesis(self.analysis(tendency.float())).to(state.dtype)
+        tendency = self.network(self.features(state)) * self.tendency_std + self.tendency_mean
+        projected = self.transforms.to_grid(self.transforms.to_spectral(tendency.float()))
+        return state + projected.to(state.dtype)
+
+    def features(self, state: torch.Tensor) -> torch.Tensor:
+        """The network's input: `z = (x - mu(lat)) / sigma_anomaly`, then `grad z / T`."""
+        normalised = ((state - self.mean) / self.std).float()
+        if not self.sfno.gradient_features:
+            return normalised
+        gradient = self.transforms.gradient(self.transforms.to_spectral(normalised))
+        return torch.cat([normalised, gradient.flatten(1, 2) / self.truncation], dim=1)
 
     @torch.no_grad()
     def step(

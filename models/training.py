@@ -1,9 +1,10 @@
 """Training one SFNO emulator (`wxens train`).
 
 AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the
-area-weighted MSE of the predicted states, each channel scaled by its climatological std,
+area-weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so
+that both layers count alike, and 1 is the error of persistence after one step),
 
-    L = (1 / K C) sum_k sum_c sum_ij w_ij ((x^_k - x_k)_cij / sigma_c)^2,
+    L = (1 / K C) sum_k sum_c sum_ij w_ij ((x^_k - x_k)_cij / sigma_tend_c)^2,
 
 averaged over a batch of K-step autoregressive rollouts (K = 1 until `rollout_start_epoch`,
 then `rollout_steps`). After every epoch the model is scored on the validation years and the
@@ -94,7 +95,7 @@ def rollout_errors(
     state, errors = inputs, []
     for k in range(targets.shape[1]):
         state = emulator(state)
-        errors.append(weighted_mse(state, targets[:, k], weights, emulator.std))
+        errors.append(weighted_mse(state, targets[:, k], weights, emulator.tendency_std))
     return torch.stack(errors)
 
 
@@ -134,7 +135,7 @@ def validate(
         inputs, targets = load_batch(dataset, chunk, device)
         total += rollout_errors(emulator, inputs, targets, weights).cpu().double() * len(chunk)
     mse = total / len(indices)
-    last = (mse[-1] * emulator.std.flatten().cpu().double() ** 2).sqrt()
+    last = (mse[-1] * emulator.tendency_std.flatten().cpu().double() ** 2).sqrt()
     return {
         "score": float(mse.mean().sqrt()),
         "lead_hours": float(dataset.steps * dataset.timestep / np.timedelta64(1, "h")),
