@@ -105,6 +105,12 @@ def test_statistics_equal_numpy(store, years):
         np.testing.assert_allclose(got.tendency_std, tendency_std, rtol=1e-5)
         np.testing.assert_allclose(got.tendency_mean, tendency_mean, atol=1e-5 * tendency_std)
         assert got.units == "m2 s-1"
+        profile = x.mean(axis=(0, 2))
+        anomaly_std = np.sqrt(
+            ((x - profile[:, None]) ** 2 * GRID.area_weights()).sum((1, 2)).mean()
+        )
+        np.testing.assert_allclose(got.zonal_mean, profile, rtol=1e-5, atol=1e-5 * std)
+        np.testing.assert_allclose(got.anomaly_std, anomaly_std, rtol=1e-5)
 
 
 def test_statistics_read_each_chunk_once(store, monkeypatch):
@@ -120,6 +126,9 @@ def test_statistics_round_trip_through_json(store):
     std = again.channel("std", ["psi_lower", "psi_upper"])
     assert std.shape == (2, 1, 1) and std.dtype == np.float32
     assert std[0, 0, 0] == np.float32(stats.variables["psi_lower"].std)
+    profile = again.zonal_mean(["psi_upper"])
+    assert profile.shape == (1, GRID.nlat, 1)
+    assert profile[0, 3, 0] == np.float32(stats.variables["psi_upper"].zonal_mean[3])
     with pytest.raises(ValueError, match="'timestep_hours'"):
         NormalisationStats.from_dict(
             {k: v for k, v in stats.to_dict().items() if k != "timestep_hours"}
