@@ -19,7 +19,10 @@ def package_version() -> str:
 
 
 def git_revision() -> str:
-    """The repository's HEAD commit (with `-dirty` for local changes), or "unknown"."""
+    """The repository's HEAD commit (with `-dirty` for local code changes), or "unknown".
+
+    Changes under `checkpoints/` are data, not code, and do not make the tree dirty.
+    """
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
@@ -29,7 +32,17 @@ def git_revision() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!checkpoints",
+            ],
             capture_output=True,
             text=True,
             check=True,

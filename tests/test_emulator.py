@@ -316,11 +316,11 @@ def test_skill_bad_input(world, trained, tmp_path):
 @pytest.mark.skipif(not os.path.isdir("checkpoints/default"), reason="no committed checkpoints")
 def test_committed_checkpoints_load_under_the_default_config():
     config = load_config("configs/default.yaml")
-    folders = sorted(p for p in os.scandir("checkpoints/default") if p.is_dir())
+    folders = sorted(p.path for p in os.scandir("checkpoints/default") if p.is_dir())
     assert len(folders) >= 4
     seeds = set()
     for folder in folders:
-        emulator = load_checkpoint(folder.path, config)
-        assert os.path.getsize(os.path.join(folder.path, WEIGHTS)) <= 10e6
+        emulator = load_checkpoint(folder, config)
+        assert os.path.getsize(os.path.join(folder, WEIGHTS)) <= 10e6
         seeds.add(emulator.metadata["training"]["seed"])
     assert len(seeds) == len(folders)
