@@ -241,6 +241,102 @@ def print_skill(scores: dict) -> None:
             typer.echo(f"{name:<24}{variable:<12}{row}")
 
 
+def parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
+    """`["a=b", ...]` -> `{"a": "b"}`; a pair without `=` fails naming the option."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            fail(f"{option} {pair!r}: expected OLD=NEW")
+        parsed[key] = value
+    return parsed
+
+
+def read_names(path: Path | None) -> dict[str, dict[str, str]]:
+    """The `--names` YAML: `{forecast: {old: new}, truth: {old: new}}`."""
+    if path is None:
+        return {}
+    try:
+        names = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        fail(f"--names {path}: {exc}".splitlines()[0])
+    valid = isinstance(names, dict) and set(names) <= {"forecast", "truth"}
+    if not valid or not all(
+        isinstance(m, dict) and all(isinstance(v, str) for v in m.values()) for m in names.values()
+    ):
+        fail(f"--names {path}: expected forecast: and truth: maps of OLD: NEW names")
+    return names
+
+
+@app.command("verify")
+def verify(
+    forecast: Annotated[
+        Path, typer.Option("--forecast", help="Ensemble store (Zarr/netCDF/GRIB).")
+    ],
+    truth: Annotated[Path, typer.Option("--truth", help="Truth store: analyses by time.")],
+    out: OutOption,
+    reference: Annotated[
+        list[str],
+        typer.Option("--reference", help="[NAME=]PATH of a reference ensemble (repeatable)."),
+    ] = [],  # noqa: B006 - typer needs a literal default
+    variables: Annotated[str | None, typer.Option("--variables", help="Comma-separated.")] = None,
+    quantiles: Annotated[
+        str, typer.Option("--quantiles", help="Climatological quantiles for threshold events.")
+    ] = "0.5,0.9",
+    rename_forecast: Annotated[
+        list[str],
+        typer.Option("--rename-forecast", help="OLD=NEW name in the forecast (repeatable)."),
+    ] = [],  # noqa: B006
+    rename_truth: Annotated[
+        list[str], typer.Option("--rename-truth", help="OLD=NEW name in the truth (repeatable).")
+    ] = [],  # noqa: B006
+    names: Annotated[
+        Path | None, typer.Option("--names", help="YAML with forecast: and truth: name maps.")
+    ] = None,
+    scheduler: Annotated[
+        str, typer.Option("--scheduler", help="threads, local-cluster:N or a scheduler address.")
+    ] = "threads",
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write an HTML report here.")
+    ] = None,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Score an ensemble (and references) against a truth store: CRPS, spread-skill, ranks,
+    reliability, extremes, spectra; by variable, region and lead time."""
+    from verification.scheduler import dask_scheduler
+    from verification.verify import VerificationError, VerifyOptions
+    from verification.verify import verify as run_verify
+
+    name_maps = read_names(names)
+    try:
+        options = VerifyOptions(
+            variables=variables.split(",") if variables else None,
+            quantiles=tuple(float(q) for q in quantiles.split(",")),
+            forecast_renames={
+                **name_maps.get("forecast", {}),
+                **parse_pairs(rename_forecast, "--rename-forecast"),
+            },
+            truth_renames={
+                **name_maps.get("truth", {}),
+                **parse_pairs(rename_truth, "--rename-truth"),
+            },
+        )
+        references = {}
+        for entry in reference:
+            name, sep, path = entry.rpartition("=")
+            references[name if sep else Path(path).stem] = Path(path)
+        with dask_scheduler(scheduler, progress=not quiet):
+            scores = run_verify(forecast, truth, out, references, options, overwrite)
+        if report is not None:
+            from verification.report import write_report
+
+            write_report(scores, report, reference=next(iter(references), None))
+    except (VerificationError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    typer.echo(f"wrote {out}" + (f" and {report}" if report else ""), err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="wxens")
 

@@ -64,3 +64,19 @@ def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, store
+
+
+@pytest.fixture(scope="session")
+def wxens():
+    """Run `wxens ARGS...` in this process; returns (exit code, stdout and stderr)."""
+    from typer.testing import CliRunner
+
+    from forecast.cli import app
+
+    runner = CliRunner()
+
+    def run(*args) -> tuple[int, str]:
+        result = runner.invoke(app, [str(arg) for arg in args])
+        return result.exit_code, result.output
+
+    return run

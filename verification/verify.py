@@ -1,0 +1,290 @@
+"""The pipeline behind `wxens verify`: open any ensemble store, map its names, score it.
+
+1. `standardise` maps a store's names onto ours (cfgrib's `number`/`time`/`step`,
+   WeatherBench2's `prediction_timedelta`, explicit renames), adds `lead_time = 0` to an
+   ensemble of analyses, and splits extra dimensions such as pressure levels into variables
+   (`z` at 500 hPa becomes `z500`).
+2. `truth_at_valid_times` picks the truth at `init_time + lead_time` on the same grid.
+3. `score_system` builds every score lazily; `verify` computes all systems in one dask pass and
+   writes the scores dataset described in `verification/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from verification import metrics
+from verification.aggregation import LATITUDE, LONGITUDE, REGIONS, region_weights, regional_means
+
+INIT, LEAD, MEMBER, TIME = "init_time", "lead_time", "member", "time"
+FORECAST_ALIASES = {
+    "number": MEMBER,
+    "realization": MEMBER,
+    "ensemble": MEMBER,
+    "step": LEAD,
+    "prediction_timedelta": LEAD,
+    "lat": LATITUDE,
+    "lon": LONGITUDE,
+    TIME: INIT,
+}
+"""Names other tools give our dimensions (cfgrib, WeatherBench2, CMIP); applied when ours are
+absent. A forecast's `time` is its init time, as in cfgrib and WeatherBench2."""
+TRUTH_ALIASES = {"valid_time": TIME, "lat": LATITUDE, "lon": LONGITUDE}
+
+
+class VerificationError(ValueError):
+    """Bad input to `verify`: the message names the store and the culprit."""
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What `verify` computes; every field is recorded in the scores' attributes."""
+
+    variables: Sequence[str] | None = None
+    regions: Sequence[str] = tuple(REGIONS)
+    quantiles: Sequence[float] = (0.5, 0.9)
+    probability_bins: int = 10
+    seed: int = 0
+    forecast_renames: Mapping[str, str] = field(default_factory=dict)
+    truth_renames: Mapping[str, str] = field(default_factory=dict)
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a Zarr store, a netCDF file or a GRIB file (cfgrib) lazily."""
+    path = Path(path)
+    if not path.exists():
+        raise VerificationError(f"{path} does not exist")
+    if path.is_dir():
+        return xr.open_zarr(path)
+    engine = "cfgrib" if path.suffix in {".grib", ".grib2", ".grb", ".grb2"} else None
+    kwargs = {"backend_kwargs": {"indexpath": ""}} if engine == "cfgrib" else {}
+    return xr.open_dataset(path, engine=engine, chunks={}, **kwargs)
+
+
+def _rename(ds: xr.Dataset, renames: Mapping[str, str], aliases: Mapping[str, str], label: str):
+    missing = [old for old in renames if old not in ds.variables and old not in ds.dims]
+    if missing:
+        raise VerificationError(f"{label} has no {missing[0]!r} to rename")
+    ds = ds.rename(dict(renames))
+    implied = {
+        old: new
+        for old, new in aliases.items()
+        if old in ds.dims and new not in ds.variables and old not in renames.values()
+    }
+    return ds.rename(implied)
+
+
+def _split_extra_dims(ds: xr.Dataset, keep: Sequence[str]) -> xr.Dataset:
+    """One variable per value of every dimension outside `keep` (`z` by level -> `z500`)."""
+    fields = {}
+    for name, data in ds.data_vars.items():
+        extra = [dim for dim in data.dims if dim not in keep]
+        if not extra:
+            fields[name] = data
+            continue
+        stacked = data.stack(_extra=extra)
+        for i, labels in enumerate(stacked["_extra"].values):
+            suffix = "_".join(f"{value:g}" for value in np.atleast_1d(labels))
+            fields[f"{name}{suffix}"] = stacked.isel(_extra=i, drop=True)
+    return xr.Dataset(fields)
+
+
+def standardise(
+    ds: xr.Dataset, renames: Mapping[str, str], label: str, *, forecast: bool
+) -> xr.Dataset:
+    """Our names, our dimensions; see the module docstring."""
+    ds = _rename(ds, renames, FORECAST_ALIASES if forecast else TRUTH_ALIASES, label)
+    required = (INIT, MEMBER) if forecast else (TIME,)
+    for dim in (*required, LATITUDE, LONGITUDE):
+        if dim not in ds.dims:
+            raise VerificationError(
+                f"{label} has no {dim!r} dimension (it has {', '.join(map(str, ds.dims))}); "
+                "map one with a rename"
+            )
+    if forecast and LEAD not in ds.dims:
+        ds = ds.expand_dims({LEAD: [np.timedelta64(0, "ns")]})
+    keep = (INIT, LEAD, MEMBER, LATITUDE, LONGITUDE) if forecast else (TIME, LATITUDE, LONGITUDE)
+    ds = ds.reset_coords(drop=True)
+    return _split_extra_dims(ds, keep)
+
+
+def check_same_grid(forecast: xr.Dataset, truth: xr.Dataset, label: str) -> None:
+    """Verification does not regrid: the forecast's grid must be the truth's."""
+    for dim in (LATITUDE, LONGITUDE):
+        ours, theirs = forecast[dim].values, truth[dim].values
+        if ours.shape != theirs.shape or not np.allclose(ours, theirs):
+            raise VerificationError(
+                f"{label} is on another grid than the truth: {dim} has {ours.size} points "
+                f"({ours[0]:g}..{ours[-1]:g}) against {theirs.size} ({theirs[0]:g}..{theirs[-1]:g})"
+            )
+
+
+def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray) -> xr.DataArray:
+    """The truth at `valid_time = init_time + lead_time`, dims (init_time, lead_time, lat, lon)."""
+    valid = forecast[INIT] + forecast[LEAD]
+    missing = ~np.isin(valid.values, truth[TIME].values)
+    if missing.any():
+        first = np.datetime_as_string(valid.values[missing][0], unit="h")
+        raise VerificationError(
+            f"the truth has no analysis at valid time {first} "
+            f"({int(missing.sum())} of {missing.size} valid times missing)"
+        )
+    return truth.sel({TIME: valid}).drop_vars(TIME)
+
+
+def choose_variables(forecast: xr.Dataset, truth: xr.Dataset, wanted: Sequence[str] | None):
+    """The variables to score: `wanted`, else every variable both stores have."""
+    if wanted:
+        for name in wanted:
+            for label, ds in (("forecast", forecast), ("truth", truth)):
+                if name not in ds.data_vars:
+                    raise VerificationError(
+                        f"{label} has no variable {name!r} (it has {', '.join(ds.data_vars)})"
+                    )
+        return list(wanted)
+    shared = [name for name in forecast.data_vars if name in truth.data_vars]
+    if not shared:
+        raise VerificationError(
+            f"forecast ({', '.join(forecast.data_vars)}) and truth "
+            f"({', '.join(truth.data_vars)}) share no variable"
+        )
+    return shared
+
+
+def _per_region(score, regions: Sequence[str]) -> xr.DataArray:
+    """`score(region)` for each region, stacked on a `region` dimension."""
+    values = [score(region) for region in regions]
+    return xr.concat(values, dim=xr.DataArray(list(regions), dims=["region"], name="region"))
+
+
+def score_variable(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    climatology: xr.DataArray,
+    options: VerifyOptions,
+) -> xr.Dataset:
+    """Every score of one variable of one system, lazily; dims (region, lead_time, ...)."""
+    members = forecast.sizes[MEMBER]
+    regions = list(options.regions)
+
+    def mean(per_point: xr.DataArray) -> xr.DataArray:
+        return regional_means(per_point, regions)
+
+    variance = mean(metrics.ensemble_variance(forecast))
+    squared_error = mean(metrics.squared_error_of_mean(forecast, truth))
+    unbiased = mean(metrics.unbiased_squared_error_of_mean(forecast, truth))
+    ranks = metrics.truth_rank(forecast, truth, seed=options.seed)
+    scores = {
+        "crps": mean(metrics.crps_ensemble(forecast, truth)),
+        "crps_ecdf": mean(metrics.crps_ensemble(forecast, truth, fair=False)),
+        "rmse": np.sqrt(squared_error),
+        "spread": np.sqrt(variance),
+        "spread_skill_ratio": metrics.spread_skill_ratio(variance, squared_error, members),
+        "spread_skill_ratio_debiased": metrics.spread_skill_ratio_debiased(variance, unbiased),
+        "outlier_fraction": mean(metrics.outside_range(forecast, truth)),
+        "acc": _per_region(
+            lambda r: metrics.anomaly_correlation(forecast, truth, climatology, r), regions
+        ).mean(INIT),
+        "energy_score": _per_region(
+            lambda r: metrics.energy_score(forecast, truth, r), regions
+        ).mean(INIT),
+        "rank_histogram": _per_region(
+            lambda r: metrics.rank_histogram(
+                ranks, members, (INIT, LATITUDE, LONGITUDE), region_weights(truth[LATITUDE], r)
+            ),
+            regions,
+        ),
+    }
+    return xr.Dataset(scores)
+
+
+def score_system(
+    forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str], options: VerifyOptions
+) -> xr.Dataset:
+    """All scores of one system, lazily, with a `variable` dimension."""
+    per_variable = []
+    for name in variables:
+        data = forecast[name].chunk({INIT: 1, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1})
+        observed = truth_at_valid_times(truth[name], data)
+        climatology = truth[name].mean(TIME)
+        per_variable.append(score_variable(data, observed, climatology, options))
+    return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
+
+
+def verify(
+    forecast_path: str | Path,
+    truth_path: str | Path,
+    out: str | Path,
+    references: Mapping[str, str | Path] | None = None,
+    options: VerifyOptions | None = None,
+    overwrite: bool = False,
+) -> xr.Dataset:
+    """Score the forecast (and any references) against the truth; write `out` (Zarr).
+
+    The store is written to `OUT.partial` and renamed when complete; an existing `out` is
+    replaced only with `overwrite`.
+    """
+    options = options or VerifyOptions()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise VerificationError(f"{out} already exists; pass --overwrite to replace it")
+    truth = standardise(open_store(truth_path), options.truth_renames, "truth", forecast=False)
+    systems = {"forecast": forecast_path, **(references or {})}
+    stores = {}
+    for name, path in systems.items():
+        label = f"{name} ({path})"
+        stores[name] = standardise(open_store(path), options.forecast_renames, label, forecast=True)
+        check_same_grid(stores[name], truth, label)
+    variables = choose_variables(stores["forecast"], truth, options.variables)
+    scored = [score_system(ds, truth, variables, options) for ds in stores.values()]
+    scores = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
+    scores.attrs = provenance(systems, truth_path, variables, options, stores)
+    scores = scores.compute()
+    write_scores(scores, out, overwrite)
+    return scores
+
+
+def provenance(systems, truth_path, variables, options: VerifyOptions, stores) -> dict:
+    """Attributes of the scores dataset: inputs, options, members, package version."""
+    return {
+        "systems": json.dumps({name: str(path) for name, path in systems.items()}),
+        "truth": str(truth_path),
+        "members": json.dumps({name: ds.sizes[MEMBER] for name, ds in stores.items()}),
+        "variables": json.dumps(list(variables)),
+        "options": json.dumps(
+            {
+                "regions": list(options.regions),
+                "quantiles": list(options.quantiles),
+                "probability_bins": options.probability_bins,
+                "seed": options.seed,
+                "forecast_renames": dict(options.forecast_renames),
+                "truth_renames": dict(options.truth_renames),
+            }
+        ),
+        "wxens_version": version("wxens"),
+    }
+
+
+def write_scores(scores: xr.Dataset, out: Path, overwrite: bool) -> None:
+    """Write to `OUT.partial`, then move it into place (replacing `out` only now)."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    # Variable-length strings: zarr v3 has no stable spec for numpy's fixed-width unicode.
+    labels = {name: c.astype(object) for name, c in scores.coords.items() if c.dtype.kind == "U"}
+    with warnings.catch_warnings():
+        # Consolidated metadata lets `xr.open_zarr(out)` open quietly; zarr warns it is not
+        # (yet) part of the v3 spec.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        scores.assign_coords(labels).to_zarr(partial, mode="w", consolidated=True)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    partial.rename(out)
