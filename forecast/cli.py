@@ -282,7 +282,7 @@ def verify(
     variables: Annotated[str | None, typer.Option("--variables", help="Comma-separated.")] = None,
     quantiles: Annotated[
         str, typer.Option("--quantiles", help="Climatological quantiles for threshold events.")
-    ] = "0.5,0.9",
+    ] = "0.5,0.9,0.95,0.99",
     rename_forecast: Annotated[
         list[str],
         typer.Option("--rename-forecast", help="OLD=NEW name in the forecast (repeatable)."),
@@ -296,6 +296,9 @@ def verify(
     scheduler: Annotated[
         str, typer.Option("--scheduler", help="threads, local-cluster:N or a scheduler address.")
     ] = "threads",
+    truncation: Annotated[
+        int | None, typer.Option("--truncation", help="Spectra up to this wavenumber.")
+    ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write an HTML report here.")
     ] = None,
@@ -313,6 +316,7 @@ def verify(
         options = VerifyOptions(
             variables=variables.split(",") if variables else None,
             quantiles=tuple(float(q) for q in quantiles.split(",")),
+            truncation=truncation,
             forecast_renames={
                 **name_maps.get("forecast", {}),
                 **parse_pairs(rename_forecast, "--rename-forecast"),

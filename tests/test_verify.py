@@ -98,6 +98,14 @@ def test_scores_match_an_independent_computation(stores, scored):
     assert float(ssr.mean()) > 2
     histogram = scores.rank_histogram.sel(system="forecast").dropna("rank")
     np.testing.assert_allclose(histogram.sum("rank"), 1.0)
+    # Events above the truth climate's 90th percentile: the Brier score by hand.
+    # (the +-15-day window holds fewer than 100 analyses, so the climate is all 120 of them)
+    threshold = np.quantile(truth["u"].values, 0.9, axis=0)
+    probability = (members > threshold[..., None]).mean(-1)
+    brier = area_then_init_mean((probability - (observed > threshold)) ** 2)
+    assert float(got.brier_score.sel(quantile=0.9)) == pytest.approx(brier, rel=1e-6)
+    assert 0.5 < float(got.efi_roc_auc.sel(quantile=0.9)) <= 1
+    assert got.power_truth.dims == ("wavenumber",) and got.power_members.notnull().all()
     # The wider reference has the worse CRPS everywhere.
     assert (scores.crps.sel(system="wide") > scores.crps.sel(system="forecast")).all()
 

@@ -30,12 +30,18 @@ dimensions `system` (the forecast and any references, by name), `variable` (the 
 | `outlier_fraction` | | truth outside the ensemble range (2/(M+1) if calibrated) |
 | `energy_score` | | multivariate over the grid points of the region |
 | `rank_histogram` | `rank` (0..M) | frequencies, summing to 1 |
-| `brier_score`, `roc_auc` | `quantile` | events above a climatological quantile |
+| `brier_score`, `roc_auc` | `quantile` | events "truth above the climate's q-quantile" |
+| `efi_roc_auc` | `quantile` | ROC area of the EFI as a predictor of those events |
+| `tail_fraction` | `tail` (low, high) | truth under the members' 1st, over their 99th pct |
+| `tail_reach` | `tail` (low, high) | (mean - min) / std and (max - mean) / std of the members |
 | `reliability_*` | `quantile`, `probability_bin` | reliability diagram (see below) |
 | `power_members`, `power_ensemble_mean`, `power_truth` | `wavenumber` | spectra (no `region`) |
 
 The reliability diagram is `reliability_forecast_probability`, `reliability_observed_frequency`
 and `reliability_count` (the area-weighted number of cases in each probability bin).
+
+The climate (thresholds, EFI model climate, ACC climatology) is the truth's analyses within
+15 days of the init dates' calendar days, or all of them when that leaves fewer than 100.
 
 Regions are `global`, `nh_extratropics` (20-90N), `tropics` (20S-20N) and `sh_extratropics`
 (90-20S). Means are area-weighted over a region, then taken over init times; square roots are

@@ -180,18 +180,28 @@ def truth_rank(
     return ranks.where(valid, -1)
 
 
+def rank_counts(
+    ranks: xr.DataArray, members: int, dims: Sequence[str], weights: xr.DataArray | None = None
+) -> xr.DataArray:
+    """Weighted number of cases with each rank 0..M over `dims` (new dimension `rank`).
+
+    `counts_r = sum_j w_j [rank_j = r]`; points with rank -1 (missing data) are left out.
+    """
+    weight = xr.ones_like(ranks, dtype=np.float64) if weights is None else weights
+    rank_values = xr.DataArray(np.arange(members + 1), dims=["rank"], name="rank")
+    rank_values = rank_values.assign_coords(rank=rank_values)
+    return ((ranks == rank_values) * weight).sum(dims)
+
+
 def rank_histogram(
     ranks: xr.DataArray, members: int, dims: Sequence[str], weights: xr.DataArray | None = None
 ) -> xr.DataArray:
     """Frequency of each rank 0..M over `dims` (dimension `rank`), weighted, summing to 1.
 
-    Flat at 1/(M+1) for a calibrated ensemble; U-shaped when it is under-dispersive.
-    Points with rank -1 (missing data) are left out.
+    Flat at 1/(M+1) for a calibrated ensemble; U-shaped when it is under-dispersive
+    (Hamill 2001). Points with rank -1 (missing data) are left out.
     """
-    weight = xr.ones_like(ranks, dtype=np.float64) if weights is None else weights
-    rank_values = xr.DataArray(np.arange(members + 1), dims=["rank"], name="rank")
-    rank_values = rank_values.assign_coords(rank=rank_values)
-    counts = ((ranks == rank_values) * weight).sum(dims)
+    counts = rank_counts(ranks, members, dims, weights)
     return counts / counts.sum("rank")
 
 

@@ -24,6 +24,14 @@ import xarray as xr
 
 from verification import metrics
 from verification.aggregation import LATITUDE, LONGITUDE, REGIONS, region_weights, regional_means
+from verification.extremes import (
+    calendar_window,
+    extreme_event_scores,
+    model_climate,
+    tail_fractions,
+    tail_reach,
+)
+from verification.spectra import ensemble_spectra
 
 INIT, LEAD, MEMBER, TIME = "init_time", "lead_time", "member", "time"
 FORECAST_ALIASES = {
@@ -51,9 +59,13 @@ class VerifyOptions:
 
     variables: Sequence[str] | None = None
     regions: Sequence[str] = tuple(REGIONS)
-    quantiles: Sequence[float] = (0.5, 0.9)
+    quantiles: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
+    """Events "truth above the climate's q-quantile" for reliability, Brier, ROC and EFI ROC."""
+    climate_window_days: int = 15
     probability_bins: int = 10
     seed: int = 0
+    truncation: int | None = None
+    """Spectral truncation of the spectra; None: the largest the grid resolves exactly."""
     forecast_renames: Mapping[str, str] = field(default_factory=dict)
     truth_renames: Mapping[str, str] = field(default_factory=dict)
 
@@ -166,10 +178,33 @@ def _per_region(score, regions: Sequence[str]) -> xr.DataArray:
     return xr.concat(values, dim=xr.DataArray(list(regions), dims=["region"], name="region"))
 
 
+def regional_frequency(
+    counts_by_latitude: xr.DataArray, category: str, region: str
+) -> xr.DataArray:
+    """Counts by latitude and `category` -> area-weighted frequencies over `region`."""
+    weights = region_weights(counts_by_latitude[LATITUDE], region)
+    counts = (counts_by_latitude * weights).sum(LATITUDE)
+    return counts / counts.sum(category)
+
+
+def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int) -> xr.DataArray:
+    """The analyses within +-`half_width_days` of the init dates' calendar days (all of them
+    when that leaves fewer than 100), as one dask chunk in time."""
+    window = calendar_window(truth, inits.values, half_width_days, TIME)
+    if window.sizes[TIME] < 100:
+        window = truth
+    if window.sizes[TIME] < 100:
+        warnings.warn(
+            f"the climate of {truth.name} rests on only {window.sizes[TIME]} analyses",
+            stacklevel=2,
+        )
+    return window.chunk({TIME: -1})
+
+
 def score_variable(
     forecast: xr.DataArray,
     truth: xr.DataArray,
-    climatology: xr.DataArray,
+    climate_sample: xr.DataArray,
     options: VerifyOptions,
 ) -> xr.Dataset:
     """Every score of one variable of one system, lazily; dims (region, lead_time, ...)."""
@@ -182,7 +217,11 @@ def score_variable(
     variance = mean(metrics.ensemble_variance(forecast))
     squared_error = mean(metrics.squared_error_of_mean(forecast, truth))
     unbiased = mean(metrics.unbiased_squared_error_of_mean(forecast, truth))
+    climatology = climate_sample.mean(TIME)
+    climate = model_climate(climate_sample, TIME)
     ranks = metrics.truth_rank(forecast, truth, seed=options.seed)
+    # Counted once per latitude; each region then weights the latitudes (no recount per region).
+    rank_counts_by_latitude = metrics.rank_counts(ranks, members, (INIT, LONGITUDE))
     scores = {
         "crps": mean(metrics.crps_ensemble(forecast, truth)),
         "crps_ecdf": mean(metrics.crps_ensemble(forecast, truth, fair=False)),
@@ -198,13 +237,42 @@ def score_variable(
             lambda r: metrics.energy_score(forecast, truth, r), regions
         ).mean(INIT),
         "rank_histogram": _per_region(
-            lambda r: metrics.rank_histogram(
-                ranks, members, (INIT, LATITUDE, LONGITUDE), region_weights(truth[LATITUDE], r)
-            ),
-            regions,
+            lambda r: regional_frequency(rank_counts_by_latitude, "rank", r), regions
         ),
     }
-    return xr.Dataset(scores)
+    events = _per_region(
+        lambda r: extreme_event_scores(
+            forecast,
+            truth,
+            climate,
+            (INIT, LATITUDE, LONGITUDE),
+            region_weights(truth[LATITUDE], r),
+            levels=options.quantiles,
+            bins=options.probability_bins,
+        ),
+        regions,
+    )
+    tails = {
+        "tail_fraction": mean(tail_fractions(forecast, truth)),
+        "tail_reach": mean(tail_reach(forecast)),
+    }
+    spectra = spectra_or_none(forecast, truth, options.truncation)
+    return xr.merge(
+        [scores, events, tails, spectra.mean(INIT) if spectra is not None else {}],
+        compat="no_conflicts",
+        join="exact",
+    )
+
+
+def spectra_or_none(
+    forecast: xr.DataArray, truth: xr.DataArray, truncation: int | None
+) -> xr.Dataset | None:
+    """Member, ensemble-mean and truth spectra; None (with a warning) on a non-global grid."""
+    try:
+        return ensemble_spectra(forecast, truth, MEMBER, truncation=truncation)
+    except ValueError as exc:
+        warnings.warn(f"no spectra: {exc}", stacklevel=2)
+        return None
 
 
 def score_system(
@@ -215,8 +283,8 @@ def score_system(
     for name in variables:
         data = forecast[name].chunk({INIT: 1, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1})
         observed = truth_at_valid_times(truth[name], data)
-        climatology = truth[name].mean(TIME)
-        per_variable.append(score_variable(data, observed, climatology, options))
+        climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
+        per_variable.append(score_variable(data, observed, climate_sample, options))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
 
 
@@ -266,6 +334,8 @@ def provenance(systems, truth_path, variables, options: VerifyOptions, stores) -
                 "quantiles": list(options.quantiles),
                 "probability_bins": options.probability_bins,
                 "seed": options.seed,
+                "truncation": options.truncation,
+                "climate_window_days": options.climate_window_days,
                 "forecast_renames": dict(options.forecast_renames),
                 "truth_renames": dict(options.truth_renames),
             }
