@@ -62,8 +62,20 @@ def area_mean(data: xr.DataArray | xr.Dataset, region: str = "global") -> xr.Dat
 def regional_means(
     data: xr.DataArray | xr.Dataset, regions: Iterable[str] = REGIONS, time_dim: str = "init_time"
 ) -> xr.DataArray | xr.Dataset:
-    """Area means per region (new dimension `region`), then the mean over `time_dim`."""
+    """Area means per region (new dimension `region`) averaged over `time_dim`.
+
+    Every init time has the same grid, so the mean over init times of the area means equals the
+    area-weighted mean over latitude of the mean over (init time, longitude): that order reduces
+    the big array once, and the regions only weight its latitudes.
+    """
+    zonal = data.mean([dim for dim in (time_dim, LONGITUDE) if dim in data.dims], skipna=False)
+    return zonal.weighted(regional_weights(data[LATITUDE], regions)).mean(LATITUDE, skipna=False)
+
+
+def regional_weights(latitude: xr.DataArray, regions: Iterable[str] = REGIONS) -> xr.DataArray:
+    """`region_weights` of each region, stacked on a `region` dimension."""
     names = list(regions)
-    means = [area_mean(data, region) for region in names]
-    stacked = xr.concat(means, dim=xr.DataArray(names, dims=["region"], name="region"))
-    return stacked.mean(time_dim) if time_dim in stacked.dims else stacked
+    return xr.concat(
+        [region_weights(latitude, region) for region in names],
+        dim=xr.DataArray(names, dims=["region"], name="region"),
+    )

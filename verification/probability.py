@@ -331,3 +331,98 @@ def _checked(
 
 def _as_list(dims: Dims) -> list[Hashable]:
     return [dims] if isinstance(dims, str) else list(dims)
+
+
+# Scores from a contingency table. An M-member ensemble forecasts one of M + 1 probabilities
+# k/M, so the table n(k, o) of how often each (k, event) pair occurs holds everything the Brier
+# score, the reliability diagram and the ROC need. Counted once per latitude over the big
+# dimensions (one cheap pass, O(points)), the tables of any region are then latitude-weighted
+# sums of a small array: this is how `wxens verify` scores large stores.
+
+VALUE = "value"
+OUTCOME = "outcome"
+
+
+def _joint_counts(index: np.ndarray, event: np.ndarray, values: int) -> np.ndarray:
+    """n(value, outcome) over the last axis, for every leading index; skips NaN events."""
+    rows = int(np.prod(index.shape[:-1]))
+    valid = ~np.isnan(event) & (index >= 0) & (index < values)
+    row = np.arange(rows).reshape(index.shape[:-1])[..., None]
+    code = (row * values + index) * 2 + np.nan_to_num(event).astype(np.int64)
+    counts = np.bincount(code[valid], minlength=rows * values * 2)
+    return counts.reshape(*index.shape[:-1], values, 2).astype(np.float64)
+
+
+def contingency_table(
+    index: xr.DataArray, event: xr.DataArray, values: int, dims: Sequence[Hashable]
+) -> xr.DataArray:
+    """`n(v, o) = #{points over dims: index = v, event = o}`, dimensions `value` and `outcome`.
+
+    `index` is an integer forecast category in 0..values-1 (e.g. the number of members above
+    the threshold); `event` is 1/0/NaN. The last of `dims` must be one dask chunk; the others
+    are summed afterwards.
+    """
+    *outer, inner = list(dims)
+    table = xr.apply_ufunc(
+        _joint_counts,
+        index,
+        event,
+        kwargs={"values": values},
+        input_core_dims=[[inner], [inner]],
+        output_core_dims=[[VALUE, OUTCOME]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {VALUE: values, OUTCOME: 2}},
+    )
+    return table.sum(outer) if outer else table
+
+
+def brier_score_from_table(table: xr.DataArray, probabilities: xr.DataArray) -> xr.DataArray:
+    """`BS = sum_v,o n(v, o) (p_v - o)^2 / sum_v,o n(v, o)`, unitless.
+
+    `probabilities` gives p_v along `value`.
+    """
+    outcome = xr.DataArray([0.0, 1.0], dims=[OUTCOME])
+    return (table * (probabilities - outcome) ** 2).sum((VALUE, OUTCOME)) / table.sum(
+        (VALUE, OUTCOME)
+    )
+
+
+def reliability_from_table(
+    table: xr.DataArray, probabilities: xr.DataArray, bins: int = 10
+) -> xr.Dataset:
+    """The reliability diagram of `reliability_diagram` from a table: bins of equal width on
+    [0, 1], closed on the left (the last also on the right)."""
+    edges = _bin_edges(bins)
+    bin_of_value = np.clip(np.digitize(probabilities.values, edges[1:-1]), 0, edges.size - 2)
+    grouped = xr.DataArray(bin_of_value, dims=[VALUE])
+    cases = table.sum(OUTCOME)
+
+    def by_bin(per_value: xr.DataArray) -> xr.DataArray:
+        sums = per_value.groupby(grouped.rename("bin")).sum(VALUE)
+        sums = sums.reindex(bin=np.arange(edges.size - 1), fill_value=0.0)
+        return sums.rename(bin=PROBABILITY_BIN)
+
+    count = by_bin(cases)
+    nonempty = count.where(count > 0)
+    diagram = xr.Dataset(
+        {
+            "forecast_probability": by_bin(cases * probabilities) / nonempty,
+            "observed_frequency": by_bin(table.sel({OUTCOME: 1})) / nonempty,
+            "count": count,
+        }
+    )
+    return diagram.assign_coords({PROBABILITY_BIN: (edges[:-1] + edges[1:]) / 2})
+
+
+def roc_auc_from_table(table: xr.DataArray) -> xr.DataArray:
+    """ROC area from a table whose `value` orders the forecasts (ties count one half).
+
+    `AUC = sum_v n(v, 1) (N0(< v) + n(v, 0) / 2) / (N1 N0)`: the Mann-Whitney form of the
+    trapezoidal area under the ROC curve through every threshold. NaN without events or without
+    non-events.
+    """
+    events, non_events = table.sel({OUTCOME: 1}, drop=True), table.sel({OUTCOME: 0}, drop=True)
+    below = non_events.cumsum(VALUE) - non_events
+    pairs = events.sum(VALUE) * non_events.sum(VALUE)
+    return (events * (below + non_events / 2)).sum(VALUE) / pairs.where(pairs > 0)

@@ -23,13 +23,29 @@ import numpy as np
 import xarray as xr
 
 from verification import metrics
-from verification.aggregation import LATITUDE, LONGITUDE, REGIONS, region_weights, regional_means
+from verification.aggregation import (
+    LATITUDE,
+    LONGITUDE,
+    REGIONS,
+    region_weights,
+    regional_means,
+    regional_weights,
+)
 from verification.extremes import (
     calendar_window,
-    extreme_event_scores,
+    climate_at,
+    efi,
     model_climate,
     tail_fractions,
     tail_reach,
+)
+from verification.probability import (
+    VALUE,
+    brier_score_from_table,
+    contingency_table,
+    exceeds,
+    reliability_from_table,
+    roc_auc_from_table,
 )
 from verification.spectra import ensemble_spectra
 
@@ -150,7 +166,14 @@ def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray) -> xr.Data
             f"the truth has no analysis at valid time {first} "
             f"({int(missing.sum())} of {missing.size} valid times missing)"
         )
-    return truth.sel({TIME: valid}).drop_vars(TIME)
+    # One 1-D selection per lead: dask indexes those chunk by chunk (a 2-D fancy index would
+    # make one task per valid time).
+    per_lead = [
+        truth.sel({TIME: valid.sel({LEAD: lead}).values}).rename({TIME: INIT}).drop_vars(INIT)
+        for lead in forecast[LEAD].values
+    ]
+    selected = xr.concat(per_lead, dim=forecast[LEAD]).assign_coords({INIT: forecast[INIT]})
+    return selected.transpose(INIT, LEAD, ...)
 
 
 def choose_variables(forecast: xr.Dataset, truth: xr.Dataset, wanted: Sequence[str] | None):
@@ -201,6 +224,43 @@ def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int
     return window.chunk({TIME: -1})
 
 
+EFI_CATEGORIES = 200
+"""The EFI's ROC is counted in 200 equal bins on [-1, 1] (ties within a bin count one half)."""
+
+
+def event_scores(
+    forecast: xr.DataArray, truth: xr.DataArray, climate: xr.DataArray, options: VerifyOptions
+) -> xr.Dataset:
+    """Brier score, reliability, ROC area and the EFI's ROC area for the events "truth above
+    the climate's q-quantile", by region, from contingency tables counted once per latitude."""
+    members = forecast.sizes[MEMBER]
+    thresholds = climate_at(climate, list(options.quantiles))
+    complete = forecast.notnull().all(MEMBER)
+    members_above = (forecast > thresholds).sum(MEMBER).where(complete, -1)
+    event = exceeds(truth, thresholds)
+    index = efi(forecast, climate)
+    efi_category = np.floor((index + 1) / 2 * EFI_CATEGORIES).clip(0, EFI_CATEGORIES - 1)
+    weights = regional_weights(truth[LATITUDE], options.regions)
+
+    def regional_table(category: xr.DataArray, values: int) -> xr.DataArray:
+        table = contingency_table(category, event, values, (INIT, LONGITUDE))
+        return (table * weights).sum(LATITUDE)
+
+    table = regional_table(members_above, members + 1)
+    probabilities = xr.DataArray(np.arange(members + 1) / members, dims=[VALUE])
+    reliability = reliability_from_table(table, probabilities, options.probability_bins)
+    return xr.Dataset(
+        {
+            "brier_score": brier_score_from_table(table, probabilities),
+            "roc_auc": roc_auc_from_table(table),
+            "efi_roc_auc": roc_auc_from_table(
+                regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)
+            ),
+            **{f"reliability_{name}": score for name, score in reliability.items()},
+        }
+    )
+
+
 def score_variable(
     forecast: xr.DataArray,
     truth: xr.DataArray,
@@ -240,18 +300,7 @@ def score_variable(
             lambda r: regional_frequency(rank_counts_by_latitude, "rank", r), regions
         ),
     }
-    events = _per_region(
-        lambda r: extreme_event_scores(
-            forecast,
-            truth,
-            climate,
-            (INIT, LATITUDE, LONGITUDE),
-            region_weights(truth[LATITUDE], r),
-            levels=options.quantiles,
-            bins=options.probability_bins,
-        ),
-        regions,
-    )
+    events = event_scores(forecast, truth, climate, options)
     tails = {
         "tail_fraction": mean(tail_fractions(forecast, truth)),
         "tail_reach": mean(tail_reach(forecast)),
@@ -275,13 +324,25 @@ def spectra_or_none(
         return None
 
 
+CHUNK_BYTES = 8 * 2**20
+"""Target size of one forecast chunk while scoring: all members of whole fields, as many init
+times as fit (memory per worker thread is a small multiple of this)."""
+
+
+def score_chunks(forecast: xr.DataArray) -> dict[str, int]:
+    """All members and the whole grid in each chunk, one lead, init times up to CHUNK_BYTES."""
+    field_bytes = forecast.sizes[MEMBER] * forecast.sizes[LATITUDE] * forecast.sizes[LONGITUDE] * 8
+    inits = int(np.clip(CHUNK_BYTES // field_bytes, 1, forecast.sizes[INIT]))
+    return {INIT: inits, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1}
+
+
 def score_system(
     forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str], options: VerifyOptions
 ) -> xr.Dataset:
     """All scores of one system, lazily, with a `variable` dimension."""
     per_variable = []
     for name in variables:
-        data = forecast[name].chunk({INIT: 1, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1})
+        data = forecast[name].chunk(score_chunks(forecast[name]))
         observed = truth_at_valid_times(truth[name], data)
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
         per_variable.append(score_variable(data, observed, climate_sample, options))
@@ -316,7 +377,15 @@ def verify(
     scored = [score_system(ds, truth, variables, options) for ds in stores.values()]
     scores = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
     scores.attrs = provenance(systems, truth_path, variables, options, stores)
-    scores = scores.compute()
+    # One lead time at a time: every chunk is still read once, and the scheduler never holds
+    # more than one lead's graph (peak memory stays flat however many leads there are).
+    scores = xr.concat(
+        [scores.isel({LEAD: [i]}).compute() for i in range(scores.sizes[LEAD])],
+        dim=LEAD,
+        data_vars="all",
+        coords="minimal",
+        compat="override",
+    )
     write_scores(scores, out, overwrite)
     return scores
 
