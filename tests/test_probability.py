@@ -16,11 +16,15 @@ from sklearn.metrics import roc_auc_score
 
 from verification.probability import (
     brier_score,
+    brier_score_from_table,
     climatological_thresholds,
+    contingency_table,
     exceedance_probability,
     exceeds,
     reliability_diagram,
+    reliability_from_table,
     roc_auc,
+    roc_auc_from_table,
     roc_curve,
 )
 
@@ -226,3 +230,36 @@ def test_mismatched_inputs_raise_clear_errors(ensemble_sample) -> None:
         reliability_diagram(probability, shifted, GRID)
     with pytest.raises(ValueError, match="bins"):
         reliability_diagram(probability, event, GRID, bins=[0.0, 0.6, 0.5, 1.0])
+
+
+def test_scores_from_latitude_tables_equal_the_per_point_scores(ensemble_sample) -> None:
+    """The table path of `wxens verify` against scikit-learn and the per-point functions."""
+    probability, event, weights = ensemble_sample
+    members_above = (probability * 10).round().astype(int)
+    by_latitude = contingency_table(members_above, event, 11, ("init_time", "longitude"))
+    assert by_latitude.dims == ("lead_time", "latitude", "value", "outcome")
+    assert float(by_latitude.sum()) == event.size
+    table = (by_latitude * weights).sum("latitude")
+    probabilities = xr.DataArray(np.arange(11) / 10, dims="value")
+
+    expected_brier = (brier_score(probability, event) * weights).sum(GRID) / (
+        weights.sum() * 6 * 12
+    )
+    np.testing.assert_allclose(brier_score_from_table(table, probabilities), expected_brier)
+    auc = roc_auc_from_table(table)
+    for lead in range(2):
+        sample_weight = flat(xr.broadcast(weights, event)[0].isel(lead_time=lead))
+        expected = roc_auc_score(
+            flat(event.isel(lead_time=lead)),
+            flat(probability.isel(lead_time=lead)),
+            sample_weight=sample_weight,
+        )
+        np.testing.assert_allclose(auc.isel(lead_time=lead), expected, rtol=1e-12)
+    diagram = reliability_diagram(probability, event, GRID, weights)
+    from_table = reliability_from_table(table, probabilities)
+    for name in ("forecast_probability", "observed_frequency", "count"):
+        np.testing.assert_allclose(
+            from_table[name].transpose(*diagram[name].dims), diagram[name], rtol=1e-12
+        )
+    # No events at all: the ROC area is undefined.
+    assert np.isnan(roc_auc_from_table(table.where(table.outcome == 0, 0.0))).all()
