@@ -63,9 +63,18 @@ def scored(stores, wxens):
     code, output = wxens(
         "verify", "--forecast", paths["ens"], "--truth", folder / "truth.zarr",
         "--reference", f"wide={paths['wide']}", "--out", out, "--quiet",
+        "--report", folder / "report",
     )  # fmt: skip
     assert code == 0, output
     return xr.open_zarr(out)
+
+
+def test_the_report_links_its_figures_and_scorecards(stores, scored):
+    folder = stores[0]
+    page = (folder / "report" / "index.html").read_text()
+    figures = sorted(p.name for p in (folder / "report").glob("*.png"))
+    assert figures and all(name in page for name in figures)
+    assert "forecast" in page and "wide" in page and "scorecard" in page.lower()
 
 
 def test_scores_match_an_independent_computation(stores, scored):
