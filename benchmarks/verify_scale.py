@@ -112,14 +112,18 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/wxens-verify-scale"))
     parser.add_argument("--scheduler", default="threads")
     parser.add_argument("--keep", action="store_true", help="Keep the stores afterwards.")
+    parser.add_argument("--reuse", action="store_true", help="Reuse the stores of a --keep run.")
     args = parser.parse_args()
 
-    shutil.rmtree(args.folder, ignore_errors=True)
-    args.folder.mkdir(parents=True)
-    times = pd.date_range("2031-01-01", periods=args.inits + args.leads, freq="6h")
-    truth = write_truth(args.folder / "truth.zarr", times, np.random.default_rng(0))
     start = time.perf_counter()
-    write_forecast(args.folder / "forecast.zarr", truth, args.members, args.inits, args.leads)
+    if args.reuse and (args.folder / "forecast.zarr").exists():
+        truth = xr.open_zarr(args.folder / "truth.zarr").load()
+    else:
+        shutil.rmtree(args.folder, ignore_errors=True)
+        args.folder.mkdir(parents=True)
+        times = pd.date_range("2031-01-01", periods=args.inits + args.leads, freq="6h")
+        truth = write_truth(args.folder / "truth.zarr", times, np.random.default_rng(0))
+        write_forecast(args.folder / "forecast.zarr", truth, args.members, args.inits, args.leads)
     written = time.perf_counter() - start
     logical = len(VARIABLES) * args.inits * args.leads * args.members * 33 * 64 * 4
     on_disk = folder_bytes(args.folder / "forecast.zarr")
@@ -133,7 +137,7 @@ def main() -> None:
 
     print(f"\nforecast store: {logical / 1e9:.2f} GB of float32 ({on_disk / 1e9:.2f} GB on disk), "
           f"{args.members} members x {args.inits} inits x {args.leads} leads x 2 variables, "
-          f"written in {written:.0f} s")  # fmt: skip
+          f"{'reused' if args.reuse else f'written in {written:.0f} s'}")  # fmt: skip
     print("| measure | value |\n| --- | --- |")
     print(f"| wxens verify wall time ({args.scheduler}) | {seconds:.0f} s |")
     print(f"| wxens verify peak RSS | {peak:.2f} GB (limit {MEMORY_LIMIT_GB} GB) |")

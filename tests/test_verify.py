@@ -36,7 +36,7 @@ def stores(tmp_path_factory):
         },
         coords={"time": TIMES, "latitude": LAT, "longitude": LON},
     )
-    truth.to_zarr(folder / "truth.zarr")
+    truth.chunk({"time": 50, "latitude": 4}).to_zarr(folder / "truth.zarr")  # tiles, as some have
     inits = TIMES[:6]
     paths = {}
     for name, members, noise in [("ens", 7, 1.0), ("wide", 12, 2.0)]:

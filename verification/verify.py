@@ -342,8 +342,11 @@ def score_system(
     """All scores of one system, lazily, with a `variable` dimension."""
     per_variable = []
     for name in variables:
-        data = forecast[name].chunk(score_chunks(forecast[name]))
-        observed = truth_at_valid_times(truth[name], data)
+        chunks = score_chunks(forecast[name])
+        data = forecast[name].chunk(chunks)
+        observed = truth_at_valid_times(truth[name], data).chunk(
+            {dim: size for dim, size in chunks.items() if dim != MEMBER}
+        )
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
         per_variable.append(score_variable(data, observed, climate_sample, options))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
@@ -379,8 +382,13 @@ def verify(
     scores.attrs = provenance(systems, truth_path, variables, options, stores)
     # One lead time at a time: every chunk is still read once, and the scheduler never holds
     # more than one lead's graph (peak memory stays flat however many leads there are).
+    with warnings.catch_warnings():
+        # NaN scores are expected (no events in a region, a negative unbiased squared error
+        # under a square root); numpy's warnings about them would drown the output.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        by_lead = [scores.isel({LEAD: [i]}).compute() for i in range(scores.sizes[LEAD])]
     scores = xr.concat(
-        [scores.isel({LEAD: [i]}).compute() for i in range(scores.sizes[LEAD])],
+        by_lead,
         dim=LEAD,
         data_vars="all",
         coords="minimal",
