@@ -277,7 +277,7 @@ def verify(
     out: OutOption,
     reference: Annotated[
         list[str],
-        typer.Option("--reference", help="[NAME=]PATH of a reference ensemble (repeatable)."),
+        typer.Option("--reference", help="[NAME=]PATH of a reference ensemble, or climatology."),
     ] = [],  # noqa: B006 - typer needs a literal default
     variables: Annotated[str | None, typer.Option("--variables", help="Comma-separated.")] = None,
     quantiles: Annotated[
@@ -329,7 +329,7 @@ def verify(
         references = {}
         for entry in reference:
             name, sep, path = entry.rpartition("=")
-            references[name if sep else Path(path).stem] = Path(path)
+            references[name if sep else Path(path).stem] = path
         with dask_scheduler(scheduler, progress=not quiet):
             scores = run_verify(forecast, truth, out, references, options, overwrite)
         if report is not None:

@@ -15,6 +15,7 @@ LAT = np.linspace(90, -90, 9)
 LON = np.arange(16) * 22.5
 TIMES = pd.date_range("2031-01-01", periods=120, freq="6h")
 LEADS = pd.to_timedelta([0, 12, 24], unit="h")
+DIMS = ("init_time", "lead_time", "member", "latitude", "longitude")
 
 
 def cell_areas(latitude: np.ndarray) -> np.ndarray:
@@ -202,3 +203,48 @@ def test_bad_input(stores, tmp_path, wxens):
     code, output = verify("--forecast", tmp_path / "late.zarr", "--out", tmp_path / "h")
     assert code == 1 and "no analysis at valid time 2031-01-31T00 (6 of 18" in output
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_climatological_ensemble_reference(tmp_path, wxens):
+    """Members are the analyses at the valid time less whole years and +-15 days."""
+    from verification.verify import climatological_ensemble
+
+    rng = np.random.default_rng(5)
+    times = pd.date_range("2029-01-01", "2031-03-01", freq="6h")
+    values = rng.normal(size=(times.size, 9, 16)).astype("float32")
+    truth = xr.Dataset(
+        {"u": (("time", "latitude", "longitude"), values)},
+        coords={"time": times, "latitude": LAT, "longitude": LON},
+    )
+    inits = pd.DatetimeIndex(["2031-01-20", "2031-02-01"])
+    base = truth["u"].sel(time=(inits.values[:, None] + LEADS.values).ravel()).values
+    noise = 0.1 * rng.normal(size=(2, 3, 4, 9, 16))
+    forecast = xr.Dataset(
+        {"u": (DIMS, (base.reshape(2, 3, 1, 9, 16) + noise).astype("float32"))},
+        coords={"init_time": inits, "lead_time": LEADS, "latitude": LAT, "longitude": LON},
+    )
+    climatology = climatological_ensemble(truth, forecast)
+    assert climatology.sizes["member"] == 14  # 2 earlier years x 7 shifts
+    valid = inits[1] + LEADS[2]
+    first = truth["u"].sel(time=valid - pd.Timedelta(days=365 - 15))
+    np.testing.assert_array_equal(climatology["u"].isel(init_time=1, lead_time=2, member=0), first)
+
+    truth.to_zarr(tmp_path / "truth.zarr")
+    forecast.to_zarr(tmp_path / "forecast.zarr")
+    code, output = wxens(
+        "verify", "--forecast", tmp_path / "forecast.zarr", "--truth", tmp_path / "truth.zarr",
+        "--reference", "climatology", "--out", tmp_path / "scores.zarr", "--quiet",
+    )  # fmt: skip
+    assert code == 0, output
+    scores = xr.open_zarr(tmp_path / "scores.zarr")
+    assert json.loads(scores.attrs["members"]) == {"forecast": 4, "climatology": 14}
+    crps = scores.crps.sel(region="global", variable="u")
+    assert (crps.sel(system="forecast") < 0.3 * crps.sel(system="climatology")).all()
+
+    short = truth.sel(time=slice("2031-01-01", None))
+    short.to_zarr(tmp_path / "short.zarr")
+    code, output = wxens(
+        "verify", "--forecast", tmp_path / "forecast.zarr", "--truth", tmp_path / "short.zarr",
+        "--reference", "climatology", "--out", tmp_path / "none.zarr", "--quiet",
+    )  # fmt: skip
+    assert code == 1 and "no earlier year of the valid times" in output

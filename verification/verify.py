@@ -156,7 +156,7 @@ def check_same_grid(forecast: xr.Dataset, truth: xr.Dataset, label: str) -> None
             )
 
 
-def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray) -> xr.DataArray:
+def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray | xr.Dataset) -> xr.DataArray:
     """The truth at `valid_time = init_time + lead_time`, dims (init_time, lead_time, lat, lon)."""
     valid = forecast[INIT] + forecast[LEAD]
     missing = ~np.isin(valid.values, truth[TIME].values)
@@ -352,6 +352,40 @@ def score_system(
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
 
 
+CLIMATOLOGY = "climatology"
+"""A reference given by this name instead of a path is `climatological_ensemble`."""
+
+
+def climatological_ensemble(
+    truth: xr.Dataset, like: xr.Dataset, half_width_days: int = 15, step_days: int = 5
+) -> xr.Dataset:
+    """A probabilistic climatology for the inits and leads of `like`, built from the truth.
+
+    Member (k, d) of the forecast valid at time v is the analysis at `v - (365 k + d) days`,
+    for every earlier year k the truth holds and d = -15, -10, ..., 15: the same time of day
+    around the same calendar date in other years (WeatherBench2's probabilistic climatology;
+    the valid year itself is never used).
+    """
+    valid = (like[INIT] + like[LEAD]).values
+    shifts = range(-half_width_days, half_width_days + 1, step_days)
+    offsets = [
+        np.timedelta64(365 * year + shift, "D")
+        for year in range(1, 200)
+        for shift in shifts
+        if np.isin(valid - np.timedelta64(365 * year + shift, "D"), truth[TIME].values).all()
+    ]
+    if not offsets:
+        raise VerificationError(
+            "the truth holds no earlier year of the valid times, so no climatological ensemble"
+        )
+    members = []
+    for offset in offsets:
+        earlier = like.assign_coords({INIT: like[INIT].values - offset})
+        shifted = {name: truth_at_valid_times(truth[name], earlier) for name in truth}
+        members.append(xr.Dataset(shifted).assign_coords({INIT: like[INIT]}))
+    return xr.concat(members, dim=MEMBER).transpose(INIT, LEAD, MEMBER, ...)
+
+
 def verify(
     forecast_path: str | Path,
     truth_path: str | Path,
@@ -370,13 +404,19 @@ def verify(
     if out.exists() and not overwrite:
         raise VerificationError(f"{out} already exists; pass --overwrite to replace it")
     truth = standardise(open_store(truth_path), options.truth_renames, "truth", forecast=False)
+    truth = truth.chunk({LATITUDE: -1, LONGITUDE: -1})  # whole fields, however it was written
     systems = {"forecast": forecast_path, **(references or {})}
     stores = {}
     for name, path in systems.items():
+        if path == CLIMATOLOGY:
+            continue
         label = f"{name} ({path})"
         stores[name] = standardise(open_store(path), options.forecast_renames, label, forecast=True)
         check_same_grid(stores[name], truth, label)
     variables = choose_variables(stores["forecast"], truth, options.variables)
+    for name, path in systems.items():
+        if path == CLIMATOLOGY:
+            stores[name] = climatological_ensemble(truth[variables], stores["forecast"])
     scored = [score_system(ds, truth, variables, options) for ds in stores.values()]
     scores = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
     scores.attrs = provenance(systems, truth_path, variables, options, stores)
