@@ -277,7 +277,7 @@ def verify(
     out: OutOption,
     reference: Annotated[
         list[str],
-        typer.Option("--reference", help="[NAME=]PATH of a reference ensemble, or climatology."),
+        typer.Option("--reference", help="[NAME=]PATH, climatology or persistence."),
     ] = [],  # noqa: B006 - typer needs a literal default
     variables: Annotated[str | None, typer.Option("--variables", help="Comma-separated.")] = None,
     quantiles: Annotated[

@@ -23,7 +23,7 @@ dimensions `system` (the forecast and any references, by name), `variable` (the 
 
 | score | extra dimension | meaning |
 | --- | --- | --- |
-| `crps`, `crps_ecdf` | | fair and ECDF CRPS, field units |
+| `crps`, `crps_ecdf` | | fair and ECDF CRPS, field units (one member: both ECDF = MAE) |
 | `rmse`, `spread` | | ensemble-mean RMSE, sqrt of the mean ensemble variance |
 | `spread_skill_ratio`, `spread_skill_ratio_debiased` | | unitless |
 | `acc` | | ensemble-mean anomaly correlation against the truth climatology |

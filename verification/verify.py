@@ -282,8 +282,9 @@ def score_variable(
     ranks = metrics.truth_rank(forecast, truth, seed=options.seed)
     # Counted once per latitude; each region then weights the latitudes (no recount per region).
     rank_counts_by_latitude = metrics.rank_counts(ranks, members, (INIT, LONGITUDE))
+    fair = members > 1  # one member: a deterministic forecast, whose CRPS is the ECDF form
     scores = {
-        "crps": mean(metrics.crps_ensemble(forecast, truth)),
+        "crps": mean(metrics.crps_ensemble(forecast, truth, fair=fair)),
         "crps_ecdf": mean(metrics.crps_ensemble(forecast, truth, fair=False)),
         "rmse": np.sqrt(squared_error),
         "spread": np.sqrt(variance),
@@ -294,7 +295,7 @@ def score_variable(
             lambda r: metrics.anomaly_correlation(forecast, truth, climatology, r), regions
         ).mean(INIT),
         "energy_score": _per_region(
-            lambda r: metrics.energy_score(forecast, truth, r), regions
+            lambda r: metrics.energy_score(forecast, truth, r, fair=fair), regions
         ).mean(INIT),
         "rank_histogram": _per_region(
             lambda r: regional_frequency(rank_counts_by_latitude, "rank", r), regions
@@ -352,10 +353,6 @@ def score_system(
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
 
 
-CLIMATOLOGY = "climatology"
-"""A reference given by this name instead of a path is `climatological_ensemble`."""
-
-
 def climatological_ensemble(
     truth: xr.Dataset, like: xr.Dataset, half_width_days: int = 15, step_days: int = 5
 ) -> xr.Dataset:
@@ -386,6 +383,22 @@ def climatological_ensemble(
     return xr.concat(members, dim=MEMBER).transpose(INIT, LEAD, MEMBER, ...)
 
 
+def persistence_forecast(truth: xr.Dataset, like: xr.Dataset) -> xr.Dataset:
+    """One member, the analysis at the init time, at every lead of `like`: a deterministic
+    forecast, scored as a one-member ensemble (its CRPS is its mean absolute error)."""
+    inits = like[INIT].values
+    missing = ~np.isin(inits, truth[TIME].values)
+    if missing.any():
+        first = np.datetime_as_string(inits[missing][0], unit="h")
+        raise VerificationError(f"the truth has no analysis at init time {first} for persistence")
+    at_init = truth.sel({TIME: inits}).rename({TIME: INIT}).assign_coords({INIT: like[INIT]})
+    return at_init.expand_dims({LEAD: like[LEAD].values, MEMBER: 1}).transpose(INIT, LEAD, ...)
+
+
+REFERENCE_BUILDERS = {"climatology": climatological_ensemble, "persistence": persistence_forecast}
+"""References given by name instead of a path are built from the truth."""
+
+
 def verify(
     forecast_path: str | Path,
     truth_path: str | Path,
@@ -408,15 +421,15 @@ def verify(
     systems = {"forecast": forecast_path, **(references or {})}
     stores = {}
     for name, path in systems.items():
-        if path == CLIMATOLOGY:
+        if path in REFERENCE_BUILDERS:
             continue
         label = f"{name} ({path})"
         stores[name] = standardise(open_store(path), options.forecast_renames, label, forecast=True)
         check_same_grid(stores[name], truth, label)
     variables = choose_variables(stores["forecast"], truth, options.variables)
     for name, path in systems.items():
-        if path == CLIMATOLOGY:
-            stores[name] = climatological_ensemble(truth[variables], stores["forecast"])
+        if path in REFERENCE_BUILDERS:
+            stores[name] = REFERENCE_BUILDERS[path](truth[variables], stores["forecast"])
     scored = [score_system(ds, truth, variables, options) for ds in stores.values()]
     scores = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
     scores.attrs = provenance(systems, truth_path, variables, options, stores)
