@@ -108,6 +108,9 @@ def test_scores_match_an_independent_computation(stores, scored):
     assert float(ssr.mean()) > 2
     histogram = scores.rank_histogram.sel(system="forecast").dropna("rank")
     np.testing.assert_allclose(histogram.sum("rank"), 1.0)
+    ranks = (members < observed[..., None]).sum(-1)  # continuous values: no ties
+    expected = [area_then_init_mean(ranks == r) for r in range(8)]
+    np.testing.assert_allclose(got.rank_histogram.dropna("rank"), expected, rtol=1e-6)
     # Events above the truth climate's 90th percentile: the Brier score by hand.
     # (the +-15-day window holds fewer than 100 analyses, so the climate is all 120 of them)
     threshold = np.quantile(truth["u"].values, 0.9, axis=0)

@@ -27,7 +27,6 @@ from verification.aggregation import (
     LATITUDE,
     LONGITUDE,
     REGIONS,
-    region_weights,
     regional_means,
     regional_weights,
 )
@@ -201,15 +200,6 @@ def _per_region(score, regions: Sequence[str]) -> xr.DataArray:
     return xr.concat(values, dim=xr.DataArray(list(regions), dims=["region"], name="region"))
 
 
-def regional_frequency(
-    counts_by_latitude: xr.DataArray, category: str, region: str
-) -> xr.DataArray:
-    """Counts by latitude and `category` -> area-weighted frequencies over `region`."""
-    weights = region_weights(counts_by_latitude[LATITUDE], region)
-    counts = (counts_by_latitude * weights).sum(LATITUDE)
-    return counts / counts.sum(category)
-
-
 def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int) -> xr.DataArray:
     """The analyses within +-`half_width_days` of the init dates' calendar days (all of them
     when that leaves fewer than 100), as one dask chunk in time."""
@@ -281,7 +271,8 @@ def score_variable(
     climate = model_climate(climate_sample, TIME)
     ranks = metrics.truth_rank(forecast, truth, seed=options.seed)
     # Counted once per latitude; each region then weights the latitudes (no recount per region).
-    rank_counts_by_latitude = metrics.rank_counts(ranks, members, (INIT, LONGITUDE))
+    by_latitude = metrics.rank_counts(ranks, members, (INIT, LONGITUDE))
+    rank_counts = (by_latitude * regional_weights(truth[LATITUDE], regions)).sum(LATITUDE)
     fair = members > 1  # one member: a deterministic forecast, whose CRPS is the ECDF form
     scores = {
         "crps": mean(metrics.crps_ensemble(forecast, truth, fair=fair)),
@@ -297,9 +288,7 @@ def score_variable(
         "energy_score": _per_region(
             lambda r: metrics.energy_score(forecast, truth, r, fair=fair), regions
         ).mean(INIT),
-        "rank_histogram": _per_region(
-            lambda r: regional_frequency(rank_counts_by_latitude, "rank", r), regions
-        ),
+        "rank_histogram": rank_counts / rank_counts.sum("rank"),
     }
     events = event_scores(forecast, truth, climate, options)
     tails = {
