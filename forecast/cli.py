@@ -332,12 +332,13 @@ def verify(
             references[name if sep else Path(path).stem] = path
         with dask_scheduler(scheduler, progress=not quiet):
             scores = run_verify(forecast, truth, out, references, options, overwrite)
-        if report is not None:
-            from verification.report import write_report
+        from verification.report import summary_table, write_report
 
+        if report is not None:
             write_report(scores, report, reference=next(iter(references), None))
     except (VerificationError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
+    typer.echo(summary_table(scores))
     typer.echo(f"wrote {out}" + (f" and {report}" if report else ""), err=True)
 
 

@@ -67,6 +67,7 @@ def scored(stores, wxens):
         "--report", folder / "report",
     )  # fmt: skip
     assert code == 0, output
+    assert "| forecast | u | " in output and "| wide | t | " in output  # the printed summary
     return xr.open_zarr(out)
 
 

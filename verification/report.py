@@ -120,6 +120,32 @@ def scorecard_table(scores: xr.Dataset, reference: str, score: str = "crps") -> 
     return "\n\n".join(tables) + "\n"
 
 
+def summary_table(scores: xr.Dataset, region: str = "global", leads: int = 5) -> str:
+    """Markdown: per system and variable, CRPS / RMSE / spread-skill ratio at up to `leads`
+    evenly spaced lead times in `region` (what `wxens verify` prints)."""
+    picked = scores.sel(region=region)
+    positions = np.unique(np.linspace(0, picked.sizes[LEAD_TIME] - 1, leads).round().astype(int))
+    picked = picked.isel({LEAD_TIME: positions})
+    heading = " | ".join(lead_label(lead) for lead in picked[LEAD_TIME].values)
+    lines = [
+        f"CRPS / RMSE / spread-skill ratio, {region}",
+        "",
+        f"| system | variable | {heading} |",
+        "| --- | --- |" + " ---: |" * picked.sizes[LEAD_TIME],
+    ]
+    for system in picked[SYSTEM].values:
+        for variable in picked["variable"].values:
+            row = picked.sel({SYSTEM: system, "variable": variable})
+            cells = [
+                f"{c:.3g} / {r:.3g} / {q:.2f}"
+                for c, r, q in zip(
+                    row.crps.values, row.rmse.values, row.spread_skill_ratio.values, strict=True
+                )
+            ]
+            lines.append(f"| {system} | {variable} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     scores: xr.Dataset,
     out_dir: str | Path,
