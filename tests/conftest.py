@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyproj  # noqa: F401 - before any test loads eccodes (cfgrib); see verification.verify
 import pytest
 
 

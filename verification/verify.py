@@ -93,6 +93,10 @@ def open_store(path: str | Path) -> xr.Dataset:
     if path.is_dir():
         return xr.open_zarr(path)
     engine = "cfgrib" if path.suffix in {".grib", ".grib2", ".grb", ".grb2"} else None
+    if engine == "cfgrib":
+        # pyproj (cartopy's, for the report's maps) must load before eccodes: the other way
+        # round the two wheels' bundled libraries abort the interpreter at exit (double free).
+        import pyproj  # noqa: F401
     kwargs = {"backend_kwargs": {"indexpath": ""}} if engine == "cfgrib" else {}
     return xr.open_dataset(path, engine=engine, chunks={}, **kwargs)
 
