@@ -136,8 +136,9 @@ class SFNOConfig(Strict):
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
 
-    Epochs after `rollout_start_epoch` (counting from 0) train on `rollout_steps`-step
-    autoregressive rollouts; `samples_per_epoch` draws a random subset of the training pairs
+    `rollout_schedule` maps an epoch (counting from 0) to the length of the autoregressive
+    rollouts trained on from that epoch on (1 before its first entry), a curriculum such as
+    `{0: 1, 40: 2, 50: 4}`; `samples_per_epoch` draws a random subset of the training pairs
     each epoch (all of them when null). Validation is the area-weighted RMSE over
     `validation_lead_steps` steps from `validation_inits` evenly spaced validation-year inits.
     """
@@ -148,8 +149,7 @@ class TrainingConfig(Strict):
     learning_rate: PositiveFloat = 2e-3
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
-    rollout_steps: int = Field(1, ge=1)
-    rollout_start_epoch: int = Field(0, ge=0)
+    rollout_schedule: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = {0: 1}
     validation_inits: int = Field(64, ge=1)
     validation_lead_steps: int = Field(4, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
@@ -213,19 +213,48 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         raise ConfigError(f"{source}: {_describe(exc.errors()[0], ExperimentConfig)}") from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment config; raise `ConfigError` with one line on failure."""
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path` (`yaml.safe_load`); `ConfigError` with one line on failure."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(
             f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})"
         ) from None
-    return parse_config(data, str(path))
+
+
+def merged(base: dict, override: dict, depth: int = 2) -> dict:
+    """`base` with `override` laid over it: sections (`training:`) merge key by key, and the
+    value of a key (`training.rollout_schedule`, `periods.train`) is replaced whole."""
+    result = dict(base)
+    for key, value in override.items():
+        both = depth > 1 and isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value, depth - 1) if both else value
+    return result
+
+
+def resolve_base(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """The document in `path` laid over the config its `base:` key names (a path relative to
+    `path`'s folder), recursively: a config can change a few keys of another one."""
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = (path.parent / str(data.pop("base"))).resolve()
+    if base in seen:
+        raise ConfigError(f"{path}: base: {base} includes itself")
+    parent = resolve_base(base, (*seen, path.resolve()))
+    if not isinstance(parent, dict):
+        raise ConfigError(f"{base}: expected a mapping at the top level (the base of {path})")
+    return merged(parent, data)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment config; raise `ConfigError` with one line on failure."""
+    path = Path(path)
+    return parse_config(resolve_base(path), str(path))

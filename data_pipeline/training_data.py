@@ -301,14 +301,3 @@ class AnalysisPairs(torch.utils.data.Dataset):
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         return data
-
-
-class AnalysisWindows(AnalysisPairs):
-    """Like `AnalysisPairs`, but the target is every state of the window:
-    item i is `(x(t), [x(t + dt), ..., x(t + steps * dt)])`, the target `(steps, channel,
-    latitude, longitude)`, for training on autoregressive rollouts."""
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        position = self._offset + range(len(self))[index]
-        targets = [self._state(position + k) for k in range(1, self.steps + 1)]
-        return self._state(position), torch.stack(targets)

@@ -149,6 +149,10 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory.")],
     analyses: AnalysesOption = None,
     device: DeviceOption = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Checkpoint whose weights to start from (fine-tune)."),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train one SFNO emulator; resume from OUT/last when an earlier run was interrupted."""
@@ -163,7 +167,14 @@ def train(
         fail(f"--seed must be an integer, got {seed!r}")
     try:
         trainer = Trainer(
-            cfg, resolved, analyses_path(cfg, analyses), seed_value, out, pick_device(device), quiet
+            cfg,
+            resolved,
+            analyses_path(cfg, analyses),
+            seed_value,
+            out,
+            pick_device(device),
+            quiet,
+            init_from,
         )
         summary = trainer.run()
     except (StoreError, CheckpointError, ValueError) as exc:

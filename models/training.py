@@ -6,8 +6,10 @@ that both layers count alike, and 1 is the error of persistence after one step),
 
     L = (1 / K C) sum_k sum_c sum_ij w_ij ((x^_k - x_k)_cij / sigma_tend_c)^2,
 
-averaged over a batch of K-step autoregressive rollouts (K = 1 until `rollout_start_epoch`,
-then `rollout_steps`). After every epoch the model is scored on the validation years and the
+averaged over a batch of K-step autoregressive rollouts (K from the config's
+`rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch). The analyses of
+the training and validation years are held in memory on the training device (`PeriodStates`),
+so a batch is one gather. After every epoch the model is scored on the validation years and the
 best one is kept as the checkpoint in `out/`; the latest state (weights, optimizer, epoch)
 goes to `out/last/`, from which an interrupted run resumes. Batches are drawn in an order
 seeded by `(seed, epoch)` and no other randomness is used, so the same seed on the same
@@ -30,12 +32,19 @@ import yaml
 from data_pipeline.analysis_store import open_analyses
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.progress import progress_bar
-from data_pipeline.training_data import AnalysisWindows, compute_normalisation
+from data_pipeline.training_data import (
+    area_weights,
+    check_variables,
+    compute_normalisation,
+    timestep,
+    year_window,
+)
 from data_pipeline.truth import model_grid
 from models.checkpoint import (
     METADATA,
     WEIGHTS,
     CheckpointError,
+    load_checkpoint,
     read_metadata,
     save_checkpoint,
     save_json,
@@ -103,43 +112,71 @@ def batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
     return [indices[start : start + size] for start in range(0, len(indices), size)]
 
 
-def load_batch(
-    dataset: AnalysisWindows, indices: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs, targets = zip(*(dataset[int(i)] for i in indices), strict=True)
-    return torch.stack(inputs).to(device), torch.stack(targets).to(device)
+class PeriodStates:
+    """Every analysis of the calendar years `years`, held as one float32 tensor
+    `states (time, channel, latitude, longitude)` on `device`, in the store's units.
 
+    Five years of two fields at 33 x 64 are 123 MB: small enough for any training device, and
+    a batch of rollout windows is then one gather instead of one store read per sample (the
+    lazy `AnalysisPairs` is for data that does not fit). `area_weights` are the normalised
+    cell-area weights `(latitude, longitude)` on `device`.
+    """
 
-def windows(
-    analyses: Path, config: ExperimentConfig, years: tuple[int, int], steps: int
-) -> AnalysisWindows:
-    """Training windows whose chunk cache holds the whole period (read once, then memory)."""
-    chunks = math.ceil((years[1] - years[0] + 1) * 366 * 24 / 6 / 120) + 2
-    return AnalysisWindows(analyses, config.variables, years, steps, cache_chunks=chunks)
+    def __init__(
+        self,
+        analyses: Path,
+        variables: tuple[str, ...],
+        years: tuple[int, int],
+        device: torch.device,
+    ):
+        dataset = open_analyses(analyses)
+        check_variables(dataset, variables)
+        times = dataset["time"].values
+        fields = dataset[list(variables)].isel(time=year_window(times, years))
+        stacked = fields.to_dataarray("channel").transpose("time", "channel", ...)
+        self.states = torch.from_numpy(stacked.values.astype(np.float32)).to(device)
+        self.timestep = timestep(times)
+        self.variables, self.years = tuple(variables), years
+        weights = area_weights(dataset["latitude"].values, dataset["longitude"].values)
+        self.area_weights = torch.from_numpy(weights).float().to(device)
+        dataset.close()
+
+    def count(self, steps: int) -> int:
+        """How many `steps`-step windows start in the period (and end inside it)."""
+        count = len(self.states) - steps
+        if count < 1:
+            raise ValueError(f"years {self.years[0]}-{self.years[1]} hold no {steps}-step window")
+        return count
+
+    def windows(self, starts: np.ndarray, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs `(batch, channel, lat, lon)` at the window starts and targets
+        `(batch, steps, channel, lat, lon)`: the `steps` analyses after each start."""
+        index = torch.as_tensor(starts, device=self.states.device)
+        offsets = torch.arange(1, steps + 1, device=self.states.device)
+        return self.states[index], self.states[index[:, None] + offsets]
 
 
 @torch.no_grad()
 def validate(
-    emulator: SFNOEmulator, dataset: AnalysisWindows, count: int, batch_size: int
+    emulator: SFNOEmulator, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
-    """Area-weighted RMSE over the validation windows from `count` evenly spaced inits.
+    """Area-weighted RMSE over `steps`-step rollouts from `count` evenly spaced inits.
 
     `score` = sqrt of the normalised MSE averaged over leads and channels (lower is better);
     `rmse` = per-variable RMSE at the last lead, in the variable's units.
     """
-    device = emulator.std.device
-    weights = dataset.area_weights.to(device)
-    indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
-    total = torch.zeros(dataset.steps, len(dataset.variables), dtype=torch.float64)
+    indices = np.unique(np.linspace(0, period.count(steps) - 1, count).round().astype(int))
+    total = torch.zeros(steps, len(period.variables), dtype=torch.float64)
     for chunk in batches(indices, batch_size):
-        inputs, targets = load_batch(dataset, chunk, device)
-        total += rollout_errors(emulator, inputs, targets, weights).cpu().double() * len(chunk)
+        inputs, targets = period.windows(chunk, steps)
+        errors = rollout_errors(emulator, inputs, targets, period.area_weights)
+        total += errors.cpu().double() * len(chunk)
     mse = total / len(indices)
     last = (mse[-1] * emulator.tendency_std.flatten().cpu().double() ** 2).sqrt()
     return {
         "score": float(mse.mean().sqrt()),
-        "lead_hours": float(dataset.steps * dataset.timestep / np.timedelta64(1, "h")),
-        "rmse": dict(zip(dataset.variables, map(float, last), strict=True)),
+        "lead_hours": float(steps * period.timestep / np.timedelta64(1, "h")),
+        "rmse": dict(zip(period.variables, map(float, last), strict=True)),
         "inits": len(indices),
     }
 
@@ -156,6 +193,7 @@ class Trainer:
         out: Path,
         device: torch.device,
         quiet: bool = False,
+        init_from: Path | None = None,
     ):
         self.config, self.settings = config, config.training
         self.seed, self.out, self.device, self.quiet = seed, out, device, quiet
@@ -170,11 +208,9 @@ class Trainer:
             "config": yaml.safe_dump(config_dict, sort_keys=False),
             "training_data_sha256": sha256_json(self.description),
         }
-        self.train_pairs = windows(analyses, config, train_years, 1)
-        self.train_rollouts = windows(analyses, config, train_years, self.settings.rollout_steps)
-        self.validation = windows(
-            analyses, config, validation_years, self.settings.validation_lead_steps
-        )
+        variables = tuple(config.variables)
+        self.train = PeriodStates(analyses, variables, train_years, device)
+        self.validation = PeriodStates(analyses, variables, validation_years, device)
         stats = compute_normalisation(open_analyses(analyses), config.variables, train_years)
         torch.manual_seed(seed)
         self.emulator = SFNOEmulator(
@@ -185,26 +221,38 @@ class Trainer:
             lr=self.settings.learning_rate,
             weight_decay=self.settings.weight_decay,
         )
-        self.weights = self.train_pairs.area_weights.to(device)
+        if init_from is not None:
+            self.start_from(init_from)
         self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
+
+    def start_from(self, checkpoint: Path) -> None:
+        """Fine-tune: begin with the weights of `checkpoint`, whose network must be the one
+        this config builds; its weights' sha256 becomes part of the run's identity."""
+        loaded = load_checkpoint(checkpoint, self.config)
+        if loaded.sfno != self.emulator.sfno:
+            raise CheckpointError(
+                f"{checkpoint}: its network ({loaded.sfno.model_dump()}) is not the config's sfno"
+            )
+        self.emulator.network.load_state_dict(loaded.network.state_dict())
+        self.identity["init_weights_sha256"] = loaded.metadata["weights_sha256"]
 
     # --- the schedule ---------------------------------------------------------------------
 
-    def epoch_dataset(self, epoch: int) -> AnalysisWindows:
-        rollout = self.settings.rollout_steps > 1 and epoch >= self.settings.rollout_start_epoch
-        return self.train_rollouts if rollout else self.train_pairs
+    def rollout_steps(self, epoch: int) -> int:
+        """Rollout length of `epoch`: the schedule's entry at the latest epoch <= `epoch`."""
+        started = [start for start in self.settings.rollout_schedule if start <= epoch]
+        return self.settings.rollout_schedule[max(started)] if started else 1
 
-    def epoch_order(self, epoch: int, size: int) -> np.ndarray:
-        """The sample order of `epoch`, seeded by `(seed, epoch)` alone."""
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The window starts of `epoch`, in an order seeded by `(seed, epoch)` alone."""
+        size = self.train.count(self.rollout_steps(epoch))
         rng = np.random.default_rng([self.seed, epoch])
         count = min(size, self.settings.samples_per_epoch or size)
         return rng.permutation(size)[:count]
 
     def total_steps(self) -> int:
         return sum(
-            math.ceil(
-                len(self.epoch_order(e, len(self.epoch_dataset(e)))) / self.settings.batch_size
-            )
+            math.ceil(len(self.epoch_order(e)) / self.settings.batch_size)
             for e in range(self.settings.epochs)
         )
 
@@ -215,13 +263,13 @@ class Trainer:
         self.resume()
         total = self.total_steps()
         for epoch in range(self.epoch, self.settings.epochs):
-            dataset = self.epoch_dataset(epoch)
-            order = batches(self.epoch_order(epoch, len(dataset)), self.settings.batch_size)
-            label = f"epoch {epoch + 1}/{self.settings.epochs} ({dataset.steps}-step)"
+            steps = self.rollout_steps(epoch)
+            order = batches(self.epoch_order(epoch), self.settings.batch_size)
+            label = f"epoch {epoch + 1}/{self.settings.epochs} ({steps}-step)"
             self.emulator.train()
             with progress_bar(len(order), label, self.quiet) as advance:
                 for chunk in order:
-                    loss = self.train_step(dataset, chunk, total)
+                    loss = self.train_step(chunk, steps, total)
                     advance(status=f"loss {loss:.4f}")
             self.emulator.eval()
             metrics = validate(
@@ -229,6 +277,7 @@ class Trainer:
                 self.validation,
                 self.settings.validation_inits,
                 self.settings.batch_size,
+                self.settings.validation_lead_steps,
             )
             self.history.append({"epoch": epoch, "step": self.step, **metrics})
             self.epoch = epoch + 1
@@ -239,12 +288,12 @@ class Trainer:
         self.mark_finished()
         return {"out": str(self.out), "best_score": self.best, "history": self.history}
 
-    def train_step(self, dataset: AnalysisWindows, indices: np.ndarray, total: int) -> float:
+    def train_step(self, starts: np.ndarray, steps: int, total: int) -> float:
         factor = learning_rate_factor(self.step, self.settings.warmup_steps, total)
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.learning_rate * factor
-        inputs, targets = load_batch(dataset, indices, self.device)
-        loss = rollout_errors(self.emulator, inputs, targets, self.weights).mean()
+        inputs, targets = self.train.windows(starts, steps)
+        loss = rollout_errors(self.emulator, inputs, targets, self.train.area_weights).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.emulator.network.parameters(), 1.0)

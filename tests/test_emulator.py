@@ -192,7 +192,7 @@ def test_training_beats_the_untrained_network(world, trained):
     trainer = Trainer(config, {}, store, 5, trained.parent / "fresh", torch.device("cpu"), True)
     from models.training import validate
 
-    untrained = validate(trainer.emulator.eval(), trainer.validation, 8, 16)["score"]
+    untrained = validate(trainer.emulator.eval(), trainer.validation, 8, 16, 2)["score"]
     best = json.loads((trained / "metadata.json").read_text())["validation"]["score"]
     assert best < 0.7 * untrained
 
