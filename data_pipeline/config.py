@@ -150,6 +150,7 @@ class TrainingConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
     rollout_schedule: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = {0: 1}
+    loss: Literal["mse", "amse"] = "mse"  # amse: models.training.adjusted_mse (sharper)
     validation_inits: int = Field(64, ge=1)
     validation_lead_steps: int = Field(4, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default

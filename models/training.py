@@ -96,15 +96,54 @@ def weighted_mse(
     return (squared * weights).sum(dim=(-2, -1)).mean(dim=0)
 
 
-def rollout_errors(
-    emulator: SFNOEmulator, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+def adjusted_mse(
+    prediction: torch.Tensor, target: torch.Tensor, emulator: SFNOEmulator
 ) -> torch.Tensor:
-    """Normalised MSE `(step, channel)` of a rollout from `inputs` against `targets`
-    `(batch, step, channel, lat, lon)`."""
+    """Per-channel AMSE in units of the tendency std, shape `(channel,)`, the batch mean of
+
+        AMSE = (1 / 4 pi) sum_l [ (sqrt(P_x) - sqrt(P_y))^2
+                                  + 2 max(P_x, P_y) (1 - C_xy / sqrt(P_x P_y)) ]
+
+    with `P_x(l) = sum_m w_m |x_lm|^2`, `C_xy(l) = sum_m w_m Re(x_lm conj(y_lm))` from the
+    orthonormal SHT of prediction `x` and target `y` (`w_m` = 2 for m > 0). The MSE is the same
+    sum with `sqrt(P_x P_y)` in place of `max(P_x, P_y)`, so a forecast can lower its MSE by
+    damping the scales it cannot predict (the "double penalty" that blurs emulators trained on
+    rollouts); under AMSE it cannot. Subich, Rodriguez and Chaudhari (2025), "Fixing the double
+    penalty in data-driven weather forecasting through a modified spherical harmonic loss
+    function", arXiv:2501.19374. Written here because no library we use provides it.
+    """
+    scale = emulator.tendency_std
+    x = emulator.transforms.to_spectral(prediction / scale)
+    y = emulator.transforms.to_spectral(target / scale)
+    weight = torch.full(x.shape[-1:], 2.0, device=x.device)
+    weight[0] = 1.0
+    power_x = (x.abs() ** 2 * weight).sum(dim=-1)
+    power_y = (y.abs() ** 2 * weight).sum(dim=-1)
+    cross = ((x * y.conj()).real * weight).sum(dim=-1)
+    tiny = 1e-12 * (power_x + power_y).detach().mean()
+    amplitude = ((power_x + tiny).sqrt() - (power_y + tiny).sqrt()) ** 2
+    coherence = cross / (power_x * power_y + tiny**2).sqrt()
+    decorrelation = 2 * torch.maximum(power_x, power_y) * (1 - coherence)
+    return (amplitude + decorrelation).sum(dim=-1).mean(dim=0) / (4 * math.pi)
+
+
+def rollout_errors(
+    emulator: SFNOEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    loss: str = "mse",
+) -> torch.Tensor:
+    """Normalised errors `(step, channel)` of a rollout from `inputs` against `targets`
+    `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
+    `adjusted_mse`."""
     state, errors = inputs, []
     for k in range(targets.shape[1]):
         state = emulator(state)
-        errors.append(weighted_mse(state, targets[:, k], weights, emulator.tendency_std))
+        if loss == "amse":
+            errors.append(adjusted_mse(state, targets[:, k], emulator))
+        else:
+            errors.append(weighted_mse(state, targets[:, k], weights, emulator.tendency_std))
     return torch.stack(errors)
 
 
@@ -293,7 +332,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.learning_rate * factor
         inputs, targets = self.train.windows(starts, steps)
-        loss = rollout_errors(self.emulator, inputs, targets, self.train.area_weights).mean()
+        errors = rollout_errors(
+            self.emulator, inputs, targets, self.train.area_weights, self.settings.loss
+        )
+        loss = errors.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.emulator.network.parameters(), 1.0)

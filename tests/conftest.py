@@ -77,6 +77,7 @@ def wxens():
 
     def run(*args) -> tuple[int, str]:
         result = runner.invoke(app, [str(arg) for arg in args])
-        return result.exit_code, result.output
+        crash = result.exception if not isinstance(result.exception, SystemExit) else None
+        return result.exit_code, result.output + (f"\n{crash!r}" if crash else "")
 
     return run

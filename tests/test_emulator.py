@@ -19,14 +19,22 @@ from typer.testing import CliRunner
 from data_pipeline.analysis_store import open_analyses
 from data_pipeline.config import load_config, parse_config
 from data_pipeline.sphere import LatLonGrid, analysis, power_spectrum, synthesis
-from data_pipeline.training_data import area_weights, compute_normalisation
+from data_pipeline.training_data import AnalysisPairs, area_weights, compute_normalisation
 from data_pipeline.truth import model_grid, write_truth
 from forecast.cli import app
 from models.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
 from models.emulator import Emulator
 from models.nwp import QGEmulator
 from models.sfno import SFNOEmulator
-from models.training import LAST, STATE, Trainer
+from models.training import (
+    LAST,
+    STATE,
+    PeriodStates,
+    Trainer,
+    adjusted_mse,
+    validate,
+    weighted_mse,
+)
 
 runner = CliRunner()
 
@@ -190,11 +198,82 @@ def test_training_beats_the_untrained_network(world, trained):
     """Validation score of the trained emulator against the same network untrained."""
     _, store, config = world
     trainer = Trainer(config, {}, store, 5, trained.parent / "fresh", torch.device("cpu"), True)
-    from models.training import validate
-
     untrained = validate(trainer.emulator.eval(), trainer.validation, 8, 16, 2)["score"]
     best = json.loads((trained / "metadata.json").read_text())["validation"]["score"]
     assert best < 0.7 * untrained
+
+
+def test_period_windows_equal_the_lazy_store_pairs(world):
+    """`PeriodStates` windows against `AnalysisPairs`, which reads the Zarr chunks itself."""
+    _, store, config = world
+    period = PeriodStates(store, tuple(config.variables), (2026, 2026), torch.device("cpu"))
+    starts = np.array([0, 7, period.count(3) - 1])
+    inputs, targets = period.windows(starts, 3)
+    assert targets.shape == (3, 3, 2, 9, 16) and period.count(3) == len(period.states) - 3
+    for steps in (1, 3):
+        pairs = AnalysisPairs(store, config.variables, (2026, 2026), steps=steps)
+        assert len(pairs) == period.count(steps)
+        for row, start in enumerate(starts[:2]):
+            first, last = pairs[int(start)]
+            assert torch.equal(inputs[row], first) and torch.equal(targets[row, steps - 1], last)
+    with pytest.raises(ValueError, match="hold no 5000-step window"):
+        period.count(5000)
+
+
+def test_adjusted_mse_closed_forms(world):
+    """AMSE (Subich et al. 2025) against the area-weighted MSE on the grid: zero for a perfect
+    forecast; equal to the MSE for a damped but coherent one, `a y`; three times the
+    target's mean square for a forecast of zero (amplitude term P_y plus 2 P_y decorrelation),
+    where the MSE is once; never below the MSE."""
+    _, store, config = world
+    emulator = emulator_of(config, store)
+    grid = emulator.grid
+    weights = torch.from_numpy(area_weights(grid.latitude, grid.longitude)).float()
+    torch.manual_seed(0)
+    band_limited = emulator.transforms.to_grid(
+        emulator.transforms.to_spectral(emulator.std * torch.randn(5, 2, grid.nlat, grid.nlon))
+    )
+    target, other = band_limited[:3], band_limited[2:]
+    scale = emulator.tendency_std
+    mean_square = weighted_mse(torch.zeros_like(target), target, weights, scale)
+    tolerance = {"rtol": 1e-4, "atol": 1e-6 * float(mean_square.max())}
+    torch.testing.assert_close(adjusted_mse(target, target, emulator), 0 * mean_square, **tolerance)
+    torch.testing.assert_close(
+        adjusted_mse(0.3 * target, target, emulator), 0.49 * mean_square, **tolerance
+    )
+    zero = adjusted_mse(torch.zeros_like(target), target, emulator)
+    torch.testing.assert_close(zero, 3 * mean_square, **tolerance)
+    mse = weighted_mse(other, target, weights, scale)
+    assert (adjusted_mse(other, target, emulator) >= mse * (1 - 1e-5)).all()
+
+
+def test_rollout_schedule_sets_the_rollout_length_by_epoch(world, tmp_path):
+    _, store, config = world
+    settings = config.training.model_copy(update={"rollout_schedule": {2: 2, 4: 8}})
+    config = config.model_copy(update={"training": settings})
+    trainer = Trainer(config, {}, store, 5, tmp_path / "x", torch.device("cpu"), True)
+    assert [trainer.rollout_steps(e) for e in range(6)] == [1, 1, 2, 2, 8, 8]
+
+
+def test_init_from_starts_at_the_checkpoint_and_is_part_of_the_identity(world, trained, tmp_path):
+    """A fine-tune begins with the checkpoint's weights (same validation score before any
+    step), records their sha256, and refuses a network of another shape."""
+    path, store, config = world
+    out = tmp_path / "tuned"
+    trainer = Trainer(config, {}, store, 5, out, torch.device("cpu"), True, init_from=trained)
+    metadata = json.loads((trained / "metadata.json").read_text())
+    assert trainer.identity["init_weights_sha256"] == metadata["weights_sha256"]
+    lead = config.training.validation_lead_steps
+    score = validate(trainer.emulator.eval(), trainer.validation, 8, 16, lead)["score"]
+    assert score == pytest.approx(metadata["validation"]["score"], rel=1e-5)
+    wider = config.model_copy(update={"sfno": config.sfno.model_copy(update={"embed_dim": 12})})
+    with pytest.raises(CheckpointError, match="is not the config's sfno"):
+        Trainer(wider, {}, store, 5, out, torch.device("cpu"), True, init_from=trained)
+    shutil.copytree(trained, out)  # a run started from scratch cannot be resumed as a fine-tune
+    code, output = run_cli(
+        "train", "--config", path, "--seed", 5, "--out", out, "--init-from", trained, "--quiet"
+    )
+    assert code == 1 and "holds a run with another init weights sha256" in output
 
 
 def test_same_seed_same_weights_and_resume_after_sigkill(world, trained, tmp_path):

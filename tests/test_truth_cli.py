@@ -245,3 +245,31 @@ def test_diagnose_json_end_to_end(tmp_path):
     assert numbers["mean_eddy_kinetic_energy_m2_s2"] > 0
     assert numbers["jets"]["north"]["latitude"] > 0 > numbers["jets"]["south"]["latitude"]
     assert numbers["jets"]["north"]["speed_m_s"] > 5 and numbers["jets"]["south"]["speed_m_s"] > 5
+
+
+def test_config_base_merges_sections_and_replaces_values(tmp_path):
+    """A config with `base:` changes only the keys it names; a mapping value such as
+    `training.rollout_schedule` is replaced whole, not merged."""
+    base = {**TINY, "training": {"epochs": 3, "rollout_schedule": {2: 2}}}
+    write_config(tmp_path, base, "base.yaml")
+    (tmp_path / "sub").mkdir()
+    child = {"base": "../base.yaml", "training": {"rollout_schedule": {0: 1, 5: 4}}}
+    config = load_config(write_config(tmp_path / "sub", child, "child.yaml"))
+    assert config.training.epochs == 3 and config.truth.truncation == 10
+    assert config.training.rollout_schedule == {0: 1, 5: 4}
+    gpu = load_config("configs/default-gpu-finetune.yaml")
+    assert gpu.sfno.embed_dim == 96 and gpu.grid == load_config("configs/default.yaml").grid
+
+
+def test_config_base_errors_name_the_file(tmp_path):
+    missing = write_config(tmp_path, {"base": "nowhere.yaml"}, "a.yaml")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: config file not found"):
+        load_config(missing)
+    loop = write_config(tmp_path, {"base": "b.yaml"}, "a.yaml")
+    write_config(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(loop)
+    bad = write_config(tmp_path, {"base": "c.yaml", "training": {"rollout_schedule": {0: 0}}})
+    write_config(tmp_path, TINY, "c.yaml")
+    with pytest.raises(ConfigError, match=r"training.rollout_schedule.0: Input should be greater"):
+        load_config(bad)
