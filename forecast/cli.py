@@ -194,6 +194,9 @@ def skill(
     stability_days: Annotated[
         int, typer.Option("--stability-days", help="Long-rollout check length (0: skip).")
     ] = 60,
+    check_inits: Annotated[
+        int, typer.Option("--check-inits", help="Inits of the long-rollout and spectrum checks.")
+    ] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     analyses: AnalysesOption = None,
     device: DeviceOption = None,
@@ -229,7 +232,9 @@ def skill(
         )
         if stability_days > 0:
             scores["rollout_checks"] = {
-                name: rollout_checks(truth, emulator, cfg, stability_days, 10, 8, torch_device)
+                name: rollout_checks(
+                    truth, emulator, cfg, stability_days, 10, check_inits, torch_device
+                )
                 for name, emulator in emulators.items()
             }
     except (StoreError, CheckpointError, ValueError) as exc:
