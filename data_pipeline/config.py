@@ -156,6 +156,25 @@ class TrainingConfig(Strict):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
 
 
+class PerturbationConfig(Strict):
+    """Initial-condition and model perturbations of the ensemble (`forecast.perturbations`).
+
+    `initial`: `random_field`, analysis + a correlated Gaussian random field of rms
+    `random_field_fraction` x each variable's anomaly std (correlation length
+    `length_scale_km`); `bred_vector`, pairs analysis +/- dx of vectors bred from that field
+    over `bred_cycles` 6 h cycles, each hemisphere rescaled to `bred_fraction` x the emulator's
+    48 h RMSE. `parameter_sigma` scales multiplicative noise on the network weights,
+    w' = w (1 + sigma eps) (0: off).
+    """
+
+    initial: Literal["random_field", "bred_vector"] = "bred_vector"
+    length_scale_km: PositiveFloat = 1000.0
+    random_field_fraction: PositiveFloat = 0.1
+    bred_cycles: int = Field(4, ge=1)
+    bred_fraction: PositiveFloat = 0.35
+    parameter_sigma: float = Field(0.0, ge=0)
+
+
 class ExperimentConfig(Strict):
     name: str = "default"
     seed: int = 0
@@ -168,6 +187,7 @@ class ExperimentConfig(Strict):
     ingest: dict[str, SourceField] | None = None
     sfno: SFNOConfig = SFNOConfig()
     training: TrainingConfig = TrainingConfig()
+    perturbation: PerturbationConfig = PerturbationConfig()
 
     @model_validator(mode="after")
     def _variables_known(self) -> ExperimentConfig:

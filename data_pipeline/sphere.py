@@ -192,8 +192,9 @@ def gaussian_random_field(
     because we need the coefficients (not a grid field) at a given truncation, drawn from an
     explicit `torch.Generator` so that each member's noise is reproducible on its own.
 
-    Each coefficient is complex Gaussian with variance `exp(-(l (l+1)) (L / a)^2 / 2)`
-    (a Gaussian-shaped covariance of width L), normalised so that the field's
+    Each coefficient is Gaussian with `E|f_lm|^2` proportional to `exp(-(l (l+1)) (L / a)^2 / 2)`
+    for every order m (an isotropic field with a Gaussian-shaped covariance of width L),
+    normalised so that the field's
     area-mean variance is 1. `l = 0` (the global mean) is zero.
     """
     n = truncation + 1
@@ -204,7 +205,11 @@ def gaussian_random_field(
     real = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
     imag = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
     imag[..., 0] = 0.0  # m = 0 coefficients of a real field are real
-    coeffs = torch.complex(real, imag) * torch.sqrt(spectrum)
+    # isotropy: E|f_lm|^2 is the same for every m, so the complex m > 0 coefficients (which
+    # stand for +m and -m) get real and imaginary parts of variance 1/2 each
+    order_scale = torch.full((n,), math.sqrt(0.5), dtype=torch.float64)
+    order_scale[0] = 1.0
+    coeffs = torch.complex(real, imag) * order_scale * torch.sqrt(spectrum)
     variance = spectral_inner(coeffs, coeffs) / (4 * math.pi)
     coeffs = coeffs / torch.sqrt(variance)[..., None, None]
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64

@@ -1,0 +1,304 @@
+"""Initial-condition and model perturbations of the ensemble generator.
+
+A `Perturbation` turns one analysis `(channel, lat, lon)` (physical fields, channels in the
+emulator's `input_variables` order) into the initial states `(member, channel, lat, lon)` of
+the members `member_ids`. Member k draws its noise only from `generator_for(k)`, a generator
+seeded by `(base_seed, init_time, k)` (`member_generator`), and the perturbations loop over
+members (or bred vectors) rather than drawing one batch for all, so a member's initial state is
+bitwise the same whatever batch it is computed in, alone or among a thousand.
+
+The random fields are drawn on the CPU (`data_pipeline.sphere.gaussian_random_field` draws
+there), so `generator_for` must give CPU generators; the fields then move to the analysis'
+device, and a member's noise is the same on a CPU and on a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from data_pipeline.config import PerturbationConfig
+from data_pipeline.sphere import LatLonGrid, gaussian_random_field, synthesis
+from data_pipeline.training_data import NormalisationStats, area_weights
+from models.emulator import Emulator
+from models.sfno import SFNOEmulator
+
+GeneratorFor = Callable[[int], torch.Generator]
+MemberIds = Sequence[int] | np.ndarray | torch.Tensor
+
+
+class Perturbation(Protocol):
+    """`(initial_state, member_ids, generator_for) -> perturbed_states` (see the module)."""
+
+    def __call__(
+        self, initial_state: torch.Tensor, member_ids: MemberIds, generator_for: GeneratorFor
+    ) -> torch.Tensor: ...
+
+
+def member_generator(
+    base_seed: int, init_time: np.datetime64, member: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """A generator for member `member` of the forecast from `init_time`.
+
+    Its seed is the first 8 bytes (little-endian, an unsigned 64-bit integer) of the sha256 of
+    the text `"{base_seed}/{s}/{member}"`, `s` the init time in whole seconds since 1970, so it
+    depends on those three numbers alone (not on the unit `init_time` is written in).
+    """
+    seconds = int(np.datetime64(init_time, "s").astype(np.int64))
+    digest = hashlib.sha256(f"{base_seed}/{seconds}/{member}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def member_list(member_ids: MemberIds) -> list[int]:
+    """The member numbers as Python ints; a one-line ValueError unless a non-empty 1-D
+    sequence of integers >= 0."""
+    ids = (
+        member_ids.cpu().numpy() if isinstance(member_ids, torch.Tensor) else np.asarray(member_ids)
+    )
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"member_ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"member_ids must be integers, got {ids.dtype}")
+    if ids.min() < 0:
+        raise ValueError(f"member numbers must be >= 0, got {int(ids.min())}")
+    return [int(k) for k in ids]
+
+
+def check_state(initial_state: torch.Tensor, channels: int) -> None:
+    """Refuse an analysis that is not `(channel, lat, lon)` with `channels` channels."""
+    if initial_state.ndim != 3 or initial_state.shape[0] != channels:
+        raise ValueError(
+            f"initial_state must be (channel={channels}, lat, lon),"
+            f" got {tuple(initial_state.shape)}"
+        )
+
+
+class GaussianRandomFieldPerturbation:
+    """Analysis plus spatially correlated Gaussian noise. Member k starts from
+
+        x_k = x_a + a_c f_kc        (units of variable c)
+
+    with `a_c` the amplitude of channel c and `f_kc` independent random fields (one per
+    channel, all from `generator_for(k)`) of zero global mean, correlated over a Gaussian width
+    L, of degree <= T and each normalised to area-mean variance 1 (`gaussian_random_field`):
+    every draw's area-mean variance is exactly `a_c^2`, and the field is isotropic (the same
+    variance at every point, on average over draws). `from_stats` takes `a_c` as a fraction of
+    each variable's anomaly std.
+    """
+
+    def __init__(
+        self, grid: LatLonGrid, truncation: int, amplitude: Sequence[float], length_scale_m: float
+    ):
+        self.grid = grid
+        self.truncation = truncation
+        self.amplitude = torch.tensor(amplitude, dtype=torch.float64)[:, None, None]
+        self.length_scale_m = length_scale_m
+
+    @classmethod
+    def from_stats(
+        cls,
+        grid: LatLonGrid,
+        truncation: int,
+        stats: NormalisationStats,
+        variables: Sequence[str],
+        fraction: float,
+        length_scale_m: float,
+    ) -> GaussianRandomFieldPerturbation:
+        """Amplitudes `a_c = fraction x anomaly_std_c` (the std about the zonal-mean jet)."""
+        amplitude = [fraction * stats.variables[name].anomaly_std for name in variables]
+        return cls(grid, truncation, amplitude, length_scale_m)
+
+    def field(self, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        """One draw `a_c f_c`, `(channel, lat, lon)`, in the dtype and on the device of `like`."""
+        channels = self.amplitude.shape[0]
+        coeffs = gaussian_random_field((channels,), self.truncation, self.length_scale_m, generator)
+        values = synthesis(self.grid, self.truncation).cpu()(coeffs) * self.amplitude
+        return values.to(device=like.device, dtype=like.dtype)
+
+    def __call__(
+        self, initial_state: torch.Tensor, member_ids: MemberIds, generator_for: GeneratorFor
+    ) -> torch.Tensor:
+        members = member_list(member_ids)
+        check_state(initial_state, self.amplitude.shape[0])
+        return torch.stack(
+            [initial_state + self.field(generator_for(k), initial_state) for k in members]
+        )
+
+
+def hemisphere_masks(latitude: np.ndarray) -> torch.Tensor:
+    """`(2, lat, 1)` booleans: north (latitude >= 0, so an equator row is northern), south."""
+    north = torch.as_tensor(np.asarray(latitude) >= 0)[:, None]
+    return torch.stack([north, ~north])
+
+
+def hemispheric_rms(field: torch.Tensor, latitude: np.ndarray, weights: np.ndarray) -> torch.Tensor:
+    """Area-weighted RMS of `(..., lat, lon)` over each hemisphere, `(..., 2)` (north, south):
+
+        rms_H = sqrt( sum_{i in H} sum_j w_ij x_ij^2 / sum_{i in H} sum_j w_ij )
+
+    in the units of `field`, with `w_ij` cell-area weights (`area_weights`) and the hemispheres
+    of `hemisphere_masks`; computed in float64.
+    """
+    masks = hemisphere_masks(latitude).to(field.device)
+    hemisphere_weights = torch.as_tensor(weights, device=field.device) * masks
+    squares = field.double()[..., None, :, :] ** 2 * hemisphere_weights
+    return (squares.sum(dim=(-2, -1)) / hemisphere_weights.sum(dim=(-2, -1))).sqrt()
+
+
+class BredVectorPerturbation:
+    """Centred pairs of bred vectors (the Huge Ensembles recipe, DESIGN.md).
+
+    Bred vector j is grown with `generator_for(j)`:
+
+        dx_0 = a_c f_c                              (a draw of the `seed` random field)
+        dx_n = R[ M(x_a + dx_{n-1}) - M(x_a) ]      n = 1 .. N cycles
+
+    with `M` one emulator step (6 h; control and perturbed state stepped as one batch of two
+    with the same generator) and `R` the hemispheric rescaling of each variable c:
+
+        R(dx)_cij = dx_cij x target_c / rms_cH(dx)   for row i in hemisphere H,
+        target_c  = fraction x RMSE_48h(c)           (units of variable c),
+
+    `rms_cH` from `hemispheric_rms` (northern hemisphere latitude >= 0, southern < 0), so after
+    each cycle both hemispheres of every variable have area-weighted RMS `target_c` exactly
+    (the scale factor jumps at the equator). Members 2j and 2j+1 start from `x_a + dx_j` and
+    `x_a - dx_j`: each pair is centred on the analysis, and member 2j+1 alone grows the same
+    dx_j as its partner.
+
+    Simplification: there is no assimilation cycle to breed along, so every cycle restarts from
+    the analysis x_a itself (the control is x_a each time). The bred vector is then a
+    finite-amplitude power iteration of the 6 h propagator around x_a (the perturbation that
+    grows fastest there) rather than one bred along the trajectory of the preceding N x 6 h.
+    """
+
+    def __init__(
+        self,
+        emulator: Emulator,
+        seed: GaussianRandomFieldPerturbation,
+        rmse_48h: Mapping[str, float],
+        fraction: float = 0.35,
+        cycles: int = 4,
+    ):
+        missing = [name for name in emulator.input_variables if name not in rmse_48h]
+        if missing:
+            raise ValueError(f"rmse_48h lacks the variables {missing}")
+        if cycles < 1:
+            raise ValueError(f"bred vectors need at least one cycle, got {cycles}")
+        self.emulator = emulator
+        self.seed = seed
+        self.cycles = cycles
+        target = [fraction * float(rmse_48h[name]) for name in emulator.input_variables]
+        self.target = torch.tensor(target, dtype=torch.float64)
+        self.latitude = emulator.grid.latitude
+        self.weights = area_weights(emulator.grid.latitude, emulator.grid.longitude)
+
+    def rescale(self, dx: torch.Tensor) -> torch.Tensor:
+        """`R(dx)`: each hemisphere of each channel of `(channel, lat, lon)` to RMS `target`."""
+        rms = hemispheric_rms(dx, self.latitude, self.weights)
+        factor = self.target.to(dx.device)[:, None] / rms.clamp_min(torch.finfo(rms.dtype).tiny)
+        masks = hemisphere_masks(self.latitude).to(dx.device)
+        scale = (factor[:, :, None, None] * masks).sum(dim=1)  # (channel, lat, 1)
+        return (dx.double() * scale).to(dx.dtype)
+
+    def bred_vector(self, analysis: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`dx_N` grown from `analysis` `(channel, lat, lon)` with one vector's generator."""
+        dx = self.seed.field(generator, analysis)
+        for _ in range(self.cycles):
+            pair = torch.stack([analysis, analysis + dx])
+            control, perturbed = self.emulator.step(pair, generator=generator)
+            dx = self.rescale(perturbed - control)
+        return dx
+
+    def __call__(
+        self, initial_state: torch.Tensor, member_ids: MemberIds, generator_for: GeneratorFor
+    ) -> torch.Tensor:
+        members = member_list(member_ids)
+        check_state(initial_state, len(self.emulator.input_variables))
+        vectors = {
+            j: self.bred_vector(initial_state, generator_for(j))
+            for j in sorted({k // 2 for k in members})
+        }
+        return torch.stack(
+            [
+                initial_state - vectors[k // 2] if k % 2 else initial_state + vectors[k // 2]
+                for k in members
+            ]
+        )
+
+
+def assign_checkpoints(member_ids: MemberIds, n_checkpoints: int) -> np.ndarray:
+    """The checkpoint index of each member, `k mod N` for N checkpoints, as an int array.
+
+    It depends on k alone, and any run of M consecutive members puts floor(M / N) or
+    ceil(M / N) of them on each checkpoint. With bred-vector pairs and an even N, the `+dx`
+    members (even k) all run on even checkpoints and the `-dx` members on odd ones; an odd N
+    mixes the signs on every checkpoint.
+    """
+    if n_checkpoints < 1:
+        raise ValueError(f"n_checkpoints must be >= 1, got {n_checkpoints}")
+    return np.asarray(member_list(member_ids), dtype=np.int64) % n_checkpoints
+
+
+class ParameterPerturbation:
+    """Multiplicative Gaussian noise on the network weights of an SFNO member:
+
+        w'_i = w_i (1 + sigma eps_i),   eps_i ~ N(0, 1) independent,
+
+    with `eps` drawn from the member's generator, parameter by parameter in the network's
+    `parameters()` order (one real eps per entry; a complex spectral weight is scaled as a
+    whole). Every weight's relative change then has std `sigma` (dimensionless); zero weights
+    stay zero and the normalisation buffers are untouched. `sigma = 0` returns the emulator
+    itself, unperturbed; otherwise a perturbed deep copy, the original left as it was.
+    """
+
+    def __init__(self, sigma: float):
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"parameter perturbation sigma must be >= 0, got {sigma}")
+        self.sigma = sigma
+
+    def __call__(self, emulator: SFNOEmulator, generator: torch.Generator) -> SFNOEmulator:
+        if self.sigma == 0:
+            return emulator
+        perturbed = copy.deepcopy(emulator)
+        with torch.no_grad():
+            for parameter in perturbed.network.parameters():
+                eps = torch.randn(
+                    parameter.shape,
+                    generator=generator,
+                    dtype=parameter.real.dtype,
+                    device=generator.device,
+                )
+                parameter.mul_(1 + self.sigma * eps.to(parameter.device))
+        return perturbed
+
+
+def initial_condition_perturbation(
+    settings: PerturbationConfig,
+    emulator: Emulator,
+    truncation: int,
+    stats: NormalisationStats,
+    rmse_48h: Mapping[str, float] | None = None,
+) -> Perturbation:
+    """The config's `perturbation.initial` for `emulator`'s grid and variables (random fields
+    of degree <= `truncation`); `bred_vector` needs the emulator's 48 h RMSE per variable."""
+    random_field = GaussianRandomFieldPerturbation.from_stats(
+        emulator.grid,
+        truncation,
+        stats,
+        emulator.input_variables,
+        settings.random_field_fraction,
+        settings.length_scale_km * 1e3,
+    )
+    if settings.initial == "random_field":
+        return random_field
+    if rmse_48h is None:
+        raise ValueError("perturbation.initial bred_vector needs the emulator's 48 h RMSE")
+    return BredVectorPerturbation(
+        emulator, random_field, rmse_48h, settings.bred_fraction, settings.bred_cycles
+    )
