@@ -129,14 +129,20 @@ class SpectralTransforms(torch.nn.Module):
         return th_fft.irfft(fourier, n=self.grid.nlon, dim=-1, norm="forward")
 
 
+def order_weights(coeffs: torch.Tensor) -> torch.Tensor:
+    """`w_m` for real-SHT coefficients `(..., l, m)`: 1 for m = 0 and 2 for m > 0 (which stands
+    for +m and -m), in the coefficients' real dtype and on their device."""
+    weight = torch.full(coeffs.shape[-1:], 2.0, dtype=coeffs.real.dtype, device=coeffs.device)
+    weight[0] = 1.0
+    return weight
+
+
 def spectral_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`integral a b dOmega` over the unit sphere from orthonormal real-SHT coefficients.
 
-    Sums over the last two axes `(l, m)`; order m > 0 counts twice (it stands for +m and -m).
+    Sums over the last two axes `(l, m)` with the `order_weights`.
     """
-    weight = torch.full(a.shape[-1:], 2.0, dtype=a.real.dtype, device=a.device)
-    weight[0] = 1.0
-    return (torch.real(a * torch.conj(b)) * weight).sum(dim=(-2, -1))
+    return (torch.real(a * torch.conj(b)) * order_weights(a)).sum(dim=(-2, -1))
 
 
 def truncate(coeffs: torch.Tensor, truncation: int) -> torch.Tensor:
@@ -224,9 +230,7 @@ def power_spectrum(field: torch.Tensor, grid: LatLonGrid, truncation: int) -> to
     (units: those of `f`, squared).
     """
     coeffs = analysis(grid, truncation).to(field.device)(field)
-    weight = torch.full(coeffs.shape[-1:], 2.0, dtype=field.dtype, device=field.device)
-    weight[0] = 1.0
-    return (coeffs.abs() ** 2 * weight).sum(dim=-1) / (4 * math.pi)
+    return (coeffs.abs() ** 2 * order_weights(coeffs)).sum(dim=-1) / (4 * math.pi)
 
 
 def kinetic_energy_spectrum(

@@ -32,6 +32,7 @@ import yaml
 from data_pipeline.analysis_store import open_analyses
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.progress import progress_bar
+from data_pipeline.sphere import order_weights
 from data_pipeline.training_data import (
     area_weights,
     check_variables,
@@ -115,8 +116,7 @@ def adjusted_mse(
     scale = emulator.tendency_std
     x = emulator.transforms.to_spectral(prediction / scale)
     y = emulator.transforms.to_spectral(target / scale)
-    weight = torch.full(x.shape[-1:], 2.0, device=x.device)
-    weight[0] = 1.0
+    weight = order_weights(x)
     power_x = (x.abs() ** 2 * weight).sum(dim=-1)
     power_y = (y.abs() ** 2 * weight).sum(dim=-1)
     cross = ((x * y.conj()).real * weight).sum(dim=-1)
