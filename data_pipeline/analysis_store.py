@@ -72,6 +72,54 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class StoreLock:
+    """`PATH.lock`, holding the pid of the one run that writes the store at `PATH`.
+
+    `acquire` creates it atomically (`O_EXCL`), so of two runs starting together only one gets
+    it; a lock left by a dead process is taken over. Same-host only: the pid is checked with
+    `kill(pid, 0)`.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.with_name(path.name + ".lock")
+
+    def holder(self) -> int | None:
+        """The pid of another live process holding the lock, else None."""
+        try:
+            text = self.file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        pid = int(text) if text.isdigit() else 0
+        if pid == os.getpid():
+            return None
+        if pid == 0:  # just created by a run that has not written its pid yet
+            return -1
+        return pid if _pid_alive(pid) else None
+
+    def check(self) -> None:
+        """Refuse the store if another live run holds its lock."""
+        pid = self.holder()
+        if pid is not None:
+            raise StoreError(f"{self.path} is being written by another run (pid {pid})")
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self.check()
+                self.file.unlink(missing_ok=True)  # a dead run's (or our own) lock
+                continue
+            os.write(descriptor, str(os.getpid()).encode())
+            os.close(descriptor)
+            return
+        raise StoreError(f"{self.path}: cannot take the lock {self.file}")
+
+    def release(self) -> None:
+        self.file.unlink(missing_ok=True)
+
+
 class AnalysisStoreWriter:
     """Append analyses along `time` into a Zarr v3 store that appears only when complete.
 
@@ -82,19 +130,16 @@ class AnalysisStoreWriter:
     def __init__(self, path: str | Path, attrs: Mapping[str, object], overwrite: bool = False):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.lock = self.path.with_name(self.path.name + ".lock")
+        self.lock = StoreLock(self.path)
         self.attrs = {**attrs, COMPLETE_FLAG: False}
         self._started = False
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
-        if self.lock.exists():
-            pid = int(self.lock.read_text().strip() or 0)
-            if pid != os.getpid() and _pid_alive(pid):
-                raise StoreError(f"{self.path} is being written by another run (pid {pid})")
+        self.lock.check()
 
     def __enter__(self) -> AnalysisStoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock.write_text(str(os.getpid()))
+        self.lock.acquire()
         shutil.rmtree(self.partial, ignore_errors=True)  # left by a dead run: never complete
         return self
 
@@ -124,20 +169,26 @@ class AnalysisStoreWriter:
             if exc_type is None:
                 self._finalise()
         finally:
-            self.lock.unlink(missing_ok=True)
+            self.lock.release()
 
     def _finalise(self) -> None:
         if not self._started:
             raise StoreError(f"{self.path}: nothing was written")
-        _set_root_attribute(self.partial, COMPLETE_FLAG, True)
-        backup = self.path.with_name(self.path.name + ".replaced")
-        if self.path.exists():
-            self.path.rename(backup)
-        self.partial.rename(self.path)
-        shutil.rmtree(backup, ignore_errors=True)
+        finalise_store(self.partial, self.path)
 
 
-def _set_root_attribute(path: Path, key: str, value: object) -> None:
+def finalise_store(partial: Path, path: Path) -> None:
+    """Flag the store at `partial` complete and move it to `path`, replacing any store there
+    only now that the new one is whole."""
+    set_root_attribute(partial, COMPLETE_FLAG, True)
+    backup = path.with_name(path.name + ".replaced")
+    if path.exists():
+        path.rename(backup)
+    partial.rename(path)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def set_root_attribute(path: Path, key: str, value: object) -> None:
     """Set one attribute in a Zarr v3 group's `zarr.json` (written atomically)."""
     meta_path = path / "zarr.json"
     meta = json.loads(meta_path.read_text())

@@ -159,20 +159,38 @@ class TrainingConfig(Strict):
 class PerturbationConfig(Strict):
     """Initial-condition and model perturbations of the ensemble (`forecast.perturbations`).
 
-    `initial`: `random_field`, analysis + a correlated Gaussian random field of rms
-    `random_field_fraction` x each variable's anomaly std (correlation length
-    `length_scale_km`); `bred_vector`, pairs analysis +/- dx of vectors bred from that field
-    over `bred_cycles` 6 h cycles, each hemisphere rescaled to `bred_fraction` x the emulator's
-    48 h RMSE. `parameter_sigma` scales multiplicative noise on the network weights,
-    w' = w (1 + sigma eps) (0: off).
+    `initial`: `none`, every member starts from the analysis; `random_field`, analysis + a
+    correlated Gaussian random field of rms `random_field_fraction` x each variable's anomaly
+    std (correlation length `length_scale_km`); `bred_vector`, pairs analysis +/- dx of vectors
+    bred from that field over `bred_cycles` 6 h cycles, each hemisphere rescaled to
+    `bred_fraction` x the emulator's 48 h RMSE. `parameter_sigma` scales multiplicative noise
+    on the network weights, w' = w (1 + sigma eps) (0: off). `bred_rmse_48h` fixes the 48 h
+    RMSE per variable (in its units); null measures it for each checkpoint on
+    `calibration_inits` validation-period analyses when the ensemble starts.
     """
 
-    initial: Literal["random_field", "bred_vector"] = "bred_vector"
+    initial: Literal["none", "random_field", "bred_vector"] = "bred_vector"
     length_scale_km: PositiveFloat = 1000.0
     random_field_fraction: PositiveFloat = 0.1
     bred_cycles: int = Field(4, ge=1)
     bred_fraction: PositiveFloat = 0.35
     parameter_sigma: float = Field(0.0, ge=0)
+    bred_rmse_48h: dict[str, PositiveFloat] | None = None
+    calibration_inits: int = Field(16, ge=1)
+
+
+class EnsembleConfig(Strict):
+    """`wxens forecast` and `wxens hindcast` (`forecast.runner`).
+
+    `seed` is the base seed of every member's generator (`member_generator`); `checkpoints`
+    are emulator checkpoints, or folders of them, that the members are spread across;
+    `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
+    member's numbers never depend on the batch it is computed in.
+    """
+
+    seed: int = 0
+    checkpoints: list[Path] = Field(default_factory=list)
+    micro_batch: int = Field(8, ge=1)
 
 
 class ExperimentConfig(Strict):
@@ -188,6 +206,7 @@ class ExperimentConfig(Strict):
     sfno: SFNOConfig = SFNOConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
 
     @model_validator(mode="after")
     def _variables_known(self) -> ExperimentConfig:

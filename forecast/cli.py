@@ -245,6 +245,190 @@ def skill(
         print_skill(scores)
 
 
+MembersOption = Annotated[int, typer.Option("--members", help="Ensemble members per init.")]
+LeadDaysOption = Annotated[
+    float, typer.Option("--lead-days", help="Forecast length, a multiple of the time step.")
+]
+ModelOption = Annotated[
+    str, typer.Option("--model", help="sfno (the checkpoints) or nwp (the NWP baseline).")
+]
+CheckpointsOption = Annotated[
+    list[Path] | None,
+    typer.Option("--checkpoints", help="Checkpoints or folders (default: ensemble.checkpoints)."),
+]
+BatchOption = Annotated[
+    int | None, typer.Option("--batch-size", help="Members per task (default: automatic).")
+]
+SchedulerOption = Annotated[
+    str, typer.Option("--scheduler", help="threads[:N], local-cluster:N or a scheduler address.")
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Base seed of the members (default: ensemble.seed).")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run of the same ensemble.")
+]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="List what would be computed.")]
+
+
+def run_ensemble_command(
+    command: str,
+    config: Path,
+    init_times: list,
+    members: int,
+    lead_days: float,
+    out: Path,
+    model: str,
+    checkpoints: list[Path] | None,
+    batch_size: int | None,
+    scheduler: str,
+    seed: int | None,
+    analyses: Path | None,
+    device: str | None,
+    flags: dict[str, bool],
+) -> None:
+    """What `wxens forecast` and `wxens hindcast` share: check, prepare, run, report."""
+    import numpy as np
+
+    from data_pipeline.analysis_store import StoreError
+    from forecast.runner import RunOptions, prepare, run_ensemble
+    from models.checkpoint import CheckpointError
+
+    cfg, _ = read_config(config)
+    if seed is not None:
+        cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"seed": seed})})
+    if members < 1:
+        fail(f"--members must be >= 1, got {members}")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    step_hours = cfg.truth.output_interval_hours
+    lead_steps = lead_days * 24 / step_hours
+    if lead_days <= 0 or not float(lead_steps).is_integer():
+        fail(f"--lead-days {lead_days}: not a positive multiple of the {step_hours} h time step")
+    recorded = {
+        "init_times": ", ".join(str(t) for t in init_times),
+        "members": members,
+        "lead_days": lead_days,
+        "model": model,
+        "seed": cfg.ensemble.seed,
+        "checkpoints": checkpoints or cfg.ensemble.checkpoints,
+        "batch_size": batch_size,
+    }
+    options = RunOptions(out, batch_size, scheduler, command=command, **flags)
+    try:
+        spec = prepare(
+            cfg,
+            model,
+            checkpoints or cfg.ensemble.checkpoints,
+            analyses_path(cfg, analyses),
+            pick_device(device),
+        )
+        times = np.asarray(init_times, dtype="datetime64[ns]")
+        summary = run_ensemble(spec, times, members, int(lead_steps), options, recorded)
+    except (StoreError, CheckpointError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    typer.echo(summary)
+
+
+def parse_time(text: str, option: str):
+    import numpy as np
+
+    try:
+        return np.datetime64(text, "ns")
+    except ValueError:
+        fail(f"{option} {text!r}: not a time (expected e.g. 2031-01-01T00)")
+
+
+@app.command("forecast")
+def forecast(
+    config: ConfigOption,
+    init: Annotated[str, typer.Option("--init", help="Initial time, e.g. 2031-01-01T00.")],
+    members: MembersOption,
+    lead_days: LeadDaysOption,
+    out: OutOption,
+    model: ModelOption = "sfno",
+    checkpoints: CheckpointsOption = None,
+    batch_size: BatchOption = None,
+    scheduler: SchedulerOption = "threads",
+    seed: SeedOption = None,
+    analyses: AnalysesOption = None,
+    device: DeviceOption = None,
+    overwrite: OverwriteOption = False,
+    resume: ResumeOption = False,
+    dry_run: DryRunOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """One ensemble forecast from the analysis at INIT into a Zarr store."""
+    flags = {"overwrite": overwrite, "resume": resume, "dry_run": dry_run, "quiet": quiet}
+    run_ensemble_command(
+        "forecast",
+        config,
+        [parse_time(init, "--init")],
+        members,
+        lead_days,
+        out,
+        model,
+        checkpoints,
+        batch_size,
+        scheduler,
+        seed,
+        analyses,
+        device,
+        flags,
+    )
+
+
+@app.command("hindcast")
+def hindcast(
+    config: ConfigOption,
+    start: Annotated[str, typer.Option("--start", help="First init time.")],
+    end: Annotated[str, typer.Option("--end", help="Last init time (included).")],
+    members: MembersOption,
+    out: OutOption,
+    every: Annotated[str, typer.Option("--every", help="Init spacing (e.g. 1D, 12h).")] = "1D",
+    lead_days: LeadDaysOption = 10,
+    model: ModelOption = "sfno",
+    checkpoints: CheckpointsOption = None,
+    batch_size: BatchOption = None,
+    scheduler: SchedulerOption = "threads",
+    seed: SeedOption = None,
+    analyses: AnalysesOption = None,
+    device: DeviceOption = None,
+    overwrite: OverwriteOption = False,
+    resume: ResumeOption = False,
+    dry_run: DryRunOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Ensembles from every init START, START + EVERY, ... up to END into one store;
+    resumable (--resume) after an interruption, and a no-op on a complete store."""
+    import pandas as pd
+
+    first, last = parse_time(start, "--start"), parse_time(end, "--end")
+    try:
+        inits = list(pd.date_range(first, last, freq=every).values)
+    except ValueError as exc:
+        fail(f"--every {every!r}: {exc}")
+    if not inits:
+        fail(f"no init times from {start} to {end}")
+    flags = {"overwrite": overwrite, "resume": resume, "dry_run": dry_run, "quiet": quiet}
+    run_ensemble_command(
+        "hindcast",
+        config,
+        inits,
+        members,
+        lead_days,
+        out,
+        model,
+        checkpoints,
+        batch_size,
+        scheduler,
+        seed,
+        analyses,
+        device,
+        flags,
+    )
+
+
 def print_skill(scores: dict) -> None:
     """RMSE / climatological std at whole days, one row per model and variable."""
     days = [i for i, hours in enumerate(scores["lead_hours"]) if hours % 24 == 0]

@@ -42,16 +42,23 @@ class Perturbation(Protocol):
 
 
 def member_generator(
-    base_seed: int, init_time: np.datetime64, member: int, device: torch.device | str = "cpu"
+    base_seed: int,
+    init_time: np.datetime64,
+    member: int,
+    device: torch.device | str = "cpu",
+    stream: str = "",
 ) -> torch.Generator:
     """A generator for member `member` of the forecast from `init_time`.
 
     Its seed is the first 8 bytes (little-endian, an unsigned 64-bit integer) of the sha256 of
     the text `"{base_seed}/{s}/{member}"`, `s` the init time in whole seconds since 1970, so it
-    depends on those three numbers alone (not on the unit `init_time` is written in).
+    depends on those three numbers alone (not on the unit `init_time` is written in). A named
+    `stream` (text `"{base_seed}/{s}/{member}/{stream}"`) gives an independent generator for
+    another use, such as the weight noise, so adding one kind of noise never shifts another.
     """
     seconds = int(np.datetime64(init_time, "s").astype(np.int64))
-    digest = hashlib.sha256(f"{base_seed}/{seconds}/{member}".encode()).digest()
+    text = f"{base_seed}/{seconds}/{member}" + (f"/{stream}" if stream else "")
+    digest = hashlib.sha256(text.encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
 
 
@@ -77,6 +84,14 @@ def check_state(initial_state: torch.Tensor, channels: int) -> None:
             f"initial_state must be (channel={channels}, lat, lon),"
             f" got {tuple(initial_state.shape)}"
         )
+
+
+def unperturbed(
+    initial_state: torch.Tensor, member_ids: MemberIds, generator_for: GeneratorFor
+) -> torch.Tensor:
+    """Every member starts from the analysis itself (`perturbation.initial: none`)."""
+    members = member_list(member_ids)
+    return initial_state.expand(len(members), *initial_state.shape).clone()
 
 
 class GaussianRandomFieldPerturbation:
@@ -159,8 +174,9 @@ class BredVectorPerturbation:
         dx_0 = a_c f_c                              (a draw of the `seed` random field)
         dx_n = R[ M(x_a + dx_{n-1}) - M(x_a) ]      n = 1 .. N cycles
 
-    with `M` one emulator step (6 h; control and perturbed state stepped as one batch of two
-    with the same generator) and `R` the hemispheric rescaling of each variable c:
+    with `M` one emulator step (6 h; the control and the perturbed states of all the vectors a
+    call needs stepped as one batch, without a generator: breeding runs the emulator as a
+    deterministic model) and `R` the hemispheric rescaling of each variable c:
 
         R(dx)_cij = dx_cij x target_c / rms_cH(dx)   for row i in hemisphere H,
         target_c  = fraction x RMSE_48h(c)           (units of variable c),
@@ -169,7 +185,8 @@ class BredVectorPerturbation:
     each cycle both hemispheres of every variable have area-weighted RMS `target_c` exactly
     (the scale factor jumps at the equator). Members 2j and 2j+1 start from `x_a + dx_j` and
     `x_a - dx_j`: each pair is centred on the analysis, and member 2j+1 alone grows the same
-    dx_j as its partner.
+    dx_j as its partner (bitwise, when the emulator's numbers per state do not depend on the
+    batch: `models.emulator.FixedBatchEmulator`).
 
     Simplification: there is no assimilation cycle to breed along, so every cycle restarts from
     the analysis x_a itself (the control is x_a each time). The bred vector is then a
@@ -199,20 +216,23 @@ class BredVectorPerturbation:
         self.weights = area_weights(emulator.grid.latitude, emulator.grid.longitude)
 
     def rescale(self, dx: torch.Tensor) -> torch.Tensor:
-        """`R(dx)`: each hemisphere of each channel of `(channel, lat, lon)` to RMS `target`."""
+        """`R(dx)`: each hemisphere of each channel of `(..., channel, lat, lon)` to RMS
+        `target`."""
         rms = hemispheric_rms(dx, self.latitude, self.weights)
         factor = self.target.to(dx.device)[:, None] / rms.clamp_min(torch.finfo(rms.dtype).tiny)
         masks = hemisphere_masks(self.latitude).to(dx.device)
-        scale = (factor[:, :, None, None] * masks).sum(dim=1)  # (channel, lat, 1)
+        scale = (factor[..., None, None] * masks).sum(dim=-3)  # (..., channel, lat, 1)
         return (dx.double() * scale).to(dx.dtype)
 
-    def bred_vector(self, analysis: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """`dx_N` grown from `analysis` `(channel, lat, lon)` with one vector's generator."""
-        dx = self.seed.field(generator, analysis)
+    def bred_vectors(
+        self, analysis: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        """`dx_N` `(vector, channel, lat, lon)` grown from `analysis` `(channel, lat, lon)`,
+        vector j seeded from `generators[j]`."""
+        dx = torch.stack([self.seed.field(generator, analysis) for generator in generators])
         for _ in range(self.cycles):
-            pair = torch.stack([analysis, analysis + dx])
-            control, perturbed = self.emulator.step(pair, generator=generator)
-            dx = self.rescale(perturbed - control)
+            stepped = self.emulator.step(torch.cat([analysis[None], analysis + dx]))
+            dx = self.rescale(stepped[1:] - stepped[:1])
         return dx
 
     def __call__(
@@ -220,10 +240,9 @@ class BredVectorPerturbation:
     ) -> torch.Tensor:
         members = member_list(member_ids)
         check_state(initial_state, len(self.emulator.input_variables))
-        vectors = {
-            j: self.bred_vector(initial_state, generator_for(j))
-            for j in sorted({k // 2 for k in members})
-        }
+        pairs = sorted({k // 2 for k in members})
+        grown = self.bred_vectors(initial_state, [generator_for(j) for j in pairs])
+        vectors = dict(zip(pairs, grown, strict=True))
         return torch.stack(
             [
                 initial_state - vectors[k // 2] if k % 2 else initial_state + vectors[k // 2]
@@ -232,17 +251,22 @@ class BredVectorPerturbation:
         )
 
 
-def assign_checkpoints(member_ids: MemberIds, n_checkpoints: int) -> np.ndarray:
-    """The checkpoint index of each member, `k mod N` for N checkpoints, as an int array.
+def assign_checkpoints(
+    member_ids: MemberIds, n_checkpoints: int, group_size: int = 1
+) -> np.ndarray:
+    """The checkpoint index of each member, `(k // g) mod N` for N checkpoints and groups of
+    g consecutive members, as an int array.
 
-    It depends on k alone, and any run of M consecutive members puts floor(M / N) or
-    ceil(M / N) of them on each checkpoint. With bred-vector pairs and an even N, the `+dx`
-    members (even k) all run on even checkpoints and the `-dx` members on odd ones; an odd N
-    mixes the signs on every checkpoint.
+    It depends on k alone, and members are spread evenly: any run of consecutive whole groups
+    puts as many groups on each checkpoint as it can (the counts differ by at most one). With
+    bred vectors g = 2, so both members of a pair, analysis +/- dx, run on the checkpoint that
+    bred dx and each pair stays centred for its own model.
     """
-    if n_checkpoints < 1:
-        raise ValueError(f"n_checkpoints must be >= 1, got {n_checkpoints}")
-    return np.asarray(member_list(member_ids), dtype=np.int64) % n_checkpoints
+    if n_checkpoints < 1 or group_size < 1:
+        raise ValueError(
+            f"need n_checkpoints >= 1 and group_size >= 1, got {n_checkpoints}, {group_size}"
+        )
+    return np.asarray(member_list(member_ids), dtype=np.int64) // group_size % n_checkpoints
 
 
 class ParameterPerturbation:
@@ -295,6 +319,8 @@ def initial_condition_perturbation(
         settings.random_field_fraction,
         settings.length_scale_km * 1e3,
     )
+    if settings.initial == "none":
+        return unperturbed
     if settings.initial == "random_field":
         return random_field
     if rmse_48h is None:

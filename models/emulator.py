@@ -43,3 +43,34 @@ def rollout(
     for _ in range(steps):
         state = emulator.step(state, generator=generator)
         yield state
+
+
+class FixedBatchEmulator:
+    """`emulator` stepped in forward passes of exactly `size` members on the CPU.
+
+    CPU kernels (oneDNN convolutions, MKL FFTs) pick their algorithm by shape, and a member's
+    numbers then depend on how many others share its batch (a batch of 1 and of 64 differ in
+    the last bits). Padding every pass to `size` (with copies of the last member) makes each
+    member's result depend on its own state alone. On other devices it steps the whole batch.
+    """
+
+    def __init__(self, emulator: Emulator, size: int):
+        self.emulator = emulator
+        self.size = size
+        self.input_variables = emulator.input_variables
+        self.grid = emulator.grid
+        self.timestep = emulator.timestep
+
+    def step(
+        self, state: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if state.device.type != "cpu":
+            return self.emulator.step(state, generator=generator)
+        parts = []
+        for start in range(0, len(state), self.size):
+            part = state[start : start + self.size]
+            count = len(part)
+            padding = part[-1:].expand(self.size - count, *part.shape[1:])
+            stepped = self.emulator.step(torch.cat([part, padding]), generator=generator)
+            parts.append(stepped[:count])
+        return torch.cat(parts)

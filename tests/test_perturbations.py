@@ -18,6 +18,7 @@ from forecast.perturbations import (
     initial_condition_perturbation,
     member_generator,
 )
+from models.emulator import FixedBatchEmulator
 from models.nwp import QGEmulator
 from models.sfno import SFNOEmulator
 
@@ -69,11 +70,13 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bred(world):
-    """Bred-vector perturbation of the NWP baseline and members 0..5 from it."""
+    """Bred-vector perturbation of the NWP baseline (stepped in fixed batches of 8, so its
+    numbers per state do not depend on the batch) and members 0..5 from it."""
     config, stats, analysis = world
     rmse_48h = {"psi_upper": 0.3 * analysis[0].std().item(), "psi_lower": 1e6}
+    emulator = FixedBatchEmulator(QGEmulator(config), 8)
     perturbation = initial_condition_perturbation(
-        config.perturbation, QGEmulator(config), config.grid.truncation, stats, rmse_48h
+        config.perturbation, emulator, config.grid.truncation, stats, rmse_48h
     )
     assert isinstance(perturbation, BredVectorPerturbation)
     return perturbation, rmse_48h, perturbation(analysis, torch.arange(6), generator_for)
@@ -179,15 +182,18 @@ def test_bred_vectors_need_every_variable_rmse(world):
 
 def test_checkpoints_are_spread_evenly():
     for n_checkpoints in range(1, 8):
-        for first in (0, 5):
-            for count in range(1, 30):
-                members = np.arange(first, first + count)
-                counts = np.bincount(
-                    assign_checkpoints(members, n_checkpoints), minlength=n_checkpoints
-                )
-                assert counts.max() - counts.min() <= 1
+        for group in (1, 2):
+            for first in (0, 6):
+                for count in range(1, 30):
+                    members = np.arange(first, first + group * count)
+                    checkpoint = assign_checkpoints(members, n_checkpoints, group)
+                    counts = np.bincount(checkpoint, minlength=n_checkpoints)
+                    assert counts.max() - counts.min() <= group
+                    assert np.array_equal(checkpoint[::group], checkpoint[group - 1 :: group])
     np.testing.assert_array_equal(assign_checkpoints([7], 3), assign_checkpoints(range(9), 3)[[7]])
-    with pytest.raises(ValueError, match="n_checkpoints must be >= 1"):
+    pairs = assign_checkpoints(range(8), 4, group_size=2)
+    np.testing.assert_array_equal(pairs, [0, 0, 1, 1, 2, 2, 3, 3])
+    with pytest.raises(ValueError, match="n_checkpoints >= 1"):
         assign_checkpoints([0, 1], 0)
 
 

@@ -1,0 +1,546 @@
+"""The ensemble runner behind `wxens forecast` and `wxens hindcast`.
+
+A run is a set of tasks, one per (init time, batch of consecutive members), each of which
+perturbs the analysis, steps its members `lead_steps` times and writes them into its own region
+of the forecast store (`forecast.ensemble_store`) while the next step computes. Tasks run on an
+executor: a thread pool (`threads`, `threads:N`), a dask `LocalCluster` (`local-cluster:N`) or
+any dask scheduler address, for example one that dask-jobqueue started on SLURM or PBS.
+
+Reproducibility: member k of init t draws its noise only from generators seeded by
+(seed, t, k) (`member_generator`), and on the CPU every forward pass has the same shape
+(`FixedBatchEmulator`, one torch thread per task), so a member's numbers are bitwise the same
+whatever batch, task, worker or order computes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from data_pipeline.analysis_store import (
+    COMPLETE_FLAG,
+    StoreError,
+    StoreLock,
+    finalise_store,
+    open_analyses,
+)
+from data_pipeline.config import ExperimentConfig, parse_config
+from data_pipeline.progress import progress_bar
+from data_pipeline.provenance import provenance
+from data_pipeline.training_data import (
+    NormalisationStats,
+    area_weights,
+    check_variables,
+    compute_normalisation,
+    year_window,
+)
+from data_pipeline.truth import model_grid
+from forecast.ensemble_store import (
+    FINGERPRINT,
+    EnsembleStore,
+    StoreLayout,
+    create_store,
+)
+from forecast.perturbations import (
+    ParameterPerturbation,
+    Perturbation,
+    assign_checkpoints,
+    initial_condition_perturbation,
+    member_generator,
+)
+from forecast.skill import area_rmse
+from models.checkpoint import find_checkpoints, load_checkpoint, read_metadata
+from models.emulator import Emulator, FixedBatchEmulator, rollout
+from models.nwp import QGEmulator
+
+MODELS = ("sfno", "nwp")
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """Everything a worker needs to rebuild the members (hashable and picklable)."""
+
+    config_json: str
+    model: str  # "sfno" or "nwp"
+    checkpoints: tuple[str, ...]
+    analyses: str
+    device: str
+    stats_json: str
+    bred_rmse_48h_json: str  # one {variable: RMSE} per model, or null
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return parse_config(json.loads(self.config_json))
+
+
+def load_models(spec: EnsembleSpec) -> list[Emulator]:
+    config, device = spec.config, torch.device(spec.device)
+    if spec.model == "nwp":
+        return [QGEmulator(config, device)]
+    return [load_checkpoint(path, config, device) for path in spec.checkpoints]
+
+
+def measured_rmse_48h(
+    emulator: Emulator, dataset: xr.Dataset, config: ExperimentConfig, device: torch.device
+) -> dict[str, float]:
+    """The emulator's area-weighted RMSE at 48 h, per variable (in its units), from
+    `perturbation.calibration_inits` inits spread over the validation years."""
+    times = dataset["time"].values
+    years = config.periods.validation
+    window = year_window(times, (years.first, years.last))
+    steps = round(np.timedelta64(48, "h") / emulator.timestep)
+    last = window.stop - 1 - steps
+    if last < window.start:
+        raise ValueError(f"validation years {years.first}-{years.last} are shorter than 48 h")
+    inits = config.perturbation.calibration_inits
+    starts = np.unique(np.linspace(window.start, last, inits).round().astype(int))
+    fields = dataset[list(emulator.input_variables)].to_array("channel")
+    fields = fields.transpose("time", "channel", ...)
+    start = torch.from_numpy(fields.isel(time=starts).values.astype(np.float32))
+    truth = torch.from_numpy(fields.isel(time=starts + steps).values.astype(np.float32))
+    *_, forecast = rollout(emulator, start.to(device), steps)
+    weights = torch.from_numpy(
+        area_weights(dataset["latitude"].values, dataset["longitude"].values)
+    )
+    rmse = area_rmse(forecast.cpu(), truth, weights)
+    return {name: float(v) for name, v in zip(emulator.input_variables, rmse, strict=True)}
+
+
+def perturbation_stats(
+    checkpoints: list[Path], config: ExperimentConfig, dataset: xr.Dataset
+) -> NormalisationStats:
+    """The statistics that scale the random fields: the first checkpoint's (also for the NWP
+    baseline, so that both ensembles get the same fields), or without checkpoints the
+    training years' of the analyses."""
+    if checkpoints:
+        metadata = read_metadata(checkpoints[0])
+        return NormalisationStats.from_dict(metadata["architecture"]["normalisation"])
+    years = config.periods.train
+    return compute_normalisation(dataset, config.variables, (years.first, years.last))
+
+
+def prepare(
+    config: ExperimentConfig,
+    model: str,
+    checkpoints: list[Path],
+    analyses: Path,
+    device: torch.device,
+) -> EnsembleSpec:
+    """Load and check the models, and measure what the members need (the bred-vector target).
+
+    Raises ValueError, StoreError or CheckpointError with one line."""
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
+    found = find_checkpoints(checkpoints) if checkpoints else []
+    if model == "sfno" and not found:
+        raise ValueError("no checkpoints: pass --checkpoints or set ensemble.checkpoints")
+    paths = [str(p) for p in found] if model == "sfno" else []
+    dataset = open_analyses(analyses)
+    check_variables(dataset, config.variables)
+    spec = EnsembleSpec(
+        config.model_dump_json(), model, tuple(paths), str(analyses), str(device), "null", "null"
+    )
+    with single_threaded(device):
+        models = load_models(spec)
+        stats = perturbation_stats(found, config, dataset)
+        settings, rmse = config.perturbation, None
+        if settings.initial == "bred_vector":
+            fixed = settings.bred_rmse_48h
+            rmse = [
+                fixed
+                or measured_rmse_48h(
+                    FixedBatchEmulator(m, config.ensemble.micro_batch), dataset, config, device
+                )
+                for m in models
+            ]
+    return EnsembleSpec(
+        spec.config_json,
+        model,
+        spec.checkpoints,
+        spec.analyses,
+        spec.device,
+        json.dumps(stats.to_dict()),
+        json.dumps(rmse),
+    )
+
+
+@contextlib.contextmanager
+def single_threaded(device: torch.device | str) -> Iterator[None]:
+    """One torch thread on the CPU (tasks run side by side instead; see the module)."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class MemberForecaster:
+    """The members of one ensemble: checkpoints, perturbations and the analyses."""
+
+    def __init__(self, spec: EnsembleSpec):
+        config = spec.config
+        self.config = config
+        self.device = torch.device(spec.device)
+        self.models = load_models(spec)
+        micro = config.ensemble.micro_batch
+        self.emulators = [FixedBatchEmulator(m, micro) for m in self.models]
+        stats = NormalisationStats.from_dict(json.loads(spec.stats_json))
+        rmse = json.loads(spec.bred_rmse_48h_json) or [None] * len(self.models)
+        settings = config.perturbation
+        self.perturbations: list[Perturbation] = [
+            initial_condition_perturbation(settings, e, config.grid.truncation, stats, r)
+            for e, r in zip(self.emulators, rmse, strict=True)
+        ]
+        self.group_size = 2 if settings.initial == "bred_vector" else 1
+        sigma = settings.parameter_sigma if spec.model == "sfno" else 0.0
+        self.weight_noise = ParameterPerturbation(sigma) if sigma > 0 else None
+        self.dataset = open_analyses(spec.analyses)
+        self.seed = config.ensemble.seed
+
+    def analysis(self, init_time: np.datetime64) -> torch.Tensor:
+        """The analysis at `init_time`, `(channel, lat, lon)` float32 on the device."""
+        fields = self.dataset[list(self.config.variables)].sel(time=init_time)
+        values = fields.to_array("channel").values.astype(np.float32)
+        return torch.from_numpy(values).to(self.device)
+
+    def steppers(
+        self, c: int, members: list[int], init_time: np.datetime64
+    ) -> list[tuple[list[int], Emulator]]:
+        """(positions in `members`, emulator) pairs that step checkpoint c's members: all
+        together, or one by one with its own noisy weights."""
+        if self.weight_noise is None:
+            return [(list(range(len(members))), self.emulators[c])]
+        noisy = []
+        for i, k in enumerate(members):
+            generator = member_generator(self.seed, init_time, k, stream="weights")
+            noisy.append(([i], self.weight_noise(self.models[c], generator)))
+        return noisy
+
+    @torch.no_grad()
+    def trajectories(
+        self, init_time: np.datetime64, members: range, lead_steps: int
+    ) -> Iterator[torch.Tensor]:
+        """The members' states `(member, channel, lat, lon)` at leads 0, 1, ..., `lead_steps`."""
+        analysis = self.analysis(init_time)
+        checkpoint = assign_checkpoints(list(members), len(self.models), self.group_size)
+        state = analysis.expand(len(members), *analysis.shape).clone()
+
+        def generator_for(k: int) -> torch.Generator:
+            return member_generator(self.seed, init_time, k)
+
+        groups = []
+        for c in np.unique(checkpoint):
+            positions = torch.from_numpy(np.flatnonzero(checkpoint == c))
+            ids = [members[p] for p in positions]
+            state[positions] = self.perturbations[c](analysis, ids, generator_for)
+            groups += [(positions[rows], e) for rows, e in self.steppers(c, ids, init_time)]
+        yield state
+        for _ in range(lead_steps):
+            state = state.clone()
+            for positions, emulator in groups:
+                state[positions] = emulator.step(state[positions])
+            yield state
+
+
+@functools.lru_cache(maxsize=2)
+def forecaster_for(spec: EnsembleSpec) -> MemberForecaster:
+    """One `MemberForecaster` per spec and process (a dask worker builds it once)."""
+    return MemberForecaster(spec)
+
+
+def run_task(
+    spec: EnsembleSpec,
+    layout: StoreLayout,
+    store_path: Path,
+    task: tuple[int, int],
+    on_step: Callable[[int], None] | None = None,
+) -> int:
+    """Compute and write one (init, member batch); flag it done; return its member-steps.
+
+    Writes go to a thread of their own, so the next step computes while a lead is written.
+    """
+    init, batch = task
+    members = layout.member_range(batch)
+    steps = len(layout.lead_times) - 1
+    store = EnsembleStore(store_path)
+    if torch.device(spec.device).type == "cpu":
+        torch.set_num_threads(1)
+    forecaster = forecaster_for(spec)
+    with ThreadPoolExecutor(1) as writer:
+        pending: list[Future] = []
+        buffer: list[np.ndarray] = []
+        init_time = layout.init_times[init]
+        for lead, state in enumerate(forecaster.trajectories(init_time, members, steps)):
+            buffer.append(state.cpu().numpy())
+            if len(buffer) == layout.leads_per_write or lead == steps:
+                block = np.stack(buffer)
+                start = lead + 1 - len(buffer)
+                pending.append(writer.submit(store.write, init, start, members.start, block))
+                buffer = []
+                if len(pending) > 2:  # bound the memory held by queued writes
+                    pending.pop(0).result()
+            if lead and on_step is not None:
+                on_step(len(members))
+        for future in pending:
+            future.result()
+    store.mark_done(init, batch)
+    return len(members) * steps
+
+
+@contextlib.contextmanager
+def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Executor, int]]:
+    """The executor named by `--scheduler`, and how many tasks it runs at once:
+
+    - `threads` or `threads:N`: a thread pool in this process (N defaults to the CPU count on
+      a CPU, 1 on a GPU; each task uses one torch thread on a CPU);
+    - `local-cluster:N`: a dask `LocalCluster` of N single-threaded worker processes;
+    - anything with `://`: the dask scheduler at that address, for example
+      `dask_jobqueue.SLURMCluster(...).scheduler_address` after `cluster.scale(jobs=J)`.
+    """
+    name, _, count = scheduler.partition(":")
+    if name == "threads":
+        if count and not (count.isdigit() and int(count) > 0):
+            raise ValueError(f"--scheduler {scheduler!r}: expected threads:N with N >= 1")
+        default = (os.cpu_count() or 1) if device.type == "cpu" else 1
+        workers = int(count) if count else default
+        with ThreadPoolExecutor(workers) as pool:
+            yield pool, workers
+        return
+    from distributed import Client, LocalCluster
+
+    if name == "local-cluster":
+        if not (count.isdigit() and int(count) > 0):
+            raise ValueError(f"--scheduler {scheduler!r}: expected local-cluster:N with N >= 1")
+        with (
+            LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client.get_executor(pure=False), int(count)
+        return
+    if "://" not in scheduler:
+        raise ValueError(
+            f"--scheduler {scheduler!r}: expected threads, local-cluster:N or a scheduler address"
+        )
+    with Client(scheduler) as client:
+        yield client.get_executor(pure=False), max(1, sum(client.nthreads().values()))
+
+
+def automatic_batch_size(
+    spec: EnsembleSpec, members: int, leads: int, workers: int, micro_batch: int
+) -> int:
+    """Members per task: on a GPU the most that fit 80 % of its free memory (measured with a
+    trial step of `micro_batch`); on a CPU the most that fit half the free host memory, but
+    no more than an even share per worker, in whole micro-batches of every checkpoint."""
+    config = spec.config
+    grid = model_grid(config)
+    member_bytes = 4 * len(config.variables) * grid.nlat * grid.nlon
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        forecaster = forecaster_for(spec)
+        state = forecaster.analysis(np.datetime64(forecaster.dataset["time"].values[0]))
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        forecaster.models[0].step(state.expand(micro_batch, *state.shape).contiguous())
+        per_member = (torch.cuda.max_memory_allocated(device) - before) / micro_batch
+        free, _ = torch.cuda.mem_get_info(device)
+        fits = int(0.8 * free / (per_member + member_bytes * 4))
+        return max(1, min(members, fits))
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    fits = int(0.5 * available / workers / (member_bytes * (leads + 4)))
+    unit = micro_batch * max(1, len(spec.checkpoints))
+    share = math.ceil(math.ceil(members / workers) / unit) * unit
+    return max(1, min(members, share, fits))
+
+
+def fingerprint(
+    spec: EnsembleSpec, init_times: np.ndarray, lead_times: np.ndarray, members: int
+) -> str:
+    """sha256 of everything that sets the numbers (not the batch size: members do not depend
+    on it), so a resumed run can check it continues the same ensemble."""
+    weights = [read_metadata(Path(p))["weights_sha256"] for p in spec.checkpoints]
+    identity = {
+        **{k: v for k, v in asdict(spec).items() if k not in ("checkpoints", "device")},
+        "weights": weights,
+        "init_times": [str(t) for t in init_times],
+        "lead_times": [int(t / np.timedelta64(1, "s")) for t in lead_times],
+        "members": members,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    batch_size: int | None = None
+    scheduler: str = "threads"
+    overwrite: bool = False
+    resume: bool = False
+    dry_run: bool = False
+    quiet: bool = False
+    command: str = "forecast"
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def existing_store(out: Path, options: RunOptions, identity: str) -> tuple[str, dict | None]:
+    """What is at `out`: ("new", None), ("complete", attrs) or ("partial", attrs); raise
+    StoreError when the options do not allow going on."""
+    for state, path in (("complete", out), ("partial", partial_path(out))):
+        if not path.exists() or options.overwrite:
+            continue
+        if not options.resume:
+            raise StoreError(f"{path} already exists; pass --resume to continue or --overwrite")
+        attrs = EnsembleStore(path).attrs
+        if attrs.get(FINGERPRINT) != identity:
+            raise StoreError(
+                f"{path} holds a different ensemble (other config, checkpoints, inits, members"
+                " or leads); pass --overwrite to replace it"
+            )
+        if state == "complete" and attrs.get(COMPLETE_FLAG) is not True:
+            raise StoreError(f"{path}: store is incomplete but not at {partial_path(out).name}")
+        return state, attrs
+    return "new", None
+
+
+def run_ensemble(
+    spec: EnsembleSpec,
+    init_times: np.ndarray,
+    members: int,
+    lead_steps: int,
+    options: RunOptions,
+    recorded: dict[str, object],
+) -> str:
+    """Run (or resume, or plan with `dry_run`) the ensemble into `options.out`; return a
+    one-line summary. `recorded` are the CLI options kept in the store's attributes."""
+    config = spec.config
+    if members < 1:
+        raise ValueError(f"--members must be >= 1, got {members}")
+    dataset = open_analyses(spec.analyses)
+    missing = [t for t in init_times if t not in set(dataset["time"].values)]
+    if missing:
+        span = f"{dataset['time'].values[0]} to {dataset['time'].values[-1]}"
+        raise ValueError(f"init time {missing[0]} is not an analysis in {spec.analyses} ({span})")
+    step = forecaster_timestep(spec)
+    lead_times = np.arange(lead_steps + 1) * step.astype("timedelta64[ns]")
+    out = options.out
+    device = torch.device(spec.device)
+    lock = StoreLock(out)
+    with task_executor(options.scheduler, device) as (executor, workers), single_threaded(device):
+        identity = fingerprint(spec, init_times, lead_times, members)
+        state, attrs = existing_store(out, options, identity)
+        if state == "complete":
+            return f"{out} is complete: nothing to do"
+        micro = config.ensemble.micro_batch
+        batch = options.batch_size or automatic_batch_size(
+            spec, members, len(lead_times), workers, micro
+        )
+        if attrs is not None:
+            batch = int(attrs["wxens_batch_size"])
+        layout = StoreLayout(
+            init_times, lead_times, members, batch, tuple(config.variables), model_grid(config)
+        )
+        partial = partial_path(out)
+        done = EnsembleStore(partial).done() if state == "partial" else None
+        pending = [t for t in layout.tasks() if done is None or not done[t]]
+        plan = (
+            f"{len(pending)} of {len(layout.tasks())} tasks ({len(init_times)} inits x"
+            f" {layout.batches} batches of {batch} members), {len(pending) * batch * lead_steps}"
+            f" member-steps on {workers} {options.scheduler} workers"
+        )
+        if options.dry_run:
+            return "dry run: would compute " + plan
+        lock.acquire()
+        try:
+            if state == "new":
+                shutil.rmtree(partial, ignore_errors=True)
+                attrs = store_attrs(spec, layout, identity, recorded, options.command)
+                checkpoint = assign_checkpoints(
+                    range(members), len(spec.checkpoints) or 1, 2 if bred(config) else 1
+                )
+                names = [Path(p).name for p in spec.checkpoints] or [spec.model]
+                create_store(partial, layout, field_attrs(dataset), checkpoint, names, attrs)
+            run_tasks(executor, spec, layout, partial, pending, options.quiet)
+            with warnings.catch_warnings():  # "not part of the Zarr v3 spec": xarray reads it
+                warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+                zarr.consolidate_metadata(partial)  # so xarray.open_zarr(out) needs no arguments
+            finalise_store(partial, out)
+        finally:
+            lock.release()
+    return f"wrote {out}: " + plan
+
+
+def run_tasks(
+    executor: Executor,
+    spec: EnsembleSpec,
+    layout: StoreLayout,
+    partial: Path,
+    pending: list[tuple[int, int]],
+    quiet: bool,
+) -> None:
+    total = sum(len(layout.member_range(b)) for _, b in pending) * (len(layout.lead_times) - 1)
+    in_process = isinstance(executor, ThreadPoolExecutor)
+    with progress_bar(total, "member-steps", quiet) as advance:
+        futures = [
+            executor.submit(run_task, spec, layout, partial, task, advance if in_process else None)
+            for task in pending
+        ]
+        for future in as_completed(futures):
+            steps = future.result()
+            if not in_process:
+                advance(steps)
+
+
+def forecaster_timestep(spec: EnsembleSpec) -> np.timedelta64:
+    if spec.model == "nwp":
+        return np.timedelta64(spec.config.truth.output_interval_hours, "h")
+    return np.timedelta64(round(json.loads(spec.stats_json)["timestep_hours"] * 3600), "s")
+
+
+def bred(config: ExperimentConfig) -> bool:
+    return config.perturbation.initial == "bred_vector"
+
+
+def field_attrs(dataset: xr.Dataset) -> dict[str, dict[str, str]]:
+    return {name: dict(dataset[name].attrs) for name in dataset.data_vars}
+
+
+def store_attrs(
+    spec: EnsembleSpec,
+    layout: StoreLayout,
+    identity: str,
+    recorded: dict[str, object],
+    command: str,
+) -> dict[str, object]:
+    """Provenance: config, command options, checkpoints and their sha256, seeds, versions."""
+    config = spec.config
+    weights = {Path(p).name: read_metadata(Path(p))["weights_sha256"] for p in spec.checkpoints}
+    return {
+        **provenance(json.loads(spec.config_json), command, **recorded),
+        "wxens_model": spec.model,
+        "wxens_checkpoints_sha256": json.dumps(weights),
+        "wxens_seed": config.ensemble.seed,
+        "wxens_bred_rmse_48h": spec.bred_rmse_48h_json,
+        "wxens_batch_size": layout.batch_size,
+        "wxens_variables": json.dumps(list(layout.variables)),
+        "wxens_analyses": spec.analyses,
+        FINGERPRINT: identity,
+    }
