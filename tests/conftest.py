@@ -81,3 +81,23 @@ def wxens():
         return result.exit_code, result.output + (f"\n{crash!r}" if crash else "")
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_world, tmp_path_factory, wxens) -> Path:
+    """A folder of two real SFNO checkpoints of the tiny world (seeds 1 and 2, short runs)."""
+    path, _ = tiny_world
+    folder = tmp_path_factory.mktemp("tiny_checkpoints")
+    for seed in (1, 2):
+        code, output = wxens(
+            "train",
+            "--config",
+            path,
+            "--seed",
+            seed,
+            "--out",
+            folder / f"sfno-seed{seed}",
+            "--quiet",
+        )
+        assert code == 0, output
+    return folder
