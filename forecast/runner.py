@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
@@ -461,9 +462,10 @@ def run_ensemble(
         partial = partial_path(out)
         done = EnsembleStore(partial).done() if state == "partial" else None
         pending = [t for t in layout.tasks() if done is None or not done[t]]
+        member_steps = sum(len(layout.member_range(b)) for _, b in pending) * lead_steps
         plan = (
             f"{len(pending)} of {len(layout.tasks())} tasks ({len(init_times)} inits x"
-            f" {layout.batches} batches of {batch} members), {len(pending) * batch * lead_steps}"
+            f" {layout.batches} batches of {batch} members), {member_steps}"
             f" member-steps on {workers} {options.scheduler} workers"
         )
         if options.dry_run:
@@ -478,14 +480,17 @@ def run_ensemble(
                 )
                 names = [Path(p).name for p in spec.checkpoints] or [spec.model]
                 create_store(partial, layout, field_attrs(dataset), checkpoint, names, attrs)
-            run_tasks(executor, spec, layout, partial, pending, options.quiet)
+            started = time.perf_counter()
+            run_tasks(executor, spec, layout, partial, pending, member_steps, options.quiet)
+            seconds = time.perf_counter() - started
             with warnings.catch_warnings():  # "not part of the Zarr v3 spec": xarray reads it
                 warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
                 zarr.consolidate_metadata(partial)  # so xarray.open_zarr(out) needs no arguments
             finalise_store(partial, out)
         finally:
             lock.release()
-    return f"wrote {out}: " + plan
+    rate = member_steps / seconds
+    return f"wrote {out}: {plan} in {seconds:.1f} s ({rate:.1f} member-steps/s)"
 
 
 def run_tasks(
@@ -494,11 +499,11 @@ def run_tasks(
     layout: StoreLayout,
     partial: Path,
     pending: list[tuple[int, int]],
+    member_steps: int,
     quiet: bool,
 ) -> None:
-    total = sum(len(layout.member_range(b)) for _, b in pending) * (len(layout.lead_times) - 1)
     in_process = isinstance(executor, ThreadPoolExecutor)
-    with progress_bar(total, "member-steps", quiet) as advance:
+    with progress_bar(member_steps, "member-steps", quiet) as advance:
         futures = [
             executor.submit(run_task, spec, layout, partial, task, advance if in_process else None)
             for task in pending

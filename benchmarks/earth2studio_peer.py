@@ -1,0 +1,330 @@
+"""Member-steps per second of wxens's ensemble runner against NVIDIA earth2studio's
+`earth2studio.run.ensemble` driving the same SFNO network, and the raw network forward.
+
+    .venv-bench/bin/python benchmarks/earth2studio_peer.py [--members 64] [--steps 8]
+        [--batch 64] [--checkpoint checkpoints/default/sfno-seed1] [--init 2031-01-01T00]
+        [--threads 2] [--wxens-batch-size N]
+
+Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size:
+
+- earth2studio: the checkpoint wrapped as an earth2studio `PrognosticModel` (`WxensPrognostic`),
+  the analysis served by an in-memory `DataSource` over the wxens truth store, a
+  `SphericalGaussian` initial perturbation and a `ZarrBackend` in a temporary folder. The wall
+  clock of the whole `run.ensemble` call (data fetch, perturbation, rollout, Zarr writes);
+  model loading is not counted.
+- wxens: `wxens forecast ... --quiet` in a subprocess, wall clock of the whole command
+  (interpreter start, imports, the 48 h RMSE calibration of the bred-vector target, rollout,
+  Zarr writes). The time wxens reports for its own rollout (its "in N s" summary line) is
+  shown beside it. wxens's `--batch-size` means members per task, not per forward pass (each
+  task runs on one torch thread, one task per core side by side, in forward passes of
+  `ensemble.micro_batch` members), so `--batch` is not passed on: wxens picks its own, unless
+  `--wxens-batch-size` is given.
+- raw forward: `emulator.network(emulator.features(x))` under `torch.no_grad()` for the same
+  member-steps at the same batch size (one untimed warm-up call first); no de-normalisation,
+  residual or spectral projection, no perturbation, no I/O.
+
+torch runs on 2 threads in this process (`--threads`); `wxens forecast` uses its default
+thread-pool scheduler. Run it from the repository root (the config's paths are relative).
+
+earth2studio lives in its own virtual environment, `.venv-bench` (git-ignored through a
+`.gitignore` inside it), so that it never touches the project's `.venv`. torch must stay at
+2.14.1, which pip takes from this machine's disk: always pin it on the same command line, or
+pip fetches a different torch of several GB.
+
+    python3.11 -m venv .venv-bench
+    echo '*' > .venv-bench/.gitignore
+    .venv-bench/bin/pip install torch==2.14.1 torch-harmonics==0.9.3 earth2studio==0.19.0
+    .venv-bench/bin/pip install torch==2.14.1 torch-harmonics==0.9.3 earth2studio==0.19.0 \\
+        "numpy>=1.26" "zarr>=3.0,<4" "xarray>=2025.1" "dask[distributed]>=2025.1" \\
+        "netCDF4>=1.7" "cfgrib>=0.9.14" "eccodes>=2.37" "cartopy>=0.24" "matplotlib>=3.8" \\
+        "pydantic>=2.6,<3" "pyyaml>=6" "rich>=13" "typer>=0.12" "safetensors>=0.4" "scipy>=1.11"
+    .venv-bench/bin/pip install --no-deps -e .
+
+(the second line is wxens's own dependencies from pyproject.toml; earth2studio 0.19.0 pins
+netCDF4 < 1.7.3, which wxens's >= 1.7 admits.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from earth2studio.io import ZarrBackend
+from earth2studio.models.batch import batch_coords, batch_func
+from earth2studio.perturbation import SphericalGaussian
+from earth2studio.run import ensemble as e2s_ensemble
+from earth2studio.utils import handshake_coords, handshake_dim
+from earth2studio.utils.type import CoordSystem
+
+from data_pipeline.analysis_store import open_analyses
+from data_pipeline.config import load_config
+from models.checkpoint import load_checkpoint
+from models.sfno import SFNOEmulator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/default.yaml"
+WXENS_SUMMARY = re.compile(r" in ([0-9.]+) s \(([0-9.]+) member-steps/s\)")
+
+
+class WxensPrognostic(torch.nn.Module):
+    """A wxens `SFNOEmulator` as an earth2studio `PrognosticModel`: one `step` per 6 h."""
+
+    def __init__(self, emulator: SFNOEmulator):
+        super().__init__()
+        self.emulator = emulator
+        self.variables = np.array(emulator.input_variables)
+        self.lat = np.asarray(emulator.grid.latitude, dtype=np.float64)
+        self.lon = np.asarray(emulator.grid.longitude, dtype=np.float64)
+        self.timestep = emulator.timestep.astype("timedelta64[ns]")
+
+    def input_coords(self) -> CoordSystem:
+        return OrderedDict(
+            {
+                "batch": np.empty(0),
+                "time": np.empty(0),
+                "lead_time": np.array([np.timedelta64(0, "ns")]),
+                "variable": self.variables,
+                "lat": self.lat,
+                "lon": self.lon,
+            }
+        )
+
+    @batch_coords()
+    def output_coords(self, input_coords: CoordSystem) -> CoordSystem:
+        output = self.input_coords()
+        output["lead_time"] = np.array([self.timestep])
+        if input_coords is None:
+            return output
+        test = input_coords.copy()
+        test["lead_time"] = test["lead_time"] - input_coords["lead_time"][-1]
+        target = self.input_coords()
+        for i, key in enumerate(target):
+            if key not in ("batch", "time"):
+                handshake_dim(test, key, i)
+                handshake_coords(test, target, key)
+        output["batch"] = input_coords["batch"]
+        output["time"] = input_coords["time"]
+        output["lead_time"] = output["lead_time"] + input_coords["lead_time"]
+        return output
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor, coords: CoordSystem) -> tuple[torch.Tensor, CoordSystem]:
+        output = self.output_coords(coords)
+        shape = x.shape  # (batch, time, lead_time, variable, lat, lon)
+        x = self.emulator.step(x.reshape(-1, *shape[-3:])).reshape(shape)
+        return x, output
+
+    @batch_func()
+    def __call__(self, x: torch.Tensor, coords: CoordSystem) -> tuple[torch.Tensor, CoordSystem]:
+        return self._forward(x, coords)
+
+    @batch_func()
+    def _default_generator(
+        self, x: torch.Tensor, coords: CoordSystem
+    ) -> Generator[tuple[torch.Tensor, CoordSystem], None, None]:
+        coords = coords.copy()
+        self.output_coords(coords)  # checks the coordinates
+        yield x, coords
+        while True:
+            x, coords = self._forward(x, coords)
+            yield x, coords.copy()
+
+    def create_iterator(
+        self, x: torch.Tensor, coords: CoordSystem
+    ) -> Iterator[tuple[torch.Tensor, CoordSystem]]:
+        yield from self._default_generator(x, coords)
+
+
+class TruthSource:
+    """An earth2studio `DataSource` over a wxens analysis store, read into memory on call."""
+
+    def __init__(self, path: str | Path):
+        dataset = open_analyses(path)
+        self.dataset = dataset.rename(latitude="lat", longitude="lon")
+
+    def __call__(self, time, variable) -> xr.DataArray:
+        times = np.atleast_1d(np.asarray(time, dtype="datetime64[ns]"))
+        names = [variable] if isinstance(variable, str) else [str(v) for v in variable]
+        selected = self.dataset[names].sel(time=times).load()
+        return selected.to_dataarray("variable").transpose("time", "variable", "lat", "lon")
+
+
+def run_earth2studio(
+    emulator: SFNOEmulator,
+    analyses: Path,
+    init: np.datetime64,
+    members: int,
+    steps: int,
+    batch: int,
+    fraction: float,
+    out: Path,
+) -> float:
+    """Seconds of one `earth2studio.run.ensemble` call."""
+    model = WxensPrognostic(emulator)
+    source = TruthSource(analyses)
+    # earth2studio's field has an rms of order one; scale it per variable like wxens's
+    # `random_field_fraction` x anomaly std (broadcast over lat, lon).
+    amplitude = fraction * emulator.std.detach().reshape(-1, 1, 1).float().cpu()
+    perturbation = SphericalGaussian(noise_amplitude=amplitude)
+    io = ZarrBackend(str(out), backend_kwargs={"overwrite": True})
+    start = time.perf_counter()
+    e2s_ensemble(
+        [init],
+        steps,
+        members,
+        model,
+        source,
+        io,
+        perturbation,
+        batch_size=batch,
+        device=torch.device("cpu"),
+        verbose=False,
+    )
+    seconds = time.perf_counter() - start
+    written = xr.open_zarr(out, consolidated=False)
+    expected = (members, 1, steps + 1, emulator.grid.nlat, emulator.grid.nlon)
+    for name in emulator.input_variables:
+        if written[name].shape != expected:
+            raise RuntimeError(f"earth2studio wrote {name} {written[name].shape}, not {expected}")
+        if not np.isfinite(written[name].isel(lead_time=-1).values).all():
+            raise RuntimeError(f"earth2studio wrote non-finite {name}")
+    return seconds
+
+
+def run_wxens(
+    wxens: Path,
+    checkpoint: str,
+    init: str,
+    members: int,
+    lead_days: str,
+    batch: int | None,
+    out: Path,
+) -> tuple[float, float | None, str]:
+    """Wall seconds of `wxens forecast`, the rollout seconds it reports (None if unread), and
+    its summary line."""
+    command = [
+        str(wxens), "forecast", "--config", CONFIG, "--checkpoints", checkpoint,
+        "--init", init, "--members", str(members), "--lead-days", lead_days,
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    if batch is not None:
+        command += ["--batch-size", str(batch)]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+    match = WXENS_SUMMARY.search(done.stdout)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    return seconds, float(match.group(1)) if match else None, summary
+
+
+@torch.no_grad()
+def run_raw(
+    emulator: SFNOEmulator, state: torch.Tensor, members: int, steps: int, batch: int
+) -> float:
+    """Seconds of `network(features(x))` for `members` x `steps` member-steps in batches."""
+    sizes = [min(batch, members - first) for first in range(0, members, batch)]
+    inputs = {size: state.expand(size, *state.shape[1:]).contiguous() for size in set(sizes)}
+    emulator.network(emulator.features(inputs[sizes[0]]))  # warm-up
+    start = time.perf_counter()
+    for size in sizes:
+        for _ in range(steps):
+            emulator.network(emulator.features(inputs[size]))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="checkpoints/default/sfno-seed1")
+    parser.add_argument("--init", default="2031-01-01T00")
+    parser.add_argument("--members", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8, help="6 h steps")
+    parser.add_argument("--batch", type=int, default=64, help="members per batch")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (here)")
+    parser.add_argument(
+        "--wxens-batch-size",
+        type=int,
+        default=None,
+        help="wxens --batch-size, members per task (default: wxens's automatic choice)",
+    )
+    parser.add_argument(
+        "--fraction", type=float, default=0.1, help="earth2studio noise x anomaly std"
+    )
+    parser.add_argument(
+        "--wxens",
+        type=Path,
+        default=Path(sys.executable).with_name("wxens"),
+        help="the wxens command (default: beside this interpreter)",
+    )
+    args = parser.parse_args()
+    if min(args.members, args.steps, args.batch, args.threads, args.wxens_batch_size or 1) < 1:
+        parser.error("--members, --steps, --batch, --threads, --wxens-batch-size must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    config = load_config(ROOT / CONFIG)
+    emulator = load_checkpoint(ROOT / args.checkpoint, config)
+    hours = emulator.timestep / np.timedelta64(1, "h")
+    lead_days = f"{args.steps * hours / 24:g}"
+    init = np.datetime64(args.init, "ns")
+    analyses = ROOT / config.analyses
+    analysis = TruthSource(analyses)(init, list(emulator.input_variables))
+    state = torch.from_numpy(analysis.values).float()  # (1, variable, lat, lon)
+    member_steps = args.members * args.steps
+
+    with tempfile.TemporaryDirectory(prefix="e2s-peer-") as tmp:
+        e2s = run_earth2studio(
+            emulator,
+            analyses,
+            init,
+            args.members,
+            args.steps,
+            args.batch,
+            args.fraction,
+            Path(tmp) / "earth2studio.zarr",
+        )
+        wx, wx_reported, wx_summary = run_wxens(
+            args.wxens,
+            args.checkpoint,
+            args.init,
+            args.members,
+            lead_days,
+            args.wxens_batch_size,
+            Path(tmp) / "wxens.zarr",
+        )
+    raw = run_raw(emulator, state, args.members, args.steps, args.batch)
+
+    rate = member_steps / raw
+    print(
+        f"{args.members} members x {args.steps} steps ({lead_days} d) = {member_steps}"
+        f" member-steps, batch {args.batch}, init {args.init}, {args.checkpoint},"
+        f" torch {torch.__version__}, {args.threads} threads here"
+    )
+    print(f"wxens: {wx_summary.replace(tmp, '$TMP')}")
+    print(f"{'':<26}{'seconds':>9}{'member-steps/s':>16}{'ratio to raw':>14}")
+    rows = [("earth2studio run.ensemble", e2s), ("wxens forecast (wall)", wx)]
+    if wx_reported is not None:
+        rows.append(("wxens (its own report)", wx_reported))
+    rows.append(("raw forward", raw))
+    for name, seconds in rows:
+        throughput = member_steps / seconds
+        print(f"{name:<26}{seconds:>9.2f}{throughput:>16.1f}{throughput / rate:>14.3f}")
+    print(f"wxens / earth2studio member-steps/s: {e2s / wx:.3f} (wall)", end="")
+    if wx_reported is not None:
+        print(f", {e2s / wx_reported:.3f} (wxens's own report)")
+    else:
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Speed and memory of `wxens forecast` against the raw batched SFNO forward, in one run.
+
+1. Runner efficiency: `wxens forecast` (bred-vector pairs, the four committed checkpoints,
+   Zarr writes) for `--members` members and `--steps` 6 h steps, its member-steps/s from its
+   own summary line (the tasks alone, not start-up or the 48 h RMSE calibration), against the
+   raw torch-harmonics SFNO forward (`network(features(x))`, no wrapper, no perturbation, no
+   store) for the same member-steps, timed two ways on the same CPU cores:
+   - `raw, one process`: batches of `--batch` with torch's default threads;
+   - `raw, per core`: one single-threaded loop per core at the runner's micro-batch, side by
+     side (how the runner itself uses the cores).
+2. A large ensemble: `--big-members` members (default 1000) for `--steps` steps, the wall clock
+   of the whole command (start-up included) and its peak resident memory.
+
+Run from the repository root after `make truth`:
+
+    python benchmarks/ensemble_speed.py [--members 256] [--steps 20] [--big-members 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from data_pipeline.config import load_config
+from models.checkpoint import find_checkpoints, load_checkpoint
+
+CONFIG = Path("configs/default.yaml")
+CHECKPOINTS = Path("checkpoints/default")
+WXENS = str(Path(sys.executable).with_name("wxens"))
+
+
+def wxens_forecast(out: Path, members: int, steps: int) -> tuple[float, float, float]:
+    """Run the command; return (wall seconds, its task member-steps/s, peak RSS in GB)."""
+    command = [WXENS, "forecast", "--config", str(CONFIG), "--checkpoints", str(CHECKPOINTS)]
+    command += ["--init", "2031-01-01T00", "--members", str(members)]
+    command += ["--lead-days", str(steps / 4), "--out", str(out), "--quiet"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rate = float(re.search(r"\(([\d.]+) member-steps/s\)", result.stdout).group(1))
+    return wall, rate, max(peak, before) / 1e6
+
+
+@torch.no_grad()
+def raw_forward(emulator, batch: int, member_steps: int) -> float:
+    """Seconds for `member_steps` of the bare network forward in batches of `batch`."""
+    state = torch.randn(batch, 2, emulator.grid.nlat, emulator.grid.nlon) * 1e7
+    features = emulator.features(state)
+    emulator.network(features)  # warm-up
+    started = time.perf_counter()
+    for _ in range(-(-member_steps // batch)):
+        emulator.network(features)
+    return time.perf_counter() - started
+
+
+def raw_per_core(emulator, batch: int, member_steps: int, cores: int) -> float:
+    """Seconds for `member_steps` split over `cores` single-threaded loops running together."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    share = -(-member_steps // cores)
+
+    def loop() -> None:
+        torch.set_num_threads(1)  # per thread: OpenMP's thread count is thread-local
+        raw_forward(emulator, batch, share)
+
+    workers = [threading.Thread(target=loop) for _ in range(cores)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    torch.set_num_threads(threads)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--big-members", type=int, default=1000)
+    args = parser.parse_args()
+    config = load_config(CONFIG)
+    emulator = load_checkpoint(find_checkpoints([CHECKPOINTS])[0], config)
+    cores = torch.get_num_threads()
+    member_steps = args.members * args.steps
+    with tempfile.TemporaryDirectory() as folder:
+        _, runner_rate, _ = wxens_forecast(Path(folder) / "ens.zarr", args.members, args.steps)
+        one = member_steps / raw_forward(emulator, args.batch, member_steps)
+        micro = config.ensemble.micro_batch
+        per_core = member_steps / raw_per_core(emulator, micro, member_steps, cores)
+        big = wxens_forecast(Path(folder) / "big.zarr", args.big_members, args.steps)
+    print(
+        f"\n{args.members} members x {args.steps} steps, 4 checkpoints, bred vectors, {cores} cores"
+    )
+    print(f"{'':34}{'member-steps/s':>16}{'wxens / this':>14}")
+    rows = {
+        "wxens forecast (tasks)": runner_rate,
+        f"raw forward, one process, batch {args.batch}": one,
+        f"raw forward, per core, batch {micro}": per_core,
+    }
+    for name, rate in rows.items():
+        print(f"{name:34}{rate:16.1f}{runner_rate / rate:14.2f}")
+    wall, rate, rss = big
+    print(
+        f"\n{args.big_members} members x {args.steps} steps: {wall:.0f} s wall (start-up included),"
+        f" {rate:.1f} member-steps/s in the tasks, peak RSS {rss:.2f} GB"
+    )
+
+
+if __name__ == "__main__":
+    main()
