@@ -24,7 +24,11 @@ Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size:
   residual or spectral projection, no perturbation, no I/O.
 
 torch runs on 2 threads in this process (`--threads`); `wxens forecast` uses its default
-thread-pool scheduler. Run it from the repository root (the config's paths are relative).
+thread-pool scheduler. On a machine where another process keeps a core busy, 2 torch threads on
+2 cores can run several times slower than 1 (the threads wait on each other), which hits the
+earth2studio and raw rows far more than wxens's one-thread tasks: check the load first, or
+compare with `--threads 1`. Importing earth2studio takes about 20 s (`earth2studio.run` imports
+every model); that is not counted. Paths are relative to the repository root.
 
 earth2studio lives in its own virtual environment, `.venv-bench` (git-ignored through a
 `.gitignore` inside it), so that it never touches the project's `.venv`. torch must stay at
@@ -65,6 +69,7 @@ from earth2studio.perturbation import SphericalGaussian
 from earth2studio.run import ensemble as e2s_ensemble
 from earth2studio.utils import handshake_coords, handshake_dim
 from earth2studio.utils.type import CoordSystem
+from loguru import logger
 
 from data_pipeline.analysis_store import open_analyses
 from data_pipeline.config import load_config
@@ -168,6 +173,7 @@ def run_earth2studio(
     batch: int,
     fraction: float,
     out: Path,
+    verbose: bool = False,
 ) -> float:
     """Seconds of one `earth2studio.run.ensemble` call."""
     model = WxensPrognostic(emulator)
@@ -188,7 +194,7 @@ def run_earth2studio(
         perturbation,
         batch_size=batch,
         device=torch.device("cpu"),
-        verbose=False,
+        verbose=verbose,
     )
     seconds = time.perf_counter() - start
     written = xr.open_zarr(out, consolidated=False)
@@ -267,10 +273,14 @@ def main() -> None:
         default=Path(sys.executable).with_name("wxens"),
         help="the wxens command (default: beside this interpreter)",
     )
+    parser.add_argument("--verbose", action="store_true", help="earth2studio's log and bars")
     args = parser.parse_args()
     if min(args.members, args.steps, args.batch, args.threads, args.wxens_batch_size or 1) < 1:
         parser.error("--members, --steps, --batch, --threads, --wxens-batch-size must be >= 1")
     torch.set_num_threads(args.threads)
+    if not args.verbose:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
 
     config = load_config(ROOT / CONFIG)
     emulator = load_checkpoint(ROOT / args.checkpoint, config)
@@ -292,6 +302,7 @@ def main() -> None:
             args.batch,
             args.fraction,
             Path(tmp) / "earth2studio.zarr",
+            args.verbose,
         )
         wx, wx_reported, wx_summary = run_wxens(
             args.wxens,
