@@ -77,7 +77,7 @@ from models.checkpoint import load_checkpoint
 from models.sfno import SFNOEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = "configs/default.yaml"
+CONFIG = "configs/default-random-field.yaml"
 WXENS_SUMMARY = re.compile(r" in ([0-9.]+) s \(([0-9.]+) member-steps/s\)")
 
 

@@ -1,15 +1,17 @@
 """Speed and memory of `wxens forecast` against the raw batched SFNO forward, in one run.
 
-1. Runner efficiency: `wxens forecast` (bred-vector pairs, the four committed checkpoints,
-   Zarr writes) for `--members` members and `--steps` 6 h steps, its member-steps/s from its
+1. Runner efficiency: `wxens forecast` (random-field perturbations,
+   `configs/default-random-field.yaml`, the four committed checkpoints, Zarr writes) for
+   `--members` members and `--steps` 6 h steps, its member-steps/s from its
    own summary line (the tasks alone, not start-up or the 48 h RMSE calibration), against the
    raw torch-harmonics SFNO forward (`network(features(x))`, no wrapper, no perturbation, no
    store) for the same member-steps, timed two ways on the same CPU cores:
    - `raw, one process`: batches of `--batch` with torch's default threads;
    - `raw, per core`: one single-threaded loop per core at the runner's micro-batch, side by
      side (how the runner itself uses the cores).
-2. A large ensemble: `--big-members` members (default 1000) for `--steps` steps, the wall clock
-   of the whole command (start-up included) and its peak resident memory.
+2. A large ensemble: `--big-members` members (default 1000) of the default config (bred-vector
+   pairs: their breeding cycles cost about a tenth more steps) for `--steps` steps, the wall
+   clock of the whole command (start-up included) and its peak resident memory.
 
 Run from the repository root after `make truth`:
 
@@ -34,13 +36,14 @@ from data_pipeline.config import load_config
 from models.checkpoint import find_checkpoints, load_checkpoint
 
 CONFIG = Path("configs/default.yaml")
+RANDOM_FIELD = Path("configs/default-random-field.yaml")
 CHECKPOINTS = Path("checkpoints/default")
 WXENS = str(Path(sys.executable).with_name("wxens"))
 
 
-def wxens_forecast(out: Path, members: int, steps: int) -> tuple[float, float, float]:
+def wxens_forecast(config: Path, out: Path, members: int, steps: int) -> tuple[float, float, float]:
     """Run the command; return (wall seconds, its task member-steps/s, peak RSS in GB)."""
-    command = [WXENS, "forecast", "--config", str(CONFIG), "--checkpoints", str(CHECKPOINTS)]
+    command = [WXENS, "forecast", "--config", str(config), "--checkpoints", str(CHECKPOINTS)]
     command += ["--init", "2031-01-01T00", "--members", str(members)]
     command += ["--lead-days", str(steps / 4), "--out", str(out), "--quiet"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -96,13 +99,15 @@ def main() -> None:
     cores = torch.get_num_threads()
     member_steps = args.members * args.steps
     with tempfile.TemporaryDirectory() as folder:
-        _, runner_rate, _ = wxens_forecast(Path(folder) / "ens.zarr", args.members, args.steps)
+        out = Path(folder) / "ens.zarr"
+        _, runner_rate, _ = wxens_forecast(RANDOM_FIELD, out, args.members, args.steps)
         one = member_steps / raw_forward(emulator, args.batch, member_steps)
         micro = config.ensemble.micro_batch
         per_core = member_steps / raw_per_core(emulator, micro, member_steps, cores)
-        big = wxens_forecast(Path(folder) / "big.zarr", args.big_members, args.steps)
+        big = wxens_forecast(CONFIG, Path(folder) / "big.zarr", args.big_members, args.steps)
     print(
-        f"\n{args.members} members x {args.steps} steps, 4 checkpoints, bred vectors, {cores} cores"
+        f"\n{args.members} members x {args.steps} steps, 4 checkpoints, random fields,"
+        f" {cores} cores"
     )
     print(f"{'':34}{'member-steps/s':>16}{'wxens / this':>14}")
     rows = {
@@ -114,7 +119,8 @@ def main() -> None:
         print(f"{name:34}{rate:16.1f}{runner_rate / rate:14.2f}")
     wall, rate, rss = big
     print(
-        f"\n{args.big_members} members x {args.steps} steps: {wall:.0f} s wall (start-up included),"
+        f"\n{args.big_members} members x {args.steps} steps, bred vectors: {wall:.0f} s wall"
+        " (start-up included),"
         f" {rate:.1f} member-steps/s in the tasks, peak RSS {rss:.2f} GB"
     )
 

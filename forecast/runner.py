@@ -480,6 +480,8 @@ def run_ensemble(
                 )
                 names = [Path(p).name for p in spec.checkpoints] or [spec.model]
                 create_store(partial, layout, field_attrs(dataset), checkpoint, names, attrs)
+            if isinstance(executor, ThreadPoolExecutor):
+                forecaster_for(spec)  # load the checkpoints once, before the threads start
             started = time.perf_counter()
             run_tasks(executor, spec, layout, partial, pending, member_steps, options.quiet)
             seconds = time.perf_counter() - started
