@@ -52,6 +52,17 @@ def check_variables(dataset: xr.Dataset, variables: Sequence[str]) -> None:
         )
 
 
+def analysis_states(
+    dataset: xr.Dataset, variables: Sequence[str], time: int | slice | np.ndarray
+) -> torch.Tensor:
+    """The analyses at the time indices `time` as float32 `(time, channel, latitude,
+    longitude)`, channels in `variables` order, in the store's units."""
+    selection = [time] if isinstance(time, int | np.integer) else time
+    fields = dataset[list(variables)].isel(time=selection)
+    stacked = fields.to_dataarray("channel").transpose("time", "channel", ...)
+    return torch.from_numpy(stacked.values.astype(np.float32))
+
+
 def timestep(times: np.ndarray) -> np.timedelta64:
     """The interval between analyses; raise ValueError unless the time axis is regular."""
     steps = np.diff(times)

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from data_pipeline.progress import progress_bar
 from data_pipeline.provenance import provenance
 from data_pipeline.training_data import (
     NormalisationStats,
+    analysis_states,
     area_weights,
     check_variables,
     compute_normalisation,
@@ -89,11 +90,13 @@ class EnsembleSpec:
         return parse_config(json.loads(self.config_json))
 
 
-def load_models(spec: EnsembleSpec) -> list[Emulator]:
-    config, device = spec.config, torch.device(spec.device)
-    if spec.model == "nwp":
+def load_models(
+    model: str, checkpoints: Sequence[str], config: ExperimentConfig, device: torch.device
+) -> list[Emulator]:
+    """The NWP baseline, or the checkpoints (each checked against `config`)."""
+    if model == "nwp":
         return [QGEmulator(config, device)]
-    return [load_checkpoint(path, config, device) for path in spec.checkpoints]
+    return [load_checkpoint(path, config, device) for path in checkpoints]
 
 
 def measured_rmse_48h(
@@ -110,10 +113,8 @@ def measured_rmse_48h(
         raise ValueError(f"validation years {years.first}-{years.last} are shorter than 48 h")
     inits = config.perturbation.calibration_inits
     starts = np.unique(np.linspace(window.start, last, inits).round().astype(int))
-    fields = dataset[list(emulator.input_variables)].to_array("channel")
-    fields = fields.transpose("time", "channel", ...)
-    start = torch.from_numpy(fields.isel(time=starts).values.astype(np.float32))
-    truth = torch.from_numpy(fields.isel(time=starts + steps).values.astype(np.float32))
+    start = analysis_states(dataset, emulator.input_variables, starts)
+    truth = analysis_states(dataset, emulator.input_variables, starts + steps)
     *_, forecast = rollout(emulator, start.to(device), steps)
     weights = torch.from_numpy(
         area_weights(dataset["latitude"].values, dataset["longitude"].values)
@@ -153,11 +154,8 @@ def prepare(
     paths = [str(p) for p in found] if model == "sfno" else []
     dataset = open_analyses(analyses)
     check_variables(dataset, config.variables)
-    spec = EnsembleSpec(
-        config.model_dump_json(), model, tuple(paths), str(analyses), str(device), "null", "null"
-    )
     with single_threaded(device):
-        models = load_models(spec)
+        models = load_models(model, paths, config, device)
         stats = perturbation_stats(found, config, dataset)
         settings, rmse = config.perturbation, None
         if settings.initial == "bred_vector":
@@ -170,11 +168,11 @@ def prepare(
                 for m in models
             ]
     return EnsembleSpec(
-        spec.config_json,
+        config.model_dump_json(),
         model,
-        spec.checkpoints,
-        spec.analyses,
-        spec.device,
+        tuple(paths),
+        str(analyses),
+        str(device),
         json.dumps(stats.to_dict()),
         json.dumps(rmse),
     )
@@ -199,7 +197,7 @@ class MemberForecaster:
         config = spec.config
         self.config = config
         self.device = torch.device(spec.device)
-        self.models = load_models(spec)
+        self.models = load_models(spec.model, spec.checkpoints, config, self.device)
         micro = config.ensemble.micro_batch
         self.emulators = [FixedBatchEmulator(m, micro) for m in self.models]
         stats = NormalisationStats.from_dict(json.loads(spec.stats_json))
@@ -217,9 +215,8 @@ class MemberForecaster:
 
     def analysis(self, init_time: np.datetime64) -> torch.Tensor:
         """The analysis at `init_time`, `(channel, lat, lon)` float32 on the device."""
-        fields = self.dataset[list(self.config.variables)].sel(time=init_time)
-        values = fields.to_array("channel").values.astype(np.float32)
-        return torch.from_numpy(values).to(self.device)
+        index = self.dataset.get_index("time").get_loc(init_time)
+        return analysis_states(self.dataset, self.config.variables, index)[0].to(self.device)
 
     def steppers(
         self, c: int, members: list[int], init_time: np.datetime64

@@ -27,7 +27,12 @@ from data_pipeline.analysis_store import open_analyses
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.progress import progress_bar
 from data_pipeline.sphere import kinetic_energy_spectrum, power_spectrum
-from data_pipeline.training_data import area_weights, check_variables, year_window
+from data_pipeline.training_data import (
+    analysis_states,
+    area_weights,
+    check_variables,
+    year_window,
+)
 from data_pipeline.truth import model_grid
 from models.emulator import Emulator, rollout
 
@@ -45,11 +50,9 @@ class Analyses:
         periods = config.periods
         test = year_window(times, (periods.test.first, periods.test.last))
         train = year_window(times, (periods.train.first, periods.train.last))
-        fields = dataset[list(config.variables)].to_array("channel")
         self.times = times[test]
-        self.test = torch.from_numpy(
-            fields.isel(time=test).transpose("time", "channel", ...).values.astype(np.float32)
-        )
+        self.test = analysis_states(dataset, config.variables, test)
+        fields = dataset[list(config.variables)].to_array("channel")
         climate = fields.isel(time=train).astype(np.float64)
         self.climatology = torch.from_numpy(climate.mean("time").values.astype(np.float32))
         self.weights = torch.from_numpy(

@@ -34,6 +34,7 @@ from data_pipeline.config import ExperimentConfig
 from data_pipeline.progress import progress_bar
 from data_pipeline.sphere import order_weights
 from data_pipeline.training_data import (
+    analysis_states,
     area_weights,
     check_variables,
     compute_normalisation,
@@ -171,9 +172,7 @@ class PeriodStates:
         dataset = open_analyses(analyses)
         check_variables(dataset, variables)
         times = dataset["time"].values
-        fields = dataset[list(variables)].isel(time=year_window(times, years))
-        stacked = fields.to_dataarray("channel").transpose("time", "channel", ...)
-        self.states = torch.from_numpy(stacked.values.astype(np.float32)).to(device)
+        self.states = analysis_states(dataset, variables, year_window(times, years)).to(device)
         self.timestep = timestep(times)
         self.variables, self.years = tuple(variables), years
         weights = area_weights(dataset["latitude"].values, dataset["longitude"].values)
