@@ -207,7 +207,7 @@ class MemberForecaster:
             initial_condition_perturbation(settings, e, config.grid.truncation, stats, r)
             for e, r in zip(self.emulators, rmse, strict=True)
         ]
-        self.group_size = 2 if settings.initial == "bred_vector" else 1
+        self.group_size = checkpoint_group_size(config)
         sigma = settings.parameter_sigma if spec.model == "sfno" else 0.0
         self.weight_noise = ParameterPerturbation(sigma) if sigma > 0 else None
         self.dataset = open_analyses(spec.analyses)
@@ -473,7 +473,7 @@ def run_ensemble(
                 shutil.rmtree(partial, ignore_errors=True)
                 attrs = store_attrs(spec, layout, identity, recorded, options.command)
                 checkpoint = assign_checkpoints(
-                    range(members), len(spec.checkpoints) or 1, 2 if bred(config) else 1
+                    range(members), len(spec.checkpoints) or 1, checkpoint_group_size(config)
                 )
                 names = [Path(p).name for p in spec.checkpoints] or [spec.model]
                 create_store(partial, layout, field_attrs(dataset), checkpoint, names, attrs)
@@ -519,8 +519,9 @@ def forecaster_timestep(spec: EnsembleSpec) -> np.timedelta64:
     return np.timedelta64(round(json.loads(spec.stats_json)["timestep_hours"] * 3600), "s")
 
 
-def bred(config: ExperimentConfig) -> bool:
-    return config.perturbation.initial == "bred_vector"
+def checkpoint_group_size(config: ExperimentConfig) -> int:
+    """Consecutive members that share a checkpoint: a bred pair (2), else one member."""
+    return 2 if config.perturbation.initial == "bred_vector" else 1
 
 
 def field_attrs(dataset: xr.Dataset) -> dict[str, dict[str, str]]:
