@@ -132,6 +132,7 @@ def write_truth(
             f" {config.grid.nlat}x{config.grid.nlon}"
         ),
         "Conventions": "CF-1.10",
+        "planet": "idealised",  # Earth's radius and rotation, no land: maps draw no coastlines
         "wxens_seed": config.seed,
         **provenance(config_dict, "wxens data truth", years=years, out=out),
     }

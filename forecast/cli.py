@@ -542,6 +542,34 @@ def verify(
     typer.echo(f"wrote {out}" + (f" and {report}" if report else ""), err=True)
 
 
+@app.command("report")
+def report(
+    scores: Annotated[Path, typer.Argument(help="Scores store written by `wxens verify`.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder (index.html, PNG, CSV).")],
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="System of the scorecards (default: the second)."),
+    ] = None,
+) -> None:
+    """An HTML report of a scores store: scorecards, curves by lead, rank histograms,
+    reliability, spectra, maps, and every score as CSV and JSON; prints index.html's path."""
+    import xarray as xr
+
+    from verification.report import write_report
+
+    if not (scores / "zarr.json").is_file():
+        fail(f"{scores}: not a scores store written by wxens verify")
+    try:
+        dataset = xr.open_zarr(scores).load()
+        systems = dataset["system"].values.tolist() if "system" in dataset.coords else []
+        if reference is None and len(systems) > 1:
+            reference = systems[1]
+        index = write_report(dataset, out, reference=reference)
+    except (ValueError, KeyError, OSError) as exc:
+        fail(f"{scores}: {str(exc).splitlines()[0]}")
+    typer.echo(str(index.resolve()))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="wxens")
 

@@ -1,67 +1,119 @@
-"""`make demo`: the main job on the embedded default, for now.
+"""`make demo`: the main job on the embedded default world, with the committed checkpoints.
 
-Runs a short truth world (one year after spin-up) into `out/demo/truth.zarr`, draws a few of
-its fields to `out/demo/truth_fields.png`, runs the diagnostics of `wxens data diagnose` and
-prints a summary. Later issues extend it into the full ensemble-and-verification demo.
+Each step is the `wxens` command a user would type (printed before it runs), into `out/demo/`:
+
+1. `wxens data truth`: a fresh 120-day test period of the truth world (configs/demo.yaml: a
+   trajectory the emulators never saw).
+2. `wxens hindcast`: a 100-member SFNO ensemble (bred vectors, the members spread over the four
+   checkpoints) from 8 init dates, 5 days apart, with 10-day leads.
+3. `wxens hindcast --model nwp`: the NWP baseline's ensemble, with the same perturbations.
+4. `wxens verify`: both against the truth, with persistence as a third reference.
+5. `wxens report`: the HTML report, scorecards against the NWP baseline.
+
+It then prints the headline numbers (also in `out/demo/summary.json`) and the report's path.
+Nothing is trained; every store is rewritten (`--overwrite`).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt  # falls back to the Agg backend with no display
 import numpy as np
+import xarray as xr
 
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import load_config
-from data_pipeline.diagnose import diagnose
-from data_pipeline.truth import write_truth
-
-CONFIG = Path("configs/default.yaml")
+CONFIG = Path("configs/demo.yaml")
 OUT = Path("out/demo")
+TRUTH_DAYS = 120
+INITS = {"start": "2031-01-16", "end": "2031-02-20", "every": "5D"}  # 8 init dates
+MEMBERS = 100
+LEAD_DAYS = 10
+SUMMARY_DAYS = (1, 3, 5, 10)
 
 
-def plot_fields(store: Path, png: Path) -> None:
-    """Upper and lower streamfunction at the last analysis, and the zonal-mean upper wind."""
-    ds = open_analyses(store)
-    last = ds.isel(time=-1).load()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [2, 2, 1]})
-    for ax, name in zip(axes[:2], ["psi_upper", "psi_lower"], strict=True):
-        field = last[name]
-        mesh = ax.pcolormesh(ds.longitude, ds.latitude, field / 1e6, cmap="RdBu_r", shading="auto")
-        ax.set(
-            title=f"{field.attrs['long_name']}, {str(last.time.values)[:13]}",
-            xlabel="longitude (deg E)",
-            ylabel="latitude (deg N)",
-        )
-        fig.colorbar(mesh, ax=ax, label=f"10^6 {field.attrs['units']}")
-    zonal = ds.psi_upper.mean(("time", "longitude")).values
-    lat = np.radians(ds.latitude.values)
-    u = -np.gradient(zonal, lat) / 6.371e6
-    axes[2].plot(u[1:-1], ds.latitude[1:-1])  # one-sided differences at the poles are no wind
-    axes[2].set(title="zonal-mean upper wind", xlabel="u (m/s)", ylabel="latitude (deg N)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+def wxens(*arguments: str) -> None:
+    """Run one `wxens` command (from this interpreter's environment), echoing it first."""
+    print(f"\n$ wxens {' '.join(arguments)}", flush=True)
+    started = time.perf_counter()
+    command = [str(Path(sys.executable).with_name("wxens")), *arguments]
+    subprocess.run(command, check=True)
+    print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def hindcast(model: str, out: Path) -> None:
+    wxens(
+        "hindcast",
+        *("--config", str(CONFIG), "--model", model, "--members", str(MEMBERS)),
+        *("--start", INITS["start"], "--end", INITS["end"], "--every", INITS["every"]),
+        *("--lead-days", str(LEAD_DAYS), "--out", str(out), "--overwrite", "--quiet"),
+    )
+
+
+def at_day(scores: xr.Dataset, day: float) -> xr.Dataset:
+    return scores.sel(lead_time=np.timedelta64(int(day * 24), "h"))
+
+
+def summary(scores: xr.Dataset) -> dict:
+    """The headline numbers, global means: where the SFNO ensemble's fair CRPS beats the NWP
+    baseline's (every variable x 6-hourly lead of days 1-10), spread-skill ratios and outlier
+    fractions by lead, and the EFI's ROC area for events above the climate's 95th percentile."""
+    scores = scores.sel(region="global")
+    days = scores.lead_time / np.timedelta64(1, "D")
+    crps = scores.crps.where((days >= 1) & (days <= LEAD_DAYS), drop=True)
+    beats = (crps.sel(system="forecast") < crps.sel(system="nwp")).values
+    members = json.loads(scores.attrs["members"])
+    by_day = {day: at_day(scores, day) for day in SUMMARY_DAYS}
+
+    def per_day(values: dict) -> dict:
+        return {f"day {day}": values[day] for day in SUMMARY_DAYS}
+
+    def by_system(score: str, **labels: object) -> dict:
+        return {
+            system: per_day(
+                {
+                    d: round(float(s[score].sel(system=system, **labels).mean()), 3)
+                    for d, s in by_day.items()
+                }
+            )
+            for system in ("forecast", "nwp")
+        }
+
+    return {
+        "sfno_crps_beats_nwp_fraction": round(float(beats.mean()), 3),
+        "sfno_crps_beats_nwp_cases": f"{int(beats.sum())} of {beats.size} variable x lead",
+        "spread_skill_ratio": by_system("spread_skill_ratio"),
+        "outlier_fraction": by_system("outlier_fraction"),
+        "outlier_fraction_if_calibrated": {
+            system: round(2 / (members[system] + 1), 4) for system in ("forecast", "nwp")
+        },
+        "efi_roc_auc_q95": by_system("efi_roc_auc", quantile=0.95),
+    }
 
 
 def main() -> None:
-    config = load_config(CONFIG)
+    started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
-    store = OUT / "truth.zarr"
-    write_truth(config, config.model_dump(mode="json"), 1, store, overwrite=True)
-    png = OUT / "truth_fields.png"
-    plot_fields(store, png)
-    numbers = diagnose(config)
-    (OUT / "diagnose.json").write_text(json.dumps(numbers, indent=2))
-    ds = open_analyses(store)
-    print("\nwxens demo: the truth world")
-    print(f"  store    {store}  ({ds.sizes['time']} analyses, {dict(ds.sizes)})")
-    print(f"  figure   {png}")
-    print(f"  numbers  {OUT / 'diagnose.json'}")
-    for key, value in numbers.items():
-        print(f"    {key:36s} {value}")
+    truth, sfno, nwp = OUT / "truth.zarr", OUT / "sfno.zarr", OUT / "nwp.zarr"
+    scores_path, report = OUT / "scores.zarr", OUT / "report"
+    years = f"{TRUTH_DAYS / 365.25:.6f}"
+    wxens("data", "truth", "--config", str(CONFIG), "--years", years, "--out", str(truth))
+    hindcast("sfno", sfno)
+    hindcast("nwp", nwp)
+    wxens(
+        "verify",
+        *("--forecast", str(sfno), "--truth", str(truth), "--out", str(scores_path)),
+        *("--reference", f"nwp={nwp}", "--reference", "persistence", "--overwrite", "--quiet"),
+    )
+    wxens("report", str(scores_path), "--out", str(report), "--reference", "nwp")
+    numbers = summary(xr.open_zarr(scores_path).load())
+    (OUT / "summary.json").write_text(json.dumps(numbers, indent=2))
+    print("\nwxens demo: SFNO ensemble (forecast) against the NWP baseline ensemble (nwp)")
+    print(json.dumps(numbers, indent=2))
+    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min; the report:")
+    print((report / "index.html").resolve())
 
 
 if __name__ == "__main__":

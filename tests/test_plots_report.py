@@ -18,7 +18,13 @@ from verification.plots import (
     plot_spectra,
     plot_spread_skill,
 )
-from verification.report import scorecard, scorecard_table, skill_score, write_report
+from verification.report import (
+    not_significant,
+    scorecard,
+    scorecard_table,
+    skill_score,
+    write_report,
+)
 
 SYSTEMS = ["sfno <b>", "nwp"]  # an HTML-special name, escaped in the report
 MEMBERS = {"sfno <b>": 8, "nwp": 4}
@@ -160,17 +166,49 @@ def test_spectra_draw_members_mean_and_truth_per_lead(scores):
         assert ax.get_xscale() == ax.get_yscale() == "log"
 
 
-def test_scorecard_image_holds_the_skill_of_each_cell(scores):
+def test_scorecard_image_holds_the_percent_difference_of_each_cell(scores):
     figure = scorecard(scores, reference="nwp", score="crps")
     ax = figure.axes[0]
-    cells = ax.images[0].get_array()
+    cells = ax.images[0].get_array()  # coloured by improvement: -(% difference) for CRPS
     assert cells.shape == (len(VARIABLES) * len(REGIONS), len(LEADS_DAYS))
-    np.testing.assert_allclose(cells, np.tile([0.5, 0.0, -0.5], (8, 1)))
-    assert [text.get_text() for text in ax.texts[:3]] == ["0.50", "0.00", "-0.50"]
+    np.testing.assert_allclose(cells, np.tile([50.0, 0.0, -50.0], (8, 1)))
+    assert [text.get_text() for text in ax.texts[:3]] == ["-50%", "+0%", "+50%"]
     assert len(ax.texts) == cells.size
+    assert not ax.patches  # no per-init scores: no hatching
     assert ax.images[0].norm.vmin == -ax.images[0].norm.vmax
+    acc = scorecard(scores, reference="nwp", score="acc").axes[0]  # (0.8 - 0.6) / 0.6
+    np.testing.assert_allclose(acc.images[0].get_array(), 100 / 3)
     with pytest.raises(ValueError, match=r"extra dimension\(s\) \['quantile'\]"):
         scorecard(scores, reference="nwp", score="brier_score")
+
+
+def per_init_crps(scores: xr.Dataset, inits: int = 20) -> xr.DataArray:
+    """`crps` repeated over init times."""
+    return scores.crps.expand_dims(init_time=inits).transpose(..., "init_time")
+
+
+def by_init(systems: dict[str, list[float]]) -> xr.DataArray:
+    values = list(systems.values())
+    return xr.DataArray(values, dims=("system", "init_time"), coords={"system": list(systems)})
+
+
+def test_bootstrap_hatches_only_what_init_times_cannot_separate(scores):
+    # Identical init times: every difference is certain, only the 0 % cells are not.
+    exact = not_significant(per_init_crps(scores), reference="nwp")
+    assert exact.dims == ("system", "variable", "region", "lead_time")
+    np.testing.assert_array_equal(exact.sel(variable="z500", region="global"), [[0, 1, 0]])
+    # Paired: init times that are hard for both systems move both; the difference stays.
+    shared = per_init_crps(scores) * np.exp(np.random.default_rng(4).normal(size=20))
+    paired = not_significant(shared, reference="nwp")
+    np.testing.assert_array_equal(paired.sel(variable="t850", region="tropics"), [[0, 1, 0]])
+    # Two init times, one better for each system: a quarter of the draws take the first twice
+    # (-67 %), a quarter the second (+200 %), so the 95 % interval spans 0. Better on both: not.
+    swapped = not_significant(by_init({"a": [1.0, 3.0], "nwp": [3.0, 1.0]}), reference="nwp")
+    better = not_significant(by_init({"a": [1.0, 2.0], "nwp": [3.0, 4.0]}), reference="nwp")
+    assert swapped.values.tolist() == [True] and better.values.tolist() == [False]
+    with_inits = scores.assign(crps_by_init=per_init_crps(scores))
+    ax = scorecard(with_inits, reference="nwp").axes[0]
+    assert len(ax.patches) == len(VARIABLES) * len(REGIONS)  # the 0 % column
 
 
 def test_scorecard_table_is_markdown(scores):

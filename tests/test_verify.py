@@ -79,6 +79,47 @@ def test_the_report_links_its_figures_and_scorecards(stores, scored):
     assert "forecast" in page and "wide" in page and "scorecard" in page.lower()
 
 
+def test_per_init_crps_and_maps_match_the_members(stores, scored):
+    _, truth, paths = stores
+    crps = scored.crps.sel(system="forecast")
+    np.testing.assert_allclose(scored.crps_by_init.sel(system="forecast").mean("init_time"), crps)
+    ens = xr.open_zarr(paths["ens"])["t"].isel(init_time=0)
+    assert scored.map_lead_time.values.tolist() == LEADS.values[1:].tolist()  # after lead 0
+    maps = scored.sel(variable="t").isel(map_lead_time=-1)
+    members = ens.isel(lead_time=-1).values
+    np.testing.assert_allclose(maps.map_ensemble_mean, members.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(maps.map_spread, members.std(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(maps.map_members, members[:4], rtol=1e-6)
+    observed = truth["t"].sel(time=ens.init_time.values + LEADS.values[-1]).values
+    np.testing.assert_allclose(maps.map_truth, observed)
+    assert float(abs(maps.map_efi).max()) <= 1
+    assert scored.attrs["planet"] == "earth"  # the truth store says nothing else
+
+
+def test_report_command_writes_page_figures_and_tables(stores, scored, wxens):
+    folder = stores[0]
+    code, output = wxens("report", folder / "scores.zarr", "--out", folder / "by-command")
+    assert code == 0, output
+    index = folder / "by-command" / "index.html"
+    assert output.strip().splitlines()[-1] == str(index.resolve())
+    page = index.read_text()
+    assert ">Maps</h2>" in page and "data/crps.csv" in page and "data/crps_by_init.json" in page
+    table = pd.read_csv(folder / "by-command" / "data" / "crps.csv")
+    assert list(table.columns) == ["system", "variable", "region", "lead_hours", "crps"]
+    row = table.query("system == 'wide' and variable == 'u' and region == 'global'")
+    expected = scored.crps.sel(system="wide", variable="u", region="global").values
+    np.testing.assert_allclose(row.sort_values("lead_hours").crps, expected, rtol=1e-6)
+    records = json.loads((folder / "by-command" / "data" / "rank_histogram.json").read_text())
+    assert len(records) == scored.rank_histogram.size
+    assert not any(name.startswith("map_") for name in page.split("data/")[1:])
+    code, output = wxens("report", folder / "missing.zarr", "--out", folder / "r2")
+    assert code != 0 and "not a scores store" in output and not (folder / "r2").exists()
+    code, output = wxens(
+        "report", folder / "scores.zarr", "--out", folder / "r3", "--reference", "x"
+    )
+    assert code != 0 and "unknown reference system 'x'" in output
+
+
 def test_scores_match_an_independent_computation(stores, scored):
     _, truth, paths = stores
     scores = scored

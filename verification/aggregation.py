@@ -60,9 +60,11 @@ def area_mean(data: xr.DataArray | xr.Dataset, region: str = "global") -> xr.Dat
 
 
 def regional_means(
-    data: xr.DataArray | xr.Dataset, regions: Iterable[str] = REGIONS, time_dim: str = "init_time"
+    data: xr.DataArray | xr.Dataset,
+    regions: Iterable[str] = REGIONS,
+    time_dim: str | None = "init_time",
 ) -> xr.DataArray | xr.Dataset:
-    """Area means per region (new dimension `region`) averaged over `time_dim`.
+    """Area means per region (new dimension `region`) averaged over `time_dim` (None: kept).
 
     Every init time has the same grid, so the mean over init times of the area means equals the
     area-weighted mean over latitude of the mean over (init time, longitude): that order reduces

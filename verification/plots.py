@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -197,43 +198,82 @@ def plot_spectra(
     return save_figure(figure, path)
 
 
+@dataclass
+class MapPanel:
+    """One panel of `plot_maps`: a `(latitude, longitude)` field, its title, colour map and
+    colour range (None: the field's own)."""
+
+    field: xr.DataArray
+    title: str | None = None
+    cmap: str = "viridis"
+    limits: tuple[float, float] | None = None
+
+
 def plot_map(
     field: xr.DataArray,
     title: str | None = None,
     cmap: str = "viridis",
     path: str | Path | None = None,
+    coastlines: bool = True,
 ) -> Figure:
-    """A global map of a `(latitude, longitude)` field (PlateCarree, 110 m coastlines).
+    """A global map of a `(latitude, longitude)` field: `plot_maps` with one panel."""
+    return plot_maps([MapPanel(field, title, cmap)], columns=1, path=path, coastlines=coastlines)
 
-    Coastlines come from the sample data (`$WXENS_SAMPLE_DATA/cartopy_data`, else
-    `../shared/data/cartopy_data` beside the repository); nothing is ever downloaded. Without
-    them the map is drawn bare, with one warning.
+
+def plot_maps(
+    panels: Sequence[MapPanel],
+    columns: int = 2,
+    path: str | Path | None = None,
+    coastlines: bool = True,
+) -> Figure:
+    """Global maps (PlateCarree), `columns` to a row, each with its own colour bar.
+
+    With `coastlines`, the 110 m Natural Earth coastlines come from a local folder
+    (`cartopy_data_dir`); nothing is ever downloaded. Without that data the maps are drawn
+    bare, with one warning. Leave `coastlines` off for data not on Earth.
     """
     import cartopy.crs as ccrs
 
-    if set(field.dims) != {"latitude", "longitude"}:
-        raise ValueError(f"plot_map needs a 2-D (latitude, longitude) field, not {field.dims}")
-    field = field.transpose("latitude", "longitude")
-    figure = Figure(figsize=(8.0, 4.5), layout="constrained")
-    ax = figure.add_subplot(projection=ccrs.PlateCarree())
-    mesh = ax.pcolormesh(
-        _cell_edges(field["longitude"].values, wrap=True),
-        _cell_edges(field["latitude"].values, wrap=False),
-        field.values,
-        cmap=cmap,
-        transform=ccrs.PlateCarree(),
-    )
-    ax.set_global()
-    _add_coastlines(ax)
-    colorbar = figure.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.7, pad=0.04)
-    colorbar.set_label(_with_units(str(field.name or ""), field))
-    ax.set_title(title if title is not None else str(field.name or ""))
+    for panel in panels:
+        if set(panel.field.dims) != {"latitude", "longitude"}:
+            raise ValueError(
+                f"plot_map needs a 2-D (latitude, longitude) field, not {panel.field.dims}"
+            )
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(8.0 * columns, 4.5 * rows), layout="constrained")
+    for index, panel in enumerate(panels):
+        field = panel.field.transpose("latitude", "longitude")
+        ax = figure.add_subplot(rows, columns, index + 1, projection=ccrs.PlateCarree())
+        vmin, vmax = panel.limits if panel.limits is not None else (None, None)
+        mesh = ax.pcolormesh(
+            _cell_edges(field["longitude"].values, wrap=True),
+            _cell_edges(field["latitude"].values, wrap=False),
+            field.values,
+            cmap=panel.cmap,
+            vmin=vmin,
+            vmax=vmax,
+            transform=ccrs.PlateCarree(),
+        )
+        ax.set_global()
+        if coastlines:
+            _add_coastlines(ax)
+        colorbar = figure.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.7, pad=0.04)
+        colorbar.set_label(_with_units(str(field.name or ""), field))
+        ax.set_title(panel.title if panel.title is not None else str(field.name or ""))
     return save_figure(figure, path)
 
 
+def coastline_data_available() -> bool:
+    """Whether `cartopy_data_dir` holds the 110 m coastlines the maps draw."""
+    return (cartopy_data_dir() / COASTLINE_SHAPEFILE).is_file()
+
+
 def cartopy_data_dir() -> Path:
-    """The sample data's cartopy folder: `$WXENS_SAMPLE_DATA/cartopy_data`, else
+    """Where the maps' Natural Earth data is: `$WXENS_CARTOPY_DATA` (a cartopy data folder of
+    the user's), else the sample data's `$WXENS_SAMPLE_DATA/cartopy_data`, else
     `../shared/data/cartopy_data` beside the repository root."""
+    if os.environ.get("WXENS_CARTOPY_DATA"):
+        return Path(os.environ["WXENS_CARTOPY_DATA"])
     sample_data = os.environ.get("WXENS_SAMPLE_DATA")
     if sample_data:
         return Path(sample_data) / "cartopy_data"
@@ -244,7 +284,7 @@ def _add_coastlines(ax: Axes) -> None:
     import cartopy
 
     folder = cartopy_data_dir()
-    if not (folder / COASTLINE_SHAPEFILE).is_file():
+    if not coastline_data_available():
         _warn_no_coastlines(folder)
         return
     cartopy.config["pre_existing_data_dir"] = folder
@@ -254,8 +294,8 @@ def _add_coastlines(ax: Axes) -> None:
 @cache
 def _warn_no_coastlines(folder: Path) -> None:
     warnings.warn(
-        f"no Natural Earth coastlines under {folder} (set WXENS_SAMPLE_DATA to the sample data);"
-        " maps are drawn without them",
+        f"no Natural Earth coastlines under {folder} (set WXENS_CARTOPY_DATA to a cartopy data"
+        " folder, or WXENS_SAMPLE_DATA to the sample data); maps are drawn without them",
         stacklevel=4,
     )
 

@@ -9,14 +9,20 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
+import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from verification.plots import (
     LEAD_TIME,
     SPECTRA,
     SYSTEM,
+    MapPanel,
+    cartopy_data_dir,
+    coastline_data_available,
     lead_label,
+    plot_maps,
     plot_rank_histogram,
     plot_reliability,
     plot_score_by_lead,
@@ -36,6 +42,9 @@ PERFECT_SCORE = {
     "acc": 1.0,
     "roc_auc": 1.0,
 }
+INIT = "init_time"
+MAP_PREFIX = "map_"
+HOUR = np.timedelta64(1, "h")
 SCORECARD_DIMS = (SYSTEM, "variable", "region", LEAD_TIME)
 RELIABILITY = tuple(
     f"reliability_{name}" for name in ("forecast_probability", "observed_frequency", "count")
@@ -64,6 +73,50 @@ def skill_score(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
     return skill
 
 
+def percent_difference(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
+    """`100 (S - S_ref) / |S_ref|` of every system but `reference`: WeatherBench2's scorecard
+    number. Negative is better for negatively oriented scores (CRPS, RMSE, ...; perfect 0),
+    positive for `acc` and `roc_auc` (perfect 1). Units: %."""
+    values = select_score(scores, score)
+    if score not in PERFECT_SCORE:
+        raise ValueError(f"no skill score for {score!r}; it is defined for {list(PERFECT_SCORE)}")
+    _check_system(scores, reference)
+    reference_values = values.sel({SYSTEM: reference}, drop=True)
+    difference = 100 * (values - reference_values) / abs(reference_values)
+    difference = difference.transpose(*values.dims).drop_sel({SYSTEM: reference})
+    return difference.rename(f"{score}_percent_difference").assign_attrs(units="%")
+
+
+def not_significant(
+    by_init: xr.DataArray,
+    reference: str,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> xr.DataArray:
+    """Where a paired bootstrap over init times cannot tell a system from `reference`.
+
+    `by_init` holds a score per init time (e.g. `crps_by_init`, dims `system`, ...,
+    `init_time`). Each of `resamples` draws takes the init times with replacement, the same
+    draw for every system and cell (paired), and computes the % difference of the mean score
+    from the reference's. True where the central `confidence` interval of those differences
+    contains 0 (or a value is missing). Reference: Efron & Tibshirani (1993), ch. 13;
+    WeatherBench2 scorecards (Rasp et al. 2024).
+    """
+    by_init = by_init.transpose(SYSTEM, ..., INIT)
+    inits = by_init.sizes[INIT]
+    draws = np.random.default_rng(seed).integers(0, inits, (resamples, inits))
+    means = by_init.values[..., draws].mean(-1)  # (system, ..., resample)
+    position = by_init[SYSTEM].values.tolist().index(reference)
+    difference = (means - means[position]) / np.abs(means[position])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(difference, [tail, 1 - tail], axis=-1)
+    separated = (low > 0) | (high < 0)
+    coords = by_init.drop_vars(INIT, errors="ignore").coords
+    result = xr.DataArray(~separated, dims=by_init.dims[:-1], coords=coords)
+    return result.drop_sel({SYSTEM: reference})
+
+
 def scorecard(
     scores: xr.Dataset,
     reference: str,
@@ -71,29 +124,41 @@ def scorecard(
     path: str | Path | None = None,
 ) -> Figure:
     """One panel per non-reference system: rows variable x region, columns lead time, cells
-    coloured by the skill score against `reference` (RdBu centred on 0: blue better, red worse)
-    and annotated with its value. A score with an extra dimension (e.g. `brier_score` by
-    `quantile`) needs one value of it selected first: `scorecard(scores.sel(quantile=0.9), ...)`.
+    the % difference of the score from `reference` (`percent_difference`), coloured blue where
+    better and red where worse, and hatched where `not_significant` (when the dataset has the
+    score per init time, `{score}_by_init`). A score with an extra dimension (e.g.
+    `brier_score` by `quantile`) needs one value of it selected first:
+    `scorecard(scores.sel(quantile=0.9), ...)`.
     """
-    skill = _scorecard_skill(scores, score, reference)
-    rows, leads = skill.sizes["row"], skill.sizes[LEAD_TIME]
+    difference = _scorecard_rows(percent_difference(scores, score, reference), score)
+    better = difference if PERFECT_SCORE[score] == 1.0 else -difference
+    hatched = None
+    if f"{score}_by_init" in scores.data_vars:
+        hatched = _scorecard_rows(not_significant(scores[f"{score}_by_init"], reference), score)
+    rows, leads = difference.sizes["row"], difference.sizes[LEAD_TIME]
     figure = Figure(
-        figsize=(2.5 + 0.7 * leads, skill.sizes[SYSTEM] * (1.0 + 0.3 * rows)), layout="constrained"
+        figsize=(2.5 + 0.7 * leads, difference.sizes[SYSTEM] * (1.0 + 0.3 * rows)),
+        layout="constrained",
     )
-    axes = figure.subplots(skill.sizes[SYSTEM], 1, squeeze=False)[:, 0]
-    limit = _colour_limit(skill.values)
-    for ax, system in zip(axes, skill[SYSTEM].values, strict=True):
-        cells = skill.sel({SYSTEM: system}).values
+    axes = figure.subplots(difference.sizes[SYSTEM], 1, squeeze=False)[:, 0]
+    limit = _colour_limit(better.values)
+    for ax, system in zip(axes, difference[SYSTEM].values, strict=True):
+        cells = better.sel({SYSTEM: system}).values
         image = ax.imshow(cells, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        for (row, column), value in np.ndenumerate(cells):
-            text = "–" if np.isnan(value) else f"{value:.2f}"
-            dark = abs(value) > 0.6 * limit
-            colour = "white" if dark else "black"
+        for (row, column), value in np.ndenumerate(difference.sel({SYSTEM: system}).values):
+            text = "–" if np.isnan(value) else f"{value:+.0f}%"
+            colour = "white" if abs(cells[row, column]) > 0.6 * limit else "black"
             ax.text(column, row, text, ha="center", va="center", fontsize=7, color=colour)
-        ax.set_xticks(range(leads), [lead_label(lead) for lead in skill[LEAD_TIME].values])
-        ax.set_yticks(range(rows), [f"{v} / {r}" for v, r in skill["row"].values])
-        ax.set_title(f"{score} skill of {system} against {reference}", fontsize="medium")
-    figure.colorbar(image, ax=list(axes), label=f"{score} skill score", shrink=0.8)
+            if hatched is not None and hatched.sel({SYSTEM: system}).values[row, column]:
+                corner = (column - 0.5, row - 0.5)
+                ax.add_patch(Rectangle(corner, 1, 1, fill=False, hatch="///", linewidth=0))
+        ax.set_xticks(range(leads), [lead_label(lead) for lead in difference[LEAD_TIME].values])
+        ax.set_yticks(range(rows), [f"{v} / {r}" for v, r in difference["row"].values])
+        ax.set_title(f"{score} of {system}: % difference from {reference}", fontsize="medium")
+    label = "improvement on the reference (%)"
+    if hatched is not None:
+        label += "; hatched: not significant"
+    figure.colorbar(image, ax=list(axes), label=label, shrink=0.8)
     return save_figure(figure, path)
 
 
@@ -152,12 +217,14 @@ def write_report(
     reference: str | None = None,
     title: str = "wxens verification",
 ) -> Path:
-    """Write `out_dir/index.html` and the PNG figures it shows; return the page's path.
+    """Write `out_dir/index.html`, the PNG figures it shows and every score as CSV and JSON
+    (`data/`); return the page's path.
 
     Sections, each only when the dataset holds its scores: CRPS and RMSE by lead time and
     spread-skill (every variable and region), scorecards against `reference` (when given),
-    rank histograms and reliability diagrams (main region, a few leads), spectra, and the
-    dataset's provenance attributes. Every name is HTML-escaped.
+    rank histograms and reliability diagrams (main region, a few leads), spectra, maps (the
+    truth, ensemble mean, spread, EFI and a few members of the first init), the data files and
+    the dataset's provenance attributes. Every name is HTML-escaped.
     """
     if reference is not None:
         _check_system(scores, reference)
@@ -171,6 +238,7 @@ def write_report(
         ("Rank histograms", _rank_histogram_figures(scores)),
         ("Reliability", _reliability_figures(scores)),
         ("Spectra", _spectra_figures(scores)),
+        ("Maps", _map_figures(scores)),
     ):
         saved = [
             (caption, _save(figure, out_dir, f"{next(numbers):03d}-{_slug(caption)}.png"))
@@ -180,14 +248,35 @@ def write_report(
             sections.append({"heading": heading, "figures": saved})
     page = _TEMPLATE.render(
         title=title,
-        systems=_values(scores, SYSTEM),
+        systems=_values(scores, SYSTEM) if SYSTEM in scores.coords else [],
         reference=reference,
         sections=sections,
+        notes=_map_notes(scores),
+        data_files=write_score_tables(scores, out_dir / "data"),
         provenance=[(str(key), str(value)) for key, value in scores.attrs.items()],
     )
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def write_score_tables(scores: xr.Dataset, folder: Path) -> list[str]:
+    """Every score (not the maps) as `folder/NAME.csv` and `folder/NAME.json` (records, one per
+    value, lead times in hours, NaN as empty / null); return the paths relative to the report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in sorted(str(name) for name in scores.data_vars):
+        if name.startswith(MAP_PREFIX):
+            continue
+        frame = scores[name].to_dataframe().reset_index()
+        for column in frame.columns:
+            if pd.api.types.is_timedelta64_dtype(frame[column]):
+                frame[column.replace("_time", "") + "_hours"] = frame.pop(column) / HOUR
+        frame = frame[[c for c in frame.columns if c != name] + [name]]
+        frame.to_csv(folder / f"{name}.csv", index=False)
+        frame.to_json(folder / f"{name}.json", orient="records", date_format="iso", indent=1)
+        written += [f"{folder.name}/{name}.csv", f"{folder.name}/{name}.json"]
+    return written
 
 
 def _check_system(scores: xr.Dataset, system: str) -> None:
@@ -198,22 +287,26 @@ def _check_system(scores: xr.Dataset, system: str) -> None:
 
 def _scorecard_skill(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
     """Skill `(system, row, lead_time)`, rows the (variable, region) pairs."""
-    skill = skill_score(scores, score, reference)
-    extra = [dim for dim in skill.dims if dim not in SCORECARD_DIMS]
+    return _scorecard_rows(skill_score(scores, score, reference), score)
+
+
+def _scorecard_rows(values: xr.DataArray, score: str) -> xr.DataArray:
+    """`values` as `(system, row, lead_time)`, rows the (variable, region) pairs."""
+    extra = [dim for dim in values.dims if dim not in SCORECARD_DIMS]
     if extra:
         raise ValueError(
             f"{score!r} has extra dimension(s) {extra}: select one value first,"
             f" e.g. scores.sel({extra[0]}=...)"
         )
-    if skill.sizes[SYSTEM] == 0:
-        raise ValueError(f"no system besides the reference {reference!r} to score")
-    return skill.stack(row=("variable", "region")).transpose(SYSTEM, "row", LEAD_TIME)
+    if values.sizes[SYSTEM] == 0:
+        raise ValueError("no system besides the reference to score")
+    return values.stack(row=("variable", "region")).transpose(SYSTEM, "row", LEAD_TIME)
 
 
 def _colour_limit(values: np.ndarray) -> float:
-    """A symmetric colour range: the largest |skill|, between 0.05 and 1."""
+    """A symmetric colour range (%): the largest |value|, between 5 and 100."""
     finite = np.abs(values[np.isfinite(values)])
-    return float(np.clip(finite.max(initial=0.0), 0.05, 1.0))
+    return float(np.clip(finite.max(initial=0.0), 5.0, 100.0))
 
 
 def _by_lead_figures(scores: xr.Dataset) -> Figures:
@@ -274,6 +367,50 @@ def _spectra_figures(scores: xr.Dataset) -> Figures:
         yield f"spectra: {variable}", plot_spectra(scores, variable, _few_leads(scores))
 
 
+def _map_figures(scores: xr.Dataset) -> Figures:
+    """Per variable and map lead: the truth, ensemble mean and members on one colour scale,
+    the spread, and the EFI on [-1, 1]."""
+    if "map_ensemble_mean" not in scores.data_vars:
+        return
+    init = scores.attrs.get("map_init_time", "the first init")
+    for variable in _values(scores, "variable"):
+        maps = scores.sel(variable=variable)
+        for lead in maps["map_lead_time"].values:
+            at = maps.sel(map_lead_time=lead)
+            states = xr.concat([at.map_truth, at.map_ensemble_mean, at.map_members], "map_member")
+            limits = (float(states.min()), float(states.max()))
+            panels = [
+                MapPanel(at.map_truth, "truth", "RdBu_r", limits),
+                MapPanel(at.map_ensemble_mean, "ensemble mean", "RdBu_r", limits),
+                MapPanel(at.map_spread, "spread (ensemble std)", "viridis"),
+                MapPanel(at.map_efi, "EFI", "PuOr_r", (-1.0, 1.0)),
+                *(
+                    MapPanel(at.map_members.sel(map_member=m), f"member {m}", "RdBu_r", limits)
+                    for m in at["map_member"].values
+                ),
+            ]
+            caption = f"maps: {variable}, init {init[:13]}, {lead_label(lead)}"
+            yield caption, plot_maps(panels, columns=4, coastlines=_on_earth(scores))
+
+
+def _on_earth(scores: xr.Dataset) -> bool:
+    return scores.attrs.get("planet", "earth") == "earth"
+
+
+def _map_notes(scores: xr.Dataset) -> list[str]:
+    """What the reader should know about the maps' coastlines."""
+    if "map_ensemble_mean" not in scores.data_vars:
+        return []
+    if not _on_earth(scores):
+        return [f"The data is not on Earth (planet: {scores.attrs['planet']}): no coastlines."]
+    if not coastline_data_available():
+        return [
+            f"No Natural Earth coastlines under {cartopy_data_dir()}: the maps are drawn without"
+            " them (set WXENS_CARTOPY_DATA to a cartopy data folder)."
+        ]
+    return []
+
+
 def _values(scores: xr.Dataset, dim: str) -> list:
     return scores[dim].values.tolist()
 
@@ -306,6 +443,7 @@ _TEMPLATE = jinja2.Environment(autoescape=True).from_string(
 <head>
 <meta charset="utf-8">
 <title>{{ title }}</title>
+<link rel="icon" href="data:,">
 <style>
 body { font-family: sans-serif; margin: 2em auto; max-width: 75em; padding: 0 1em; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
@@ -314,6 +452,8 @@ figcaption { font-size: 0.9em; color: #444; }
 table { border-collapse: collapse; }
 td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
 pre { margin: 0; white-space: pre-wrap; }
+ul.data { columns: 3; font-size: 0.9em; }
+.note { color: #8a4b00; }
 </style>
 </head>
 <body>
@@ -321,15 +461,24 @@ pre { margin: 0; white-space: pre-wrap; }
 <p>Systems: {{ systems | join(", ") }}{% if reference %}; reference: {{ reference }}{% endif %}</p>
 <ul>
 {% for section in sections %}<li><a href="#section-{{ loop.index }}">{{ section.heading }}</a></li>
-{% endfor %}{% if provenance %}<li><a href="#provenance">Provenance</a></li>{% endif %}
+{% endfor %}{% if data_files %}<li><a href="#data">Data</a></li>{% endif %}
+{% if provenance %}<li><a href="#provenance">Provenance</a></li>{% endif %}
 </ul>
 {% for section in sections %}
 <h2 id="section-{{ loop.index }}">{{ section.heading }}</h2>
-{% for caption, file_name in section.figures %}<figure>
+{% if section.heading == "Maps" %}{% for note in notes %}<p class="note">{{ note }}</p>
+{% endfor %}{% endif %}{% for caption, file_name in section.figures %}<figure>
 <img src="{{ file_name }}" alt="{{ caption }}">
 <figcaption>{{ caption }}</figcaption>
 </figure>
 {% endfor %}{% endfor %}
+{% if data_files %}
+<h2 id="data">Data</h2>
+<p>Every score as CSV and JSON:</p>
+<ul class="data">
+{% for file_name in data_files %}<li><a href="{{ file_name }}">{{ file_name }}</a></li>
+{% endfor %}</ul>
+{% endif %}
 {% if provenance %}
 <h2 id="provenance">Provenance</h2>
 <table>

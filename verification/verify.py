@@ -91,7 +91,7 @@ def open_store(path: str | Path) -> xr.Dataset:
     if not path.exists():
         raise VerificationError(f"{path} does not exist")
     if path.is_dir():
-        return xr.open_zarr(path)
+        return xr.open_zarr(path, consolidated=_consolidated(path))
     engine = "cfgrib" if path.suffix in {".grib", ".grib2", ".grb", ".grb2"} else None
     if engine == "cfgrib":
         # pyproj (cartopy's, for the report's maps) must load before eccodes: the other way
@@ -99,6 +99,15 @@ def open_store(path: str | Path) -> xr.Dataset:
         import pyproj  # noqa: F401
     kwargs = {"backend_kwargs": {"indexpath": ""}} if engine == "cfgrib" else {}
     return xr.open_dataset(path, engine=engine, chunks={}, **kwargs)
+
+
+def _consolidated(store: Path) -> bool | None:
+    """Whether a Zarr v3 store's metadata is consolidated (so xarray does not try and warn);
+    None for Zarr v2, where xarray's own try-then-fall-back is quiet."""
+    root = store / "zarr.json"
+    if not root.is_file():
+        return None
+    return json.loads(root.read_text()).get("consolidated_metadata") is not None
 
 
 def _rename(ds: xr.Dataset, renames: Mapping[str, str], aliases: Mapping[str, str], label: str):
@@ -278,8 +287,11 @@ def score_variable(
     by_latitude = metrics.rank_counts(ranks, members, (INIT, LONGITUDE))
     rank_counts = (by_latitude * regional_weights(truth[LATITUDE], regions)).sum(LATITUDE)
     fair = members > 1  # one member: a deterministic forecast, whose CRPS is the ECDF form
+    # Per init time too, for the scorecards' bootstrap over init times.
+    crps_by_init = regional_means(metrics.crps_ensemble(forecast, truth, fair=fair), regions, None)
     scores = {
-        "crps": mean(metrics.crps_ensemble(forecast, truth, fair=fair)),
+        "crps": crps_by_init.mean(INIT),
+        "crps_by_init": crps_by_init,
         "crps_ecdf": mean(metrics.crps_ensemble(forecast, truth, fair=False)),
         "rmse": np.sqrt(squared_error),
         "spread": np.sqrt(variance),
@@ -344,6 +356,48 @@ def score_system(
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
         per_variable.append(score_variable(data, observed, climate_sample, options))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
+
+
+MAP_LEADS = 3
+MAP_MEMBERS = 4
+
+
+def map_fields(forecast: xr.DataArray, truth: xr.DataArray, climate: xr.DataArray) -> xr.Dataset:
+    """The report's maps of the first init time, at up to MAP_LEADS lead times after lead 0
+    (dimension `map_lead_time`): the truth, the ensemble mean, the spread (std, field units),
+    the EFI against `climate` (`model_climate`, unitless) and the first MAP_MEMBERS members."""
+    leads = forecast.sizes[LEAD]
+    picks = np.unique(np.linspace(min(1, leads - 1), leads - 1, MAP_LEADS).round().astype(int))
+    first = forecast.isel({INIT: 0, LEAD: picks})
+    fields = xr.Dataset(
+        {
+            "map_truth": truth.isel({INIT: 0, LEAD: picks}),
+            "map_ensemble_mean": metrics.ensemble_mean(first),
+            "map_spread": np.sqrt(metrics.ensemble_variance(first))
+            if first.sizes[MEMBER] > 1
+            else xr.zeros_like(first.isel({MEMBER: 0})),
+            "map_efi": efi(first, climate),
+            "map_members": first.isel({MEMBER: slice(0, MAP_MEMBERS)}).rename(
+                {MEMBER: "map_member"}
+            ),
+        }
+    )
+    fields = fields.reset_coords(drop=True).rename({LEAD: "map_lead_time"})
+    return fields.assign_coords(map_lead_time=forecast[LEAD].values[picks])
+
+
+def system_maps(
+    forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str], options: VerifyOptions
+) -> xr.Dataset:
+    """`map_fields` of every variable (dimension `variable`), computed."""
+    per_variable = []
+    for name in variables:
+        data = forecast[name].isel({INIT: [0]})
+        observed = truth_at_valid_times(truth[name], data)
+        climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
+        per_variable.append(map_fields(data, observed, model_climate(climate_sample, TIME)))
+    maps = xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
+    return maps.compute().assign_attrs(map_init_time=str(forecast[INIT].values[0]))
 
 
 def climatological_ensemble(
@@ -426,6 +480,8 @@ def verify(
     scored = [score_system(ds, truth, variables, options) for ds in stores.values()]
     scores = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
     scores.attrs = provenance(systems, truth_path, variables, options, stores)
+    # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
+    scores.attrs["planet"] = truth.attrs.get("planet", "earth")
     # One lead time at a time: every chunk is still read once, and the scheduler never holds
     # more than one lead's graph (peak memory stays flat however many leads there are).
     with warnings.catch_warnings():
@@ -440,6 +496,9 @@ def verify(
         coords="minimal",
         compat="override",
     )
+    maps = system_maps(stores["forecast"], truth, variables, options)
+    scores = xr.merge([scores, maps], combine_attrs="override")
+    scores.attrs["map_init_time"] = maps.attrs["map_init_time"]
     write_scores(scores, out, overwrite)
     return scores
 

@@ -1,0 +1,272 @@
+"""The HTML report in a real browser: Debian's headless Chromium, driven by Playwright.
+
+The page, served over http on the loopback, must load with no console or page errors and no
+failed requests; every image must load, every same-origin link must resolve, and a full-page
+screenshot must not be blank. The checks are generic (no figure names) and each returns a list
+of problems, so a second test can show they catch a broken page.
+
+Playwright never downloads a browser here: it launches `/usr/bin/chromium`
+(`apt-get install chromium`). Without it the tests skip, except under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_plots_report import synthetic_scores
+
+from verification.report import write_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root in a container
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers often have a small /dev/shm
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _unavailable(message: str):
+    """Skip, but fail under CI: there a missing browser is a broken set-up, not a choice."""
+    message += ": `apt-get install chromium` and `pip install -e '.[dev]'`"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must run the browser test)")
+    pytest.skip(message)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """The report folder written by the real report writer (`index.html` and its figures)."""
+    index = write_report(synthetic_scores(), tmp_path_factory.mktemp("site") / "report", "nwp")
+    return index.parent
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args) -> None:  # no access log in the test output
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(report) -> Iterator[str]:
+    """The report folder served on 127.0.0.1 (a free port); yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(report))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, launched by Playwright."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed")
+    if not CHROMIUM.is_file():
+        _unavailable(f"no Chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+# --- checks, each returning a list of problems -----------------------------------------------
+
+
+class PageWatch:
+    """A page with its console errors, uncaught exceptions and failed requests recorded."""
+
+    def __init__(self, browser, url: str) -> None:
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        self.failed_requests: list[str] = []
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        self.page.on("requestfailed", self._request_failed)
+        self.page.on("response", self._response)
+        self.page.goto(url, wait_until="load")
+        self.page.wait_for_load_state("networkidle")
+
+    def _console(self, message) -> None:
+        if message.type != "error":
+            return
+        self.console_errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    def _request_failed(self, request) -> None:
+        self.failed_requests.append(f"{request.url}: {request.failure}")
+
+    def _response(self, response) -> None:
+        if response.status >= 400:
+            self.failed_requests.append(f"{response.url}: HTTP {response.status}")
+
+    def problems(self) -> list[str]:
+        return [
+            *(f"console error: {text}" for text in self.console_errors),
+            *(f"page error: {text}" for text in self.page_errors),
+            *(f"failed request: {text}" for text in self.failed_requests),
+        ]
+
+
+# Scrolls each image into view (so lazily loaded ones start) and waits for it to load or fail.
+_IMAGES_JS = """async (timeout) => {
+    const images = Array.from(document.images);
+    for (const img of images) {
+        img.scrollIntoView();
+        if (!img.complete) {
+            await new Promise((done) => {
+                img.addEventListener("load", done, {once: true});
+                img.addEventListener("error", done, {once: true});
+                setTimeout(done, timeout);
+            });
+        }
+    }
+    window.scrollTo(0, 0);
+    return images.map((img) => ({
+        src: img.getAttribute("src"), complete: img.complete, width: img.naturalWidth,
+    }));
+}"""
+
+
+def image_problems(page) -> list[str]:
+    """Every `<img>` complete with a natural width, and at least one of them."""
+    images = page.evaluate(_IMAGES_JS, 5_000)
+    if not images:
+        return ["no <img> on the page"]
+    return [
+        f"image not loaded: {image['src']} (complete={image['complete']}, width={image['width']})"
+        for image in images
+        if not (image["complete"] and image["width"] > 0)
+    ]
+
+
+_LINKS_JS = """() => Array.from(document.querySelectorAll("a[href]"), (a) => ({
+    href: a.getAttribute("href"), url: a.href, sameOrigin: a.origin === location.origin,
+}))"""
+
+
+def link_problems(page) -> list[str]:
+    """Every in-page `#anchor` names an element, every other same-origin link answers < 400."""
+    problems = []
+    for link in page.evaluate(_LINKS_JS):
+        href = link["href"]
+        if href.startswith("#"):
+            target = href[1:]
+            if target and not page.evaluate("(id) => !!document.getElementById(id)", target):
+                problems.append(f"link to a missing anchor: {href}")
+        elif link["sameOrigin"]:
+            status = page.request.get(link["url"].split("#")[0]).status
+            if status >= 400:
+                problems.append(f"broken link: {href} (HTTP {status})")
+    return problems
+
+
+def blank_problems(png: Path, min_std: float = 0.02, min_changed: float = 0.01) -> list[str]:
+    """A screenshot is blank when its pixel values hardly vary or when almost every pixel has
+    the background colour (the top-left pixel's)."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png)[..., :3]  # floats in 0..1
+    std = float(pixels.std())
+    changed = float(np.any(np.abs(pixels - pixels[0, 0]) > 0.02, axis=-1).mean())
+    problems = []
+    if std <= min_std:
+        problems.append(f"screenshot nearly uniform: pixel std {std:.4f} <= {min_std}")
+    if changed <= min_changed:
+        problems.append(f"screenshot blank: {changed:.2%} of pixels differ from the background")
+    return problems
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_report_renders_in_chromium(browser, server, tmp_path):
+    watch = PageWatch(browser, server + "index.html")
+    try:
+        assert watch.page.title(), "the page has no title"
+        images = image_problems(watch.page)
+        links = link_problems(watch.page)
+        png = tmp_path / "report.png"
+        watch.page.screenshot(path=png, full_page=True)
+        problems = watch.problems()
+    finally:
+        watch.page.close()
+    assert problems == []
+    assert images == []
+    assert links == []
+    assert blank_problems(png) == []
+
+
+def test_checks_catch_a_broken_page(browser, server, report, tmp_path):
+    """A copy of the report with a missing image, a throwing script and a dead link fails each
+    check; an empty page fails the blank check."""
+    page = (report / "index.html").read_text(encoding="utf-8")
+    broken = (
+        '<img src="missing.png" alt="missing">'
+        '<a href="missing.csv">missing</a><a href="#nowhere">nowhere</a>'
+        '<script>throw new Error("boom")</script></body>'
+    )
+    (report / "broken.html").write_text(page.replace("</body>", broken), encoding="utf-8")
+    (report / "empty.html").write_text(
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>empty</title></head>'
+        "<body></body></html>",
+        encoding="utf-8",
+    )
+    try:
+        watch = PageWatch(browser, server + "broken.html")
+        try:
+            images = image_problems(watch.page)
+            links = link_problems(watch.page)
+        finally:
+            watch.page.close()
+        empty = PageWatch(browser, server + "empty.html")
+        try:
+            no_images = image_problems(empty.page)
+            png = tmp_path / "empty.png"
+            empty.page.screenshot(path=png, full_page=True)
+            empty_problems = empty.problems()
+        finally:
+            empty.page.close()
+    finally:
+        (report / "broken.html").unlink()
+        (report / "empty.html").unlink()
+
+    assert any("missing.png: HTTP 404" in text for text in watch.failed_requests)
+    assert any("404" in text for text in watch.console_errors)
+    assert any("boom" in text for text in watch.page_errors)
+    assert len(images) == 1 and "missing.png" in images[0]  # the report's own images load
+    assert sorted(links) == [
+        "broken link: missing.csv (HTTP 404)",
+        "link to a missing anchor: #nowhere",
+    ]
+    assert empty_problems == []
+    assert no_images == ["no <img> on the page"]
+    assert len(blank_problems(png)) == 2
