@@ -145,8 +145,9 @@ class AnalysisStoreWriter:
 
     def append(self, dataset: xr.Dataset) -> None:
         encoding = None
+        # Every append: xarray replaces the group's attributes with the appended dataset's.
+        dataset = dataset.assign_attrs(self.attrs)
         if not self._started:
-            dataset = dataset.assign_attrs(self.attrs)
             encoding = {
                 name: {
                     "chunks": (TIME_CHUNK, dataset.sizes["latitude"], dataset.sizes["longitude"])

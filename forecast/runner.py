@@ -163,7 +163,7 @@ def prepare(
             rmse = [
                 fixed
                 or measured_rmse_48h(
-                    FixedBatchEmulator(m, config.ensemble.micro_batch), dataset, config, device
+                    FixedBatchEmulator(m, micro_batch(config, model)), dataset, config, device
                 )
                 for m in models
             ]
@@ -176,6 +176,12 @@ def prepare(
         json.dumps(stats.to_dict()),
         json.dumps(rmse),
     )
+
+
+def micro_batch(config: ExperimentConfig, model: str) -> int:
+    """Members per CPU forward pass: `nwp.micro_batch` for the NWP baseline, else
+    `ensemble.micro_batch`."""
+    return config.nwp.micro_batch if model == "nwp" else config.ensemble.micro_batch
 
 
 @contextlib.contextmanager
@@ -198,7 +204,7 @@ class MemberForecaster:
         self.config = config
         self.device = torch.device(spec.device)
         self.models = load_models(spec.model, spec.checkpoints, config, self.device)
-        micro = config.ensemble.micro_batch
+        micro = micro_batch(config, spec.model)
         self.emulators = [FixedBatchEmulator(m, micro) for m in self.models]
         stats = NormalisationStats.from_dict(json.loads(spec.stats_json))
         rmse = json.loads(spec.bred_rmse_48h_json) or [None] * len(self.models)
@@ -341,11 +347,13 @@ def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Execut
 
 
 def automatic_batch_size(
-    spec: EnsembleSpec, members: int, leads: int, workers: int, micro_batch: int
+    spec: EnsembleSpec, members: int, inits: int, leads: int, workers: int, micro_batch: int
 ) -> int:
     """Members per task: on a GPU the most that fit 80 % of its free memory (measured with a
     trial step of `micro_batch`); on a CPU the most that fit half the free host memory, but
-    no more than an even share per worker, in whole micro-batches of every checkpoint."""
+    no more than the whole ensemble when the inits share evenly among the workers (fewest
+    padded micro-batches), else an even share of it per worker, in whole micro-batches of
+    every checkpoint."""
     config = spec.config
     grid = model_grid(config)
     member_bytes = 4 * len(config.variables) * grid.nlat * grid.nlon
@@ -363,7 +371,8 @@ def automatic_batch_size(
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     fits = int(0.5 * available / workers / (member_bytes * (leads + 4)))
     unit = micro_batch * max(1, len(spec.checkpoints))
-    share = math.ceil(math.ceil(members / workers) / unit) * unit
+    per_task = members if inits % workers == 0 else math.ceil(members / workers)
+    share = math.ceil(per_task / unit) * unit
     return max(1, min(members, share, fits))
 
 
@@ -447,9 +456,9 @@ def run_ensemble(
         state, attrs = existing_store(out, options, identity)
         if state == "complete":
             return f"{out} is complete: nothing to do"
-        micro = config.ensemble.micro_batch
+        micro = micro_batch(config, spec.model)
         batch = options.batch_size or automatic_batch_size(
-            spec, members, len(lead_times), workers, micro
+            spec, members, len(init_times), len(lead_times), workers, micro
         )
         if attrs is not None:
             batch = int(attrs["wxens_batch_size"])

@@ -27,9 +27,8 @@ class QGEmulator(torch.nn.Module):
                 f"the NWP baseline needs variables {sorted(LAYER_OF_FIELD)},"
                 f" the config has {config.variables}"
             )
-        coarse = config.model_copy(
-            update={"truth": config.truth.model_copy(update={"truncation": config.grid.truncation})}
-        )
+        truth = {"truncation": config.grid.truncation, "dtype": config.nwp.dtype}
+        coarse = config.model_copy(update={"truth": config.truth.model_copy(update=truth)})
         self.model = truth_model(coarse, torch.device(device))
         self.grid = model_grid(config)
         self.truncation = config.grid.truncation

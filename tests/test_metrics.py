@@ -54,6 +54,10 @@ def test_crps_is_lazy_under_dask(calibrated):
     lazy = metrics.crps_ensemble(forecast.chunk({"init_time": 8}), truth.chunk({"init_time": 8}))
     assert lazy.chunks is not None
     np.testing.assert_allclose(lazy.compute(), metrics.crps_ensemble(forecast, truth))
+    # Members split across chunks are gathered into one chunk per point.
+    split = forecast.chunk({"member": 2})
+    np.testing.assert_allclose(metrics.crps_ensemble(split, truth), lazy)
+    np.testing.assert_allclose(metrics.ensemble_variance(split), forecast.var("member", ddof=1))
 
 
 def test_spread_skill_ratios_are_one_for_a_calibrated_ensemble(calibrated):
@@ -101,6 +105,65 @@ def test_rank_hand_cases_and_random_ties():
     assert missing.values.tolist() == [0, -1, 3]
     histogram = metrics.rank_histogram(missing, 3, dims=["p"])
     assert histogram.values.tolist() == [0.5, 0.0, 0.0, 0.5]
+
+
+def test_rank_counts_match_a_bincount_lazily_and_with_weights(calibrated):
+    forecast, truth = calibrated
+    ranks = metrics.truth_rank(forecast, truth)
+    ranks[0, 0, 0] = -1  # missing data: left out
+    weights = xr.DataArray(np.linspace(0.5, 1.5, 9), dims="latitude")
+    by_region = xr.DataArray([[1.0] * 9, [2.0] * 9], dims=("region", "latitude"))
+    for lazy in (ranks, ranks.chunk({"init_time": 7, "latitude": 4})):
+        counts = metrics.rank_counts(lazy, 5, ["init_time", "longitude"], weights)
+        assert lazy.chunks is None or counts.chunks is not None
+        counts = counts.transpose("latitude", "rank").values
+        for lat in range(9):
+            kept = ranks.values[:, lat].ravel()
+            kept = kept[kept >= 0]
+            expected = np.bincount(kept, minlength=6) * weights.values[lat]
+            np.testing.assert_allclose(counts[lat], expected)
+        total = metrics.rank_counts(lazy, 5, ranks.dims).values
+        np.testing.assert_array_equal(total, np.histogram(ranks, bins=np.arange(7) - 0.5)[0])
+        regional = metrics.rank_counts(lazy, 5, ranks.dims, by_region)
+        np.testing.assert_allclose(regional.sel(region=1), 2 * regional.sel(region=0))
+        assert regional["rank"].values.tolist() == list(range(6))
+
+
+def test_missing_members_lazily_and_truth_broadcast(calibrated):
+    forecast, truth = calibrated
+    forecast = forecast.astype("float32").copy()
+    forecast[2, 1, 3, 4] = np.nan
+    lazy = forecast.chunk({"init_time": 8})
+    skipped = forecast.isel(init_time=2, latitude=3, longitude=4).dropna("member")
+    for field in (forecast, lazy):
+        variance = metrics.ensemble_variance(field)[2, 3, 4]
+        assert float(variance) == pytest.approx(float(skipped.var(ddof=1)), rel=1e-6)
+        assert float(metrics.ensemble_mean(field)[2, 3, 4]) == pytest.approx(
+            float(skipped.mean()), rel=1e-6
+        )
+        assert int(metrics.truth_rank(field, truth)[2, 3, 4]) == -1
+        assert np.isnan(metrics.outside_range(field, truth)[2, 3, 4])
+        assert np.isnan(metrics.crps_ensemble(field, truth)[2, 3, 4])
+    # A truth or forecast without the init_time dimension broadcasts, lazily or not.
+    first, first_forecast = truth.isel(init_time=0, drop=True), forecast.isel(init_time=0)
+    for score in (metrics.crps_ensemble, metrics.truth_rank, metrics.outside_range):
+        np.testing.assert_array_equal(score(lazy, first).values, score(forecast, first).values)
+        eager = score(first_forecast, truth).transpose("init_time", ...).values
+        lazy_truth = score(first_forecast, truth.chunk({"init_time": 8}))
+        np.testing.assert_array_equal(lazy_truth.transpose("init_time", ...).values, eager)
+
+
+def test_crps_of_float32_members_against_properscoring(calibrated):
+    forecast, truth = calibrated
+    offset = (forecast + 280).astype("float32")  # a temperature-like offset
+    observed = (truth + 280).astype("float32")
+    axis = offset.get_axis_num("member")
+    ecdf = properscoring.crps_ensemble(
+        observed.values.astype(float), np.moveaxis(offset.values.astype(float), axis, -1)
+    )
+    crps = metrics.crps_ensemble(offset.chunk({"init_time": 8}), observed, fair=False)
+    assert crps.dtype == np.float64
+    np.testing.assert_allclose(crps, ecdf, rtol=1e-6)
 
 
 def test_energy_score_against_scoringrules(calibrated):

@@ -236,7 +236,8 @@ def test_checks_catch_a_broken_page(browser, server, report, tmp_path):
     )
     (report / "broken.html").write_text(page.replace("</body>", broken), encoding="utf-8")
     (report / "empty.html").write_text(
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>empty</title></head>'
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>empty</title>'
+        '<link rel="icon" href="data:,"></head>'
         "<body></body></html>",
         encoding="utf-8",
     )

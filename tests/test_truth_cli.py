@@ -90,8 +90,8 @@ def tiny_truth(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("truth")
     config = write_config(tmp, TINY)
     out = tmp / "truth.zarr"
-    code, output = run(
-        "data", "truth", "--config", config, "--years", 0.05, "--out", out, "--quiet"
+    code, output = run(  # 0.09 years: two appends of TIME_CHUNK analyses
+        "data", "truth", "--config", config, "--years", 0.09, "--out", out, "--quiet"
     )
     assert code == 0, output
     return config, out
@@ -109,10 +109,11 @@ def test_truth_store_is_cf_and_complete(tiny_truth):
     np.testing.assert_allclose(ds.longitude, np.arange(16) * 22.5)
     times = ds.time.values
     assert times[0] == np.datetime64("2025-01-01T00")
-    assert len(times) == round(0.05 * 365.25) * 4
+    assert len(times) == round(0.09 * 365.25) * 4
     assert (np.diff(times) == np.timedelta64(6, "h")).all()
     assert yaml.safe_load(ds.attrs["wxens_config"])["truth"]["truncation"] == 10
     assert ds.attrs["wxens_seed"] == 7
+    assert ds.attrs["planet"] == "idealised"  # not Earth: the report's maps draw no coastlines
     assert np.isfinite(ds.psi_upper.values).all()
     # a jet in each hemisphere: u = -(1/a) dpsi/dphi, centred differences on rows 1..7
     zonal = ds.psi_upper.mean(("time", "longitude")).values

@@ -50,6 +50,7 @@ RELIABILITY = tuple(
     f"reliability_{name}" for name in ("forecast_probability", "observed_frequency", "count")
 )
 REPORT_LEADS = 3
+SCORECARD_LEADS = 12
 
 Figures = Iterator[tuple[str, Figure]]
 
@@ -325,6 +326,7 @@ def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
     """A scorecard per skill score present (per value of an extra dimension, e.g. quantile)."""
     if reference is None or scores.sizes.get(SYSTEM, 0) < 2:
         return
+    scores = scores.sel({LEAD_TIME: _scorecard_leads(scores)})
     for score in PERFECT_SCORE:
         if score not in scores.data_vars:
             continue
@@ -336,6 +338,14 @@ def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
         for value in scores[dim].values:
             chosen = scores.sel({dim: value})
             yield f"{score} scorecard, {dim} {value}", scorecard(chosen, reference, score)
+
+
+def _scorecard_leads(scores: xr.Dataset) -> np.ndarray:
+    """Every lead time, or past SCORECARD_LEADS of them the whole days after 0 (a readable
+    card, as WeatherBench2 draws)."""
+    leads = scores[LEAD_TIME].values
+    days = leads[(leads > np.timedelta64(0)) & (leads % np.timedelta64(1, "D") == 0)]
+    return leads if leads.size <= SCORECARD_LEADS or days.size == 0 else days
 
 
 def _rank_histogram_figures(scores: xr.Dataset) -> Figures:
@@ -377,8 +387,8 @@ def _map_figures(scores: xr.Dataset) -> Figures:
         maps = scores.sel(variable=variable)
         for lead in maps["map_lead_time"].values:
             at = maps.sel(map_lead_time=lead)
-            states = xr.concat([at.map_truth, at.map_ensemble_mean, at.map_members], "map_member")
-            limits = (float(states.min()), float(states.max()))
+            states = (at.map_truth, at.map_ensemble_mean, at.map_members)
+            limits = (min(float(f.min()) for f in states), max(float(f.max()) for f in states))
             panels = [
                 MapPanel(at.map_truth, "truth", "RdBu_r", limits),
                 MapPanel(at.map_ensemble_mean, "ensemble mean", "RdBu_r", limits),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from verification import metrics
 from verification.aggregation import (
@@ -330,6 +331,9 @@ def spectra_or_none(
         return None
 
 
+LEAD_GROUP_BYTES = 512 * 2**20
+"""Forecast bytes (all systems and variables) that one compute call of `verify` scores."""
+
 CHUNK_BYTES = 8 * 2**20
 """Target size of one forecast chunk while scoring: all members of whole fields, as many init
 times as fit (memory per worker thread is a small multiple of this)."""
@@ -392,7 +396,7 @@ def system_maps(
     """`map_fields` of every variable (dimension `variable`), computed."""
     per_variable = []
     for name in variables:
-        data = forecast[name].isel({INIT: [0]})
+        data = forecast[name].isel({INIT: [0]}).chunk({MEMBER: -1})
         observed = truth_at_valid_times(truth[name], data)
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
         per_variable.append(map_fields(data, observed, model_climate(climate_sample, TIME)))
@@ -482,13 +486,21 @@ def verify(
     scores.attrs = provenance(systems, truth_path, variables, options, stores)
     # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
     scores.attrs["planet"] = truth.attrs.get("planet", "earth")
-    # One lead time at a time: every chunk is still read once, and the scheduler never holds
-    # more than one lead's graph (peak memory stays flat however many leads there are).
-    with warnings.catch_warnings():
+    # A few lead times at a time, about LEAD_GROUP_BYTES of forecasts: every chunk is still
+    # read once, and peak memory stays flat however many leads there are; but not one lead
+    # each, as every compute call culls the whole graph.
+    per_lead = sum(ds[name].nbytes for ds in stores.values() for name in variables)
+    group = int(np.clip(LEAD_GROUP_BYTES * scores.sizes[LEAD] // per_lead, 1, None))
+    # One BLAS thread per dask thread: OpenBLAS's own threads on top of dask's oversubscribe
+    # the cores and spin, making the energy score's Gram matrices several times slower.
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         # NaN scores are expected (no events in a region, a negative unbiased squared error
         # under a square root); numpy's warnings about them would drown the output.
         warnings.simplefilter("ignore", RuntimeWarning)
-        by_lead = [scores.isel({LEAD: [i]}).compute() for i in range(scores.sizes[LEAD])]
+        by_lead = [
+            scores.isel({LEAD: slice(first, first + group)}).compute()
+            for first in range(0, scores.sizes[LEAD], group)
+        ]
     scores = xr.concat(
         by_lead,
         dim=LEAD,
