@@ -395,13 +395,14 @@ def reliability_from_table(
     [0, 1], closed on the left (the last also on the right)."""
     edges = _bin_edges(bins)
     bin_of_value = np.clip(np.digitize(probabilities.values, edges[1:-1]), 0, edges.size - 2)
-    grouped = xr.DataArray(bin_of_value, dims=[VALUE])
+    # value -> bin as a 0/1 matrix: the sums per bin are one product, lazy and chunk-friendly
+    # (a groupby splits dask chunks by group), and empty bins come out 0.
+    in_bin = bin_of_value[:, None] == np.arange(edges.size - 1)[None, :]
+    in_bin = xr.DataArray(in_bin.astype(float), dims=[VALUE, PROBABILITY_BIN])
     cases = table.sum(OUTCOME)
 
     def by_bin(per_value: xr.DataArray) -> xr.DataArray:
-        sums = per_value.groupby(grouped.rename("bin")).sum(VALUE)
-        sums = sums.reindex(bin=np.arange(edges.size - 1), fill_value=0.0)
-        return sums.rename(bin=PROBABILITY_BIN)
+        return xr.dot(per_value, in_bin, dim=VALUE)
 
     count = by_bin(cases)
     nonempty = count.where(count > 0)
