@@ -125,12 +125,12 @@ def test_truth_is_reproducible_and_refuses_existing_output(tiny_truth, tmp_path)
     config, out = tiny_truth
     before = sorted(p.name for p in out.iterdir())
     code, output = run(
-        "data", "truth", "--config", config, "--years", 0.05, "--out", out, "--quiet"
+        "data", "truth", "--config", config, "--years", 0.09, "--out", out, "--quiet"
     )
     assert code != 0 and "already exists; pass --overwrite" in output
     assert sorted(p.name for p in out.iterdir()) == before
     again = tmp_path / "again.zarr"
-    code, _ = run("data", "truth", "--config", config, "--years", 0.05, "--out", again, "--quiet")
+    code, _ = run("data", "truth", "--config", config, "--years", 0.09, "--out", again, "--quiet")
     assert code == 0
     xr.testing.assert_identical(
         open_analyses(out).load(),
