@@ -99,7 +99,10 @@ def main() -> None:
     truth, sfno, nwp = OUT / "truth.zarr", OUT / "sfno.zarr", OUT / "nwp.zarr"
     scores_path, report = OUT / "scores.zarr", OUT / "report"
     years = f"{TRUTH_DAYS / 365.25:.6f}"
-    wxens("data", "truth", "--config", str(CONFIG), "--years", years, "--out", str(truth))
+    wxens(
+        *("data", "truth", "--config", str(CONFIG), "--years", years),
+        *("--out", str(truth), "--overwrite"),
+    )
     hindcast("sfno", sfno)
     hindcast("nwp", nwp)
     wxens(
