@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 
@@ -63,13 +63,11 @@ def skill_score(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
     1 is a perfect forecast, 0 no better than the reference, negative worse. Unitless; keeps
     every dimension of `scores[score]`.
     """
-    values = select_score(scores, score)
-    if score not in PERFECT_SCORE:
-        raise ValueError(f"no skill score for {score!r}; it is defined for {list(PERFECT_SCORE)}")
-    _check_system(scores, reference)
-    reference_values = values.sel({SYSTEM: reference}, drop=True)
-    skill = (reference_values - values) / (reference_values - PERFECT_SCORE[score])
-    skill = skill.transpose(*values.dims).drop_sel({SYSTEM: reference}).rename(f"{score}_skill")
+
+    def skill_of(values: xr.DataArray, reference_values: xr.DataArray) -> xr.DataArray:
+        return (reference_values - values) / (reference_values - PERFECT_SCORE[score])
+
+    skill = _against_reference(scores, score, reference, skill_of).rename(f"{score}_skill")
     skill.attrs = {"long_name": f"{score} skill score against {reference}", "units": "1"}
     return skill
 
@@ -78,14 +76,27 @@ def percent_difference(scores: xr.Dataset, score: str, reference: str) -> xr.Dat
     """`100 (S - S_ref) / |S_ref|` of every system but `reference`: WeatherBench2's scorecard
     number. Negative is better for negatively oriented scores (CRPS, RMSE, ...; perfect 0),
     positive for `acc` and `roc_auc` (perfect 1). Units: %."""
+
+    def difference_of(values: xr.DataArray, reference_values: xr.DataArray) -> xr.DataArray:
+        return 100 * (values - reference_values) / abs(reference_values)
+
+    difference = _against_reference(scores, score, reference, difference_of)
+    return difference.rename(f"{score}_percent_difference").assign_attrs(units="%")
+
+
+def _against_reference(
+    scores: xr.Dataset,
+    score: str,
+    reference: str,
+    compare: Callable[[xr.DataArray, xr.DataArray], xr.DataArray],
+) -> xr.DataArray:
+    """`compare(S, S_ref)` for every system but `reference`, with the dims of `scores[score]`."""
     values = select_score(scores, score)
     if score not in PERFECT_SCORE:
         raise ValueError(f"no skill score for {score!r}; it is defined for {list(PERFECT_SCORE)}")
     _check_system(scores, reference)
-    reference_values = values.sel({SYSTEM: reference}, drop=True)
-    difference = 100 * (values - reference_values) / abs(reference_values)
-    difference = difference.transpose(*values.dims).drop_sel({SYSTEM: reference})
-    return difference.rename(f"{score}_percent_difference").assign_attrs(units="%")
+    compared = compare(values, values.sel({SYSTEM: reference}, drop=True))
+    return compared.transpose(*values.dims).drop_sel({SYSTEM: reference})
 
 
 def not_significant(
