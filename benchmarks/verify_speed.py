@@ -36,14 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from verification.aggregation import area_mean, cell_area_weights
-from verification.metrics import (
-    _crps_sorted,
-    crps_ensemble,
-    ensemble_variance,
-    rank_counts,
-    squared_error_of_mean,
-    truth_rank,
-)
+from verification.metrics import _crps_sorted, crps_ensemble, ensemble_summary, rank_counts
 
 try:
     import properscoring
@@ -106,11 +99,12 @@ def per_lead(field: xr.DataArray) -> xr.DataArray:
 def wxens_pass(forecast: xr.DataArray, truth: xr.DataArray) -> dict[str, np.ndarray]:
     """Fair CRPS, spread, rank counts and ensemble-mean RMSE per lead, in one dask.compute."""
     members = forecast.sizes["member"]
+    summary = ensemble_summary(forecast, truth)  # one sort of each chunk's members
     lazy = {
-        "crps": per_lead(crps_ensemble(forecast, truth)),
-        "spread": np.sqrt(per_lead(ensemble_variance(forecast))),
-        "rank counts": rank_counts(truth_rank(forecast, truth), members, REDUCED),
-        "rmse": np.sqrt(per_lead(squared_error_of_mean(forecast, truth))),
+        "crps": per_lead(summary["crps_fair"]),
+        "spread": np.sqrt(per_lead(summary["variance"])),
+        "rank counts": rank_counts(summary["rank"], members, REDUCED),
+        "rmse": np.sqrt(per_lead((summary["mean"] - truth) ** 2)),
     }
     values = dask.compute(*lazy.values())
     return {name: value.values for name, value in zip(lazy, values, strict=True)}

@@ -28,13 +28,15 @@ class QGEmulator(torch.nn.Module):
                 f" the config has {config.variables}"
             )
         truth = {"truncation": config.grid.truncation, "dtype": config.nwp.dtype}
+        if config.nwp.timestep_minutes is not None:
+            truth["timestep_minutes"] = config.nwp.timestep_minutes
         coarse = config.model_copy(update={"truth": config.truth.model_copy(update=truth)})
         self.model = truth_model(coarse, torch.device(device))
         self.grid = model_grid(config)
         self.truncation = config.grid.truncation
         self.input_variables = tuple(config.variables)
         self.layers = [LAYER_OF_FIELD[name] for name in config.variables]
-        self.steps = steps_per(config, config.truth.output_interval_hours)
+        self.steps = steps_per(coarse, config.truth.output_interval_hours)
         self.timestep = np.timedelta64(config.truth.output_interval_hours, "h")
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import load_config, parse_config
+from data_pipeline.config import NWPConfig, load_config, parse_config
 from data_pipeline.sphere import LatLonGrid, analysis, power_spectrum, synthesis
 from data_pipeline.training_data import AnalysisPairs, area_weights, compute_normalisation
 from data_pipeline.truth import model_grid, write_truth
@@ -344,6 +344,13 @@ def test_nwp_baseline_at_the_truth_resolution_reproduces_the_truth(tmp_path):
     error = (step - states[1:]).abs().max() / states.abs().max()
     change = (states[1:] - states[:-1]).abs().max() / states.abs().max()
     assert error < 1e-6 < change
+    # Its own, longer time step (two 3 h steps for the truth's six 1 h steps): close, not equal.
+    longer = QGEmulator(config.model_copy(update={"nwp": NWPConfig(timestep_minutes=180)}))
+    assert longer.steps == 2 and nwp.steps == 6
+    error = (longer.step(states[:-1]) - states[1:]).abs().max() / states.abs().max()
+    assert 1e-6 < error < 0.01 * change
+    with pytest.raises(ValueError, match=r"nwp\.timestep_minutes: 70\.0 does not divide the 6 h"):
+        parse_config({"nwp": {"timestep_minutes": 70}})
 
 
 def test_nwp_baseline_needs_both_layers(world):

@@ -153,6 +153,43 @@ def test_missing_members_lazily_and_truth_broadcast(calibrated):
         np.testing.assert_array_equal(lazy_truth.transpose("init_time", ...).values, eager)
 
 
+def test_ensemble_summary_from_one_sort_against_references(calibrated):
+    forecast, truth = calibrated
+    forecast = forecast.astype("float32").copy()
+    forecast[2, 1, 3, 4] = np.nan  # a missing member: left out of the mean and variance
+    truth = truth.copy()
+    truth[5, 0, 0] = np.nan  # a missing truth: the mean and variance are still the members'
+    truth[6, 1, 1] = forecast[6, 2, 1, 1]  # a tie with a member
+    members = np.moveaxis(forecast.values.astype(float), 1, -1)
+    observed = truth.values
+    fair = scoringrules.crps_ensemble(observed, members, estimator="fair")
+    missing = np.isnan(members).any(-1) | np.isnan(observed)
+    below = (members < observed[..., None]).sum(-1)
+    tied = (members == observed[..., None]).sum(-1)
+    outside = (observed < members.min(-1)) | (observed > members.max(-1))
+    for data, observations in ((forecast, truth), (forecast.chunk({"init_time": 8}), truth)):
+        summary = metrics.ensemble_summary(data, observations, seed=4).compute()
+        ecdf = properscoring.crps_ensemble(observed, members)
+        np.testing.assert_allclose(summary.crps_ecdf.values[~missing], ecdf[~missing], rtol=1e-6)
+        np.testing.assert_allclose(summary.crps_fair.values[~missing], fair[~missing], rtol=1e-6)
+        np.testing.assert_allclose(summary["mean"], np.nanmean(members, -1), rtol=1e-6)
+        np.testing.assert_allclose(summary.variance, np.nanvar(members, -1, ddof=1), rtol=1e-5)
+        rank = summary["rank"].values
+        assert rank.dtype == np.int64
+        assert ((rank >= below) & (rank <= below + tied))[~missing].all()
+        assert tied[6, 1, 1] == 1 and rank[6, 1, 1] - below[6, 1, 1] in (0, 1)
+        assert (rank[missing] == -1).all()
+        np.testing.assert_array_equal(summary.outside.values[~missing], outside[~missing])
+        assert np.isnan(summary.outside.values[missing]).all()
+        assert np.isnan(summary.crps_fair.values[missing]).all()
+        # The same draws break ties as in `truth_rank` with the same seed.
+        expected_rank = metrics.truth_rank(data, observations, seed=4)
+        np.testing.assert_array_equal(rank, expected_rank.values)
+    one = metrics.ensemble_summary(forecast.isel(member=[0]), truth)
+    np.testing.assert_allclose(one.crps_ecdf, np.abs(forecast.isel(member=0) - truth))
+    assert np.isnan(one.crps_fair).all()
+
+
 def test_crps_of_float32_members_against_properscoring(calibrated):
     forecast, truth = calibrated
     offset = (forecast + 280).astype("float32")  # a temperature-like offset

@@ -39,8 +39,11 @@ def _member_blocks(
     members: np.ndarray | dask.array.Array,
     *others: np.ndarray | dask.array.Array,
     dtype: np.dtype,
+    statistics: int = 0,
 ) -> np.ndarray | dask.array.Array:
     """`kernel(members, *others)`, members on the last axis; under dask, one task per block.
+
+    With `statistics` > 0 the kernel returns that many values per point on a new last axis.
 
     xarray's `dask="parallelized"` (dask's `apply_gufunc`) copies each block's single member chunk
     into a fresh transposed array before the kernel sees it, which costs as much as a cheap
@@ -56,13 +59,15 @@ def _member_blocks(
     pairs = [members, (*range(loop - members.ndim + 1, loop), loop)]
     for other in others:
         pairs += [dask.array.asarray(other), tuple(range(loop - other.ndim, loop))]
+    new = (loop + 1,) if statistics else ()
     return dask.array.blockwise(
         _first_member_block,
-        tuple(range(loop)),
+        (*range(loop), *new),
         *pairs,
         concatenate=False,
+        new_axes=dict.fromkeys(new, statistics),
         dtype=dtype,
-        meta=np.empty((0,) * loop, dtype),
+        meta=np.empty((0,) * (loop + len(new)), dtype),
         kernel=kernel,
     )
 
@@ -73,11 +78,14 @@ def _per_point(
     truth: xr.DataArray | None,
     member_dim: str,
     dtype: np.dtype | type,
+    statistics: int = 0,
     **kwargs: object,
 ) -> xr.DataArray:
     """`kernel(members, [truth,] **kwargs)` at every point, lazily under dask.
 
-    A member dimension split across dask chunks is first rechunked to one chunk.
+    With `statistics` > 0 the kernel returns that many values per point, on a new last
+    dimension `statistic`. A member dimension split across dask chunks is first rechunked to
+    one chunk.
     """
     if len(forecast.chunksizes.get(member_dim, ())) > 1:
         forecast = forecast.chunk({member_dim: -1})
@@ -86,30 +94,44 @@ def _per_point(
         _member_blocks,
         functools.partial(kernel, **kwargs),
         *inputs,
-        kwargs={"dtype": np.dtype(dtype)},
+        kwargs={"dtype": np.dtype(dtype), "statistics": statistics},
         input_core_dims=[[], [member_dim], *[[]] * (len(inputs) - 1)],
+        output_core_dims=[["statistic"] if statistics else []],
         dask="allowed",
     )
 
 
-def _crps_sorted(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
-    """CRPS from members on the last axis (see `crps_ensemble`), as float64.
+def _sorted_deviations(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """`d = x - y` with members on the last axis, each point's row sorted; NaNs sort last.
 
-    Sorts the deviations `d = x - y` once: shifting every member by y leaves S unchanged (the
-    rank weights sum to 0), so `M CRPS = sum_i d(i) (sign d(i) - (2i - M - 1) / c)`, with
-    `c = M - 1` (fair) or `M`. The deviations stay in the input's float type (float32 sorts
-    twice as fast as float64; x - y of nearby float32 values is exact) and are summed in float64.
+    The deviations stay in the input's float type (float32 sorts twice as fast as float64;
+    x - y of nearby float32 values is exact). C order puts each point's members side by side,
+    so the in-place sort runs on contiguous rows.
     """
-    m = members.shape[-1]
     dtype = np.result_type(members, truth, np.float32)
-    # C order puts each point's members side by side, so the in-place sort runs on contiguous rows.
     deviations = np.subtract(members, truth[..., None], order="C", dtype=dtype)
     deviations.sort(axis=-1)
+    return deviations
+
+
+def _crps_of_sorted(deviations: np.ndarray, fair: bool) -> np.ndarray:
+    """CRPS from sorted deviations `d = x - y` (see `crps_ensemble`), as float64.
+
+    Shifting every member by y leaves S unchanged (the rank weights sum to 0), so
+    `M CRPS = sum_i d(i) (sign d(i) - (2i - M - 1) / c)`, with `c = M - 1` (fair) or `M`;
+    the terms stay in the deviations' float type and are summed in float64.
+    """
+    m = deviations.shape[-1]
     rank_weights = (2 * np.arange(1, m + 1) - m - 1) / (m - 1 if fair else m)
     terms = np.sign(deviations)
-    terms -= rank_weights.astype(dtype)
+    terms -= rank_weights.astype(deviations.dtype)
     terms *= deviations
     return terms.sum(axis=-1, dtype=np.float64) / m
+
+
+def _crps_sorted(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
+    """CRPS from members on the last axis (see `crps_ensemble`), as float64."""
+    return _crps_of_sorted(_sorted_deviations(members, truth), fair)
 
 
 def crps_ensemble(
@@ -243,13 +265,18 @@ def _missing(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.isnan(members).any(axis=-1) | np.isnan(truth)
 
 
+def _break_ties(below: np.ndarray, ties: np.ndarray | int, seed: int) -> np.ndarray:
+    """`below + floor(U (ties + 1))`, U uniform on [0, 1) from `seed`: a rank 0..M per point."""
+    share = np.random.default_rng(seed).random(np.shape(below))
+    return below + np.floor(share * (ties + 1)).astype(np.int32)
+
+
 def _rank_with_ties(members: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
     """Rank by counting, O(M) per point (no sort); int32 counts halve the reductions' cost."""
     below = (members < truth[..., None]).sum(axis=-1, dtype=np.int32)
     equal = members == truth[..., None]
     ties = equal.sum(axis=-1, dtype=np.int32) if equal.any() else 0  # ties are rare
-    share = np.random.default_rng(seed).random(truth.shape)
-    ranks = below + np.floor(share * (ties + 1)).astype(np.int32)
+    ranks = _break_ties(below, ties, seed)
     return np.where(_missing(members, truth), -1, ranks).astype(np.int64)
 
 
@@ -353,6 +380,65 @@ def outside_range(
     """
     _members(forecast, member_dim)
     return _per_point(_outside, forecast, truth, member_dim, np.float64)
+
+
+SUMMARY = ("crps_fair", "crps_ecdf", "mean", "variance", "rank", "outside")
+"""The per-point scores of `ensemble_summary`, in the order of its kernel's last axis."""
+
+
+def _summary_block(members: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
+    """Every score of `SUMMARY` from one sort of `d = x - y` (members on the last axis).
+
+    With `A = sum_i |d_i|` and `B = sum_i (2i - M - 1) d(i)`: `CRPS = (A - B / c) / M`
+    (`c = M - 1` fair, `M` ECDF), mean `y + sum_i d_i / M`, variance of d (that of x),
+    rank `#{d < 0}` plus the random share of ties, outside `d(1) > 0 or d(M) < 0`.
+    """
+    deviations = _sorted_deviations(members, truth)
+    m = deviations.shape[-1]
+    as_float64 = deviations.astype(np.float64)  # sums and products of float32 stay exact
+    out = np.empty((*deviations.shape[:-1], len(SUMMARY)))
+    absolute = np.abs(as_float64).sum(axis=-1)
+    ranked = as_float64 @ (2.0 * np.arange(1, m + 1) - m - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS
+        out[..., 0] = (absolute - ranked / (m - 1)) / m
+    out[..., 1] = (absolute - ranked / m) / m
+    deviation_mean = as_float64.sum(axis=-1) / m
+    out[..., 2] = truth + deviation_mean
+    as_float64 -= deviation_mean[..., None]
+    out[..., 3] = np.einsum("...i,...i->...", as_float64, as_float64) / (m - 1)
+    below = (deviations < 0).sum(axis=-1, dtype=np.int32)
+    zero = deviations == 0
+    out[..., 4] = _break_ties(below, zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0, seed)
+    out[..., 5] = (deviations[..., 0] > 0) | (deviations[..., -1] < 0)
+    missing = np.isnan(deviations[..., -1])  # NaNs sort last; a missing truth makes all NaN
+    if missing.any():
+        out[missing, 4:] = -1, np.nan
+        out[missing, 2] = _mean(np.broadcast_to(members, (*missing.shape, m))[missing])
+        out[missing, 3] = _variance(np.broadcast_to(members, (*missing.shape, m))[missing])
+    return out
+
+
+def ensemble_summary(
+    forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER, seed: int = 0
+) -> xr.Dataset:
+    """The per-point scores that need the members sorted or summed, from one pass over them.
+
+    Variables (each per point, as the function named):
+    - `crps_fair`, `crps_ecdf`: `crps_ensemble` (NaN `crps_fair` for one member);
+    - `mean`, `variance`: `ensemble_mean`, `ensemble_variance`;
+    - `rank`: `truth_rank` with this `seed`; `outside`: `outside_range`.
+
+    Each dask task sorts its members once; the separate functions would read and sort them
+    once each. Missing data gives what the separate functions give.
+    """
+    m = _members(forecast, member_dim)
+    stacked = _per_point(
+        _summary_block, forecast, truth, member_dim, np.float64, len(SUMMARY), seed=seed
+    )
+    summary = xr.Dataset({name: stacked[..., i] for i, name in enumerate(SUMMARY)})
+    summary["rank"] = summary["rank"].astype(np.int64)
+    summary.attrs["members"] = m
+    return summary
 
 
 def _energy_score_gram(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:

@@ -279,27 +279,30 @@ def score_variable(
     def mean(per_point: xr.DataArray) -> xr.DataArray:
         return regional_means(per_point, regions)
 
-    variance = mean(metrics.ensemble_variance(forecast))
-    squared_error = mean(metrics.squared_error_of_mean(forecast, truth))
-    unbiased = mean(metrics.unbiased_squared_error_of_mean(forecast, truth))
+    # CRPS, mean, variance, rank and outliers from one sort of each chunk's members.
+    summary = metrics.ensemble_summary(forecast, truth, seed=options.seed)
+    variance = mean(summary["variance"])
+    squared_error_of_mean = (summary["mean"] - truth) ** 2
+    squared_error = mean(squared_error_of_mean)
+    unbiased = mean(squared_error_of_mean - summary["variance"] / members)
     climatology = climate_sample.mean(TIME)
     climate = model_climate(climate_sample, TIME)
-    ranks = metrics.truth_rank(forecast, truth, seed=options.seed)
     # Counted once per latitude; each region then weights the latitudes (no recount per region).
-    by_latitude = metrics.rank_counts(ranks, members, (INIT, LONGITUDE))
+    by_latitude = metrics.rank_counts(summary["rank"], members, (INIT, LONGITUDE))
     rank_counts = (by_latitude * regional_weights(truth[LATITUDE], regions)).sum(LATITUDE)
     fair = members > 1  # one member: a deterministic forecast, whose CRPS is the ECDF form
     # Per init time too, for the scorecards' bootstrap over init times.
-    crps_by_init = regional_means(metrics.crps_ensemble(forecast, truth, fair=fair), regions, None)
+    crps = summary["crps_fair" if fair else "crps_ecdf"]
+    crps_by_init = regional_means(crps, regions, None)
     scores = {
         "crps": crps_by_init.mean(INIT),
         "crps_by_init": crps_by_init,
-        "crps_ecdf": mean(metrics.crps_ensemble(forecast, truth, fair=False)),
+        "crps_ecdf": mean(summary["crps_ecdf"]),
         "rmse": np.sqrt(squared_error),
         "spread": np.sqrt(variance),
         "spread_skill_ratio": metrics.spread_skill_ratio(variance, squared_error, members),
         "spread_skill_ratio_debiased": metrics.spread_skill_ratio_debiased(variance, unbiased),
-        "outlier_fraction": mean(metrics.outside_range(forecast, truth)),
+        "outlier_fraction": mean(summary["outside"]),
         "acc": _per_region(
             lambda r: metrics.anomaly_correlation(forecast, truth, climatology, r), regions
         ).mean(INIT),
