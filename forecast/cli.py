@@ -11,6 +11,7 @@ import typer
 import yaml
 
 from data_pipeline.config import ConfigError, ExperimentConfig, load_config
+from data_pipeline.memory import keep_freed_memory
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="wxens: huge weather ensembles, verified."
@@ -571,6 +572,7 @@ def report(
 
 
 def main() -> None:  # pragma: no cover - console entry
+    keep_freed_memory()
     app(prog_name="wxens")
 
 

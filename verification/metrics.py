@@ -389,33 +389,45 @@ SUMMARY = ("crps_fair", "crps_ecdf", "mean", "variance", "rank", "outside")
 def _summary_block(members: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
     """Every score of `SUMMARY` from one sort of `d = x - y` (members on the last axis).
 
-    With `A = sum_i |d_i|` and `B = sum_i (2i - M - 1) d(i)`: `CRPS = (A - B / c) / M`
-    (`c = M - 1` fair, `M` ECDF), mean `y + sum_i d_i / M`, variance of d (that of x),
-    rank `#{d < 0}` plus the random share of ties, outside `d(1) > 0 or d(M) < 0`.
+    With the sorted d(i), their median `d_h` and `c = d - d_h` (in float64, so that the sums
+    below lose nothing to a bias much larger than the spread): `A = sum_i |d_i|`,
+    `B = sum_i (2i - M - 1) c(i)` (which equals the same sum of d, the weights summing to 0),
+    `S = sum_i c_i` and `Q = sum_i c_i^2` give
+
+        CRPS = (A - B / k) / M          k = M - 1 (fair) or M (ECDF)
+        mean = y + d_h + S / M          variance = (Q - S^2 / M) / (M - 1)
+
+    and the rank is `#{d < 0}` plus the random share of ties, outside `d(1) > 0 or d(M) < 0`.
     """
     deviations = _sorted_deviations(members, truth)
     m = deviations.shape[-1]
-    as_float64 = deviations.astype(np.float64)  # sums and products of float32 stay exact
     out = np.empty((*deviations.shape[:-1], len(SUMMARY)))
-    absolute = np.abs(as_float64).sum(axis=-1)
-    ranked = as_float64 @ (2.0 * np.arange(1, m + 1) - m - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS
-        out[..., 0] = (absolute - ranked / (m - 1)) / m
-    out[..., 1] = (absolute - ranked / m) / m
-    deviation_mean = as_float64.sum(axis=-1) / m
-    out[..., 2] = truth + deviation_mean
-    as_float64 -= deviation_mean[..., None]
-    out[..., 3] = np.einsum("...i,...i->...", as_float64, as_float64) / (m - 1)
     below = (deviations < 0).sum(axis=-1, dtype=np.int32)
     zero = deviations == 0
     out[..., 4] = _break_ties(below, zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0, seed)
     out[..., 5] = (deviations[..., 0] > 0) | (deviations[..., -1] < 0)
     missing = np.isnan(deviations[..., -1])  # NaNs sort last; a missing truth makes all NaN
+    median = deviations[..., m // 2].astype(np.float64)
+    centred = np.subtract(deviations, median[..., None], dtype=np.float64)
+    ranked, total = np.moveaxis(centred @ _summary_weights(m), -1, 0)
+    squares = np.einsum("...i,...i->...", centred, centred)
+    absolute = np.add.reduce(np.abs(deviations, out=deviations), axis=-1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS, variance
+        out[..., 0] = (absolute - ranked / (m - 1)) / m
+        out[..., 3] = np.maximum(squares - total**2 / m, 0.0) / (m - 1)
+    out[..., 1] = (absolute - ranked / m) / m
+    out[..., 2] = truth + median + total / m
     if missing.any():
         out[missing, 4:] = -1, np.nan
         out[missing, 2] = _mean(np.broadcast_to(members, (*missing.shape, m))[missing])
         out[missing, 3] = _variance(np.broadcast_to(members, (*missing.shape, m))[missing])
     return out
+
+
+@functools.cache
+def _summary_weights(m: int) -> np.ndarray:
+    """Columns `2i - M - 1` (i = 1..M) and ones: `c @ weights` is (B, S) of `_summary_block`."""
+    return np.stack([2.0 * np.arange(1, m + 1) - m - 1, np.ones(m)], axis=1)
 
 
 def ensemble_summary(
