@@ -182,6 +182,17 @@ def test_ensemble_summary_from_one_sort_against_references(calibrated):
         np.testing.assert_array_equal(summary.outside.values[~missing], outside[~missing])
         assert np.isnan(summary.outside.values[missing]).all()
         assert np.isnan(summary.crps_fair.values[missing]).all()
+        low, high = np.quantile(members, [0.01, 0.99], axis=-1)
+        np.testing.assert_array_equal(summary.tail_low.values[~missing], (observed < low)[~missing])
+        np.testing.assert_array_equal(
+            summary.tail_high.values[~missing], (observed > high)[~missing]
+        )
+        spread = members.std(-1, ddof=1)
+        reach_high = (members.max(-1) - members.mean(-1)) / spread
+        np.testing.assert_allclose(summary.reach_high.values[~missing], reach_high[~missing])
+        reach_low = (members.mean(-1) - members.min(-1)) / spread
+        np.testing.assert_allclose(summary.reach_low.values[~missing], reach_low[~missing])
+        assert np.isnan(summary.reach_low.values[missing]).all()
         # The same draws break ties as in `truth_rank` with the same seed.
         expected_rank = metrics.truth_rank(data, observations, seed=4)
         np.testing.assert_array_equal(rank, expected_rank.values)

@@ -271,7 +271,7 @@ def tail_fractions(
     bounds = forecast.quantile([tail_level, 1 - tail_level], dim=member_dim, skipna=False)
     lower, upper = (bounds.isel(quantile=k, drop=True) for k in (0, 1))
     valid = truth.notnull() & lower.notnull()
-    return _by_tail((truth < lower).where(valid), (truth > upper).where(valid))
+    return by_tail((truth < lower).where(valid), (truth > upper).where(valid))
 
 
 def tail_reach(forecast: xr.DataArray, member_dim: str = "member") -> xr.DataArray:
@@ -293,10 +293,11 @@ def tail_reach(forecast: xr.DataArray, member_dim: str = "member") -> xr.DataArr
     spread = spread.where(spread > 0)
     low = (mean - forecast.min(member_dim, skipna=False)) / spread
     high = (forecast.max(member_dim, skipna=False) - mean) / spread
-    return _by_tail(low, high)
+    return by_tail(low, high)
 
 
-def _by_tail(low: xr.DataArray, high: xr.DataArray) -> xr.DataArray:
+def by_tail(low: xr.DataArray, high: xr.DataArray) -> xr.DataArray:
+    """`low` and `high` stacked on a `tail` dimension (low, high)."""
     return xr.concat([low, high], dim=TAIL).assign_coords({TAIL: ["low", "high"]})
 
 

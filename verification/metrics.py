@@ -246,10 +246,13 @@ def anomaly_correlation(
 
     `ACC = sum_j w_j f'_j o'_j / sqrt(sum_j w_j f'^2_j * sum_j w_j o'^2_j)`, with anomalies
     `f' = xbar - c`, `o' = y - c` from the climatology `c` and cell-area weights `w`
-    (WeatherBench2's uncentred ACC). One value per remaining dimension (init, lead); average it
-    over init times afterwards.
+    (WeatherBench2's uncentred ACC). A `forecast` without `member_dim` is taken as it is (a
+    deterministic forecast, or an ensemble mean already computed). One value per remaining
+    dimension (init, lead); average it over init times afterwards.
     """
-    forecast_anomaly = ensemble_mean(forecast, member_dim) - climatology
+    if member_dim in forecast.dims:
+        forecast = ensemble_mean(forecast, member_dim)
+    forecast_anomaly = forecast - climatology
     truth_anomaly = truth - climatology
     weights = region_weights(truth[LATITUDE], region)
 
@@ -382,11 +385,24 @@ def outside_range(
     return _per_point(_outside, forecast, truth, member_dim, np.float64)
 
 
-SUMMARY = ("crps_fair", "crps_ecdf", "mean", "variance", "rank", "outside")
+SUMMARY = (
+    "crps_fair",
+    "crps_ecdf",
+    "mean",
+    "variance",
+    "rank",
+    "outside",
+    "tail_low",
+    "tail_high",
+    "reach_low",
+    "reach_high",
+)
 """The per-point scores of `ensemble_summary`, in the order of its kernel's last axis."""
 
 
-def _summary_block(members: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
+def _summary_block(
+    members: np.ndarray, truth: np.ndarray, seed: int, tail_level: float
+) -> np.ndarray:
     """Every score of `SUMMARY` from one sort of `d = x - y` (members on the last axis).
 
     With the sorted d(i), their median `d_h` and `c = d - d_h` (in float64, so that the sums
@@ -395,33 +411,56 @@ def _summary_block(members: np.ndarray, truth: np.ndarray, seed: int) -> np.ndar
     `S = sum_i c_i` and `Q = sum_i c_i^2` give
 
         CRPS = (A - B / k) / M          k = M - 1 (fair) or M (ECDF)
-        mean = y + d_h + S / M          variance = (Q - S^2 / M) / (M - 1)
+        mean = y + d_h + S / M          variance s^2 = (Q - S^2 / M) / (M - 1)
 
-    and the rank is `#{d < 0}` plus the random share of ties, outside `d(1) > 0 or d(M) < 0`.
+    The rank is `#{d < 0}` plus the random share of ties; outside is `d(1) > 0 or d(M) < 0`;
+    the tails are `Q_d(p) > 0` and `Q_d(1 - p) < 0` (y beyond the members' p and 1 - p
+    quantiles, interpolated linearly as numpy does), the reaches `(mean - x(1)) / s` and
+    `(x(M) - mean) / s`.
     """
     deviations = _sorted_deviations(members, truth)
     m = deviations.shape[-1]
-    out = np.empty((*deviations.shape[:-1], len(SUMMARY)))
     below = (deviations < 0).sum(axis=-1, dtype=np.int32)
     zero = deviations == 0
-    out[..., 4] = _break_ties(below, zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0, seed)
-    out[..., 5] = (deviations[..., 0] > 0) | (deviations[..., -1] < 0)
-    missing = np.isnan(deviations[..., -1])  # NaNs sort last; a missing truth makes all NaN
+    lowest, highest = deviations[..., 0].astype(np.float64), deviations[..., -1].astype(np.float64)
+    scores = {
+        "rank": _break_ties(below, zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0, seed),
+        "outside": (lowest > 0) | (highest < 0),
+        "tail_low": _sorted_quantile(deviations, tail_level) > 0,
+        "tail_high": _sorted_quantile(deviations, 1 - tail_level) < 0,
+    }
     median = deviations[..., m // 2].astype(np.float64)
     centred = np.subtract(deviations, median[..., None], dtype=np.float64)
     ranked, total = np.moveaxis(centred @ _summary_weights(m), -1, 0)
     squares = np.einsum("...i,...i->...", centred, centred)
     absolute = np.add.reduce(np.abs(deviations, out=deviations), axis=-1, dtype=np.float64)
+    deviation_mean = median + total / m
     with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS, variance
-        out[..., 0] = (absolute - ranked / (m - 1)) / m
-        out[..., 3] = np.maximum(squares - total**2 / m, 0.0) / (m - 1)
-    out[..., 1] = (absolute - ranked / m) / m
-    out[..., 2] = truth + median + total / m
+        scores["crps_fair"] = (absolute - ranked / (m - 1)) / m
+        scores["variance"] = np.maximum(squares - total**2 / m, 0.0) / (m - 1)
+        spread = np.sqrt(np.where(scores["variance"] > 0, scores["variance"], np.nan))
+        scores["reach_low"] = (deviation_mean - lowest) / spread
+        scores["reach_high"] = (highest - deviation_mean) / spread
+    scores["crps_ecdf"] = (absolute - ranked / m) / m
+    scores["mean"] = truth + deviation_mean
+    out = np.stack(np.broadcast_arrays(*(scores[name] for name in SUMMARY)), axis=-1, dtype=float)
+    missing = np.isnan(highest)  # NaNs sort last; a missing truth makes all NaN
     if missing.any():
-        out[missing, 4:] = -1, np.nan
-        out[missing, 2] = _mean(np.broadcast_to(members, (*missing.shape, m))[missing])
-        out[missing, 3] = _variance(np.broadcast_to(members, (*missing.shape, m))[missing])
+        all_members = np.broadcast_to(members, (*missing.shape, m))[missing]
+        out[missing] = np.nan
+        out[missing, SUMMARY.index("rank")] = -1
+        out[missing, SUMMARY.index("mean")] = _mean(all_members)
+        out[missing, SUMMARY.index("variance")] = _variance(all_members)
     return out
+
+
+def _sorted_quantile(rows: np.ndarray, level: float) -> np.ndarray:
+    """The `level` quantile of sorted rows, interpolated linearly (numpy's default method)."""
+    position = (rows.shape[-1] - 1) * level
+    low = math.floor(position)
+    high = min(low + 1, rows.shape[-1] - 1)
+    fraction = position - low
+    return rows[..., low] + fraction * (rows[..., high].astype(np.float64) - rows[..., low])
 
 
 @functools.cache
@@ -431,21 +470,34 @@ def _summary_weights(m: int) -> np.ndarray:
 
 
 def ensemble_summary(
-    forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER, seed: int = 0
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    member_dim: str = MEMBER,
+    seed: int = 0,
+    tail_level: float = 0.01,
 ) -> xr.Dataset:
     """The per-point scores that need the members sorted or summed, from one pass over them.
 
     Variables (each per point, as the function named):
     - `crps_fair`, `crps_ecdf`: `crps_ensemble` (NaN `crps_fair` for one member);
     - `mean`, `variance`: `ensemble_mean`, `ensemble_variance`;
-    - `rank`: `truth_rank` with this `seed`; `outside`: `outside_range`.
+    - `rank`: `truth_rank` with this `seed`; `outside`: `outside_range`;
+    - `tail_low`, `tail_high`: `extremes.tail_fractions` with this `tail_level`;
+    - `reach_low`, `reach_high`: `extremes.tail_reach`.
 
     Each dask task sorts its members once; the separate functions would read and sort them
     once each. Missing data gives what the separate functions give.
     """
     m = _members(forecast, member_dim)
     stacked = _per_point(
-        _summary_block, forecast, truth, member_dim, np.float64, len(SUMMARY), seed=seed
+        _summary_block,
+        forecast,
+        truth,
+        member_dim,
+        np.float64,
+        len(SUMMARY),
+        seed=seed,
+        tail_level=tail_level,
     )
     summary = xr.Dataset({name: stacked[..., i] for i, name in enumerate(SUMMARY)})
     summary["rank"] = summary["rank"].astype(np.int64)
