@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import count
 from pathlib import Path
 
@@ -52,7 +55,8 @@ RELIABILITY = tuple(
 REPORT_LEADS = 3
 SCORECARD_LEADS = 12
 
-Figures = Iterator[tuple[str, Figure]]
+Figures = Iterator[tuple[str, Callable[[], Figure]]]
+"""(caption, a function that draws the figure) pairs: `write_report` draws them in parallel."""
 
 
 def skill_score(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
@@ -243,7 +247,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = count(1)
-    sections = []
+    sections, drawings = [], []
     for heading, figures in (
         ("Scores by lead time", _by_lead_figures(scores)),
         ("Scorecards", _scorecard_figures(scores, reference)),
@@ -252,12 +256,14 @@ def write_report(
         ("Spectra", _spectra_figures(scores)),
         ("Maps", _map_figures(scores)),
     ):
-        saved = [
-            (caption, _save(figure, out_dir, f"{next(numbers):03d}-{_slug(caption)}.png"))
-            for caption, figure in figures
+        named = [
+            (caption, draw, f"{next(numbers):03d}-{_slug(caption)}.png")
+            for caption, draw in figures
         ]
-        if saved:
-            sections.append({"heading": heading, "figures": saved})
+        if named:
+            sections.append({"heading": heading, "figures": [(c, name) for c, _, name in named]})
+            drawings += [(draw, out_dir / name) for _, draw, name in named]
+    draw_figures(drawings)
     page = _TEMPLATE.render(
         title=title,
         systems=_values(scores, SYSTEM) if SYSTEM in scores.coords else [],
@@ -327,10 +333,15 @@ def _by_lead_figures(scores: xr.Dataset) -> Figures:
             where = f"{variable}, {region}"
             for score in ("crps", "rmse"):
                 if score in scores.data_vars:
-                    figure = plot_score_by_lead(scores, score, variable=variable, region=region)
-                    yield f"{score}: {where}", figure
+                    draw = partial(
+                        plot_score_by_lead, scores, score, variable=variable, region=region
+                    )
+                    yield f"{score}: {where}", draw
             if {"rmse", "spread"} <= set(scores.data_vars):
-                yield f"spread and skill: {where}", plot_spread_skill(scores, variable, region)
+                yield (
+                    f"spread and skill: {where}",
+                    partial(plot_spread_skill, scores, variable, region),
+                )
 
 
 def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
@@ -343,12 +354,12 @@ def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
             continue
         extra = [dim for dim in scores[score].dims if dim not in SCORECARD_DIMS]
         if not extra:
-            yield f"{score} scorecard", scorecard(scores, reference, score)
+            yield f"{score} scorecard", partial(scorecard, scores, reference, score)
             continue
         (dim,) = extra
         for value in scores[dim].values:
             chosen = scores.sel({dim: value})
-            yield f"{score} scorecard, {dim} {value}", scorecard(chosen, reference, score)
+            yield f"{score} scorecard, {dim} {value}", partial(scorecard, chosen, reference, score)
 
 
 def _scorecard_leads(scores: xr.Dataset) -> np.ndarray:
@@ -365,8 +376,8 @@ def _rank_histogram_figures(scores: xr.Dataset) -> Figures:
     region = _main_region(scores)
     for variable in _values(scores, "variable"):
         for lead in _few_leads(scores):
-            figure = plot_rank_histogram(scores, variable, region, lead)
-            yield f"rank histogram: {variable}, {region}, {lead_label(lead)}", figure
+            draw = partial(plot_rank_histogram, scores, variable, region, lead)
+            yield f"rank histogram: {variable}, {region}, {lead_label(lead)}", draw
 
 
 def _reliability_figures(scores: xr.Dataset) -> Figures:
@@ -376,16 +387,16 @@ def _reliability_figures(scores: xr.Dataset) -> Figures:
     for variable in _values(scores, "variable"):
         for quantile in _values(scores, "quantile"):
             for lead in _few_leads(scores):
-                figure = plot_reliability(scores, variable, region, lead, quantile)
+                draw = partial(plot_reliability, scores, variable, region, lead, quantile)
                 where = f"{variable}, {region}, {lead_label(lead)}"
-                yield f"reliability above q{quantile:g}: {where}", figure
+                yield f"reliability above q{quantile:g}: {where}", draw
 
 
 def _spectra_figures(scores: xr.Dataset) -> Figures:
     if not set(SPECTRA) & set(scores.data_vars):
         return
     for variable in _values(scores, "variable"):
-        yield f"spectra: {variable}", plot_spectra(scores, variable, _few_leads(scores))
+        yield f"spectra: {variable}", partial(plot_spectra, scores, variable, _few_leads(scores))
 
 
 def _map_figures(scores: xr.Dataset) -> Figures:
@@ -411,7 +422,7 @@ def _map_figures(scores: xr.Dataset) -> Figures:
                 ),
             ]
             caption = f"maps: {variable}, init {init[:13]}, {lead_label(lead)}"
-            yield caption, plot_maps(panels, columns=4, coastlines=_on_earth(scores))
+            yield caption, partial(plot_maps, panels, columns=4, coastlines=_on_earth(scores))
 
 
 def _on_earth(scores: xr.Dataset) -> bool:
@@ -453,9 +464,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:80]
 
 
-def _save(figure: Figure, out_dir: Path, file_name: str) -> str:
-    save_figure(figure, out_dir / file_name, dpi=80)
-    return file_name
+Drawing = tuple[Callable[[], Figure], Path]
+_PENDING: list[Drawing] = []
+"""The drawings of `draw_figures`, which its forked workers inherit and pick by index."""
+
+
+def draw_figures(drawings: list[Drawing], processes: int | None = None) -> None:
+    """Draw every figure and save it as a PNG, in `processes` forked processes (default: one
+    per CPU core) where fork exists.
+
+    Each matplotlib figure draws on one core, and a report has dozens: two processes halve
+    its time on two cores. Workers inherit the drawing functions and get only their indices,
+    so nothing is pickled but the figures' numbers.
+    """
+    global _PENDING
+    processes = min(processes or os.cpu_count() or 1, len(drawings))
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        for index in range(len(drawings)):
+            _draw(drawings, index)
+        return
+    _PENDING = drawings
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            pool.map(_draw_pending, range(len(drawings)), chunksize=1)
+    finally:
+        _PENDING = []
+
+
+def _draw_pending(index: int) -> None:
+    _draw(_PENDING, index)
+
+
+def _draw(drawings: list[Drawing], index: int) -> None:
+    draw, path = drawings[index]
+    save_figure(draw(), path, dpi=80)
 
 
 _TEMPLATE = jinja2.Environment(autoescape=True).from_string(
