@@ -175,6 +175,12 @@ class EnsembleStore:
     def mark_done(self, init: int, batch: int) -> None:
         self.group[DONE][init, batch] = 1
 
+    @property
+    def created(self) -> bool:
+        """Whether the store's creation finished (its task flags exist, `create_store`'s
+        last step); a run killed while creating it leaves a store without them."""
+        return DONE in self.group
+
     def done(self) -> np.ndarray:
         """`(init, batch)` booleans: which tasks are written."""
         return np.asarray(self.group[DONE][:], dtype=bool)

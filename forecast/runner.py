@@ -416,7 +416,10 @@ def existing_store(out: Path, options: RunOptions, identity: str) -> tuple[str, 
             continue
         if not options.resume:
             raise StoreError(f"{path} already exists; pass --resume to continue or --overwrite")
-        attrs = EnsembleStore(path).attrs
+        store = EnsembleStore(path)
+        if state == "partial" and not store.created:
+            return "new", None  # killed while creating it: no task was done, start afresh
+        attrs = store.attrs
         if attrs.get(FINGERPRINT) != identity:
             raise StoreError(
                 f"{path} holds a different ensemble (other config, checkpoints, inits, members"
@@ -453,6 +456,7 @@ def run_ensemble(
     lock = StoreLock(out)
     with task_executor(options.scheduler, device) as (executor, workers), single_threaded(device):
         identity = fingerprint(spec, init_times, lead_times, members)
+        lock.check()  # before reading a store that another run may be creating
         state, attrs = existing_store(out, options, identity)
         if state == "complete":
             return f"{out} is complete: nothing to do"

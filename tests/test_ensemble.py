@@ -230,6 +230,13 @@ def test_dry_run_and_a_second_writer(ensemble, wxens, tmp_path):
     process.wait()
     assert code == 1 and f"{out} is being written by another run (pid {process.pid})" in output
 
+    # A run killed while creating its store leaves one without task flags: resuming starts afresh.
+    partial = out.with_name("hind.zarr.partial")
+    assert (partial / "zarr.json").exists()  # created while the second run started up
+    shutil.rmtree(partial / "tasks")
+    code, output = wxens(*command[3:], "--dry-run")
+    assert code == 0 and "would compute 48 of 48 tasks" in output
+
 
 @pytest.mark.parametrize(
     "change, message",
