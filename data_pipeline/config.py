@@ -185,12 +185,17 @@ class EnsembleConfig(Strict):
     `seed` is the base seed of every member's generator (`member_generator`); `checkpoints`
     are emulator checkpoints, or folders of them, that the members are spread across;
     `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
-    member's numbers never depend on the batch it is computed in.
+    member's numbers never depend on the batch it is computed in. `checkpoint_group` is how
+    many consecutive members share a checkpoint, member k on checkpoint (k // g) mod N (null:
+    a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even). Groups of
+    more than a pair can save padding: 100 bred members over 4 checkpoints fill 13 passes of
+    8 in groups of 4 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24).
     """
 
     seed: int = 0
     checkpoints: list[Path] = Field(default_factory=list)
     micro_batch: int = Field(8, ge=1)
+    checkpoint_group: int | None = Field(None, ge=1)
 
 
 class NWPConfig(Strict):
@@ -237,6 +242,16 @@ class ExperimentConfig(Strict):
         if unknown:
             where = "ingest" if self.ingest is not None else "the truth world"
             raise ValueError(f"variables: unknown {unknown}; {where} provides {sorted(allowed)}")
+        return self
+
+    @model_validator(mode="after")
+    def _bred_pairs_share_a_checkpoint(self) -> ExperimentConfig:
+        group = self.ensemble.checkpoint_group
+        if group is not None and group % 2 and self.perturbation.initial == "bred_vector":
+            raise ValueError(
+                f"ensemble.checkpoint_group: {group} would split a bred pair over two"
+                " checkpoints; use an even number"
+            )
         return self
 
     @model_validator(mode="after")

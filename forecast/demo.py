@@ -27,7 +27,7 @@ import xarray as xr
 
 CONFIG = Path("configs/demo.yaml")
 OUT = Path("out/demo")
-TRUTH_DAYS = 120
+TRUTH_DAYS = 62  # 2031-01-01 to past the last valid time (2031-02-20 + 10 days)
 INITS = {"start": "2031-01-16", "end": "2031-02-20", "every": "5D"}  # 8 init dates
 MEMBERS = 100
 LEAD_DAYS = 10

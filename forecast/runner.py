@@ -533,7 +533,10 @@ def forecaster_timestep(spec: EnsembleSpec) -> np.timedelta64:
 
 
 def checkpoint_group_size(config: ExperimentConfig) -> int:
-    """Consecutive members that share a checkpoint: a bred pair (2), else one member."""
+    """Consecutive members that share a checkpoint: `ensemble.checkpoint_group`, by default
+    a bred pair (2), else one member."""
+    if config.ensemble.checkpoint_group is not None:
+        return config.ensemble.checkpoint_group
     return 2 if config.perturbation.initial == "bred_vector" else 1
 
 

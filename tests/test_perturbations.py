@@ -18,6 +18,7 @@ from forecast.perturbations import (
     initial_condition_perturbation,
     member_generator,
 )
+from forecast.runner import checkpoint_group_size
 from models.emulator import FixedBatchEmulator
 from models.nwp import QGEmulator
 from models.sfno import SFNOEmulator
@@ -195,6 +196,20 @@ def test_checkpoints_are_spread_evenly():
     np.testing.assert_array_equal(pairs, [0, 0, 1, 1, 2, 2, 3, 3])
     with pytest.raises(ValueError, match="n_checkpoints >= 1"):
         assign_checkpoints([0, 1], 0)
+    # The demo's groups of two bred pairs: 100 members fill 13 passes of 8, pairs fill 14.
+    for group, members, passes in ((4, [28, 24, 24, 24], 13), (2, [26, 26, 24, 24], 14)):
+        counts = np.bincount(assign_checkpoints(range(100), 4, group))
+        assert counts.tolist() == members and sum(-(-counts // 8)) == passes
+
+
+def test_checkpoint_group_keeps_bred_pairs_together():
+    assert checkpoint_group_size(parse_config({})) == 2  # bred vectors by default
+    assert checkpoint_group_size(parse_config({"perturbation": {"initial": "none"}})) == 1
+    assert checkpoint_group_size(parse_config({"ensemble": {"checkpoint_group": 4}})) == 4
+    with pytest.raises(ConfigError, match="ensemble.checkpoint_group: 3 would split a bred pair"):
+        parse_config({"ensemble": {"checkpoint_group": 3}})
+    odd = {"ensemble": {"checkpoint_group": 3}, "perturbation": {"initial": "random_field"}}
+    assert checkpoint_group_size(parse_config(odd)) == 3
 
 
 def test_parameter_perturbation(world):
