@@ -206,7 +206,7 @@ def test_checkpoint_group_keeps_bred_pairs_together():
     assert checkpoint_group_size(parse_config({})) == 2  # bred vectors by default
     assert checkpoint_group_size(parse_config({"perturbation": {"initial": "none"}})) == 1
     assert checkpoint_group_size(parse_config({"ensemble": {"checkpoint_group": 4}})) == 4
-    with pytest.raises(ConfigError, match="ensemble.checkpoint_group: 3 would split a bred pair"):
+    with pytest.raises(ConfigError, match=r"ensemble\.checkpoint_group: 3 would split a bred pair"):
         parse_config({"ensemble": {"checkpoint_group": 3}})
     odd = {"ensemble": {"checkpoint_group": 3}, "perturbation": {"initial": "random_field"}}
     assert checkpoint_group_size(parse_config(odd)) == 3
