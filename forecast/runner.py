@@ -41,6 +41,7 @@ from data_pipeline.analysis_store import (
     open_analyses,
 )
 from data_pipeline.config import ExperimentConfig, parse_config
+from data_pipeline.memory import keep_freed_memory
 from data_pipeline.progress import progress_bar
 from data_pipeline.provenance import provenance
 from data_pipeline.training_data import (
@@ -284,6 +285,7 @@ def run_task(
     members = layout.member_range(batch)
     steps = len(layout.lead_times) - 1
     store = EnsembleStore(store_path)
+    keep_freed_memory()  # as `wxens` does for itself: dask's worker processes start without it
     if torch.device(spec.device).type == "cpu":
         torch.set_num_threads(1)
     forecaster = forecaster_for(spec)
