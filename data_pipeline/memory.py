@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
@@ -11,6 +12,7 @@ MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest allowed value
 TRIM_THRESHOLD_BYTES = 256 * 2**20
 
 
+@functools.cache  # once per process: each `run_task` of a dask worker calls it
 def keep_freed_memory() -> None:
     """Make glibc's malloc keep freed blocks of up to 32 MB for reuse (Linux; else nothing).
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import yaml
 
 CONFIG = Path("configs/demo.yaml")
 OUT = Path("out/demo")
-TRUTH_DAYS = 62  # 2031-01-01 to past the last valid time (2031-02-20 + 10 days)
 INITS = {"start": "2031-01-16", "end": "2031-02-20", "every": "5D"}  # 8 init dates
 MEMBERS = 100
 LEAD_DAYS = 10
@@ -50,6 +50,14 @@ def hindcast(model: str, out: Path) -> None:
         *("--start", INITS["start"], "--end", INITS["end"], "--every", INITS["every"]),
         *("--lead-days", str(LEAD_DAYS), "--out", str(out), "--overwrite", "--quiet"),
     )
+
+
+def truth_days() -> int:
+    """Days of truth from the config's `periods.start` to the last valid time (the last init
+    + LEAD_DAYS), with a day to spare: 62 for the 8 inits."""
+    start = np.datetime64(yaml.safe_load(CONFIG.read_text())["periods"]["start"], "D")
+    last_valid = np.datetime64(INITS["end"], "D") + np.timedelta64(LEAD_DAYS, "D")
+    return int((last_valid - start) / np.timedelta64(1, "D")) + 2
 
 
 def at_day(scores: xr.Dataset, day: float) -> xr.Dataset:
@@ -98,7 +106,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     truth, sfno, nwp = OUT / "truth.zarr", OUT / "sfno.zarr", OUT / "nwp.zarr"
     scores_path, report = OUT / "scores.zarr", OUT / "report"
-    years = f"{TRUTH_DAYS / 365.25:.6f}"
+    years = f"{truth_days() / 365.25:.6f}"
     wxens(
         *("data", "truth", "--config", str(CONFIG), "--years", years),
         *("--out", str(truth), "--overwrite"),

@@ -151,8 +151,9 @@ def _members_at_or_below(members: np.ndarray, climate: np.ndarray) -> np.ndarray
     The members are sorted (numpy's SIMD sort), then one stable sort of members and climate
     together merges the two sorted runs (numpy's stable sort is a timsort, O(M + K) on two
     runs): in it the k-th climate value sits after exactly the members <= it (members come
-    first, so ties count as below) and the k climate values before it. Four times as fast as
-    comparing every member with every level (M = 100, K = 101), and the same counts.
+    first, so ties count as below) and the k climate values before it. Twice as fast as the
+    same sort of unsorted members (M = 100, K = 101: 0.6 s against 1.2 s on 67,584 points),
+    which was itself twice as fast as comparing every member with every level.
     """
     members = np.sort(members, axis=-1)
     climate = climate.astype(members.dtype, copy=False)  # float32 data: a faster sort
