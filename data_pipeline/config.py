@@ -133,6 +133,15 @@ class SFNOConfig(Strict):
     precision: Literal["float32", "tf32", "bf16"] = "float32"  # tf32/bf16 apply on CUDA only
 
 
+class FGNConfig(Strict):
+    """The FGN emulator (`models.fgn`): an SFNO (`sfno`) whose blocks `noise_dim`-dimensional
+    noise modulates; `wxens train --model fgn` minimises the fair CRPS of `samples` forecasts
+    of each training state (the FGN paper uses 2)."""
+
+    noise_dim: int = Field(32, ge=1)
+    samples: int = Field(2, ge=2)
+
+
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
 
@@ -183,8 +192,10 @@ class EnsembleConfig(Strict):
     """`wxens forecast` and `wxens hindcast` (`forecast.runner`).
 
     `seed` is the base seed of every member's generator (`member_generator`); `checkpoints`
-    are emulator checkpoints, or folders of them, that the members are spread across;
-    `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
+    are emulator checkpoints, or folders of them, that the members are spread across (each
+    gets an equal share: list the checkpoints of several kinds to mix them); `kinds` are the
+    emulator kinds these may be (`models.checkpoint.KINDS`; a checkpoint of another kind is
+    refused); `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
     member's numbers never depend on the batch it is computed in. `checkpoint_group` is how
     many consecutive members share a checkpoint, member k on checkpoint (k // g) mod N (null:
     a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even). Groups of
@@ -194,6 +205,7 @@ class EnsembleConfig(Strict):
 
     seed: int = 0
     checkpoints: list[Path] = Field(default_factory=list)
+    kinds: list[Literal["sfno", "fgn"]] = Field(default_factory=lambda: ["sfno"], min_length=1)
     micro_batch: int = Field(8, ge=1)
     checkpoint_group: int | None = Field(None, ge=1)
 
@@ -228,6 +240,7 @@ class ExperimentConfig(Strict):
     diagnose: DiagnoseConfig = DiagnoseConfig()
     ingest: dict[str, SourceField] | None = None
     sfno: SFNOConfig = SFNOConfig()
+    fgn: FGNConfig = FGNConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
     ensemble: EnsembleConfig = EnsembleConfig()

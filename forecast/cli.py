@@ -154,9 +154,13 @@ def train(
         Path | None,
         typer.Option("--init-from", help="Checkpoint whose weights to start from (fine-tune)."),
     ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="sfno, or fgn (an SFNO with noise, CRPS-trained).")
+    ] = "sfno",
     quiet: QuietOption = False,
 ) -> None:
-    """Train one SFNO emulator; resume from OUT/last when an earlier run was interrupted."""
+    """Train one SFNO or FGN emulator; resume from OUT/last when an earlier run was
+    interrupted."""
     from data_pipeline.analysis_store import StoreError
     from models.checkpoint import CheckpointError
     from models.training import Trainer
@@ -176,6 +180,7 @@ def train(
             pick_device(device),
             quiet,
             init_from,
+            model,
         )
         summary = trainer.run()
     except (StoreError, CheckpointError, ValueError) as exc:

@@ -1,10 +1,10 @@
 """The forecast store (DESIGN.md): one Zarr v3 store per ensemble forecast or hindcast batch.
 
 Layout: one float32 variable per field, `(init_time, lead_time, member, latitude, longitude)`;
-coordinates `valid_time = init_time + lead_time` and `checkpoint` (the emulator of each member,
-CF flags); provenance in the root attributes. One chunk holds one member batch of one
-(init, lead); when such chunks are small (under `SHARD_BELOW_BYTES`) the chunks of all leads of
-one member batch share one shard.
+coordinates `valid_time = init_time + lead_time`, `checkpoint` and `kind` (the emulator of each
+member and its kind, CF flags); provenance in the root attributes. One chunk holds one member
+batch of one (init, lead); when such chunks are small (under `SHARD_BELOW_BYTES`) the chunks of
+all leads of one member batch share one shard.
 
 Writing goes task by task. A task is one init time and one batch of consecutive members; it
 writes only its own region (its own chunks, or its own shards) and then sets its flag in
@@ -94,16 +94,28 @@ def field_encoding(layout: StoreLayout) -> dict[str, object]:
     return encoding
 
 
+def member_flags(index: np.ndarray, meanings: list[str], long_name: str) -> tuple:
+    """A per-member CF flag coordinate: `index[k]` points into `meanings`."""
+    attrs = {
+        "long_name": long_name,
+        "flag_values": list(range(len(meanings))),
+        "flag_meanings": " ".join(meanings),
+    }
+    return (MEMBER, np.asarray(index).astype(np.int16), attrs)
+
+
 def create_store(
     path: Path,
     layout: StoreLayout,
     field_attrs: Mapping[str, Mapping[str, str]],
     checkpoint_of_member: np.ndarray,
     checkpoint_names: list[str],
+    checkpoint_kinds: list[str],
     attrs: Mapping[str, object],
 ) -> None:
     """Write the metadata and coordinates of an empty store at `path` (its fields read as NaN
-    until written) and its task flags, all zero."""
+    until written) and its task flags, all zero. Each member's checkpoint (an index into
+    `checkpoint_names`) and that checkpoint's kind (`sfno`, `fgn`, `nwp`) become coordinates."""
     shape = (len(layout.init_times), len(layout.lead_times), layout.members)
     shape += (layout.grid.nlat, layout.grid.nlon)
     fields = {
@@ -122,14 +134,13 @@ def create_store(
         "latitude": ("latitude", layout.grid.latitude, {"units": "degrees_north"}),
         "longitude": ("longitude", layout.grid.longitude, {"units": "degrees_east"}),
         "valid_time": ((INIT, LEAD), valid, {"long_name": "valid time"}),
-        "checkpoint": (
-            MEMBER,
-            checkpoint_of_member.astype(np.int16),
-            {
-                "long_name": "emulator checkpoint of the member",
-                "flag_values": list(range(len(checkpoint_names))),
-                "flag_meanings": " ".join(checkpoint_names),
-            },
+        "checkpoint": member_flags(
+            checkpoint_of_member, checkpoint_names, "emulator checkpoint of the member"
+        ),
+        "kind": member_flags(
+            np.unique(checkpoint_kinds, return_inverse=True)[1][checkpoint_of_member],
+            sorted(set(checkpoint_kinds)),
+            "emulator kind of the member",
         ),
     }
     hours = {"units": "hours since 1970-01-01", "dtype": "int64"}

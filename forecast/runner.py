@@ -67,7 +67,7 @@ from forecast.perturbations import (
     member_generator,
 )
 from forecast.skill import area_rmse
-from models.checkpoint import find_checkpoints, load_checkpoint, read_metadata
+from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, read_metadata
 from models.emulator import Emulator, FixedBatchEmulator, rollout
 from models.nwp import QGEmulator
 
@@ -94,10 +94,18 @@ class EnsembleSpec:
 def load_models(
     model: str, checkpoints: Sequence[str], config: ExperimentConfig, device: torch.device
 ) -> list[Emulator]:
-    """The NWP baseline, or the checkpoints (each checked against `config`)."""
+    """The NWP baseline, or the checkpoints (each checked against `config`, its kind against
+    `ensemble.kinds`)."""
     if model == "nwp":
         return [QGEmulator(config, device)]
-    return [load_checkpoint(path, config, device) for path in checkpoints]
+    loaded = [load_checkpoint(path, config, device) for path in checkpoints]
+    for path, emulator in zip(checkpoints, loaded, strict=True):
+        if emulator.kind not in config.ensemble.kinds:
+            raise CheckpointError(
+                f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is"
+                f" {config.ensemble.kinds}"
+            )
+    return loaded
 
 
 def measured_rmse_48h(
@@ -246,6 +254,8 @@ class MemberForecaster:
         analysis = self.analysis(init_time)
         checkpoint = assign_checkpoints(list(members), len(self.models), self.group_size)
         state = analysis.expand(len(members), *analysis.shape).clone()
+        # A stochastic member's own noise stream (the deterministic ones ignore it).
+        noise = [member_generator(self.seed, init_time, k, stream="model") for k in members]
 
         def generator_for(k: int) -> torch.Generator:
             return member_generator(self.seed, init_time, k)
@@ -260,7 +270,8 @@ class MemberForecaster:
         for _ in range(lead_steps):
             state = state.clone()
             for positions, emulator in groups:
-                state[positions] = emulator.step(state[positions])
+                generators = [noise[p] for p in positions.tolist()]
+                state[positions] = emulator.step(state[positions], generator=generators)
             yield state
 
 
@@ -491,7 +502,8 @@ def run_ensemble(
                     range(members), len(spec.checkpoints) or 1, checkpoint_group_size(config)
                 )
                 names = [Path(p).name for p in spec.checkpoints] or [spec.model]
-                create_store(partial, layout, field_attrs(dataset), checkpoint, names, attrs)
+                kinds = [read_metadata(Path(p))["kind"] for p in spec.checkpoints] or [spec.model]
+                create_store(partial, layout, field_attrs(dataset), checkpoint, names, kinds, attrs)
             if isinstance(executor, ThreadPoolExecutor):
                 forecaster_for(spec)  # load the checkpoints once, before the threads start
             started = time.perf_counter()

@@ -25,12 +25,13 @@ import torch
 
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.provenance import git_revision, package_version
+from models.fgn import FGNEmulator
 from models.sfno import SFNOEmulator
 
 FORMAT = "wxens-emulator/1"
 WEIGHTS = "model.safetensors"
 METADATA = "metadata.json"
-KINDS: dict[str, type[SFNOEmulator]] = {SFNOEmulator.kind: SFNOEmulator}
+KINDS: dict[str, type[SFNOEmulator]] = {kind.kind: kind for kind in (SFNOEmulator, FGNEmulator)}
 
 
 class CheckpointError(ValueError):

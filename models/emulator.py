@@ -6,13 +6,19 @@ runner and the skill evaluation never need to know which one they drive.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from data_pipeline.sphere import LatLonGrid
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""What a stochastic emulator draws its noise from: one generator for the whole batch, or one
+per member (member k's noise from `generator[k]` alone, whatever else shares its batch). With
+None it steps deterministically (an FGN with zero noise), as bred-vector breeding and skill
+scores need. Deterministic emulators ignore it."""
 
 
 @runtime_checkable
@@ -21,23 +27,18 @@ class Emulator(Protocol):
 
     `state` is `(batch, channel, latitude, longitude)` in physical units, channels in
     `input_variables` order, on `grid`; `step` returns the state one `timestep` later in the same
-    layout. A stochastic emulator draws its noise only from `generator`.
+    layout. A stochastic emulator draws its noise only from `generator` (`Generators`).
     """
 
     input_variables: tuple[str, ...]
     grid: LatLonGrid
     timestep: np.timedelta64
 
-    def step(
-        self, state: torch.Tensor, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor: ...
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor: ...
 
 
 def rollout(
-    emulator: Emulator,
-    state: torch.Tensor,
-    steps: int,
-    generator: torch.Generator | None = None,
+    emulator: Emulator, state: torch.Tensor, steps: int, generator: Generators = None
 ) -> Iterator[torch.Tensor]:
     """Yield the states after 1, 2, ..., `steps` steps of `emulator` from `state`."""
     for _ in range(steps):
@@ -61,9 +62,9 @@ class FixedBatchEmulator:
         self.grid = emulator.grid
         self.timestep = emulator.timestep
 
-    def step(
-        self, state: torch.Tensor, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
+        """Step `state`; with one generator per member, each pass gets its members' generators
+        (and fresh ones for its padding, so that no member's stream advances twice)."""
         if state.device.type != "cpu":
             return self.emulator.step(state, generator=generator)
         parts = []
@@ -71,6 +72,10 @@ class FixedBatchEmulator:
             part = state[start : start + self.size]
             count = len(part)
             padding = part[-1:].expand(self.size - count, *part.shape[1:])
-            stepped = self.emulator.step(torch.cat([part, padding]), generator=generator)
+            generators = generator
+            if generator is not None and not isinstance(generator, torch.Generator):
+                padding_generators = [torch.Generator() for _ in range(self.size - count)]
+                generators = [*generator[start : start + count], *padding_generators]
+            stepped = self.emulator.step(torch.cat([part, padding]), generator=generators)
             parts.append(stepped[:count])
         return torch.cat(parts)

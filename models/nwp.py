@@ -13,6 +13,7 @@ import torch
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.sphere import analysis
 from data_pipeline.truth import LAYER_OF_FIELD, model_grid, steps_per, truth_model
+from models.emulator import Generators
 
 
 class QGEmulator(torch.nn.Module):
@@ -40,9 +41,7 @@ class QGEmulator(torch.nn.Module):
         self.timestep = np.timedelta64(config.truth.output_interval_hours, "h")
 
     @torch.no_grad()
-    def step(
-        self, state: torch.Tensor, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """Analyse the streamfunction, invert to PV, integrate 6 h, synthesise on the grid."""
         by_layer = state[:, np.argsort(self.layers)].to(self.model.real_dtype)
         psi = analysis(self.grid, self.truncation).to(state.device)(by_layer)

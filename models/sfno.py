@@ -26,6 +26,7 @@ from torch_harmonics.examples.models import SphericalFourierNeuralOperator
 from data_pipeline.config import SFNOConfig
 from data_pipeline.sphere import LatLonGrid, SpectralTransforms
 from data_pipeline.training_data import NormalisationStats
+from models.emulator import Generators
 
 
 def spectral_fraction(grid: LatLonGrid, sfno: SFNOConfig, truncation: int) -> float:
@@ -104,9 +105,7 @@ class SFNOEmulator(torch.nn.Module):
         return torch.cat([normalised, gradient.flatten(1, 2) / self.truncation], dim=1)
 
     @torch.no_grad()
-    def step(
-        self, state: torch.Tensor, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One step; deterministic, so `generator` is unused."""
         with self._precision(state.device):
             return self.forward(state)
@@ -137,13 +136,17 @@ class SFNOEmulator(torch.nn.Module):
             "sfno": self.sfno.model_dump(),
         }
 
-    @classmethod
-    def from_architecture(cls, architecture: dict[str, Any]) -> SFNOEmulator:
-        grid = LatLonGrid(**architecture["grid"])
-        return cls(
-            grid,
+    @staticmethod
+    def arguments(architecture: dict[str, Any]) -> tuple:
+        """The constructor's arguments recorded in `architecture`."""
+        return (
+            LatLonGrid(**architecture["grid"]),
             int(architecture["truncation"]),
             architecture["variables"],
             NormalisationStats.from_dict(architecture["normalisation"]),
             SFNOConfig(**architecture["sfno"]),
         )
+
+    @classmethod
+    def from_architecture(cls, architecture: dict[str, Any]) -> SFNOEmulator:
+        return cls(*cls.arguments(architecture))

@@ -1,19 +1,21 @@
-"""Training one SFNO emulator (`wxens train`).
+"""Training one SFNO or FGN emulator (`wxens train --model sfno|fgn`).
 
-AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the
-area-weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so
-that both layers count alike, and 1 is the error of persistence after one step),
+AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the area-
+weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so that
+both layers count alike, and 1 is the error of persistence after one step),
 
     L = (1 / K C) sum_k sum_c sum_ij w_ij ((x^_k - x_k)_cij / sigma_tend_c)^2,
 
 averaged over a batch of K-step autoregressive rollouts (K from the config's
-`rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch). The analyses of
-the training and validation years are held in memory on the training device (`PeriodStates`),
-so a batch is one gather. After every epoch the model is scored on the validation years and the
-best one is kept as the checkpoint in `out/`; the latest state (weights, optimizer, epoch)
-goes to `out/last/`, from which an interrupted run resumes. Batches are drawn in an order
-seeded by `(seed, epoch)` and no other randomness is used, so the same seed on the same
-machine gives the same weights, interrupted or not.
+`rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch); an FGN minimises
+instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units. The
+analyses of the training and validation years are held in memory on the training device
+(`PeriodStates`), so a batch is one gather. After every epoch the model is scored on the
+validation years and the best one is kept as the checkpoint in `out/`; the latest state
+(weights, optimizer, epoch) goes to `out/last/`, from which an interrupted run resumes. Batches
+are drawn in an order seeded by `(seed, epoch)`, an FGN's noise from a generator seeded by
+`(seed, step)`, and no other randomness is used, so the same seed on the same machine gives the
+same weights, interrupted or not.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ from models.checkpoint import (
     save_tensors,
     sha256_file,
 )
+from models.fgn import FGNEmulator, draw_noise
 from models.sfno import SFNOEmulator
 
+TRAINABLE = ("sfno", "fgn")
 LAST = "last"  # sub-directory of the output holding the state to resume from
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
@@ -128,16 +132,56 @@ def adjusted_mse(
     return (amplitude + decorrelation).sum(dim=-1).mean(dim=0) / (4 * math.pi)
 
 
+def fair_crps(
+    samples: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Per-channel area-weighted fair CRPS in units of `scale`, shape `(channel,)`: the batch
+    mean of `sum_ij w_ij CRPS_ij` for K samples `(K, batch, channel, lat, lon)`, where
+
+        CRPS = (1 / K) sum_k |x_k - y| - 1 / (2 K (K - 1)) sum_k sum_l |x_k - x_l|
+
+    (Ferro 2014; `verification.metrics.crps_ensemble`'s fair form, here in torch so that it is
+    differentiable). Its expectation is minimised by samples from the true distribution."""
+    x, y = samples / scale, target / scale
+    k = len(x)
+    skill = (x - y).abs().mean(dim=0)
+    pairs = sum((x[i] - x[j]).abs() for i in range(k) for j in range(i + 1, k))
+    crps = skill - pairs / (k * (k - 1))
+    return (crps * weights).sum(dim=(-2, -1)).mean(dim=0)
+
+
+def sampled_rollout_errors(
+    emulator: FGNEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """`fair_crps` `(step, channel)` of `emulator.fgn.samples` rollouts from each of `inputs`
+    against `targets` `(batch, step, channel, lat, lon)`, the noise drawn from `generator`."""
+    samples = emulator.fgn.samples
+    state, errors = inputs.repeat(samples, 1, 1, 1), []
+    for k in range(targets.shape[1]):
+        noise = draw_noise(len(state), emulator.fgn.noise_dim, generator)
+        state = emulator(state, noise)
+        members = state.unflatten(0, (samples, len(inputs)))
+        errors.append(fair_crps(members, targets[:, k], weights, emulator.tendency_std))
+    return torch.stack(errors)
+
+
 def rollout_errors(
     emulator: SFNOEmulator,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
     loss: str = "mse",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Normalised errors `(step, channel)` of a rollout from `inputs` against `targets`
     `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
-    `adjusted_mse`."""
+    `adjusted_mse`; an FGN's `sampled_rollout_errors` (its noise from `generator`)."""
+    if isinstance(emulator, FGNEmulator):
+        return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
     state, errors = inputs, []
     for k in range(targets.shape[1]):
         state = emulator(state)
@@ -198,23 +242,31 @@ class PeriodStates:
 def validate(
     emulator: SFNOEmulator, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
-    """Area-weighted RMSE over `steps`-step rollouts from `count` evenly spaced inits.
+    """Area-weighted RMSE (an FGN: fair CRPS) over `steps`-step rollouts from `count` evenly
+    spaced inits.
 
-    `score` = sqrt of the normalised MSE averaged over leads and channels (lower is better);
-    `rmse` = per-variable RMSE at the last lead, in the variable's units.
+    `score` = sqrt of the normalised MSE (an FGN: the normalised CRPS) averaged over leads and
+    channels, lower is better; `rmse` (`crps`) = per variable at the last lead, in the
+    variable's units. An FGN's noise comes from a generator seeded 0: every epoch is scored on
+    the same draws.
     """
     indices = np.unique(np.linspace(0, period.count(steps) - 1, count).round().astype(int))
     total = torch.zeros(steps, len(period.variables), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
     for chunk in batches(indices, batch_size):
         inputs, targets = period.windows(chunk, steps)
-        errors = rollout_errors(emulator, inputs, targets, period.area_weights)
+        errors = rollout_errors(emulator, inputs, targets, period.area_weights, "mse", generator)
         total += errors.cpu().double() * len(chunk)
-    mse = total / len(indices)
-    last = (mse[-1] * emulator.tendency_std.flatten().cpu().double() ** 2).sqrt()
+    mean = total / len(indices)
+    scale = emulator.tendency_std.flatten().cpu().double()
+    if isinstance(emulator, FGNEmulator):
+        name, score, last = "crps", float(mean.mean()), mean[-1] * scale
+    else:
+        name, score, last = "rmse", float(mean.mean().sqrt()), (mean[-1] * scale**2).sqrt()
     return {
-        "score": float(mse.mean().sqrt()),
+        "score": score,
         "lead_hours": float(steps * period.timestep / np.timedelta64(1, "h")),
-        "rmse": dict(zip(period.variables, map(float, last), strict=True)),
+        name: dict(zip(period.variables, map(float, last), strict=True)),
         "inits": len(indices),
     }
 
@@ -232,7 +284,10 @@ class Trainer:
         device: torch.device,
         quiet: bool = False,
         init_from: Path | None = None,
+        model: str = "sfno",
     ):
+        if model not in TRAINABLE:
+            raise ValueError(f"--model {model!r}: expected one of {', '.join(TRAINABLE)}")
         self.config, self.settings = config, config.training
         self.seed, self.out, self.device, self.quiet = seed, out, device, quiet
         if self.settings.threads:
@@ -245,33 +300,47 @@ class Trainer:
             "seed": seed,
             "config": yaml.safe_dump(config_dict, sort_keys=False),
             "training_data_sha256": sha256_json(self.description),
+            **({"model": model} if model != "sfno" else {}),  # SFNO runs from before FGN match
         }
         variables = tuple(config.variables)
         self.train = PeriodStates(analyses, variables, train_years, device)
         self.validation = PeriodStates(analyses, variables, validation_years, device)
         stats = compute_normalisation(open_analyses(analyses), config.variables, train_years)
+        start = load_checkpoint(init_from, config) if init_from is not None else None
+        if start is not None:
+            stats = start.stats  # a fine-tune keeps its checkpoint's normalisation
         torch.manual_seed(seed)
-        self.emulator = SFNOEmulator(
-            model_grid(config), config.grid.truncation, config.variables, stats, config.sfno
+        arguments = (model_grid(config), config.grid.truncation, config.variables, stats)
+        self.emulator = (
+            FGNEmulator(*arguments, config.sfno, config.fgn)
+            if model == "fgn"
+            else SFNOEmulator(*arguments, config.sfno)
         ).to(device)
         self.optimizer = torch.optim.AdamW(
             self.emulator.network.parameters(),
             lr=self.settings.learning_rate,
             weight_decay=self.settings.weight_decay,
         )
-        if init_from is not None:
-            self.start_from(init_from)
+        if start is not None:
+            self.start_from(init_from, start)
         self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
 
-    def start_from(self, checkpoint: Path) -> None:
-        """Fine-tune: begin with the weights of `checkpoint`, whose network must be the one
-        this config builds; its weights' sha256 becomes part of the run's identity."""
-        loaded = load_checkpoint(checkpoint, self.config)
+    def start_from(self, checkpoint: Path, loaded: SFNOEmulator) -> None:
+        """Fine-tune: begin with the weights (and normalisation) of `checkpoint`, `loaded`,
+        whose network must be the one this config builds (an FGN may start from an SFNO: its
+        noise layers start at zero); its weights' sha256 becomes part of the run's identity."""
         if loaded.sfno != self.emulator.sfno:
             raise CheckpointError(
                 f"{checkpoint}: its network ({loaded.sfno.model_dump()}) is not the config's sfno"
             )
-        self.emulator.network.load_state_dict(loaded.network.state_dict())
+        missing, unexpected = self.emulator.network.load_state_dict(
+            loaded.network.state_dict(), strict=False
+        )
+        if unexpected or any(".norm.modulation." not in key for key in missing):
+            raise CheckpointError(
+                f"{checkpoint}: a checkpoint of kind {loaded.kind} cannot start one of kind"
+                f" {self.emulator.kind}"
+            )
         self.identity["init_weights_sha256"] = loaded.metadata["weights_sha256"]
 
     # --- the schedule ---------------------------------------------------------------------
@@ -331,8 +400,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.learning_rate * factor
         inputs, targets = self.train.windows(starts, steps)
+        noise = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0])
+        )
         errors = rollout_errors(
-            self.emulator, inputs, targets, self.train.area_weights, self.settings.loss
+            self.emulator, inputs, targets, self.train.area_weights, self.settings.loss, noise
         )
         loss = errors.mean()
         self.optimizer.zero_grad(set_to_none=True)

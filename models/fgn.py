@@ -1,0 +1,108 @@
+"""FGN members: an SFNO whose blocks are modulated by noise, trained on the fair CRPS.
+
+A functional generative network (FGN; Alet et al. 2025, "Skillful joint probabilistic weather
+forecasting from marginals", arXiv:2506.10772) samples the next state itself: each step draws a
+noise vector `z ~ N(0, I_d)` per member, and every SFNO block's normalisation output `h`
+becomes, channel by channel,
+
+    h' = h * (1 + gamma_b(z)) + beta_b(z)
+
+(conditional normalisation), with `gamma_b`, `beta_b` linear in `z` and zero at initialisation:
+an untrained FGN is its backbone SFNO, so it can start from an SFNO checkpoint
+(`wxens train --model fgn --init-from`). The noise is global (one vector per member and step);
+the network turns it into spatially coherent perturbations. Training minimises the fair CRPS of
+K samples per step (`models.training`), which rewards calibrated spread as well as skill.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from data_pipeline.config import FGNConfig, SFNOConfig
+from data_pipeline.sphere import LatLonGrid
+from data_pipeline.training_data import NormalisationStats
+from models.emulator import Generators
+from models.sfno import SFNOEmulator
+
+_FORWARD = threading.local()
+"""The noise of the FGN forward running in this thread (`FGNEmulator.forward` sets it): one
+emulator serves the ensemble runner's worker threads at once, so it cannot live on a module."""
+
+
+class ConditionalNorm(torch.nn.Module):
+    """`norm(h) * (1 + gamma(z)) + beta(z)` per channel, `z` the noise of this thread's
+    `FGNEmulator.forward`."""
+
+    def __init__(self, norm: torch.nn.Module, channels: int, noise_dim: int):
+        super().__init__()
+        self.norm = norm
+        self.modulation = torch.nn.Linear(noise_dim, 2 * channels)
+        torch.nn.init.zeros_(self.modulation.weight)
+        torch.nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        noise = getattr(_FORWARD, "noise", None)
+        if noise is None:
+            raise RuntimeError("ConditionalNorm called without noise (use FGNEmulator.forward)")
+        scale, shift = self.modulation(noise).chunk(2, dim=-1)
+        return self.norm(h) * (1 + scale[..., None, None]) + shift[..., None, None]
+
+
+def draw_noise(batch: int, noise_dim: int, generator: Generators) -> torch.Tensor:
+    """`(batch, noise_dim)` standard normal noise on the CPU (the same numbers on any device):
+    from one generator for the batch, or row k from `generator[k]` alone; zeros for None."""
+    if generator is None:
+        return torch.zeros(batch, noise_dim)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(batch, noise_dim, generator=generator)
+    if len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for a batch of {batch} members")
+    return torch.stack([torch.randn(noise_dim, generator=g) for g in generator])
+
+
+class FGNEmulator(SFNOEmulator):
+    """A stochastic SFNO member (see the module docstring)."""
+
+    kind = "fgn"
+
+    def __init__(
+        self,
+        grid: LatLonGrid,
+        truncation: int,
+        variables: Sequence[str],
+        stats: NormalisationStats,
+        sfno: SFNOConfig,
+        fgn: FGNConfig,
+    ):
+        super().__init__(grid, truncation, variables, stats, sfno)
+        self.fgn = fgn
+        for block in self.network.blocks:
+            block.norm = ConditionalNorm(block.norm, sfno.embed_dim, fgn.noise_dim)
+
+    def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The next state for `noise` `(batch, noise_dim)` (zero when None), differentiable."""
+        if noise is None:
+            noise = draw_noise(len(state), self.fgn.noise_dim, None)
+        _FORWARD.noise = noise.to(state.device, torch.float32)
+        try:
+            return super().forward(state)
+        finally:
+            _FORWARD.noise = None
+
+    @torch.no_grad()
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
+        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
+        noise = draw_noise(len(state), self.fgn.noise_dim, generator)
+        with self._precision(state.device):
+            return self.forward(state, noise)
+
+    def architecture(self) -> dict[str, Any]:
+        return {**super().architecture(), "fgn": self.fgn.model_dump()}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict[str, Any]) -> FGNEmulator:
+        return cls(*cls.arguments(architecture), FGNConfig(**architecture["fgn"]))

@@ -1,0 +1,160 @@
+"""FGN members (`models.fgn`): the CRPS loss, training, per-member sampling, checkpoint kinds and
+mixed ensembles, on the tiny real world."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+
+from data_pipeline.config import load_config
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.emulator import FixedBatchEmulator
+from models.fgn import draw_noise
+from models.training import LAST, STATE, Trainer, fair_crps, validate
+
+INIT = "2027-02-01T00"
+
+
+@pytest.fixture(scope="module")
+def fgn_checkpoint(tiny_world, tiny_checkpoints, tmp_path_factory, wxens) -> Path:
+    """A short real FGN run started from the tiny world's SFNO checkpoint of seed 1."""
+    path, _ = tiny_world
+    out = tmp_path_factory.mktemp("fgn") / "fgn-seed1"
+    code, output = wxens(
+        "train", "--config", path, "--model", "fgn", "--seed", 1, "--out", out,
+        "--init-from", tiny_checkpoints / "sfno-seed1", "--quiet",
+    )  # fmt: skip
+    assert code == 0, output
+    return out
+
+
+def test_fair_crps_equals_the_pairwise_formula():
+    """Against numpy's pairwise fair CRPS, mean_k |x_k - y| - sum_kl |x_k - x_l| / (2K(K-1)),
+    area-weighted per channel and averaged over the batch, for K = 2 and 5."""
+    rng = np.random.default_rng(0)
+    for k in (2, 5):
+        x = rng.normal(size=(k, 3, 2, 4, 6))
+        y = rng.normal(size=(3, 2, 4, 6))
+        weights = rng.uniform(size=(4, 6))
+        scale = np.array([2.0, 0.5])[:, None, None]
+        xs, ys = x / scale, y / scale
+        skill = np.abs(xs - ys).mean(axis=0)
+        pairs = np.abs(xs[:, None] - xs[None, :]).sum(axis=(0, 1)) / (2 * k * (k - 1))
+        expected = ((skill - pairs) * weights).sum(axis=(-2, -1)).mean(axis=0)
+        got = fair_crps(*map(torch.from_numpy, (x, y, weights, scale)))
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_an_untrained_fgn_is_its_backbone_sfno(tiny_world, tiny_checkpoints, tmp_path):
+    """Its noise layers start at zero: started from an SFNO checkpoint, any noise gives the
+    SFNO's step exactly; the SFNO cannot start from an FGN (one line)."""
+    path, store = tiny_world
+    config = load_config(path)
+    trainer = Trainer(
+        config, {}, store, 3, tmp_path / "f", torch.device("cpu"), True,
+        init_from=tiny_checkpoints / "sfno-seed1", model="fgn",
+    )  # fmt: skip
+    sfno = load_checkpoint(tiny_checkpoints / "sfno-seed1")
+    fgn = trainer.emulator.eval()
+    state = trainer.validation.states[:3]
+    noisy = fgn.step(state, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(noisy, sfno.step(state), rtol=0, atol=0)
+    fgn_folder = save_checkpoint(fgn, tmp_path / "fgn")
+    with pytest.raises(
+        CheckpointError, match="a checkpoint of kind fgn cannot start one of kind sfno"
+    ):
+        Trainer(config, {}, store, 3, tmp_path / "s", torch.device("cpu"), True, fgn_folder)
+
+
+def test_fgn_training_lowers_the_crps_and_records_it(fgn_checkpoint, tiny_world, tmp_path):
+    """The validation CRPS after training is below that of the starting SFNO (the FGN with
+    zero noise layers), and the checkpoint records the kind and the CRPS by variable."""
+    path, store = tiny_world
+    metadata = json.loads((fgn_checkpoint / "metadata.json").read_text())
+    assert metadata["kind"] == "fgn" and set(metadata["validation"]["crps"]) == {
+        "psi_upper",
+        "psi_lower",
+    }
+    history = json.loads((fgn_checkpoint / LAST / STATE).read_text())["history"]
+    config = load_config(path)
+    trained = load_checkpoint(fgn_checkpoint, config)
+    fresh = Trainer(config, {}, store, 1, tmp_path / "y", torch.device("cpu"), True, model="fgn")
+    settings = config.training
+    lead = settings.validation_lead_steps
+    before = validate(fresh.emulator.eval(), fresh.validation, settings.validation_inits, 16, lead)[
+        "score"
+    ]
+    after = validate(trained, fresh.validation, settings.validation_inits, 16, lead)["score"]
+    assert after == pytest.approx(min(h["score"] for h in history), rel=1e-6)
+    assert after < 0.9 * before
+
+
+def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
+    """Member k's noise comes from its own generator alone: the same member alone, among
+    others, or in a padded pass gives the same numbers; another generator gives others."""
+    path, _ = tiny_world
+    fgn = load_checkpoint(fgn_checkpoint, load_config(path))
+    state = torch.randn(5, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * fgn.std
+    seeds = [11, 12, 13, 14, 15]
+
+    def generators(chosen):
+        return [torch.Generator().manual_seed(s) for s in chosen]
+
+    batched = FixedBatchEmulator(fgn, 4)
+    together = batched.step(state, generator=generators(seeds))
+    alone = batched.step(state[2:3], generator=generators(seeds[2:3]))
+    assert torch.equal(together[2:3], alone)
+    other = batched.step(state[2:3], generator=generators([99]))
+    assert not torch.allclose(other, alone)
+    assert torch.equal(fgn.step(state), fgn.step(state))  # no generator: zero noise
+    with pytest.raises(ValueError, match="2 generators for a batch of 5 members"):
+        draw_noise(5, fgn.fgn.noise_dim, generators([1, 2]))
+
+
+def with_ensemble(base: Path, tmp_path: Path, **ensemble) -> Path:
+    data = yaml.safe_load(base.read_text())
+    data["ensemble"] = {**data.get("ensemble", {}), **ensemble}
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
+    fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
+):
+    """An FGN checkpoint under the default `ensemble.kinds` ([sfno]) is refused in one line;
+    allowed, the members alternate between the SFNO and the FGN, the store says which, and a
+    member run alone (its own noise stream) equals the same member in the whole ensemble."""
+    path, _ = tiny_world
+    sfno = tiny_checkpoints / "sfno-seed1"
+
+    def run(config, out, *extra, members=8):
+        return wxens(
+            "forecast", "--config", config, "--checkpoints", sfno, "--checkpoints",
+            fgn_checkpoint, "--init", INIT, "--members", members, "--lead-days", 1, "--out", out,
+            "--quiet", *extra,
+        )  # fmt: skip
+
+    code, output = run(path, tmp_path / "refused.zarr")
+    assert code == 1
+    assert "fgn-seed1: a checkpoint of kind fgn, but ensemble.kinds is ['sfno']" in output
+    assert not (tmp_path / "refused.zarr").exists()
+    mixed = with_ensemble(path, tmp_path, kinds=["sfno", "fgn"])
+    code, output = run(mixed, tmp_path / "mixed.zarr")
+    assert code == 0, output
+    store = xr.open_zarr(tmp_path / "mixed.zarr")
+    kinds = np.array(store["kind"].attrs["flag_meanings"].split())[store["kind"].values]
+    assert list(kinds) == ["sfno", "sfno", "fgn", "fgn"] * 2
+    checkpoints = store["checkpoint"].attrs["flag_meanings"].split()
+    assert checkpoints == ["sfno-seed1", "fgn-seed1"]
+    values = store["psi_upper"].values
+    assert np.isfinite(values).all()
+    assert not np.array_equal(values[:, -1, 2], values[:, -1, 3])  # the FGN members differ
+    code, output = run(mixed, tmp_path / "four.zarr", "--batch-size", 1, members=4)
+    assert code == 0, output
+    four = xr.open_zarr(tmp_path / "four.zarr")["psi_upper"].values
+    np.testing.assert_array_equal(four, values[:, :, :4])
