@@ -158,3 +158,15 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     assert code == 0, output
     four = xr.open_zarr(tmp_path / "four.zarr")["psi_upper"].values
     np.testing.assert_array_equal(four, values[:, :, :4])
+
+
+def test_committed_fgn_checkpoint_loads_and_samples():
+    """checkpoints/fgn/fgn-seed1 under configs/default-fgn.yaml: an FGN whose noise acts (two
+    generators give two different steps of one state)."""
+    fgn = load_checkpoint("checkpoints/fgn/fgn-seed1", load_config("configs/default-fgn.yaml"))
+    assert fgn.kind == "fgn" and fgn.fgn.noise_dim == 32
+    grid = (1, 2, fgn.grid.nlat, fgn.grid.nlon)
+    one = fgn.mean + fgn.std * torch.randn(grid, generator=torch.Generator().manual_seed(0))
+    state = one.expand(2, -1, -1, -1).contiguous()
+    stepped = fgn.step(state, generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert torch.isfinite(stepped).all() and not torch.equal(stepped[0], stepped[1])
