@@ -116,6 +116,7 @@ def create_store(
     """Write the metadata and coordinates of an empty store at `path` (its fields read as NaN
     until written) and its task flags, all zero. Each member's checkpoint (an index into
     `checkpoint_names`) and that checkpoint's kind (`sfno`, `fgn`, `nwp`) become coordinates."""
+    kinds, kind_of_checkpoint = np.unique(checkpoint_kinds, return_inverse=True)
     shape = (len(layout.init_times), len(layout.lead_times), layout.members)
     shape += (layout.grid.nlat, layout.grid.nlon)
     fields = {
@@ -138,9 +139,7 @@ def create_store(
             checkpoint_of_member, checkpoint_names, "emulator checkpoint of the member"
         ),
         "kind": member_flags(
-            np.unique(checkpoint_kinds, return_inverse=True)[1][checkpoint_of_member],
-            sorted(set(checkpoint_kinds)),
-            "emulator kind of the member",
+            kind_of_checkpoint[checkpoint_of_member], list(kinds), "emulator kind of the member"
         ),
     }
     hours = {"units": "hours since 1970-01-01", "dtype": "int64"}

@@ -265,12 +265,13 @@ class MemberForecaster:
             positions = torch.from_numpy(np.flatnonzero(checkpoint == c))
             ids = [members[p] for p in positions]
             state[positions] = self.perturbations[c](analysis, ids, generator_for)
-            groups += [(positions[rows], e) for rows, e in self.steppers(c, ids, init_time)]
+            for rows, emulator in self.steppers(c, ids, init_time):
+                generators = [noise[p] for p in positions[rows].tolist()]
+                groups.append((positions[rows], emulator, generators))
         yield state
         for _ in range(lead_steps):
             state = state.clone()
-            for positions, emulator in groups:
-                generators = [noise[p] for p in positions.tolist()]
+            for positions, emulator, generators in groups:
                 state[positions] = emulator.step(state[positions], generator=generators)
             yield state
 

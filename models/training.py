@@ -305,10 +305,12 @@ class Trainer:
         variables = tuple(config.variables)
         self.train = PeriodStates(analyses, variables, train_years, device)
         self.validation = PeriodStates(analyses, variables, validation_years, device)
-        stats = compute_normalisation(open_analyses(analyses), config.variables, train_years)
         start = load_checkpoint(init_from, config) if init_from is not None else None
-        if start is not None:
-            stats = start.stats  # a fine-tune keeps its checkpoint's normalisation
+        stats = (  # a fine-tune keeps its checkpoint's normalisation
+            start.stats
+            if start is not None
+            else compute_normalisation(open_analyses(analyses), config.variables, train_years)
+        )
         torch.manual_seed(seed)
         arguments = (model_grid(config), config.grid.truncation, config.variables, stats)
         self.emulator = (
