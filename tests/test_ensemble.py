@@ -233,7 +233,7 @@ def test_dry_run_and_a_second_writer(ensemble, wxens, tmp_path):
     # A run killed while creating its store leaves one without task flags: resuming starts afresh.
     partial = out.with_name("hind.zarr.partial")
     assert (partial / "zarr.json").exists()  # created while the second run started up
-    shutil.rmtree(partial / "tasks")
+    shutil.rmtree(partial / "tasks", ignore_errors=True)  # the kill may come before they exist
     code, output = wxens(*command[3:], "--dry-run")
     assert code == 0 and "would compute 48 of 48 tasks" in output
 
