@@ -165,6 +165,11 @@ class TrainingConfig(Strict):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
 
 
+InitialPerturbation = Literal["none", "random_field", "bred_vector"]
+Kind = Literal["sfno", "fgn"]
+"""The emulator kinds (`models.checkpoint.KINDS`)."""
+
+
 class PerturbationConfig(Strict):
     """Initial-condition and model perturbations of the ensemble (`forecast.perturbations`).
 
@@ -178,7 +183,7 @@ class PerturbationConfig(Strict):
     `calibration_inits` validation-period analyses when the ensemble starts.
     """
 
-    initial: Literal["none", "random_field", "bred_vector"] = "bred_vector"
+    initial: InitialPerturbation = "bred_vector"
     length_scale_km: PositiveFloat = 1000.0
     random_field_fraction: PositiveFloat = 0.1
     bred_cycles: int = Field(4, ge=1)
@@ -188,26 +193,64 @@ class PerturbationConfig(Strict):
     calibration_inits: int = Field(16, ge=1)
 
 
+class MemberKind(Strict):
+    """The members of one emulator kind (`ensemble.kinds`).
+
+    `share`: of every `sum(shares)` consecutive checkpoint groups (`ensemble.checkpoint_group`
+    members each, a bred pair by default), this kind takes `share`, in the order the kinds are
+    listed: shares 4, 3, 3 of groups of 2 make 40 %, 30 %, 30 % of every 20 members.
+    `initial`: this kind's initial-condition perturbation (null: `perturbation.initial`), such
+    as bred vectors for SFNO members and none for generative ones. `noise_scale` multiplies a
+    generative member's noise draws (1: as trained; larger spreads the members more, an
+    inflation calibrated on analyses the model never saw); deterministic kinds draw none.
+    """
+
+    share: int = Field(1, ge=1)
+    initial: InitialPerturbation | None = None
+    noise_scale: PositiveFloat = 1.0
+
+
 class EnsembleConfig(Strict):
     """`wxens forecast` and `wxens hindcast` (`forecast.runner`).
 
     `seed` is the base seed of every member's generator (`member_generator`); `checkpoints`
-    are emulator checkpoints, or folders of them, that the members are spread across (each
-    gets an equal share: list the checkpoints of several kinds to mix them); `kinds` are the
-    emulator kinds these may be (`models.checkpoint.KINDS`; a checkpoint of another kind is
-    refused); `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
+    are emulator checkpoints, or folders of them, that the members are spread across; `kinds`
+    are the emulator kinds these may be (a checkpoint of another kind is refused), each with
+    its share of the members and their perturbation (`MemberKind`; a list of kinds gives each
+    the defaults). List the checkpoints of several kinds to mix them: member k's group falls to
+    a kind by the shares, then to that kind's checkpoints in turn (`assign_checkpoints`).
+    `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
     member's numbers never depend on the batch it is computed in. `checkpoint_group` is how
-    many consecutive members share a checkpoint, member k on checkpoint (k // g) mod N (null:
-    a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even). Groups of
-    more than a pair can save padding: 100 bred members over 4 checkpoints fill 13 passes of
-    8 in groups of 4 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24).
+    many consecutive members share a checkpoint, member k on checkpoint (k // g) mod N of one
+    kind (null: a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even).
+    Groups of more than a pair can save padding: 100 bred members over 4 checkpoints fill 13
+    passes of 8 in groups of 4 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24).
     """
 
     seed: int = 0
     checkpoints: list[Path] = Field(default_factory=list)
-    kinds: list[Literal["sfno", "fgn"]] = Field(default_factory=lambda: ["sfno"], min_length=1)
+    kinds: dict[Kind, MemberKind] = Field(
+        default_factory=lambda: {"sfno": MemberKind()}, min_length=1
+    )
     micro_batch: int = Field(8, ge=1)
     checkpoint_group: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds_from_a_list(cls, data: Any) -> Any:
+        """`kinds: [sfno, fgn]` or `{sfno: , fgn: {share: 3}}`: the unset ones get defaults."""
+        kinds = data.get("kinds") if isinstance(data, dict) else None
+        if isinstance(kinds, list):
+            kinds = dict.fromkeys(kinds)
+        if isinstance(kinds, dict):
+            return {**data, "kinds": {k: {} if v is None else v for k, v in kinds.items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _deterministic_kinds_draw_no_noise(self) -> EnsembleConfig:
+        if self.kinds.get("sfno", MemberKind()).noise_scale != 1:
+            raise ValueError("ensemble.kinds.sfno.noise_scale: SFNO members draw no noise")
+        return self
 
 
 class NWPConfig(Strict):
@@ -257,10 +300,20 @@ class ExperimentConfig(Strict):
             raise ValueError(f"variables: unknown {unknown}; {where} provides {sorted(allowed)}")
         return self
 
+    def initial_perturbation(self, kind: str) -> InitialPerturbation:
+        """The initial-condition perturbation of `kind`'s members (`MemberKind.initial`)."""
+        settings = self.ensemble.kinds.get(kind)
+        chosen = settings.initial if settings is not None else None
+        return chosen or self.perturbation.initial
+
+    def breeds(self) -> bool:
+        """Whether any member kind starts from bred vectors."""
+        return any(self.initial_perturbation(kind) == "bred_vector" for kind in self.ensemble.kinds)
+
     @model_validator(mode="after")
     def _bred_pairs_share_a_checkpoint(self) -> ExperimentConfig:
         group = self.ensemble.checkpoint_group
-        if group is not None and group % 2 and self.perturbation.initial == "bred_vector":
+        if group is not None and group % 2 and self.breeds():
             raise ValueError(
                 f"ensemble.checkpoint_group: {group} would split a bred pair over two"
                 " checkpoints; use an even number"

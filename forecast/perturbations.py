@@ -252,21 +252,44 @@ class BredVectorPerturbation:
 
 
 def assign_checkpoints(
-    member_ids: MemberIds, n_checkpoints: int, group_size: int = 1
+    member_ids: MemberIds,
+    checkpoints: int | Sequence[int],
+    group_size: int = 1,
+    shares: Sequence[int] = (1,),
 ) -> np.ndarray:
-    """The checkpoint index of each member, `(k // g) mod N` for N checkpoints and groups of
-    g consecutive members, as an int array.
+    """The checkpoint index of each member, as an int array; it depends on k alone.
 
-    It depends on k alone, and members are spread evenly: any run of consecutive whole groups
-    puts as many groups on each checkpoint as it can (the counts differ by at most one). With
-    bred vectors g = 2, so both members of a pair, analysis +/- dx, run on the checkpoint that
-    bred dx and each pair stays centred for its own model.
+    Member k belongs to group G = k // g (g = `group_size` consecutive members). With one kind
+    (`checkpoints` a count N, or N zeros), group G runs on checkpoint G mod N. With several,
+    `checkpoints[c]` is checkpoint c's kind, an index into `shares`: group G falls to kind i
+    when G mod S (S = sum of the shares) lies in kind i's block [O_i, O_i + share_i) of the
+    cycle, and is that kind's j-th group, j = (G // S) share_i + (G mod S) - O_i, which runs
+    on the kind's checkpoint j mod N_i (its checkpoints in the order given).
+
+    Members are spread evenly: any run of whole cycles gives each kind its share, and any run
+    of one kind's groups puts as many on each of its checkpoints as it can (the counts differ
+    by at most one). With bred vectors g is even, so both members of a pair, analysis +/- dx,
+    run on the checkpoint that bred dx and each pair stays centred for its own model.
     """
-    if n_checkpoints < 1 or group_size < 1:
+    kinds = np.zeros(checkpoints, int) if isinstance(checkpoints, int) else np.asarray(checkpoints)
+    shares = np.asarray(shares)
+    if kinds.size < 1 or group_size < 1 or shares.min() < 1:
         raise ValueError(
-            f"need n_checkpoints >= 1 and group_size >= 1, got {n_checkpoints}, {group_size}"
+            f"need a checkpoint, group_size >= 1 and shares >= 1, got {kinds.size},"
+            f" {group_size}, {shares.tolist()}"
         )
-    return np.asarray(member_list(member_ids), dtype=np.int64) // group_size % n_checkpoints
+    if kinds.min() < 0 or kinds.max() >= len(shares):
+        raise ValueError(f"checkpoint kinds {kinds.tolist()} must index the {len(shares)} shares")
+    unused = sorted(set(range(len(shares))) - set(kinds.tolist()))
+    if unused:
+        raise ValueError(f"no checkpoint of kind {unused[0]}, which has a share of the members")
+    group = np.asarray(member_list(member_ids), dtype=np.int64) // group_size
+    offsets = np.cumsum(shares) - shares
+    position = group % shares.sum()
+    kind = np.searchsorted(offsets, position, side="right") - 1
+    within = group // shares.sum() * shares[kind] + position - offsets[kind]
+    of_kind = [np.flatnonzero(kinds == i) for i in range(len(shares))]
+    return np.array([of_kind[i][j % len(of_kind[i])] for i, j in zip(kind, within, strict=True)])
 
 
 class ParameterPerturbation:

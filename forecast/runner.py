@@ -40,7 +40,7 @@ from data_pipeline.analysis_store import (
     finalise_store,
     open_analyses,
 )
-from data_pipeline.config import ExperimentConfig, parse_config
+from data_pipeline.config import ExperimentConfig, PerturbationConfig, parse_config
 from data_pipeline.memory import keep_freed_memory
 from data_pipeline.progress import progress_bar
 from data_pipeline.provenance import provenance
@@ -84,7 +84,7 @@ class EnsembleSpec:
     analyses: str
     device: str
     stats_json: str
-    bred_rmse_48h_json: str  # one {variable: RMSE} per model, or null
+    bred_rmse_48h_json: str  # per model, {variable: RMSE}, or null where it does not breed
 
     @property
     def config(self) -> ExperimentConfig:
@@ -99,13 +99,36 @@ def load_models(
     if model == "nwp":
         return [QGEmulator(config, device)]
     loaded = [load_checkpoint(path, config, device) for path in checkpoints]
+    kinds = config.ensemble.kinds
     for path, emulator in zip(checkpoints, loaded, strict=True):
-        if emulator.kind not in config.ensemble.kinds:
+        if emulator.kind not in kinds:
             raise CheckpointError(
-                f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is"
-                f" {config.ensemble.kinds}"
+                f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is {list(kinds)}"
             )
+        if emulator.kind != "sfno":
+            emulator.noise_scale = kinds[emulator.kind].noise_scale
+    missing = [kind for kind in kinds if kind not in {e.kind for e in loaded}]
+    if missing:
+        raise CheckpointError(f"ensemble.kinds has {missing[0]}, but no checkpoint of that kind")
     return loaded
+
+
+def member_checkpoints(
+    members: range, kinds: Sequence[str], config: ExperimentConfig
+) -> np.ndarray:
+    """Each member's checkpoint index: `assign_checkpoints` with the checkpoints' `kinds`
+    and the shares of `ensemble.kinds` (the NWP baseline: one model, no kinds)."""
+    group = checkpoint_group_size(config)
+    if list(kinds) == ["nwp"]:
+        return assign_checkpoints(members, 1, group)
+    order = list(config.ensemble.kinds)
+    shares = [config.ensemble.kinds[kind].share for kind in order]
+    return assign_checkpoints(members, [order.index(k) for k in kinds], group, shares)
+
+
+def perturbation_settings(config: ExperimentConfig, kind: str) -> PerturbationConfig:
+    """`perturbation`, its `initial` the one of `kind`'s members (`MemberKind.initial`)."""
+    return config.perturbation.model_copy(update={"initial": config.initial_perturbation(kind)})
 
 
 def measured_rmse_48h(
@@ -166,16 +189,16 @@ def prepare(
     with single_threaded(device):
         models = load_models(model, paths, config, device)
         stats = perturbation_stats(found, config, dataset)
-        settings, rmse = config.perturbation, None
-        if settings.initial == "bred_vector":
-            fixed = settings.bred_rmse_48h
-            rmse = [
-                fixed
-                or measured_rmse_48h(
-                    FixedBatchEmulator(m, micro_batch(config, model)), dataset, config, device
-                )
-                for m in models
-            ]
+        fixed = config.perturbation.bred_rmse_48h
+        rmse = [
+            fixed
+            or measured_rmse_48h(
+                FixedBatchEmulator(m, micro_batch(config, model)), dataset, config, device
+            )
+            if config.initial_perturbation(m.kind) == "bred_vector"
+            else None
+            for m in models
+        ]
     return EnsembleSpec(
         config.model_dump_json(),
         model,
@@ -216,14 +239,15 @@ class MemberForecaster:
         micro = micro_batch(config, spec.model)
         self.emulators = [FixedBatchEmulator(m, micro) for m in self.models]
         stats = NormalisationStats.from_dict(json.loads(spec.stats_json))
-        rmse = json.loads(spec.bred_rmse_48h_json) or [None] * len(self.models)
-        settings = config.perturbation
+        rmse = json.loads(spec.bred_rmse_48h_json)
         self.perturbations: list[Perturbation] = [
-            initial_condition_perturbation(settings, e, config.grid.truncation, stats, r)
-            for e, r in zip(self.emulators, rmse, strict=True)
+            initial_condition_perturbation(
+                perturbation_settings(config, m.kind), e, config.grid.truncation, stats, r
+            )
+            for m, e, r in zip(self.models, self.emulators, rmse, strict=True)
         ]
-        self.group_size = checkpoint_group_size(config)
-        sigma = settings.parameter_sigma if spec.model == "sfno" else 0.0
+        self.kinds = [m.kind for m in self.models]
+        sigma = config.perturbation.parameter_sigma if spec.model == "sfno" else 0.0
         self.weight_noise = ParameterPerturbation(sigma) if sigma > 0 else None
         self.dataset = open_analyses(spec.analyses)
         self.seed = config.ensemble.seed
@@ -252,7 +276,7 @@ class MemberForecaster:
     ) -> Iterator[torch.Tensor]:
         """The members' states `(member, channel, lat, lon)` at leads 0, 1, ..., `lead_steps`."""
         analysis = self.analysis(init_time)
-        checkpoint = assign_checkpoints(list(members), len(self.models), self.group_size)
+        checkpoint = member_checkpoints(members, self.kinds, self.config)
         state = analysis.expand(len(members), *analysis.shape).clone()
         # A stochastic member's own noise stream (the deterministic ones ignore it).
         noise = [member_generator(self.seed, init_time, k, stream="model") for k in members]
@@ -499,11 +523,9 @@ def run_ensemble(
             if state == "new":
                 shutil.rmtree(partial, ignore_errors=True)
                 attrs = store_attrs(spec, layout, identity, recorded, options.command)
-                checkpoint = assign_checkpoints(
-                    range(members), len(spec.checkpoints) or 1, checkpoint_group_size(config)
-                )
                 names = [Path(p).name for p in spec.checkpoints] or [spec.model]
                 kinds = [read_metadata(Path(p))["kind"] for p in spec.checkpoints] or [spec.model]
+                checkpoint = member_checkpoints(range(members), kinds, config)
                 create_store(partial, layout, field_attrs(dataset), checkpoint, names, kinds, attrs)
             if isinstance(executor, ThreadPoolExecutor):
                 forecaster_for(spec)  # load the checkpoints once, before the threads start
@@ -552,7 +574,7 @@ def checkpoint_group_size(config: ExperimentConfig) -> int:
     a bred pair (2), else one member."""
     if config.ensemble.checkpoint_group is not None:
         return config.ensemble.checkpoint_group
-    return 2 if config.perturbation.initial == "bred_vector" else 1
+    return 2 if config.breeds() else 1
 
 
 def field_attrs(dataset: xr.Dataset) -> dict[str, dict[str, str]]:

@@ -68,6 +68,8 @@ class FGNEmulator(SFNOEmulator):
     """A stochastic SFNO member (see the module docstring)."""
 
     kind = "fgn"
+    noise_scale = 1.0
+    """Multiplies the noise that `step` draws (`MemberKind.noise_scale`; training uses 1)."""
 
     def __init__(
         self,
@@ -96,7 +98,7 @@ class FGNEmulator(SFNOEmulator):
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One sampled step, its noise drawn from `generator` only (`Generators`)."""
-        noise = draw_noise(len(state), self.fgn.noise_dim, generator)
+        noise = self.noise_scale * draw_noise(len(state), self.fgn.noise_dim, generator)
         with self._precision(state.device):
             return self.forward(state, noise)
 

@@ -111,6 +111,12 @@ def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
     other = batched.step(state[2:3], generator=generators([99]))
     assert not torch.allclose(other, alone)
     assert torch.equal(fgn.step(state), fgn.step(state))  # no generator: zero noise
+    fgn.noise_scale = 2.0  # `MemberKind.noise_scale`: the same draws, doubled
+    with torch.no_grad():
+        noise = draw_noise(1, fgn.fgn.noise_dim, generators(seeds[2:3]))
+        doubled = fgn.forward(state[2:3], 2 * noise)
+    torch.testing.assert_close(fgn.step(state[2:3], generator=generators(seeds[2:3])), doubled)
+    fgn.noise_scale = 1.0
     with pytest.raises(ValueError, match="2 generators for a batch of 5 members"):
         draw_noise(5, fgn.fgn.noise_dim, generators([1, 2]))
 
@@ -119,7 +125,7 @@ def with_ensemble(base: Path, tmp_path: Path, **ensemble) -> Path:
     data = yaml.safe_load(base.read_text())
     data["ensemble"] = {**data.get("ensemble", {}), **ensemble}
     path = tmp_path / "mixed.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the kinds in their order
     return path
 
 
@@ -158,6 +164,19 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     assert code == 0, output
     four = xr.open_zarr(tmp_path / "four.zarr")["psi_upper"].values
     np.testing.assert_array_equal(four, values[:, :, :4])
+    # Shares and a perturbation per kind: a bred SFNO pair, then three unperturbed FGN pairs.
+    fgn_settings = {"share": 3, "initial": "none", "noise_scale": 2.0}
+    shared = with_ensemble(path, tmp_path, kinds={"sfno": {"share": 1}, "fgn": fgn_settings})
+    code, output = run(shared, tmp_path / "shared.zarr")
+    assert code == 0, output
+    store = xr.open_zarr(tmp_path / "shared.zarr")
+    kinds = np.array(store["kind"].attrs["flag_meanings"].split())[store["kind"].values]
+    assert list(kinds) == ["sfno"] * 2 + ["fgn"] * 6
+    start = store["psi_upper"].values[:, 0]  # (init, member, lat, lon)
+    assert all(np.array_equal(start[:, m], start[:, 2]) for m in range(3, 8))  # the analysis
+    assert not np.array_equal(start[:, 0], start[:, 2])  # bred
+    last = store["psi_upper"].values[:, -1]
+    assert not np.array_equal(last[:, 2], last[:, 3])
 
 
 def test_committed_fgn_checkpoint_loads_and_samples():

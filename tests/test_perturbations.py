@@ -194,12 +194,54 @@ def test_checkpoints_are_spread_evenly():
     np.testing.assert_array_equal(assign_checkpoints([7], 3), assign_checkpoints(range(9), 3)[[7]])
     pairs = assign_checkpoints(range(8), 4, group_size=2)
     np.testing.assert_array_equal(pairs, [0, 0, 1, 1, 2, 2, 3, 3])
-    with pytest.raises(ValueError, match="n_checkpoints >= 1"):
+    with pytest.raises(ValueError, match="need a checkpoint"):
         assign_checkpoints([0, 1], 0)
     # The demo's groups of two bred pairs: 100 members fill 13 passes of 8, pairs fill 14.
     for group, members, passes in ((4, [28, 24, 24, 24], 13), (2, [26, 26, 24, 24], 14)):
         counts = np.bincount(assign_checkpoints(range(100), 4, group))
         assert counts.tolist() == members and sum(-(-counts // 8)) == passes
+
+
+def test_kinds_take_their_shares_of_the_members():
+    """Shares 4, 3, 3 of groups of 2 (kind 0 on four checkpoints): every 20 consecutive members
+    are 8, 6 and 6 of the kinds, pairs stay on one checkpoint, a member alone gets the same."""
+    kinds = [0, 0, 0, 0, 1, 2]
+    checkpoint = assign_checkpoints(range(100), kinds, 2, [4, 3, 3])
+    np.testing.assert_array_equal(checkpoint[:20], [0, 0, 1, 1, 2, 2, 3, 3] + [4] * 6 + [5] * 6)
+    for start in range(0, 100, 20):
+        np.testing.assert_array_equal(np.bincount(checkpoint[start : start + 20]), [2] * 4 + [6, 6])
+    np.testing.assert_array_equal(checkpoint[::2], checkpoint[1::2])
+    np.testing.assert_array_equal(assign_checkpoints([57], kinds, 2, [4, 3, 3]), checkpoint[[57]])
+    # one kind: the checkpoints in turn, as before shares existed
+    np.testing.assert_array_equal(assign_checkpoints(range(6), [0, 0, 0]), [0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="no checkpoint of kind 1"):
+        assign_checkpoints(range(4), [0, 0, 2], 1, [1, 1, 1])
+    with pytest.raises(ValueError, match="must index the 2 shares"):
+        assign_checkpoints(range(4), [0, 2], 1, [1, 1])
+
+
+def test_member_kinds_in_the_config():
+    """A list of kinds or a mapping with settings; a kind's own initial perturbation; the
+    deterministic SFNO takes no noise scale; a bred kind keeps the checkpoint groups even."""
+    listed = parse_config({"ensemble": {"kinds": ["sfno", "fgn"]}}).ensemble.kinds
+    assert list(listed) == ["sfno", "fgn"] and listed["fgn"].share == 1
+    mixed = parse_config(
+        {
+            "perturbation": {"initial": "bred_vector"},
+            "ensemble": {"kinds": {"sfno": None, "fgn": {"share": 3, "initial": "none"}}},
+        }
+    )
+    assert mixed.initial_perturbation("sfno") == "bred_vector"
+    assert mixed.initial_perturbation("fgn") == "none"
+    assert mixed.initial_perturbation("nwp") == "bred_vector"  # not a kind: `perturbation`
+    generative = {"perturbation": {"initial": "none"}, "ensemble": {"kinds": {"fgn": {}}}}
+    assert checkpoint_group_size(parse_config(generative)) == 1
+    with pytest.raises(ConfigError, match=r"sfno\.noise_scale: SFNO members draw no noise"):
+        parse_config({"ensemble": {"kinds": {"sfno": {"noise_scale": 2}}}})
+    bred_kind = {"initial": "bred_vector"}
+    odd = {"perturbation": {"initial": "none"}, "ensemble": {"checkpoint_group": 3}}
+    with pytest.raises(ConfigError, match="would split a bred pair"):
+        parse_config({**odd, "ensemble": {**odd["ensemble"], "kinds": {"sfno": bred_kind}}})
 
 
 def test_checkpoint_group_keeps_bred_pairs_together():
