@@ -142,6 +142,25 @@ class FGNConfig(Strict):
     samples: int = Field(2, ge=2)
 
 
+class VAEConfig(Strict):
+    """The VAE emulator (`models.vae`; FuXi-ENS, Zhong et al. 2024, arXiv:2405.05925): an SFNO
+    whose hidden state after the encoder is perturbed, point by point, by a latent field of
+    `latent_channels` maps, drawn from a prior p(z | x_t) when it forecasts and from a
+    posterior q(z | x_t, x_t+dt) when it trains. `wxens train --model vae` minimises the fair
+    CRPS of `samples` forecasts of each training state plus `kl_weight` x KL(q || p) in nats
+    per latent value. The CRPS is in units of the 6 h tendency std (about 0.15 for a trained
+    member), so 0.01 lets the posterior carry a few tenths of a nat per value where that buys
+    a CRPS gain of a few thousandths, while a weight near 1 would collapse it onto the prior
+    (no information from the target: the VAE would train like an FGN with local noise)."""
+
+    latent_channels: int = Field(8, ge=1)
+    samples: int = Field(2, ge=2)
+    kl_weight: float = Field(0.01, ge=0)
+
+
+EmulatorKind = Literal["sfno", "fgn", "vae"]  # `models.checkpoint.KINDS`
+
+
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
 
@@ -205,7 +224,7 @@ class EnsembleConfig(Strict):
 
     seed: int = 0
     checkpoints: list[Path] = Field(default_factory=list)
-    kinds: list[Literal["sfno", "fgn"]] = Field(default_factory=lambda: ["sfno"], min_length=1)
+    kinds: list[EmulatorKind] = Field(default_factory=lambda: ["sfno"], min_length=1)
     micro_batch: int = Field(8, ge=1)
     checkpoint_group: int | None = Field(None, ge=1)
 
@@ -241,6 +260,7 @@ class ExperimentConfig(Strict):
     ingest: dict[str, SourceField] | None = None
     sfno: SFNOConfig = SFNOConfig()
     fgn: FGNConfig = FGNConfig()
+    vae: VAEConfig = VAEConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
