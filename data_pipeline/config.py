@@ -148,10 +148,13 @@ class VAEConfig(Strict):
     `latent_channels` maps, drawn from a prior p(z | x_t) when it forecasts and from a
     posterior q(z | x_t, x_t+dt) when it trains. `wxens train --model vae` minimises the fair
     CRPS of `samples` forecasts of each training state plus `kl_weight` x KL(q || p) in nats
-    per latent value. The CRPS is in units of the 6 h tendency std (about 0.15 for a trained
-    member), so 0.01 lets the posterior carry a few tenths of a nat per value where that buys
-    a CRPS gain of a few thousandths, while a weight near 1 would collapse it onto the prior
-    (no information from the target: the VAE would train like an FGN with local noise)."""
+    per latent value. Both terms are averages per grid point (the CRPS in units of the 6 h
+    tendency std: about 0.2 for the default SFNO over 24 h), so their balance does not depend
+    on the grid. At 0.01, a posterior with half the prior's std (0.32 nat per value) costs
+    0.003, a few percent of the CRPS: it may carry what the target tells about the step where
+    that lowers the CRPS by more, and the KL pulls the prior toward it. Near 1 the KL
+    would dominate and collapse the posterior onto the prior (an FGN with local noise); at 0
+    nothing would tie the prior, which forecasts, to the posterior, which trains."""
 
     latent_channels: int = Field(8, ge=1)
     samples: int = Field(2, ge=2)
