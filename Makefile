@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint truth checkpoints fgn-checkpoint
+.PHONY: demo test lint truth checkpoints fgn-checkpoint vae-checkpoint
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,9 @@ $(FGN_TRUTH): | $(STAMP)
 fgn-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-fgn.yaml --model fgn --seed 1 \
 		--init-from checkpoints/default/sfno-seed1 --out out/fgn/checkpoints/fgn-seed1 --quiet
+
+# A VAE checkpoint (out/vae/checkpoints/vae-seed1): the SFNO of seed 1 fine-tuned as a conditional
+# VAE (configs/default-vae.yaml) on the FGN's truth store and schedule; about 40 min on this CPU.
+vae-checkpoint: | $(FGN_TRUTH)
+	$(VENV)/bin/wxens train --config configs/default-vae.yaml --model vae --seed 1 \
+		--init-from checkpoints/default/sfno-seed1 --out out/vae/checkpoints/vae-seed1 --quiet

@@ -142,6 +142,25 @@ class FGNConfig(Strict):
     samples: int = Field(2, ge=2)
 
 
+class VAEConfig(Strict):
+    """The VAE emulator (`models.vae`; FuXi-ENS, Zhong et al. 2024, arXiv:2405.05925): an SFNO
+    whose hidden state after the encoder is perturbed, point by point, by a latent field of
+    `latent_channels` maps, drawn from a prior p(z | x_t) when it forecasts and from a
+    posterior q(z | x_t, x_t+dt) when it trains. `wxens train --model vae` minimises the fair
+    CRPS of `samples` forecasts of each training state plus `kl_weight` x KL(q || p) in nats
+    per latent value. Both terms are averages per grid point (the CRPS in units of the 6 h
+    tendency std: about 0.2 for the default SFNO over 24 h), so their balance does not depend
+    on the grid. At 0.01, a posterior with half the prior's std (0.32 nat per value) costs
+    0.003, a few percent of the CRPS: it may carry what the target tells about the step where
+    that lowers the CRPS by more, and the KL pulls the prior toward it. Near 1 the KL
+    would dominate and collapse the posterior onto the prior (an FGN with local noise); at 0
+    nothing would tie the prior, which forecasts, to the posterior, which trains."""
+
+    latent_channels: int = Field(8, ge=1)
+    samples: int = Field(2, ge=2)
+    kl_weight: float = Field(0.01, ge=0)
+
+
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
 
@@ -166,7 +185,7 @@ class TrainingConfig(Strict):
 
 
 InitialPerturbation = Literal["none", "random_field", "bred_vector"]
-Kind = Literal["sfno", "fgn"]
+Kind = Literal["sfno", "fgn", "vae"]
 """The emulator kinds (`models.checkpoint.KINDS`)."""
 
 
@@ -284,6 +303,7 @@ class ExperimentConfig(Strict):
     ingest: dict[str, SourceField] | None = None
     sfno: SFNOConfig = SFNOConfig()
     fgn: FGNConfig = FGNConfig()
+    vae: VAEConfig = VAEConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
     ensemble: EnsembleConfig = EnsembleConfig()

@@ -27,11 +27,14 @@ from data_pipeline.config import ExperimentConfig
 from data_pipeline.provenance import git_revision, package_version
 from models.fgn import FGNEmulator
 from models.sfno import SFNOEmulator
+from models.vae import VAEEmulator
 
 FORMAT = "wxens-emulator/1"
 WEIGHTS = "model.safetensors"
 METADATA = "metadata.json"
-KINDS: dict[str, type[SFNOEmulator]] = {kind.kind: kind for kind in (SFNOEmulator, FGNEmulator)}
+KINDS: dict[str, type[SFNOEmulator]] = {
+    kind.kind: kind for kind in (SFNOEmulator, FGNEmulator, VAEEmulator)
+}
 
 
 class CheckpointError(ValueError):

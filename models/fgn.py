@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from data_pipeline.config import FGNConfig, SFNOConfig
+from data_pipeline.config import FGNConfig, SFNOConfig, VAEConfig
 from data_pipeline.sphere import LatLonGrid
 from data_pipeline.training_data import NormalisationStats
 from models.emulator import Generators
@@ -52,22 +52,26 @@ class ConditionalNorm(torch.nn.Module):
         return self.norm(h) * (1 + scale[..., None, None]) + shift[..., None, None]
 
 
-def draw_noise(batch: int, noise_dim: int, generator: Generators) -> torch.Tensor:
-    """`(batch, noise_dim)` standard normal noise on the CPU (the same numbers on any device):
-    from one generator for the batch, or row k from `generator[k]` alone; zeros for None."""
+def draw_noise(batch: int, shape: int | Sequence[int], generator: Generators) -> torch.Tensor:
+    """`(batch, *shape)` standard normal noise on the CPU (the same numbers on any device):
+    from one generator for the batch, or row k from `generator[k]` alone; zeros for None.
+    `shape` is one member's noise: `noise_dim` for an FGN, latent maps for a VAE."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if generator is None:
-        return torch.zeros(batch, noise_dim)
+        return torch.zeros(batch, *shape)
     if isinstance(generator, torch.Generator):
-        return torch.randn(batch, noise_dim, generator=generator)
+        return torch.randn(batch, *shape, generator=generator)
     if len(generator) != batch:
         raise ValueError(f"{len(generator)} generators for a batch of {batch} members")
-    return torch.stack([torch.randn(noise_dim, generator=g) for g in generator])
+    return torch.stack([torch.randn(shape, generator=g) for g in generator])
 
 
-class FGNEmulator(SFNOEmulator):
-    """A stochastic SFNO member (see the module docstring)."""
+class NoisyEmulator(SFNOEmulator):
+    """An SFNO member that samples its step, `forward(state, noise)` with standard normal
+    `noise` `(batch, *noise_shape)` (zero noise: its deterministic step): FGN and VAE. Its own
+    `settings` (a `Settings`) are kept in its architecture under its `kind`."""
 
-    kind = "fgn"
+    Settings: type[FGNConfig | VAEConfig]
     noise_scale = 1.0
     """Multiplies the noise that `step` draws (`MemberKind.noise_scale`; training uses 1)."""
 
@@ -78,33 +82,59 @@ class FGNEmulator(SFNOEmulator):
         variables: Sequence[str],
         stats: NormalisationStats,
         sfno: SFNOConfig,
-        fgn: FGNConfig,
+        settings: FGNConfig | VAEConfig,
     ):
         super().__init__(grid, truncation, variables, stats, sfno)
-        self.fgn = fgn
+        self.settings = settings
+        self.add_noise_layers()
+
+    def add_noise_layers(self) -> None:
+        """Add to `network` the layers through which the noise acts (zero at init)."""
+        raise NotImplementedError
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
+        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
+        noise = self.noise_scale * draw_noise(len(state), self.noise_shape, generator)
+        with self._precision(state.device):
+            return self.forward(state, noise)
+
+    def architecture(self) -> dict[str, Any]:
+        return {**super().architecture(), self.kind: self.settings.model_dump()}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict[str, Any]) -> NoisyEmulator:
+        return cls(*cls.arguments(architecture), cls.Settings(**architecture[cls.kind]))
+
+
+class FGNEmulator(NoisyEmulator):
+    """A stochastic SFNO member (see the module docstring)."""
+
+    kind = "fgn"
+    Settings = FGNConfig
+
+    @property
+    def fgn(self) -> FGNConfig:
+        return self.settings
+
+    def add_noise_layers(self) -> None:
         for block in self.network.blocks:
-            block.norm = ConditionalNorm(block.norm, sfno.embed_dim, fgn.noise_dim)
+            block.norm = ConditionalNorm(block.norm, self.sfno.embed_dim, self.fgn.noise_dim)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.fgn.noise_dim,)
 
     def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The next state for `noise` `(batch, noise_dim)` (zero when None), differentiable."""
         if noise is None:
-            noise = draw_noise(len(state), self.fgn.noise_dim, None)
+            noise = draw_noise(len(state), self.noise_shape, None)
         _FORWARD.noise = noise.to(state.device, torch.float32)
         try:
             return super().forward(state)
         finally:
             _FORWARD.noise = None
-
-    @torch.no_grad()
-    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
-        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
-        noise = self.noise_scale * draw_noise(len(state), self.fgn.noise_dim, generator)
-        with self._precision(state.device):
-            return self.forward(state, noise)
-
-    def architecture(self) -> dict[str, Any]:
-        return {**super().architecture(), "fgn": self.fgn.model_dump()}
-
-    @classmethod
-    def from_architecture(cls, architecture: dict[str, Any]) -> FGNEmulator:
-        return cls(*cls.arguments(architecture), FGNConfig(**architecture["fgn"]))

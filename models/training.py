@@ -1,4 +1,4 @@
-"""Training one SFNO or FGN emulator (`wxens train --model sfno|fgn`).
+"""Training one SFNO, FGN or VAE emulator (`wxens train --model sfno|fgn|vae`).
 
 AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the area-
 weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so that
@@ -8,14 +8,16 @@ both layers count alike, and 1 is the error of persistence after one step),
 
 averaged over a batch of K-step autoregressive rollouts (K from the config's
 `rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch); an FGN minimises
-instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units. The
+instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units, and a
+VAE that of `vae.samples` rollouts sampled from its posterior plus `vae.kl_weight` x its KL
+divergence from the prior (`sampled_rollout_terms`). The
 analyses of the training and validation years are held in memory on the training device
 (`PeriodStates`), so a batch is one gather. After every epoch the model is scored on the
 validation years and the best one is kept as the checkpoint in `out/`; the latest state
 (weights, optimizer, epoch) goes to `out/last/`, from which an interrupted run resumes. Batches
-are drawn in an order seeded by `(seed, epoch)`, an FGN's noise from a generator seeded by
-`(seed, step)`, and no other randomness is used, so the same seed on the same machine gives the
-same weights, interrupted or not.
+are drawn in an order seeded by `(seed, epoch)`, an FGN's or VAE's noise from a generator
+seeded by `(seed, step)`, and no other randomness is used, so the same seed on the same machine
+gives the same weights, interrupted or not.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from data_pipeline.training_data import (
 )
 from data_pipeline.truth import model_grid
 from models.checkpoint import (
+    KINDS,
     METADATA,
     WEIGHTS,
     CheckpointError,
@@ -55,10 +58,11 @@ from models.checkpoint import (
     save_tensors,
     sha256_file,
 )
-from models.fgn import FGNEmulator, draw_noise
+from models.fgn import NoisyEmulator, draw_noise
 from models.sfno import SFNOEmulator
+from models.vae import VAEEmulator
 
-TRAINABLE = ("sfno", "fgn")
+TRAINABLE = ("sfno", "fgn", "vae")
 LAST = "last"  # sub-directory of the output holding the state to resume from
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
@@ -150,23 +154,47 @@ def fair_crps(
     return (crps * weights).sum(dim=(-2, -1)).mean(dim=0)
 
 
+def sampled_rollout_terms(
+    emulator: NoisyEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+    posterior: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fair_crps` `(step, channel)` of `fgn.samples` (`vae.samples`) rollouts from each of
+    `inputs` against `targets` `(batch, step, channel, lat, lon)`, the noise drawn from
+    `generator`, and the KL(q || p) `(step,)` of a VAE in nats per latent value (zero for an
+    FGN). A VAE's latent comes from its posterior given each step's target when `posterior`
+    (training), else from its prior (as it forecasts)."""
+    samples = emulator.settings.samples
+    state, errors, divergences = inputs.repeat(samples, 1, 1, 1), [], []
+    for k in range(targets.shape[1]):
+        noise = draw_noise(len(state), emulator.noise_shape, generator)
+        if isinstance(emulator, VAEEmulator):
+            target = targets[:, k].repeat(samples, 1, 1, 1)
+            state, divergence = emulator.sample(state, noise, target, posterior)
+        else:
+            state, divergence = emulator(state, noise), state.new_zeros(())
+        members = state.unflatten(0, (samples, len(inputs)))
+        errors.append(fair_crps(members, targets[:, k], weights, emulator.tendency_std))
+        divergences.append(divergence)
+    return torch.stack(errors), torch.stack(divergences)
+
+
 def sampled_rollout_errors(
-    emulator: FGNEmulator,
+    emulator: NoisyEmulator,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """`fair_crps` `(step, channel)` of `emulator.fgn.samples` rollouts from each of `inputs`
-    against `targets` `(batch, step, channel, lat, lon)`, the noise drawn from `generator`."""
-    samples = emulator.fgn.samples
-    state, errors = inputs.repeat(samples, 1, 1, 1), []
-    for k in range(targets.shape[1]):
-        noise = draw_noise(len(state), emulator.fgn.noise_dim, generator)
-        state = emulator(state, noise)
-        members = state.unflatten(0, (samples, len(inputs)))
-        errors.append(fair_crps(members, targets[:, k], weights, emulator.tendency_std))
-    return torch.stack(errors)
+    """The training loss terms `(step, channel)` of an FGN or VAE: `sampled_rollout_terms`'
+    CRPS, plus for a VAE `vae.kl_weight` x the step's KL in every channel."""
+    errors, divergences = sampled_rollout_terms(emulator, inputs, targets, weights, generator)
+    if isinstance(emulator, VAEEmulator):
+        errors = errors + emulator.vae.kl_weight * divergences[:, None]
+    return errors
 
 
 def rollout_errors(
@@ -179,8 +207,8 @@ def rollout_errors(
 ) -> torch.Tensor:
     """Normalised errors `(step, channel)` of a rollout from `inputs` against `targets`
     `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
-    `adjusted_mse`; an FGN's `sampled_rollout_errors` (its noise from `generator`)."""
-    if isinstance(emulator, FGNEmulator):
+    `adjusted_mse`; an FGN's or VAE's `sampled_rollout_errors` (its noise from `generator`)."""
+    if isinstance(emulator, NoisyEmulator):
         return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
     state, errors = inputs, []
     for k in range(targets.shape[1]):
@@ -242,24 +270,30 @@ class PeriodStates:
 def validate(
     emulator: SFNOEmulator, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
-    """Area-weighted RMSE (an FGN: fair CRPS) over `steps`-step rollouts from `count` evenly
-    spaced inits.
+    """Area-weighted RMSE (an FGN or VAE: fair CRPS) over `steps`-step rollouts from `count`
+    evenly spaced inits.
 
-    `score` = sqrt of the normalised MSE (an FGN: the normalised CRPS) averaged over leads and
-    channels, lower is better; `rmse` (`crps`) = per variable at the last lead, in the
-    variable's units. An FGN's noise comes from a generator seeded 0: every epoch is scored on
-    the same draws.
+    `score` = sqrt of the normalised MSE (an FGN or VAE: the normalised CRPS) averaged over
+    leads and channels, lower is better; `rmse` (`crps`) = per variable at the last lead, in
+    the variable's units. An FGN's or VAE's noise comes from a generator seeded 0: every epoch
+    is scored on the same draws. A VAE samples its prior, as it forecasts, and `kl` is its mean
+    KL(q || p) in nats per latent value (`sampled_rollout_terms`).
     """
     indices = np.unique(np.linspace(0, period.count(steps) - 1, count).round().astype(int))
     total = torch.zeros(steps, len(period.variables), dtype=torch.float64)
-    generator = torch.Generator().manual_seed(0)
+    generator, divergence = torch.Generator().manual_seed(0), 0.0
     for chunk in batches(indices, batch_size):
         inputs, targets = period.windows(chunk, steps)
-        errors = rollout_errors(emulator, inputs, targets, period.area_weights, "mse", generator)
+        weights = period.area_weights
+        if isinstance(emulator, VAEEmulator):
+            errors, kl = sampled_rollout_terms(emulator, inputs, targets, weights, generator, False)
+            divergence += float(kl.mean()) * len(chunk)
+        else:
+            errors = rollout_errors(emulator, inputs, targets, weights, "mse", generator)
         total += errors.cpu().double() * len(chunk)
     mean = total / len(indices)
     scale = emulator.tendency_std.flatten().cpu().double()
-    if isinstance(emulator, FGNEmulator):
+    if isinstance(emulator, NoisyEmulator):
         name, score, last = "crps", float(mean.mean()), mean[-1] * scale
     else:
         name, score, last = "rmse", float(mean.mean().sqrt()), (mean[-1] * scale**2).sqrt()
@@ -267,6 +301,7 @@ def validate(
         "score": score,
         "lead_hours": float(steps * period.timestep / np.timedelta64(1, "h")),
         name: dict(zip(period.variables, map(float, last), strict=True)),
+        **({"kl": divergence / len(indices)} if isinstance(emulator, VAEEmulator) else {}),
         "inits": len(indices),
     }
 
@@ -313,11 +348,8 @@ class Trainer:
         )
         torch.manual_seed(seed)
         arguments = (model_grid(config), config.grid.truncation, config.variables, stats)
-        self.emulator = (
-            FGNEmulator(*arguments, config.sfno, config.fgn)
-            if model == "fgn"
-            else SFNOEmulator(*arguments, config.sfno)
-        ).to(device)
+        noise = {"fgn": (config.fgn,), "vae": (config.vae,)}.get(model, ())  # its own settings
+        self.emulator = KINDS[model](*arguments, config.sfno, *noise).to(device)
         self.optimizer = torch.optim.AdamW(
             self.emulator.network.parameters(),
             lr=self.settings.learning_rate,
@@ -329,8 +361,9 @@ class Trainer:
 
     def start_from(self, checkpoint: Path, loaded: SFNOEmulator) -> None:
         """Fine-tune: begin with the weights (and normalisation) of `checkpoint`, `loaded`,
-        whose network must be the one this config builds (an FGN may start from an SFNO: its
-        noise layers start at zero); its weights' sha256 becomes part of the run's identity."""
+        whose network must be the one this config builds (an FGN or VAE may start from an
+        SFNO: its noise layers start at zero); its weights' sha256 becomes part of the run's
+        identity."""
         if loaded.sfno != self.emulator.sfno:
             raise CheckpointError(
                 f"{checkpoint}: its network ({loaded.sfno.model_dump()}) is not the config's sfno"
@@ -338,7 +371,7 @@ class Trainer:
         missing, unexpected = self.emulator.network.load_state_dict(
             loaded.network.state_dict(), strict=False
         )
-        if unexpected or any(".norm.modulation." not in key for key in missing):
+        if unexpected or (missing and loaded.kind != SFNOEmulator.kind):
             raise CheckpointError(
                 f"{checkpoint}: a checkpoint of kind {loaded.kind} cannot start one of kind"
                 f" {self.emulator.kind}"

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-import yaml
+from member_kinds import check_sampling_per_member, fine_tune, member_kinds, with_ensemble
 
 from data_pipeline.config import load_config
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.emulator import FixedBatchEmulator
 from models.fgn import draw_noise
 from models.training import LAST, STATE, Trainer, fair_crps, validate
 
@@ -22,14 +21,8 @@ INIT = "2027-02-01T00"
 @pytest.fixture(scope="module")
 def fgn_checkpoint(tiny_world, tiny_checkpoints, tmp_path_factory, wxens) -> Path:
     """A short real FGN run started from the tiny world's SFNO checkpoint of seed 1."""
-    path, _ = tiny_world
     out = tmp_path_factory.mktemp("fgn") / "fgn-seed1"
-    code, output = wxens(
-        "train", "--config", path, "--model", "fgn", "--seed", 1, "--out", out,
-        "--init-from", tiny_checkpoints / "sfno-seed1", "--quiet",
-    )  # fmt: skip
-    assert code == 0, output
-    return out
+    return fine_tune(wxens, tiny_world[0], "fgn", tiny_checkpoints / "sfno-seed1", out)
 
 
 def test_fair_crps_equals_the_pairwise_formula():
@@ -98,35 +91,16 @@ def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
     others, or in a padded pass gives the same numbers; another generator gives others."""
     path, _ = tiny_world
     fgn = load_checkpoint(fgn_checkpoint, load_config(path))
-    state = torch.randn(5, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * fgn.std
-    seeds = [11, 12, 13, 14, 15]
-
-    def generators(chosen):
-        return [torch.Generator().manual_seed(s) for s in chosen]
-
-    batched = FixedBatchEmulator(fgn, 4)
-    together = batched.step(state, generator=generators(seeds))
-    alone = batched.step(state[2:3], generator=generators(seeds[2:3]))
-    assert torch.equal(together[2:3], alone)
-    other = batched.step(state[2:3], generator=generators([99]))
-    assert not torch.allclose(other, alone)
+    state = check_sampling_per_member(fgn)
     assert torch.equal(fgn.step(state), fgn.step(state))  # no generator: zero noise
     fgn.noise_scale = 2.0  # `MemberKind.noise_scale`: the same draws, doubled
     with torch.no_grad():
-        noise = draw_noise(1, fgn.fgn.noise_dim, generators(seeds[2:3]))
-        doubled = fgn.forward(state[2:3], 2 * noise)
-    torch.testing.assert_close(fgn.step(state[2:3], generator=generators(seeds[2:3])), doubled)
+        noise = draw_noise(5, fgn.fgn.noise_dim, torch.Generator().manual_seed(7))
+        doubled = fgn.forward(state, 2 * noise)
+    torch.testing.assert_close(fgn.step(state, generator=torch.Generator().manual_seed(7)), doubled)
     fgn.noise_scale = 1.0
     with pytest.raises(ValueError, match="2 generators for a batch of 5 members"):
-        draw_noise(5, fgn.fgn.noise_dim, generators([1, 2]))
-
-
-def with_ensemble(base: Path, tmp_path: Path, **ensemble) -> Path:
-    data = yaml.safe_load(base.read_text())
-    data["ensemble"] = {**data.get("ensemble", {}), **ensemble}
-    path = tmp_path / "mixed.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the kinds in their order
-    return path
+        draw_noise(5, fgn.fgn.noise_dim, [torch.Generator(), torch.Generator()])
 
 
 def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
@@ -153,9 +127,8 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     code, output = run(mixed, tmp_path / "mixed.zarr")
     assert code == 0, output
     store = xr.open_zarr(tmp_path / "mixed.zarr")
-    kinds = np.array(store["kind"].attrs["flag_meanings"].split())[store["kind"].values]
-    assert list(kinds) == ["sfno", "sfno", "fgn", "fgn"] * 2
-    checkpoints = store["checkpoint"].attrs["flag_meanings"].split()
+    kinds, checkpoints = member_kinds(store)
+    assert kinds == ["sfno", "sfno", "fgn", "fgn"] * 2
     assert checkpoints == ["sfno-seed1", "fgn-seed1"]
     values = store["psi_upper"].values
     assert np.isfinite(values).all()
@@ -170,8 +143,7 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     code, output = run(shared, tmp_path / "shared.zarr")
     assert code == 0, output
     store = xr.open_zarr(tmp_path / "shared.zarr")
-    kinds = np.array(store["kind"].attrs["flag_meanings"].split())[store["kind"].values]
-    assert list(kinds) == ["sfno"] * 2 + ["fgn"] * 6
+    assert member_kinds(store)[0] == ["sfno"] * 2 + ["fgn"] * 6
     start = store["psi_upper"].values[:, 0]  # (init, member, lat, lon)
     assert all(np.array_equal(start[:, m], start[:, 2]) for m in range(3, 8))  # the analysis
     assert not np.array_equal(start[:, 0], start[:, 2])  # bred

@@ -1,0 +1,56 @@
+"""Helpers for the tests of stochastic member kinds (tests/test_fgn.py, tests/test_vae.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import yaml
+
+from models.emulator import Emulator, FixedBatchEmulator
+
+
+def fine_tune(wxens: Callable, config: Path, model: str, start: Path, out: Path) -> Path:
+    """`wxens train --model MODEL --seed 1` started from the checkpoint `start`, into `out`."""
+    code, output = wxens(
+        "train", "--config", config, "--model", model, "--seed", 1, "--out", out,
+        "--init-from", start, "--quiet",
+    )  # fmt: skip
+    assert code == 0, output
+    return out
+
+
+def with_ensemble(base: Path, tmp_path: Path, **ensemble) -> Path:
+    """A copy of the config `base` in `tmp_path` with `ensemble` keys replaced."""
+    data = yaml.safe_load(base.read_text())
+    data["ensemble"] = {**data.get("ensemble", {}), **ensemble}
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the kinds in their order
+    return path
+
+
+def member_kinds(store: xr.Dataset) -> tuple[list[str], list[str]]:
+    """Each member's kind, and the checkpoint names, read from a store's flag coordinates."""
+    kinds = np.array(store["kind"].attrs["flag_meanings"].split())[store["kind"].values]
+    return list(kinds), store["checkpoint"].attrs["flag_meanings"].split()
+
+
+def check_sampling_per_member(emulator: Emulator) -> torch.Tensor:
+    """Member k's noise comes from its own generator alone: the same member alone, among
+    others, or in a padded pass gives the same numbers; another generator gives others.
+    Returns the states it stepped `(5, channel, lat, lon)`."""
+    state = torch.randn(5, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * emulator.std
+
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batched = FixedBatchEmulator(emulator, 4)
+    together = batched.step(state, generator=generators([11, 12, 13, 14, 15]))
+    alone = batched.step(state[2:3], generator=generators([13]))
+    assert torch.equal(together[2:3], alone)
+    other = batched.step(state[2:3], generator=generators([99]))
+    assert not torch.allclose(other, alone)
+    return state
