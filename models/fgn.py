@@ -28,9 +28,11 @@ from data_pipeline.training_data import NormalisationStats
 from models.emulator import Generators
 from models.sfno import SFNOEmulator
 
-_FORWARD = threading.local()
-"""The noise of the FGN forward running in this thread (`FGNEmulator.forward` sets it): one
-emulator serves the ensemble runner's worker threads at once, so it cannot live on a module."""
+FORWARD = threading.local()
+"""`FORWARD.conditioning`: what the noise layers of the `NoisyEmulator` forward running in this
+thread read (`NoisyEmulator.conditioned_forward` sets it; the FGN's noise, the VAE's latent
+draw): one emulator serves the ensemble runner's worker threads at once, so it cannot live on a
+module."""
 
 
 class ConditionalNorm(torch.nn.Module):
@@ -45,7 +47,7 @@ class ConditionalNorm(torch.nn.Module):
         torch.nn.init.zeros_(self.modulation.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        noise = getattr(_FORWARD, "noise", None)
+        noise = getattr(FORWARD, "conditioning", None)
         if noise is None:
             raise RuntimeError("ConditionalNorm called without noise (use FGNEmulator.forward)")
         scale, shift = self.modulation(noise).chunk(2, dim=-1)
@@ -103,6 +105,14 @@ class NoisyEmulator(SFNOEmulator):
         with self._precision(state.device):
             return self.forward(state, noise)
 
+    def conditioned_forward(self, state: torch.Tensor, conditioning: object) -> torch.Tensor:
+        """`SFNOEmulator.forward` with `conditioning` in `FORWARD` for its noise layers."""
+        FORWARD.conditioning = conditioning
+        try:
+            return SFNOEmulator.forward(self, state)
+        finally:
+            FORWARD.conditioning = None
+
     def architecture(self) -> dict[str, Any]:
         return {**super().architecture(), self.kind: self.settings.model_dump()}
 
@@ -133,8 +143,4 @@ class FGNEmulator(NoisyEmulator):
         """The next state for `noise` `(batch, noise_dim)` (zero when None), differentiable."""
         if noise is None:
             noise = draw_noise(len(state), self.noise_shape, None)
-        _FORWARD.noise = noise.to(state.device, torch.float32)
-        try:
-            return super().forward(state)
-        finally:
-            _FORWARD.noise = None
+        return self.conditioned_forward(state, noise.to(state.device, torch.float32))

@@ -19,14 +19,13 @@ bitwise, and it can start from an SFNO checkpoint (`wxens train --model vae --in
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from data_pipeline.config import VAEConfig
-from models.fgn import NoisyEmulator, draw_noise
+from models.fgn import FORWARD, NoisyEmulator, draw_noise
 
 
 class Gaussian(NamedTuple):
@@ -67,18 +66,13 @@ class LatentNetwork(torch.nn.Sequential):
 
 @dataclass
 class LatentDraw:
-    """What the `VAEEmulator` forward running in this thread asks of its `LatentEncoder`, and
-    what the encoder reports back (`kl`)."""
+    """What the `VAEEmulator` forward running in this thread asks of its `LatentEncoder`
+    (through `models.fgn.FORWARD`), and what the encoder reports back (`kl`)."""
 
     noise: torch.Tensor  # (batch, latent, lat, lon) standard normal; zeros: z is the mean
     tendency: torch.Tensor | None = None  # the normalised tendency to the target: posterior
     posterior: bool = False  # z from the posterior (training) rather than the prior
     kl: torch.Tensor | None = None  # out: KL(q || p) per latent value, when `tendency` is set
-
-
-_FORWARD = threading.local()
-"""The `LatentDraw` of the VAE forward running in this thread (`VAEEmulator` sets it): one
-emulator serves the ensemble runner's worker threads at once, so it cannot live on a module."""
 
 
 class LatentEncoder(torch.nn.Sequential):
@@ -99,7 +93,7 @@ class LatentEncoder(torch.nn.Sequential):
         torch.nn.init.zeros_(self.projection.weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        draw: LatentDraw | None = getattr(_FORWARD, "draw", None)
+        draw: LatentDraw | None = getattr(FORWARD, "conditioning", None)
         if draw is None:
             raise RuntimeError("LatentEncoder called without a latent draw (use VAEEmulator)")
         hidden = features
@@ -150,8 +144,4 @@ class VAEEmulator(NoisyEmulator):
 
     def _run(self, state: torch.Tensor, draw: LatentDraw) -> torch.Tensor:
         draw.noise = draw.noise.to(state.device, torch.float32)
-        _FORWARD.draw = draw
-        try:
-            return super().forward(state)
-        finally:
-            _FORWARD.draw = None
+        return self.conditioned_forward(state, draw)
