@@ -69,6 +69,7 @@ from forecast.perturbations import (
 from forecast.skill import area_rmse
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, read_metadata
 from models.emulator import Emulator, FixedBatchEmulator, rollout
+from models.fgn import NoisyEmulator
 from models.nwp import QGEmulator
 
 MODELS = ("sfno", "nwp")
@@ -105,7 +106,7 @@ def load_models(
             raise CheckpointError(
                 f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is {list(kinds)}"
             )
-        if emulator.kind != "sfno":
+        if isinstance(emulator, NoisyEmulator):
             emulator.noise_scale = kinds[emulator.kind].noise_scale
     missing = [kind for kind in kinds if kind not in {e.kind for e in loaded}]
     if missing:
