@@ -142,6 +142,25 @@ class FGNConfig(Strict):
     samples: int = Field(2, ge=2)
 
 
+class DiffusionConfig(Strict):
+    """The diffusion emulator (`models.diffusion`, EDM; Karras et al. 2022, arXiv:2206.00364):
+    an SFNO (`sfno`) denoiser of the normalised 6 h tendency, its noise level sigma entering
+    through a sinusoidal embedding of `noise_embedding` numbers. Sampling: `sampler` (`heun`,
+    EDM's 2nd order; `euler`, 1st order, DDIM-like) on `sampler_steps` levels from `sigma_max`
+    to `sigma_min` spaced as `rho`; training draws ln sigma ~ N(`p_mean`, `p_std`^2);
+    validation scores the fair CRPS of `samples` forecasts of each state."""
+
+    sampler_steps: int = Field(8, ge=2)
+    sampler: Literal["heun", "euler"] = "heun"
+    sigma_min: PositiveFloat = 0.002
+    sigma_max: PositiveFloat = 80.0
+    rho: PositiveFloat = 7.0
+    p_mean: float = -1.2
+    p_std: PositiveFloat = 1.2
+    noise_embedding: int = Field(32, ge=2, multiple_of=2)
+    samples: int = Field(2, ge=2)
+
+
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
 
@@ -205,7 +224,9 @@ class EnsembleConfig(Strict):
 
     seed: int = 0
     checkpoints: list[Path] = Field(default_factory=list)
-    kinds: list[Literal["sfno", "fgn"]] = Field(default_factory=lambda: ["sfno"], min_length=1)
+    kinds: list[Literal["sfno", "fgn", "diffusion"]] = Field(
+        default_factory=lambda: ["sfno"], min_length=1
+    )
     micro_batch: int = Field(8, ge=1)
     checkpoint_group: int | None = Field(None, ge=1)
 
@@ -241,6 +262,7 @@ class ExperimentConfig(Strict):
     ingest: dict[str, SourceField] | None = None
     sfno: SFNOConfig = SFNOConfig()
     fgn: FGNConfig = FGNConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
     ensemble: EnsembleConfig = EnsembleConfig()

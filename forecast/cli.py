@@ -155,11 +155,15 @@ def train(
         typer.Option("--init-from", help="Checkpoint whose weights to start from (fine-tune)."),
     ] = None,
     model: Annotated[
-        str, typer.Option("--model", help="sfno, or fgn (an SFNO with noise, CRPS-trained).")
+        str,
+        typer.Option(
+            "--model",
+            help="sfno, fgn (an SFNO with noise, CRPS-trained) or diffusion (an EDM denoiser).",
+        ),
     ] = "sfno",
     quiet: QuietOption = False,
 ) -> None:
-    """Train one SFNO or FGN emulator; resume from OUT/last when an earlier run was
+    """Train one SFNO, FGN or diffusion emulator; resume from OUT/last when an earlier run was
     interrupted."""
     from data_pipeline.analysis_store import StoreError
     from models.checkpoint import CheckpointError

@@ -25,13 +25,16 @@ import torch
 
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.provenance import git_revision, package_version
+from models.diffusion import DiffusionEmulator
 from models.fgn import FGNEmulator
 from models.sfno import SFNOEmulator
 
 FORMAT = "wxens-emulator/1"
 WEIGHTS = "model.safetensors"
 METADATA = "metadata.json"
-KINDS: dict[str, type[SFNOEmulator]] = {kind.kind: kind for kind in (SFNOEmulator, FGNEmulator)}
+KINDS: dict[str, type[SFNOEmulator]] = {
+    kind.kind: kind for kind in (SFNOEmulator, FGNEmulator, DiffusionEmulator)
+}
 
 
 class CheckpointError(ValueError):

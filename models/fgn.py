@@ -16,8 +16,9 @@ K samples per step (`models.training`), which rewards calibrated spread as well 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,13 +30,31 @@ from models.emulator import Generators
 from models.sfno import SFNOEmulator
 
 _FORWARD = threading.local()
-"""The noise of the FGN forward running in this thread (`FGNEmulator.forward` sets it): one
-emulator serves the ensemble runner's worker threads at once, so it cannot live on a module."""
+"""The conditioning vector of the forward running in this thread (`conditioning` sets it: an
+FGN's noise, a diffusion denoiser's noise-level embedding): one emulator serves the ensemble
+runner's worker threads at once, so it cannot live on a module."""
+
+
+@contextlib.contextmanager
+def conditioning(vector: torch.Tensor) -> Iterator[None]:
+    """Drive every `ConditionalNorm` called in this thread with `vector` `(batch, dim)`."""
+    _FORWARD.noise = vector
+    try:
+        yield
+    finally:
+        _FORWARD.noise = None
+
+
+def add_conditional_norms(network: torch.nn.Module, channels: int, dim: int) -> None:
+    """Wrap the normalisation of each of `network.blocks` (a torch-harmonics SFNO) in a
+    `ConditionalNorm` driven by `dim`-dimensional conditioning vectors."""
+    for block in network.blocks:
+        block.norm = ConditionalNorm(block.norm, channels, dim)
 
 
 class ConditionalNorm(torch.nn.Module):
-    """`norm(h) * (1 + gamma(z)) + beta(z)` per channel, `z` the noise of this thread's
-    `FGNEmulator.forward`."""
+    """`norm(h) * (1 + gamma(z)) + beta(z)` per channel, `z` this thread's `conditioning`
+    vector (zero-initialised `gamma`, `beta`: the plain `norm` at first)."""
 
     def __init__(self, norm: torch.nn.Module, channels: int, noise_dim: int):
         super().__init__()
@@ -47,21 +66,22 @@ class ConditionalNorm(torch.nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         noise = getattr(_FORWARD, "noise", None)
         if noise is None:
-            raise RuntimeError("ConditionalNorm called without noise (use FGNEmulator.forward)")
+            raise RuntimeError("ConditionalNorm called outside `conditioning` (no noise)")
         scale, shift = self.modulation(noise).chunk(2, dim=-1)
         return self.norm(h) * (1 + scale[..., None, None]) + shift[..., None, None]
 
 
-def draw_noise(batch: int, noise_dim: int, generator: Generators) -> torch.Tensor:
-    """`(batch, noise_dim)` standard normal noise on the CPU (the same numbers on any device):
+def draw_noise(batch: int, noise_dim: int | Sequence[int], generator: Generators) -> torch.Tensor:
+    """`(batch, *noise_dim)` standard normal noise on the CPU (the same numbers on any device):
     from one generator for the batch, or row k from `generator[k]` alone; zeros for None."""
+    shape = (noise_dim,) if isinstance(noise_dim, int) else tuple(noise_dim)
     if generator is None:
-        return torch.zeros(batch, noise_dim)
+        return torch.zeros(batch, *shape)
     if isinstance(generator, torch.Generator):
-        return torch.randn(batch, noise_dim, generator=generator)
+        return torch.randn(batch, *shape, generator=generator)
     if len(generator) != batch:
         raise ValueError(f"{len(generator)} generators for a batch of {batch} members")
-    return torch.stack([torch.randn(noise_dim, generator=g) for g in generator])
+    return torch.stack([torch.randn(*shape, generator=g) for g in generator])
 
 
 class FGNEmulator(SFNOEmulator):
@@ -80,18 +100,24 @@ class FGNEmulator(SFNOEmulator):
     ):
         super().__init__(grid, truncation, variables, stats, sfno)
         self.fgn = fgn
-        for block in self.network.blocks:
-            block.norm = ConditionalNorm(block.norm, sfno.embed_dim, fgn.noise_dim)
+        add_conditional_norms(self.network, sfno.embed_dim, fgn.noise_dim)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """One member's noise of one step: `(noise_dim,)`."""
+        return (self.fgn.noise_dim,)
+
+    @property
+    def samples(self) -> int:
+        """How many forecasts of each state the CRPS compares (`fgn.samples`)."""
+        return self.fgn.samples
 
     def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The next state for `noise` `(batch, noise_dim)` (zero when None), differentiable."""
         if noise is None:
             noise = draw_noise(len(state), self.fgn.noise_dim, None)
-        _FORWARD.noise = noise.to(state.device, torch.float32)
-        try:
+        with conditioning(noise.to(state.device, torch.float32)):
             return super().forward(state)
-        finally:
-            _FORWARD.noise = None
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Training one SFNO or FGN emulator (`wxens train --model sfno|fgn`).
+"""Training one SFNO, FGN or diffusion emulator (`wxens train --model sfno|fgn|diffusion`).
 
 AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the area-
 weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so that
@@ -8,14 +8,15 @@ both layers count alike, and 1 is the error of persistence after one step),
 
 averaged over a batch of K-step autoregressive rollouts (K from the config's
 `rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch); an FGN minimises
-instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units. The
+instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units (a
+diffusion model: the EDM loss of one-step pairs, `models.diffusion.denoising_loss`). The
 analyses of the training and validation years are held in memory on the training device
 (`PeriodStates`), so a batch is one gather. After every epoch the model is scored on the
 validation years and the best one is kept as the checkpoint in `out/`; the latest state
 (weights, optimizer, epoch) goes to `out/last/`, from which an interrupted run resumes. Batches
-are drawn in an order seeded by `(seed, epoch)`, an FGN's noise from a generator seeded by
-`(seed, step)`, and no other randomness is used, so the same seed on the same machine gives the
-same weights, interrupted or not.
+are drawn in an order seeded by `(seed, epoch)`, an FGN's (diffusion's) noise from a generator
+seeded by `(seed, step)`, and no other randomness is used, so the same seed on the same
+machine gives the same weights, interrupted or not.
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ from models.checkpoint import (
     save_tensors,
     sha256_file,
 )
+from models.diffusion import DiffusionEmulator, denoising_loss
 from models.fgn import FGNEmulator, draw_noise
 from models.sfno import SFNOEmulator
 
-TRAINABLE = ("sfno", "fgn")
+TRAINABLE = ("sfno", "fgn", "diffusion")
+SAMPLED = (FGNEmulator, DiffusionEmulator)  # scored by the fair CRPS of sampled forecasts
 LAST = "last"  # sub-directory of the output holding the state to resume from
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
@@ -151,18 +154,18 @@ def fair_crps(
 
 
 def sampled_rollout_errors(
-    emulator: FGNEmulator,
+    emulator: FGNEmulator | DiffusionEmulator,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """`fair_crps` `(step, channel)` of `emulator.fgn.samples` rollouts from each of `inputs`
+    """`fair_crps` `(step, channel)` of `emulator.samples` rollouts from each of `inputs`
     against `targets` `(batch, step, channel, lat, lon)`, the noise drawn from `generator`."""
-    samples = emulator.fgn.samples
+    samples = emulator.samples
     state, errors = inputs.repeat(samples, 1, 1, 1), []
     for k in range(targets.shape[1]):
-        noise = draw_noise(len(state), emulator.fgn.noise_dim, generator)
+        noise = draw_noise(len(state), emulator.noise_shape, generator)
         state = emulator(state, noise)
         members = state.unflatten(0, (samples, len(inputs)))
         errors.append(fair_crps(members, targets[:, k], weights, emulator.tendency_std))
@@ -179,8 +182,9 @@ def rollout_errors(
 ) -> torch.Tensor:
     """Normalised errors `(step, channel)` of a rollout from `inputs` against `targets`
     `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
-    `adjusted_mse`; an FGN's `sampled_rollout_errors` (its noise from `generator`)."""
-    if isinstance(emulator, FGNEmulator):
+    `adjusted_mse`; an FGN's or diffusion model's `sampled_rollout_errors` (its noise from
+    `generator`)."""
+    if isinstance(emulator, SAMPLED):
         return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
     state, errors = inputs, []
     for k in range(targets.shape[1]):
@@ -242,13 +246,13 @@ class PeriodStates:
 def validate(
     emulator: SFNOEmulator, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
-    """Area-weighted RMSE (an FGN: fair CRPS) over `steps`-step rollouts from `count` evenly
-    spaced inits.
+    """Area-weighted RMSE (an FGN or diffusion: fair CRPS) over `steps`-step rollouts from
+    `count` evenly spaced inits.
 
     `score` = sqrt of the normalised MSE (an FGN: the normalised CRPS) averaged over leads and
     channels, lower is better; `rmse` (`crps`) = per variable at the last lead, in the
-    variable's units. An FGN's noise comes from a generator seeded 0: every epoch is scored on
-    the same draws.
+    variable's units. A sampled model's noise comes from a generator seeded 0: every epoch is
+    scored on the same draws.
     """
     indices = np.unique(np.linspace(0, period.count(steps) - 1, count).round().astype(int))
     total = torch.zeros(steps, len(period.variables), dtype=torch.float64)
@@ -259,7 +263,7 @@ def validate(
         total += errors.cpu().double() * len(chunk)
     mean = total / len(indices)
     scale = emulator.tendency_std.flatten().cpu().double()
-    if isinstance(emulator, FGNEmulator):
+    if isinstance(emulator, SAMPLED):
         name, score, last = "crps", float(mean.mean()), mean[-1] * scale
     else:
         name, score, last = "rmse", float(mean.mean().sqrt()), (mean[-1] * scale**2).sqrt()
@@ -316,6 +320,8 @@ class Trainer:
         self.emulator = (
             FGNEmulator(*arguments, config.sfno, config.fgn)
             if model == "fgn"
+            else DiffusionEmulator(*arguments, config.sfno, config.diffusion)
+            if model == "diffusion"
             else SFNOEmulator(*arguments, config.sfno)
         ).to(device)
         self.optimizer = torch.optim.AdamW(
@@ -335,9 +341,12 @@ class Trainer:
             raise CheckpointError(
                 f"{checkpoint}: its network ({loaded.sfno.model_dump()}) is not the config's sfno"
             )
-        missing, unexpected = self.emulator.network.load_state_dict(
-            loaded.network.state_dict(), strict=False
-        )
+        try:
+            missing, unexpected = self.emulator.network.load_state_dict(
+                loaded.network.state_dict(), strict=False
+            )
+        except RuntimeError:  # shapes differ (a diffusion denoiser has more input channels)
+            missing, unexpected = [], ["(shapes differ)"]
         if unexpected or any(".norm.modulation." not in key for key in missing):
             raise CheckpointError(
                 f"{checkpoint}: a checkpoint of kind {loaded.kind} cannot start one of kind"
@@ -405,9 +414,13 @@ class Trainer:
         noise = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0])
         )
-        errors = rollout_errors(
-            self.emulator, inputs, targets, self.train.area_weights, self.settings.loss, noise
-        )
+        weights = self.train.area_weights
+        if isinstance(self.emulator, DiffusionEmulator):  # one-step pairs only
+            errors = denoising_loss(self.emulator, inputs, targets[:, 0], weights, noise)
+        else:
+            errors = rollout_errors(
+                self.emulator, inputs, targets, weights, self.settings.loss, noise
+            )
         loss = errors.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

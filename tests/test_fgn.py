@@ -98,21 +98,30 @@ def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
     others, or in a padded pass gives the same numbers; another generator gives others."""
     path, _ = tiny_world
     fgn = load_checkpoint(fgn_checkpoint, load_config(path))
-    state = torch.randn(5, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * fgn.std
-    seeds = [11, 12, 13, 14, 15]
-
-    def generators(chosen):
-        return [torch.Generator().manual_seed(s) for s in chosen]
-
-    batched = FixedBatchEmulator(fgn, 4)
-    together = batched.step(state, generator=generators(seeds))
-    alone = batched.step(state[2:3], generator=generators(seeds[2:3]))
-    assert torch.equal(together[2:3], alone)
-    other = batched.step(state[2:3], generator=generators([99]))
-    assert not torch.allclose(other, alone)
-    assert torch.equal(fgn.step(state), fgn.step(state))  # no generator: zero noise
+    check_reproducible_per_member(fgn)
     with pytest.raises(ValueError, match="2 generators for a batch of 5 members"):
         draw_noise(5, fgn.fgn.noise_dim, generators([1, 2]))
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def check_reproducible_per_member(emulator) -> None:
+    """Five members of a stochastic `emulator` on a tiny grid, in padded passes of 4: member 2
+    (in a full pass) and member 4 (in a padded one) equal themselves alone (padded); another
+    generator differs; without generators the step is deterministic."""
+    grid = (5, 2, emulator.grid.nlat, emulator.grid.nlon)
+    state = torch.randn(grid, generator=torch.Generator().manual_seed(0)) * emulator.std
+    seeds = [11, 12, 13, 14, 15]
+    batched = FixedBatchEmulator(emulator, 4)
+    together = batched.step(state, generator=generators(seeds))
+    for k in (2, 4):
+        alone = batched.step(state[k : k + 1], generator=generators(seeds[k : k + 1]))
+        assert torch.equal(together[k : k + 1], alone)
+    other = batched.step(state[4:5], generator=generators([99]))
+    assert not torch.allclose(other, alone)
+    assert torch.equal(emulator.step(state), emulator.step(state))  # no generator: zero noise
 
 
 def with_ensemble(base: Path, tmp_path: Path, **ensemble) -> Path:
@@ -123,41 +132,47 @@ def with_ensemble(base: Path, tmp_path: Path, **ensemble) -> Path:
     return path
 
 
-def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
-    fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
-):
-    """An FGN checkpoint under the default `ensemble.kinds` ([sfno]) is refused in one line;
-    allowed, the members alternate between the SFNO and the FGN, the store says which, and a
-    member run alone (its own noise stream) equals the same member in the whole ensemble."""
-    path, _ = tiny_world
-    sfno = tiny_checkpoints / "sfno-seed1"
+def check_mixed_ensemble(wxens, config: Path, sfno: Path, other: Path, tmp_path: Path) -> None:
+    """A checkpoint `other` of a stochastic kind under the default `ensemble.kinds` ([sfno]) is
+    refused in one line; allowed, the members alternate between the SFNO `sfno` and `other`,
+    the store says which, and a member run alone (its own noise stream) equals the same member
+    in the whole ensemble."""
+    kind = json.loads((other / "metadata.json").read_text())["kind"]
 
     def run(config, out, *extra, members=8):
         return wxens(
-            "forecast", "--config", config, "--checkpoints", sfno, "--checkpoints",
-            fgn_checkpoint, "--init", INIT, "--members", members, "--lead-days", 1, "--out", out,
-            "--quiet", *extra,
+            "forecast", "--config", config, "--checkpoints", sfno, "--checkpoints", other,
+            "--init", INIT, "--members", members, "--lead-days", 1, "--out", out, "--quiet",
+            *extra,
         )  # fmt: skip
 
-    code, output = run(path, tmp_path / "refused.zarr")
+    code, output = run(config, tmp_path / "refused.zarr")
     assert code == 1
-    assert "fgn-seed1: a checkpoint of kind fgn, but ensemble.kinds is ['sfno']" in output
+    assert f"{other.name}: a checkpoint of kind {kind}, but ensemble.kinds is ['sfno']" in output
     assert not (tmp_path / "refused.zarr").exists()
-    mixed = with_ensemble(path, tmp_path, kinds=["sfno", "fgn"])
+    mixed = with_ensemble(config, tmp_path, kinds=["sfno", kind])
     code, output = run(mixed, tmp_path / "mixed.zarr")
     assert code == 0, output
     store = xr.open_zarr(tmp_path / "mixed.zarr")
     kinds = np.array(store["kind"].attrs["flag_meanings"].split())[store["kind"].values]
-    assert list(kinds) == ["sfno", "sfno", "fgn", "fgn"] * 2
+    assert list(kinds) == ["sfno", "sfno", kind, kind] * 2
     checkpoints = store["checkpoint"].attrs["flag_meanings"].split()
-    assert checkpoints == ["sfno-seed1", "fgn-seed1"]
+    assert checkpoints == [sfno.name, other.name]
     values = store["psi_upper"].values
     assert np.isfinite(values).all()
-    assert not np.array_equal(values[:, -1, 2], values[:, -1, 3])  # the FGN members differ
+    assert not np.array_equal(values[:, -1, 2], values[:, -1, 3])  # its members differ
     code, output = run(mixed, tmp_path / "four.zarr", "--batch-size", 1, members=4)
     assert code == 0, output
     four = xr.open_zarr(tmp_path / "four.zarr")["psi_upper"].values
     np.testing.assert_array_equal(four, values[:, :, :4])
+
+
+def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
+    fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
+):
+    """`check_mixed_ensemble` of the tiny SFNO of seed 1 and the FGN."""
+    path, _ = tiny_world
+    check_mixed_ensemble(wxens, path, tiny_checkpoints / "sfno-seed1", fgn_checkpoint, tmp_path)
 
 
 def test_committed_fgn_checkpoint_loads_and_samples():
