@@ -160,6 +160,12 @@ class DiffusionConfig(Strict):
     noise_embedding: int = Field(32, ge=2, multiple_of=2)
     samples: int = Field(2, ge=2)
 
+    @model_validator(mode="after")
+    def _levels_ordered(self) -> DiffusionConfig:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min {self.sigma_min} must be below sigma_max {self.sigma_max}")
+        return self
+
 
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.

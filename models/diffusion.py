@@ -36,17 +36,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
-from data_pipeline.config import DiffusionConfig, SFNOConfig
-from data_pipeline.sphere import LatLonGrid
-from data_pipeline.training_data import NormalisationStats
-from models.emulator import Generators
-from models.fgn import add_conditional_norms, conditioning, draw_noise
-from models.sfno import SFNOEmulator, build_network
+from data_pipeline.config import DiffusionConfig
+from models.fgn import SampledEmulator, conditioning, draw_noise
 
 SIGMA_DATA = 1.0
 """The std of the denoised quantity, the normalised tendency (1 by construction)."""
@@ -113,35 +108,24 @@ def noise_embedding(c_noise: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-class DiffusionEmulator(SFNOEmulator):
+class DiffusionEmulator(SampledEmulator):
     """A diffusion member (see the module docstring): `step` samples the next state."""
 
     kind = "diffusion"
+    section = "diffusion"
+    settings_type = DiffusionConfig
+    noisy_inputs = True
+    diffusion: DiffusionConfig
 
-    def __init__(
-        self,
-        grid: LatLonGrid,
-        truncation: int,
-        variables: Sequence[str],
-        stats: NormalisationStats,
-        sfno: SFNOConfig,
-        diffusion: DiffusionConfig,
-    ):
-        super().__init__(grid, truncation, variables, stats, sfno)
-        self.diffusion = diffusion
-        channels = len(variables)
-        self.network = build_network(grid, channels, sfno, truncation, extra_inputs=channels)
-        add_conditional_norms(self.network, sfno.embed_dim, diffusion.noise_embedding)
+    @property
+    def conditioning_dim(self) -> int:
+        """The noise-level embedding's size, `diffusion.noise_embedding`."""
+        return self.diffusion.noise_embedding
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
         """One member's initial noise: `(channel, latitude, longitude)`."""
         return (len(self.input_variables), self.grid.nlat, self.grid.nlon)
-
-    @property
-    def samples(self) -> int:
-        """How many forecasts of each state validation scores (`diffusion.samples`)."""
-        return self.diffusion.samples
 
     def sigmas(self) -> torch.Tensor:
         """The sampler's noise levels (`sigma_schedule` of the config)."""
@@ -176,20 +160,6 @@ class DiffusionEmulator(SFNOEmulator):
         heun = self.diffusion.sampler == "heun"
         residual = sample(denoiser, noise.to(state.device, torch.float32), self.sigmas(), heun)
         return self.advance(state, residual)
-
-    @torch.no_grad()
-    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
-        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
-        noise = draw_noise(len(state), self.noise_shape, generator)
-        with self._precision(state.device):
-            return self.forward(state, noise)
-
-    def architecture(self) -> dict[str, Any]:
-        return {**super().architecture(), "diffusion": self.diffusion.model_dump()}
-
-    @classmethod
-    def from_architecture(cls, architecture: dict[str, Any]) -> DiffusionEmulator:
-        return cls(*cls.arguments(architecture), DiffusionConfig(**architecture["diffusion"]))
 
 
 def denoising_loss(

@@ -19,15 +19,16 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 
 from data_pipeline.config import FGNConfig, SFNOConfig
 from data_pipeline.sphere import LatLonGrid
 from data_pipeline.training_data import NormalisationStats
 from models.emulator import Generators
-from models.sfno import SFNOEmulator
+from models.sfno import SFNOEmulator, build_network
 
 _FORWARD = threading.local()
 """The conditioning vector of the forward running in this thread (`conditioning` sets it: an
@@ -84,10 +85,20 @@ def draw_noise(batch: int, noise_dim: int | Sequence[int], generator: Generators
     return torch.stack([torch.randn(*shape, generator=g) for g in generator])
 
 
-class FGNEmulator(SFNOEmulator):
-    """A stochastic SFNO member (see the module docstring)."""
+class SampledEmulator(SFNOEmulator):
+    """An SFNO-based member that samples its step from noise drawn per member (FGN, diffusion).
 
-    kind = "fgn"
+    A subclass names its config section (`section`, e.g. "fgn") and that section's model
+    (`settings_type`), kept as the attribute of that name; the size of the conditioning
+    vectors its `ConditionalNorm`s take (`conditioning_dim`); whether the network takes as many
+    extra input channels as there are variables (`noisy_inputs`: a denoiser's noisy state); the
+    `noise_shape` of one member's step; and `forward(state, noise)`, noise `(batch,
+    *noise_shape)`, zero for None.
+    """
+
+    section: ClassVar[str]
+    settings_type: ClassVar[type[BaseModel]]
+    noisy_inputs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -96,21 +107,65 @@ class FGNEmulator(SFNOEmulator):
         variables: Sequence[str],
         stats: NormalisationStats,
         sfno: SFNOConfig,
-        fgn: FGNConfig,
+        settings: BaseModel,
     ):
         super().__init__(grid, truncation, variables, stats, sfno)
-        self.fgn = fgn
-        add_conditional_norms(self.network, sfno.embed_dim, fgn.noise_dim)
+        setattr(self, self.section, settings)
+        if self.noisy_inputs:
+            channels = len(variables)
+            self.network = build_network(grid, channels, sfno, truncation, channels)
+        add_conditional_norms(self.network, sfno.embed_dim, self.conditioning_dim)
+
+    @property
+    def settings(self) -> Any:
+        """This member's config section (`FGNConfig`, `DiffusionConfig`)."""
+        return getattr(self, self.section)
+
+    @property
+    def conditioning_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def samples(self) -> int:
+        """How many forecasts of each state the CRPS compares (the section's `samples`)."""
+        return self.settings.samples
+
+    @torch.no_grad()
+    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
+        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
+        noise = draw_noise(len(state), self.noise_shape, generator)
+        with self._precision(state.device):
+            return self.forward(state, noise)
+
+    def architecture(self) -> dict[str, Any]:
+        return {**super().architecture(), self.section: self.settings.model_dump()}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict[str, Any]) -> SampledEmulator:
+        settings = cls.settings_type(**architecture[cls.section])
+        return cls(*cls.arguments(architecture), settings)
+
+
+class FGNEmulator(SampledEmulator):
+    """A stochastic SFNO member (see the module docstring)."""
+
+    kind = "fgn"
+    section = "fgn"
+    settings_type = FGNConfig
+
+    @property
+    def conditioning_dim(self) -> int:
+        """The noise vector's size, `fgn.noise_dim`."""
+        return self.fgn.noise_dim
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
         """One member's noise of one step: `(noise_dim,)`."""
         return (self.fgn.noise_dim,)
-
-    @property
-    def samples(self) -> int:
-        """How many forecasts of each state the CRPS compares (`fgn.samples`)."""
-        return self.fgn.samples
 
     def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The next state for `noise` `(batch, noise_dim)` (zero when None), differentiable."""
@@ -118,17 +173,3 @@ class FGNEmulator(SFNOEmulator):
             noise = draw_noise(len(state), self.fgn.noise_dim, None)
         with conditioning(noise.to(state.device, torch.float32)):
             return super().forward(state)
-
-    @torch.no_grad()
-    def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
-        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
-        noise = draw_noise(len(state), self.fgn.noise_dim, generator)
-        with self._precision(state.device):
-            return self.forward(state, noise)
-
-    def architecture(self) -> dict[str, Any]:
-        return {**super().architecture(), "fgn": self.fgn.model_dump()}
-
-    @classmethod
-    def from_architecture(cls, architecture: dict[str, Any]) -> FGNEmulator:
-        return cls(*cls.arguments(architecture), FGNConfig(**architecture["fgn"]))
