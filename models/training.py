@@ -57,11 +57,10 @@ from models.checkpoint import (
     sha256_file,
 )
 from models.diffusion import DiffusionEmulator, denoising_loss
-from models.fgn import FGNEmulator, draw_noise
+from models.fgn import FGNEmulator, SampledEmulator, draw_noise
 from models.sfno import SFNOEmulator
 
 TRAINABLE = ("sfno", "fgn", "diffusion")
-SAMPLED = (FGNEmulator, DiffusionEmulator)  # scored by the fair CRPS of sampled forecasts
 LAST = "last"  # sub-directory of the output holding the state to resume from
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
@@ -154,7 +153,7 @@ def fair_crps(
 
 
 def sampled_rollout_errors(
-    emulator: FGNEmulator | DiffusionEmulator,
+    emulator: SampledEmulator,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
@@ -184,7 +183,7 @@ def rollout_errors(
     `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
     `adjusted_mse`; an FGN's or diffusion model's `sampled_rollout_errors` (its noise from
     `generator`)."""
-    if isinstance(emulator, SAMPLED):
+    if isinstance(emulator, SampledEmulator):
         return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
     state, errors = inputs, []
     for k in range(targets.shape[1]):
@@ -263,7 +262,7 @@ def validate(
         total += errors.cpu().double() * len(chunk)
     mean = total / len(indices)
     scale = emulator.tendency_std.flatten().cpu().double()
-    if isinstance(emulator, SAMPLED):
+    if isinstance(emulator, SampledEmulator):
         name, score, last = "crps", float(mean.mean()), mean[-1] * scale
     else:
         name, score, last = "rmse", float(mean.mean().sqrt()), (mean[-1] * scale**2).sqrt()
