@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint truth checkpoints fgn-checkpoint vae-checkpoint
+.PHONY: demo test lint truth checkpoints fgn-checkpoint vae-checkpoint diffusion-checkpoint
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,9 @@ fgn-checkpoint: | $(FGN_TRUTH)
 vae-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-vae.yaml --model vae --seed 1 \
 		--init-from checkpoints/default/sfno-seed1 --out out/vae/checkpoints/vae-seed1 --quiet
+
+# A diffusion checkpoint (models/diffusion.py), trained from scratch into out/diffusion/: the EDM
+# denoiser of configs/default-diffusion.yaml on the FGN's truth store; about 50 min on this CPU.
+diffusion-checkpoint: | $(FGN_TRUTH)
+	$(VENV)/bin/wxens train --config configs/default-diffusion.yaml --model diffusion --seed 1 \
+		--out out/diffusion/checkpoints/diffusion-seed1 --quiet

@@ -3,12 +3,14 @@
     python benchmarks/member_kinds_speed.py [--members 32] [--repeats 5]
         [--sfno checkpoints/default/sfno-seed1] [--fgn checkpoints/fgn/fgn-seed1]
         [--vae out/vae/checkpoints/vae-seed1]
+        [--diffusion out/diffusion/checkpoints/diffusion-seed1]
 
 Each kind steps `--members` members of the default world in fixed passes of
 `ensemble.micro_batch` (`nwp.micro_batch` for the NWP baseline), every member with its own
 noise generator, on one torch thread (the runner's setting on a CPU: one task per core). Kinds:
 the SFNO, the FGN and the VAE (SFNOs with noise layers: the overhead of sampling; the VAE
-after `make vae-checkpoint`) and the NWP baseline of configs/demo.yaml (the T21 QG model in
+after `make vae-checkpoint`), the diffusion model (its sampler's 2N - 1 denoiser calls a step,
+`make diffusion-checkpoint`) and the NWP baseline of configs/demo.yaml (the T21 QG model in
 single precision, 90 min steps). The median over
 `--repeats` timed calls after one warm-up call; CPU always, CUDA too when present (whole batch
 at once there).
@@ -56,17 +58,19 @@ def main() -> None:
     parser.add_argument("--sfno", default="checkpoints/default/sfno-seed1")
     parser.add_argument("--fgn", default="checkpoints/fgn/fgn-seed1")
     parser.add_argument("--vae", default="out/vae/checkpoints/vae-seed1")
+    parser.add_argument("--diffusion", default="out/diffusion/checkpoints/diffusion-seed1")
     args = parser.parse_args()
     config = load_config("configs/demo.yaml")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 CPU thread, {args.members} members")
-    print(f"{'kind':6}{'device':>8}{'pass':>6}{'member-steps/s':>16}")
+    print(f"{'kind':10}{'device':>8}{'pass':>6}{'member-steps/s':>16}")
     for device in devices:
-        kinds = {"sfno": args.sfno, "fgn": args.fgn, "vae": args.vae, "nwp": None}
+        kinds = {"sfno": args.sfno, "fgn": args.fgn, "vae": args.vae}
+        kinds |= {"diffusion": args.diffusion, "nwp": None}
         for kind, checkpoint in kinds.items():
             if checkpoint is not None and not Path(checkpoint).exists():
-                print(f"{kind:6}{device.type:>8}{'':>6}{'(no ' + checkpoint + ')':>16}")
+                print(f"{kind:10}{device.type:>8}{'':>6}{'(no ' + checkpoint + ')':>16}")
                 continue
             with torch.no_grad():
                 emulator = (
@@ -76,7 +80,7 @@ def main() -> None:
                 )
                 size = micro_batch(config, "nwp" if checkpoint is None else "sfno")
                 speed = rate(emulator, size, args.members, args.repeats, device)
-            print(f"{kind:6}{device.type:>8}{size:>6}{speed:>16.1f}")
+            print(f"{kind:10}{device.type:>8}{size:>6}{speed:>16.1f}")
 
 
 if __name__ == "__main__":

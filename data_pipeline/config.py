@@ -161,6 +161,31 @@ class VAEConfig(Strict):
     kl_weight: float = Field(0.01, ge=0)
 
 
+class DiffusionConfig(Strict):
+    """The diffusion emulator (`models.diffusion`, EDM; Karras et al. 2022, arXiv:2206.00364):
+    an SFNO (`sfno`) denoiser of the normalised 6 h tendency, its noise level sigma entering
+    through a sinusoidal embedding of `noise_embedding` numbers. Sampling: `sampler` (`heun`,
+    EDM's 2nd order; `euler`, 1st order, DDIM-like) on `sampler_steps` levels from `sigma_max`
+    to `sigma_min` spaced as `rho`; training draws ln sigma ~ N(`p_mean`, `p_std`^2);
+    validation scores the fair CRPS of `samples` forecasts of each state."""
+
+    sampler_steps: int = Field(8, ge=2)
+    sampler: Literal["heun", "euler"] = "heun"
+    sigma_min: PositiveFloat = 0.002
+    sigma_max: PositiveFloat = 80.0
+    rho: PositiveFloat = 7.0
+    p_mean: float = -1.2
+    p_std: PositiveFloat = 1.2
+    noise_embedding: int = Field(32, ge=2, multiple_of=2)
+    samples: int = Field(2, ge=2)
+
+    @model_validator(mode="after")
+    def _levels_ordered(self) -> DiffusionConfig:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min {self.sigma_min} must be below sigma_max {self.sigma_max}")
+        return self
+
+
 class TrainingConfig(Strict):
     """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
 
@@ -185,7 +210,7 @@ class TrainingConfig(Strict):
 
 
 InitialPerturbation = Literal["none", "random_field", "bred_vector"]
-Kind = Literal["sfno", "fgn", "vae"]
+Kind = Literal["sfno", "fgn", "vae", "diffusion"]
 """The emulator kinds (`models.checkpoint.KINDS`)."""
 
 
@@ -304,6 +329,7 @@ class ExperimentConfig(Strict):
     sfno: SFNOConfig = SFNOConfig()
     fgn: FGNConfig = FGNConfig()
     vae: VAEConfig = VAEConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
     ensemble: EnsembleConfig = EnsembleConfig()

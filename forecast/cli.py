@@ -158,13 +158,13 @@ def train(
         str,
         typer.Option(
             "--model",
-            help="sfno; fgn (an SFNO with noise, CRPS-trained); or vae (an SFNO perturbed by a"
-            " conditional VAE's latent, CRPS + KL-trained).",
+            help="sfno; fgn (an SFNO with noise, CRPS-trained); vae (an SFNO perturbed by a"
+            " conditional VAE's latent, CRPS + KL-trained); or diffusion (an EDM denoiser).",
         ),
     ] = "sfno",
     quiet: QuietOption = False,
 ) -> None:
-    """Train one SFNO, FGN or VAE emulator; resume from OUT/last when an earlier run was
+    """Train one SFNO, FGN, VAE or diffusion emulator; resume from OUT/last when an earlier run was
     interrupted."""
     from data_pipeline.analysis_store import StoreError
     from models.checkpoint import CheckpointError

@@ -25,6 +25,7 @@ import torch
 
 from data_pipeline.config import ExperimentConfig
 from data_pipeline.provenance import git_revision, package_version
+from models.diffusion import DiffusionEmulator
 from models.fgn import FGNEmulator
 from models.sfno import SFNOEmulator
 from models.vae import VAEEmulator
@@ -33,7 +34,7 @@ FORMAT = "wxens-emulator/1"
 WEIGHTS = "model.safetensors"
 METADATA = "metadata.json"
 KINDS: dict[str, type[SFNOEmulator]] = {
-    kind.kind: kind for kind in (SFNOEmulator, FGNEmulator, VAEEmulator)
+    kind.kind: kind for kind in (SFNOEmulator, FGNEmulator, VAEEmulator, DiffusionEmulator)
 }
 
 

@@ -16,13 +16,14 @@ K samples per step (`models.training`), which rewards calibrated spread as well 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from data_pipeline.config import FGNConfig, SFNOConfig, VAEConfig
+from data_pipeline.config import DiffusionConfig, FGNConfig, SFNOConfig, VAEConfig
 from data_pipeline.sphere import LatLonGrid
 from data_pipeline.training_data import NormalisationStats
 from models.emulator import Generators
@@ -30,14 +31,24 @@ from models.sfno import SFNOEmulator
 
 FORWARD = threading.local()
 """`FORWARD.conditioning`: what the noise layers of the `NoisyEmulator` forward running in this
-thread read (`NoisyEmulator.conditioned_forward` sets it; the FGN's noise, the VAE's latent
-draw): one emulator serves the ensemble runner's worker threads at once, so it cannot live on a
-module."""
+thread read (`conditioning` sets it: the FGN's noise, the VAE's latent draw, a diffusion
+denoiser's noise-level embedding): one emulator serves the ensemble runner's worker threads at
+once, so it cannot live on a module."""
+
+
+@contextlib.contextmanager
+def conditioning(value: object) -> Iterator[None]:
+    """Drive the noise layers called in this thread with `value` (`FORWARD.conditioning`)."""
+    FORWARD.conditioning = value
+    try:
+        yield
+    finally:
+        FORWARD.conditioning = None
 
 
 class ConditionalNorm(torch.nn.Module):
-    """`norm(h) * (1 + gamma(z)) + beta(z)` per channel, `z` the noise of this thread's
-    `FGNEmulator.forward`."""
+    """`norm(h) * (1 + gamma(z)) + beta(z)` per channel, `z` `(batch, dim)` this thread's
+    `conditioning` (an FGN's noise, a diffusion denoiser's noise-level embedding)."""
 
     def __init__(self, norm: torch.nn.Module, channels: int, noise_dim: int):
         super().__init__()
@@ -49,15 +60,23 @@ class ConditionalNorm(torch.nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         noise = getattr(FORWARD, "conditioning", None)
         if noise is None:
-            raise RuntimeError("ConditionalNorm called without noise (use FGNEmulator.forward)")
+            raise RuntimeError("ConditionalNorm called outside `conditioning` (no noise)")
         scale, shift = self.modulation(noise).chunk(2, dim=-1)
         return self.norm(h) * (1 + scale[..., None, None]) + shift[..., None, None]
+
+
+def add_conditional_norms(network: torch.nn.Module, channels: int, dim: int) -> None:
+    """Wrap the normalisation of each of `network.blocks` (a torch-harmonics SFNO) in a
+    `ConditionalNorm` driven by `dim`-dimensional conditioning vectors."""
+    for block in network.blocks:
+        block.norm = ConditionalNorm(block.norm, channels, dim)
 
 
 def draw_noise(batch: int, shape: int | Sequence[int], generator: Generators) -> torch.Tensor:
     """`(batch, *shape)` standard normal noise on the CPU (the same numbers on any device):
     from one generator for the batch, or row k from `generator[k]` alone; zeros for None.
-    `shape` is one member's noise: `noise_dim` for an FGN, latent maps for a VAE."""
+    `shape` is one member's noise: `noise_dim` for an FGN, latent maps for a VAE, the initial
+    noise of the state for a diffusion member."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if generator is None:
         return torch.zeros(batch, *shape)
@@ -70,10 +89,10 @@ def draw_noise(batch: int, shape: int | Sequence[int], generator: Generators) ->
 
 class NoisyEmulator(SFNOEmulator):
     """An SFNO member that samples its step, `forward(state, noise)` with standard normal
-    `noise` `(batch, *noise_shape)` (zero noise: its deterministic step): FGN and VAE. Its own
-    `settings` (a `Settings`) are kept in its architecture under its `kind`."""
+    `noise` `(batch, *noise_shape)` (zero noise: its deterministic step): FGN, VAE and
+    diffusion. Its own `settings` (a `Settings`) are kept in its architecture under its `kind`."""
 
-    Settings: type[FGNConfig | VAEConfig]
+    Settings: type[FGNConfig | VAEConfig | DiffusionConfig]
     noise_scale = 1.0
     """Multiplies the noise that `step` draws (`MemberKind.noise_scale`; training uses 1)."""
 
@@ -84,7 +103,7 @@ class NoisyEmulator(SFNOEmulator):
         variables: Sequence[str],
         stats: NormalisationStats,
         sfno: SFNOConfig,
-        settings: FGNConfig | VAEConfig,
+        settings: FGNConfig | VAEConfig | DiffusionConfig,
     ):
         super().__init__(grid, truncation, variables, stats, sfno)
         self.settings = settings
@@ -98,6 +117,11 @@ class NoisyEmulator(SFNOEmulator):
     def noise_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    @property
+    def samples(self) -> int:
+        """How many forecasts of each state the training CRPS compares (`settings.samples`)."""
+        return self.settings.samples
+
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One sampled step, its noise drawn from `generator` only (`Generators`)."""
@@ -105,13 +129,10 @@ class NoisyEmulator(SFNOEmulator):
         with self._precision(state.device):
             return self.forward(state, noise)
 
-    def conditioned_forward(self, state: torch.Tensor, conditioning: object) -> torch.Tensor:
-        """`SFNOEmulator.forward` with `conditioning` in `FORWARD` for its noise layers."""
-        FORWARD.conditioning = conditioning
-        try:
+    def conditioned_forward(self, state: torch.Tensor, value: object) -> torch.Tensor:
+        """`SFNOEmulator.forward` with `value` in `FORWARD` for its noise layers."""
+        with conditioning(value):
             return SFNOEmulator.forward(self, state)
-        finally:
-            FORWARD.conditioning = None
 
     def architecture(self) -> dict[str, Any]:
         return {**super().architecture(), self.kind: self.settings.model_dump()}
@@ -132,8 +153,7 @@ class FGNEmulator(NoisyEmulator):
         return self.settings
 
     def add_noise_layers(self) -> None:
-        for block in self.network.blocks:
-            block.norm = ConditionalNorm(block.norm, self.sfno.embed_dim, self.fgn.noise_dim)
+        add_conditional_norms(self.network, self.sfno.embed_dim, self.fgn.noise_dim)
 
     @property
     def noise_shape(self) -> tuple[int, ...]:

@@ -40,10 +40,11 @@ def spectral_fraction(grid: LatLonGrid, sfno: SFNOConfig, truncation: int) -> fl
 
 
 def build_network(
-    grid: LatLonGrid, channels: int, sfno: SFNOConfig, truncation: int
+    grid: LatLonGrid, channels: int, sfno: SFNOConfig, truncation: int, extra_inputs: int = 0
 ) -> SphericalFourierNeuralOperator:
-    """The raw torch-harmonics SFNO of this configuration (also what the benchmark times)."""
-    inputs = channels * (3 if sfno.gradient_features else 1)
+    """The raw torch-harmonics SFNO of this configuration (also what the benchmark times);
+    `extra_inputs` channels enter before the features (a diffusion denoiser's noisy state)."""
+    inputs = channels * (3 if sfno.gradient_features else 1) + extra_inputs
     return SphericalFourierNeuralOperator(
         img_size=(grid.nlat, grid.nlon),
         grid=grid.kind,
@@ -92,9 +93,19 @@ class SFNOEmulator(torch.nn.Module):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """The next state, differentiable (training); `state` is `(batch, channel, lat, lon)`."""
-        tendency = self.network(self.features(state)) * self.tendency_std + self.tendency_mean
+        return self.advance(state, self.network(self.features(state)))
+
+    def advance(self, state: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`x + P_T[sigma_tend * residual + mu_tend]`: the state after the normalised
+        tendency `residual` (the network's target)."""
+        tendency = residual * self.tendency_std + self.tendency_mean
         projected = self.transforms.to_grid(self.transforms.to_spectral(tendency.float()))
         return state + projected.to(state.dtype)
+
+    def residual(self, state: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+        """The normalised tendency `(x(t + dt) - x(t) - mu_tend) / sigma_tend` from `state` to
+        `following` (what `advance` inverts, up to `P_T`)."""
+        return ((following - state - self.tendency_mean) / self.tendency_std).float()
 
     def features(self, state: torch.Tensor) -> torch.Tensor:
         """The network's input: `z = (x - mu(lat)) / sigma_anomaly`, then `grad z / T`."""

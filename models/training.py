@@ -1,4 +1,5 @@
-"""Training one SFNO, FGN or VAE emulator (`wxens train --model sfno|fgn|vae`).
+"""Training one SFNO, FGN, VAE or diffusion emulator (`wxens train --model`
+`sfno|fgn|vae|diffusion`).
 
 AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the area-
 weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so that
@@ -10,12 +11,13 @@ averaged over a batch of K-step autoregressive rollouts (K from the config's
 `rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch); an FGN minimises
 instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units, and a
 VAE that of `vae.samples` rollouts sampled from its posterior plus `vae.kl_weight` x its KL
-divergence from the prior (`sampled_rollout_terms`). The
+divergence from the prior (`sampled_rollout_terms`); a diffusion model the EDM loss of
+one-step pairs (`models.diffusion.denoising_loss`). The
 analyses of the training and validation years are held in memory on the training device
 (`PeriodStates`), so a batch is one gather. After every epoch the model is scored on the
 validation years and the best one is kept as the checkpoint in `out/`; the latest state
 (weights, optimizer, epoch) goes to `out/last/`, from which an interrupted run resumes. Batches
-are drawn in an order seeded by `(seed, epoch)`, an FGN's or VAE's noise from a generator
+are drawn in an order seeded by `(seed, epoch)`, a generative model's noise from a generator
 seeded by `(seed, step)`, and no other randomness is used, so the same seed on the same machine
 gives the same weights, interrupted or not.
 """
@@ -58,11 +60,12 @@ from models.checkpoint import (
     save_tensors,
     sha256_file,
 )
+from models.diffusion import DiffusionEmulator, denoising_loss
 from models.fgn import NoisyEmulator, draw_noise
 from models.sfno import SFNOEmulator
 from models.vae import VAEEmulator
 
-TRAINABLE = ("sfno", "fgn", "vae")
+TRAINABLE = ("sfno", "fgn", "vae", "diffusion")
 LAST = "last"  # sub-directory of the output holding the state to resume from
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
@@ -167,7 +170,7 @@ def sampled_rollout_terms(
     `generator`, and the KL(q || p) `(step,)` of a VAE in nats per latent value (zero for an
     FGN). A VAE's latent comes from its posterior given each step's target when `posterior`
     (training), else from its prior (as it forecasts)."""
-    samples = emulator.settings.samples
+    samples = emulator.samples
     state, errors, divergences = inputs.repeat(samples, 1, 1, 1), [], []
     for k in range(targets.shape[1]):
         noise = draw_noise(len(state), emulator.noise_shape, generator)
@@ -207,7 +210,7 @@ def rollout_errors(
 ) -> torch.Tensor:
     """Normalised errors `(step, channel)` of a rollout from `inputs` against `targets`
     `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
-    `adjusted_mse`; an FGN's or VAE's `sampled_rollout_errors` (its noise from `generator`)."""
+    `adjusted_mse`; a generative model's `sampled_rollout_errors` (its noise from `generator`)."""
     if isinstance(emulator, NoisyEmulator):
         return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
     state, errors = inputs, []
@@ -270,12 +273,12 @@ class PeriodStates:
 def validate(
     emulator: SFNOEmulator, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
-    """Area-weighted RMSE (an FGN or VAE: fair CRPS) over `steps`-step rollouts from `count`
+    """Area-weighted RMSE (a generative model: fair CRPS) over `steps`-step rollouts from `count`
     evenly spaced inits.
 
-    `score` = sqrt of the normalised MSE (an FGN or VAE: the normalised CRPS) averaged over
+    `score` = sqrt of the normalised MSE (a generative model: the normalised CRPS) averaged over
     leads and channels, lower is better; `rmse` (`crps`) = per variable at the last lead, in
-    the variable's units. An FGN's or VAE's noise comes from a generator seeded 0: every epoch
+    the variable's units. A generative model's noise comes from a generator seeded 0: every epoch
     is scored on the same draws. A VAE samples its prior, as it forecasts, and `kl` is its mean
     KL(q || p) in nats per latent value (`sampled_rollout_terms`).
     """
@@ -348,7 +351,8 @@ class Trainer:
         )
         torch.manual_seed(seed)
         arguments = (model_grid(config), config.grid.truncation, config.variables, stats)
-        noise = {"fgn": (config.fgn,), "vae": (config.vae,)}.get(model, ())  # its own settings
+        settings = {"fgn": config.fgn, "vae": config.vae, "diffusion": config.diffusion}
+        noise = (settings[model],) if model in settings else ()  # its own config section
         self.emulator = KINDS[model](*arguments, config.sfno, *noise).to(device)
         self.optimizer = torch.optim.AdamW(
             self.emulator.network.parameters(),
@@ -368,9 +372,12 @@ class Trainer:
             raise CheckpointError(
                 f"{checkpoint}: its network ({loaded.sfno.model_dump()}) is not the config's sfno"
             )
-        missing, unexpected = self.emulator.network.load_state_dict(
-            loaded.network.state_dict(), strict=False
-        )
+        try:
+            missing, unexpected = self.emulator.network.load_state_dict(
+                loaded.network.state_dict(), strict=False
+            )
+        except RuntimeError:  # shapes differ (a diffusion denoiser has more input channels)
+            missing, unexpected = [], ["(shapes differ)"]
         if unexpected or (missing and loaded.kind != SFNOEmulator.kind):
             raise CheckpointError(
                 f"{checkpoint}: a checkpoint of kind {loaded.kind} cannot start one of kind"
@@ -438,9 +445,13 @@ class Trainer:
         noise = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0])
         )
-        errors = rollout_errors(
-            self.emulator, inputs, targets, self.train.area_weights, self.settings.loss, noise
-        )
+        weights = self.train.area_weights
+        if isinstance(self.emulator, DiffusionEmulator):  # one-step pairs only
+            errors = denoising_loss(self.emulator, inputs, targets[:, 0], weights, noise)
+        else:
+            errors = rollout_errors(
+                self.emulator, inputs, targets, weights, self.settings.loss, noise
+            )
         loss = errors.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

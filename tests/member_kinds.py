@@ -1,7 +1,9 @@
-"""Helpers for the tests of stochastic member kinds (tests/test_fgn.py, tests/test_vae.py)."""
+"""Helpers for the tests of stochastic member kinds (tests/test_fgn.py, tests/test_vae.py,
+tests/test_diffusion.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import xarray as xr
 import yaml
 
 from models.emulator import Emulator, FixedBatchEmulator
+
+INIT = "2027-02-01T00"
 
 
 def fine_tune(wxens: Callable, config: Path, model: str, start: Path, out: Path) -> Path:
@@ -53,4 +57,37 @@ def check_sampling_per_member(emulator: Emulator) -> torch.Tensor:
     assert torch.equal(together[2:3], alone)
     other = batched.step(state[2:3], generator=generators([99]))
     assert not torch.allclose(other, alone)
+    assert torch.equal(emulator.step(state), emulator.step(state))  # no generator: zero noise
     return state
+
+
+def check_mixed_ensemble(wxens: Callable, config: Path, sfno: Path, other: Path, tmp: Path) -> None:
+    """A checkpoint `other` of a stochastic kind under the default `ensemble.kinds` ([sfno]) is
+    refused in one line; allowed, the members alternate between the SFNO `sfno` and `other`
+    by bred pairs, the store says which, and a member run alone (its own noise stream) equals
+    the same member in the whole ensemble."""
+    kind = json.loads((other / "metadata.json").read_text())["kind"]
+
+    def run(config: Path, out: Path, *extra, members: int = 8) -> tuple[int, str]:
+        return wxens(
+            "forecast", "--config", config, "--checkpoints", sfno, "--checkpoints", other,
+            "--init", INIT, "--members", members, "--lead-days", 1, "--out", out, "--quiet",
+            *extra,
+        )  # fmt: skip
+
+    code, output = run(config, tmp / "refused.zarr")
+    assert code == 1
+    assert f"{other.name}: a checkpoint of kind {kind}, but ensemble.kinds is ['sfno']" in output
+    assert not (tmp / "refused.zarr").exists()
+    mixed = with_ensemble(config, tmp, kinds=["sfno", kind])
+    code, output = run(mixed, tmp / "mixed.zarr")
+    assert code == 0, output
+    store = xr.open_zarr(tmp / "mixed.zarr")
+    assert member_kinds(store) == (["sfno", "sfno", kind, kind] * 2, [sfno.name, other.name])
+    values = store["psi_upper"].values
+    assert np.isfinite(values).all()
+    assert not np.array_equal(values[:, -1, 2], values[:, -1, 3])  # its members differ
+    code, output = run(mixed, tmp / "four.zarr", "--batch-size", 1, members=4)
+    assert code == 0, output
+    four = xr.open_zarr(tmp / "four.zarr")["psi_upper"].values
+    np.testing.assert_array_equal(four, values[:, :, :4])

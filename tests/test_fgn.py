@@ -8,14 +8,19 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from member_kinds import check_sampling_per_member, fine_tune, member_kinds, with_ensemble
+from member_kinds import (
+    INIT,
+    check_mixed_ensemble,
+    check_sampling_per_member,
+    fine_tune,
+    member_kinds,
+    with_ensemble,
+)
 
 from data_pipeline.config import load_config
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.fgn import draw_noise
 from models.training import LAST, STATE, Trainer, fair_crps, validate
-
-INIT = "2027-02-01T00"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +97,6 @@ def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
     path, _ = tiny_world
     fgn = load_checkpoint(fgn_checkpoint, load_config(path))
     state = check_sampling_per_member(fgn)
-    assert torch.equal(fgn.step(state), fgn.step(state))  # no generator: zero noise
     fgn.noise_scale = 2.0  # `MemberKind.noise_scale`: the same draws, doubled
     with torch.no_grad():
         noise = draw_noise(5, fgn.fgn.noise_dim, torch.Generator().manual_seed(7))
@@ -106,41 +110,18 @@ def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
 def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
 ):
-    """An FGN checkpoint under the default `ensemble.kinds` ([sfno]) is refused in one line;
-    allowed, the members alternate between the SFNO and the FGN, the store says which, and a
-    member run alone (its own noise stream) equals the same member in the whole ensemble."""
+    """`check_mixed_ensemble` of the tiny SFNO of seed 1 and the FGN; then shares and a
+    perturbation per kind: a bred SFNO pair, then three unperturbed FGN pairs."""
     path, _ = tiny_world
     sfno = tiny_checkpoints / "sfno-seed1"
-
-    def run(config, out, *extra, members=8):
-        return wxens(
-            "forecast", "--config", config, "--checkpoints", sfno, "--checkpoints",
-            fgn_checkpoint, "--init", INIT, "--members", members, "--lead-days", 1, "--out", out,
-            "--quiet", *extra,
-        )  # fmt: skip
-
-    code, output = run(path, tmp_path / "refused.zarr")
-    assert code == 1
-    assert "fgn-seed1: a checkpoint of kind fgn, but ensemble.kinds is ['sfno']" in output
-    assert not (tmp_path / "refused.zarr").exists()
-    mixed = with_ensemble(path, tmp_path, kinds=["sfno", "fgn"])
-    code, output = run(mixed, tmp_path / "mixed.zarr")
-    assert code == 0, output
-    store = xr.open_zarr(tmp_path / "mixed.zarr")
-    kinds, checkpoints = member_kinds(store)
-    assert kinds == ["sfno", "sfno", "fgn", "fgn"] * 2
-    assert checkpoints == ["sfno-seed1", "fgn-seed1"]
-    values = store["psi_upper"].values
-    assert np.isfinite(values).all()
-    assert not np.array_equal(values[:, -1, 2], values[:, -1, 3])  # the FGN members differ
-    code, output = run(mixed, tmp_path / "four.zarr", "--batch-size", 1, members=4)
-    assert code == 0, output
-    four = xr.open_zarr(tmp_path / "four.zarr")["psi_upper"].values
-    np.testing.assert_array_equal(four, values[:, :, :4])
-    # Shares and a perturbation per kind: a bred SFNO pair, then three unperturbed FGN pairs.
+    check_mixed_ensemble(wxens, path, sfno, fgn_checkpoint, tmp_path)
     fgn_settings = {"share": 3, "initial": "none", "noise_scale": 2.0}
     shared = with_ensemble(path, tmp_path, kinds={"sfno": {"share": 1}, "fgn": fgn_settings})
-    code, output = run(shared, tmp_path / "shared.zarr")
+    code, output = wxens(
+        "forecast", "--config", shared, "--checkpoints", sfno, "--checkpoints", fgn_checkpoint,
+        "--init", INIT, "--members", 8, "--lead-days", 1, "--out", tmp_path / "shared.zarr",
+        "--quiet",
+    )  # fmt: skip
     assert code == 0, output
     store = xr.open_zarr(tmp_path / "shared.zarr")
     assert member_kinds(store)[0] == ["sfno"] * 2 + ["fgn"] * 6

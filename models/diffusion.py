@@ -1,0 +1,196 @@
+"""Diffusion members (the GenCast family): the next state sampled from a conditional denoiser.
+
+A diffusion member (Price et al. 2024, "GenCast: Diffusion-based ensemble forecasting for
+medium-range weather", arXiv:2312.15796) samples the normalised 6 h tendency of the SFNO's
+step (`models.sfno`),
+
+    r = (x(t + dt) - x(t) - mu_tend) / sigma_tend,   x(t + dt) = x(t) + P_T[sigma_tend r + mu_tend],
+
+from p(r | x(t)) with the EDM formulation (Karras et al. 2022, "Elucidating the design space
+of diffusion-based generative models", arXiv:2206.00364). Its denoiser is preconditioned as
+
+    D(r; sigma) = c_skip r + c_out F(c_in r, features(x(t)); c_noise),
+    c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2),    c_noise = ln(sigma) / 4,
+
+with `sd = sigma_data = 1` (r is normalised). `F` is the torch-harmonics SFNO
+(`models.sfno.build_network`) fed the noisy residual beside the state's features (the
+normalised state and its gradients); `c_noise` enters every block's normalisation through a
+sinusoidal embedding and `models.fgn.ConditionalNorm` (as an FGN's noise does). Training
+draws `ln sigma ~ N(P_mean, P_std^2)` and minimises the area-weighted
+
+    L = E[lambda(sigma) |D(r + sigma n; sigma) - r|^2],  lambda = (sigma^2 + sd^2) / (sigma sd)^2.
+
+Sampling integrates the probability-flow ODE `dr/dsigma = (r - D(r; sigma)) / sigma` with
+EDM's Heun method (Algorithm 1 without churn; or Euler, a DDIM-like first-order sampler) on
+
+    sigma_i = (smax^(1/rho) + i / (N - 1) (smin^(1/rho) - smax^(1/rho)))^rho,  sigma_N = 0,
+
+from `r_0 = sigma_0 n`, `n ~ N(0, I)` on the grid, drawn from the member's own generator only
+(`models.fgn.draw_noise`): 2N - 1 denoiser calls a step with Heun, N with Euler. Without a
+generator `n = 0`, and the step is deterministic (close to the denoiser's conditional mean:
+for Gaussian data the ODE maps 0 to `mu (1 - sd / sqrt(smax^2 + sd^2))`); bred vectors grow so.
+
+Units: `r`, `sigma` and `D` are in units of each channel's 6 h tendency std (dimensionless).
+The noise is white on the grid points (GenCast's is isotropic on the sphere); the step's `P_T`
+removes what the sample keeps of it beyond degree T. Few levels bias the spread: with an exact
+denoiser of a Gaussian, Heun's std is 1.3-1.6 times the true one at N = 8 and 1.06-1.12 times
+at N = 16; Euler's is 0.6-0.7 and 0.8-0.85 times (`benchmarks/diffusion_steps.py`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+
+from data_pipeline.config import DiffusionConfig
+from models.fgn import NoisyEmulator, add_conditional_norms, conditioning, draw_noise
+from models.sfno import build_network
+
+SIGMA_DATA = 1.0
+"""The std of the denoised quantity, the normalised tendency (1 by construction)."""
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""`D(x, sigma)`: the denoised `x` `(batch, ...)` at noise levels `sigma` `(batch,)`."""
+
+
+def edm_coefficients(
+    sigma: torch.Tensor, sigma_data: float = SIGMA_DATA
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's preconditioning `(c_skip, c_out, c_in, c_noise)` at `sigma` (Karras et al. 2022,
+    Table 1): `sd^2 / (sigma^2 + sd^2)`, `sigma sd / sqrt(sigma^2 + sd^2)`,
+    `1 / sqrt(sigma^2 + sd^2)` and `ln(sigma) / 4`."""
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), total.rsqrt(), sigma.log() / 4
+
+
+def loss_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """EDM's `lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2` (1 / c_out^2): each noise level's
+    loss is then 1 for the untrained `F = 0`."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def sigma_schedule(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """The `steps + 1` noise levels of the sampler, float64: EDM's (Eq. 5)
+    `sigma_i = (smax^(1/rho) + i / (N - 1) (smin^(1/rho) - smax^(1/rho)))^rho` for
+    `i < N = steps`, then `sigma_N = 0`."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(high + ramp * (low - high)) ** rho, torch.zeros(1, dtype=torch.float64)])
+
+
+def sample(
+    denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, heun: bool = True
+) -> torch.Tensor:
+    """Integrate `dx/dsigma = (x - D(x; sigma)) / sigma` from `x_0 = sigma_0 noise` over
+    `sigmas` (decreasing, last 0): Euler steps `x_{i+1} = x_i + (s_{i+1} - s_i) d_i`,
+    `d_i = (x_i - D(x_i; s_i)) / s_i`, with `heun` corrected by the slope at `x_{i+1}`,
+    `x_{i+1} = x_i + (s_{i+1} - s_i) (d_i + d'_{i+1}) / 2`, except onto `sigma = 0` (EDM's
+    Algorithm 1 without churn)."""
+
+    def slope(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        level = torch.full((len(x),), sigma, dtype=x.dtype, device=x.device)
+        return (x - denoiser(x, level)) / sigma
+
+    levels = sigmas.tolist()
+    x = noise * levels[0]
+    for current, following in itertools.pairwise(levels):
+        d = slope(x, current)
+        moved = x + (following - current) * d
+        if heun and following > 0:
+            moved = x + (following - current) * (d + slope(moved, following)) / 2
+        x = moved
+    return x
+
+
+def noise_embedding(c_noise: torch.Tensor, size: int) -> torch.Tensor:
+    """`(batch, size)` sinusoidal embedding `[sin(f_k c), cos(f_k c)]` of `c_noise` `(batch,)`,
+    the `size / 2` frequencies `f_k` geometric from 1 to 16 rad per unit of `c_noise` (the
+    sampler's `c_noise = ln(sigma) / 4` spans about -1.6 to 1.1)."""
+    frequencies = torch.logspace(0, math.log10(16), size // 2, device=c_noise.device)
+    angles = c_noise.float()[:, None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class DiffusionEmulator(NoisyEmulator):
+    """A diffusion member (see the module docstring): `step` samples the next state (its
+    `noise_scale` scales the initial noise)."""
+
+    kind = "diffusion"
+    Settings = DiffusionConfig
+
+    @property
+    def diffusion(self) -> DiffusionConfig:
+        return self.settings
+
+    def add_noise_layers(self) -> None:
+        """The denoiser: an SFNO that also takes the noisy residual (one channel a variable),
+        its noise level entering every block's `ConditionalNorm` as an embedding."""
+        channels = len(self.input_variables)
+        self.network = build_network(self.grid, channels, self.sfno, self.truncation, channels)
+        add_conditional_norms(self.network, self.sfno.embed_dim, self.diffusion.noise_embedding)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """One member's initial noise: `(channel, latitude, longitude)`."""
+        return (len(self.input_variables), self.grid.nlat, self.grid.nlon)
+
+    def sigmas(self) -> torch.Tensor:
+        """The sampler's noise levels (`sigma_schedule` of the config)."""
+        settings = self.diffusion
+        return sigma_schedule(
+            settings.sampler_steps, settings.sigma_min, settings.sigma_max, settings.rho
+        )
+
+    def denoise(
+        self, noisy: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        """`D(r; sigma) = c_skip r + c_out F(c_in r, features; c_noise)` for noisy residuals
+        `(batch, channel, lat, lon)` at levels `sigma` `(batch,)`, `features` of their states."""
+        c_skip, c_out, c_in, c_noise = (
+            c.to(noisy.dtype)[:, None, None, None] for c in edm_coefficients(sigma)
+        )
+        embedding = noise_embedding(c_noise.flatten(), self.diffusion.noise_embedding)
+        with conditioning(embedding):
+            output = self.network(torch.cat([c_in * noisy, features], dim=1))
+        return c_skip * noisy + c_out * output
+
+    def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The next state sampled from initial `noise` `(batch, channel, lat, lon)` (zero when
+        None) with the configured sampler, then un-normalised, projected and added."""
+        if noise is None:
+            noise = draw_noise(len(state), self.noise_shape, None)
+        features = self.features(state)
+
+        def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.denoise(x, sigma, features)
+
+        heun = self.diffusion.sampler == "heun"
+        residual = sample(denoiser, noise.to(state.device, torch.float32), self.sigmas(), heun)
+        return self.advance(state, residual)
+
+
+def denoising_loss(
+    emulator: DiffusionEmulator,
+    state: torch.Tensor,
+    following: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Per-channel EDM loss `(channel,)`: the batch mean of
+    `lambda(sigma) sum_ij w_ij (D(r + sigma n; sigma) - r)_ij^2` for the residual `r` from
+    `state` to `following`, `ln sigma ~ N(P_mean, P_std^2)` per sample and `n ~ N(0, I)`, both
+    drawn from `generator` on the CPU (a fresh one when None)."""
+    residual = emulator.residual(state, following)
+    settings, batch = emulator.diffusion, len(state)
+    generator = generator if generator is not None else torch.Generator()
+    log_sigma = settings.p_mean + settings.p_std * torch.randn(batch, generator=generator)
+    sigma = log_sigma.exp().to(residual.device)
+    noise = draw_noise(batch, emulator.noise_shape, generator).to(residual.device)
+    noisy = residual + sigma[:, None, None, None] * noise
+    denoised = emulator.denoise(noisy, sigma, emulator.features(state))
+    squared = loss_weight(sigma)[:, None, None, None] * (denoised - residual) ** 2
+    return (squared * weights).sum(dim=(-2, -1)).mean(dim=0)

@@ -1,0 +1,112 @@
+"""Diffusion members (`models.diffusion`): EDM's closed forms, the sampler on a Gaussian whose
+denoiser is known exactly, training, per-member sampling and mixed ensembles, on the tiny real
+world."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from member_kinds import check_mixed_ensemble, check_sampling_per_member
+
+from data_pipeline.config import load_config
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.diffusion import edm_coefficients, loss_weight, sample, sigma_schedule
+from models.training import LAST, STATE, Trainer, validate
+
+
+@pytest.fixture(scope="module")
+def diffusion_checkpoint(tiny_world, tmp_path_factory, wxens) -> Path:
+    """A short real diffusion run on the tiny world (its default sampler: 8 Heun levels)."""
+    path, _ = tiny_world
+    out = tmp_path_factory.mktemp("diffusion") / "diffusion-seed1"
+    code, output = wxens(
+        "train", "--config", path, "--model", "diffusion", "--seed", 1, "--out", out, "--quiet"
+    )
+    assert code == 0, output
+    return out
+
+
+def test_edm_coefficients_and_the_noise_levels_are_the_closed_forms():
+    """At sigma = 0.5 and 2 (sd = 1): c_skip = 1 / (1 + sigma^2), c_out = sigma / sqrt(1 +
+    sigma^2), c_in = 1 / sqrt(1 + sigma^2), c_noise = ln(sigma) / 4, lambda = (1 + sigma^2) /
+    sigma^2; 4 levels from 80 to 0.002 with rho = 7, then 0 (numbers worked by hand)."""
+    sigma = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    c_skip, c_out, c_in, c_noise = edm_coefficients(sigma)
+    expected = {
+        "c_skip": (c_skip, [0.8, 0.2]),
+        "c_out": (c_out, [0.4472135954999579, 0.8944271909999159]),
+        "c_in": (c_in, [0.8944271909999159, 0.4472135954999579]),
+        "c_noise": (c_noise, [-0.17328679513998632, 0.17328679513998632]),
+        "lambda": (loss_weight(sigma), [5.0, 1.25]),
+    }
+    for name, (got, want) in expected.items():
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), msg=name)
+    levels = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
+    torch.testing.assert_close(
+        sigma_schedule(4, 0.002, 80.0, 7.0), torch.tensor(levels, dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("spread", [1.0, 0.3])
+def test_heun_sampler_draws_a_gaussian_from_its_exact_denoiser(spread):
+    """For data N(mu, s^2) the ideal denoiser is the posterior mean D(x; sigma) = mu + s^2 /
+    (s^2 + sigma^2) (x - mu); Heun on 32 levels (63 calls) from 80 to 0.002 then draws 64000
+    numbers of variance s^2 (within 8 %: the ODE's discretisation error, 3-5 % here, +70 % to
+    +170 % with 8 levels) and the mean the exact ODE gives from x_0 ~ N(0, 80^2), mu (1 - s /
+    sqrt(80^2 + s^2)) (within 0.015 s; EDM starts its noise at 0, not at mu)."""
+    mu = 0.7
+
+    def posterior_mean(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return mu + spread**2 / (spread**2 + sigma[:, None] ** 2) * (x - mu)
+
+    noise = torch.randn(4000, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    drawn = sample(posterior_mean, noise, sigma_schedule(32, 0.002, 80.0, 7.0))
+    mean = mu * (1 - spread / math.hypot(80.0, spread))
+    assert float(drawn.mean()) == pytest.approx(mean, abs=0.015 * spread)
+    assert float(drawn.var()) == pytest.approx(spread**2, rel=0.08)
+
+
+def test_diffusion_training_lowers_the_crps_and_records_it(
+    diffusion_checkpoint, tiny_world, tiny_checkpoints, tmp_path
+):
+    """The validation CRPS (2 sampled forecasts) after training is below 0.7 x the untrained
+    denoiser's, the checkpoint records the kind and the CRPS by variable, and an SFNO cannot
+    start a diffusion model (one line: their inputs differ)."""
+    path, store = tiny_world
+    metadata = json.loads((diffusion_checkpoint / "metadata.json").read_text())
+    assert metadata["kind"] == "diffusion"
+    assert set(metadata["validation"]["crps"]) == {"psi_upper", "psi_lower"}
+    history = json.loads((diffusion_checkpoint / LAST / STATE).read_text())["history"]
+    config = load_config(path)
+    trained = load_checkpoint(diffusion_checkpoint, config)
+    cpu = torch.device("cpu")
+    fresh = Trainer(config, {}, store, 1, tmp_path / "y", cpu, True, model="diffusion")
+    settings = config.training
+    lead = settings.validation_lead_steps
+
+    def score(emulator) -> float:
+        return validate(emulator, fresh.validation, settings.validation_inits, 16, lead)["score"]
+
+    before, after = score(fresh.emulator.eval()), score(trained)
+    assert after == pytest.approx(min(h["score"] for h in history), rel=1e-6)
+    assert math.isfinite(before) and after < 0.7 * before
+    with pytest.raises(CheckpointError, match="kind sfno cannot start one of kind diffusion"):
+        sfno = tiny_checkpoints / "sfno-seed1"
+        Trainer(config, {}, store, 1, tmp_path / "s", cpu, True, sfno, model="diffusion")
+
+
+def test_sampling_is_reproducible_per_member(diffusion_checkpoint, tiny_world):
+    """`check_sampling_per_member` of the trained diffusion model."""
+    path, _ = tiny_world
+    check_sampling_per_member(load_checkpoint(diffusion_checkpoint, load_config(path)))
+
+
+def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
+    diffusion_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
+):
+    """`check_mixed_ensemble` of the tiny SFNO of seed 1 and the diffusion model."""
+    path, _ = tiny_world
+    sfno = tiny_checkpoints / "sfno-seed1"
+    check_mixed_ensemble(wxens, path, sfno, diffusion_checkpoint, tmp_path)
