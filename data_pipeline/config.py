@@ -254,6 +254,20 @@ class MemberKind(Strict):
     noise_scale: PositiveFloat = 1.0
 
 
+class SeedMembers(Strict):
+    """SEEDS-like members (after Li et al. 2024, "Generative emulation of weather forecast
+    ensembles with diffusion models", Sci. Adv. 10, eadk4489): many members drawn from a few
+    seed members of an ensemble store `store` (a forecast or hindcast of the same inits and
+    grid, at the same time step). Member k follows seed k mod `members` up to `lead_hours`
+    (its states copied), then steps on with its own kind and noise: each new member is a draw
+    of a generative model conditioned on its seed's state at that lead. The seeds carry the
+    initial perturbations, so none is added."""
+
+    store: Path
+    members: int = Field(2, ge=1)
+    lead_hours: float = Field(0.0, ge=0)
+
+
 class EnsembleConfig(Strict):
     """`wxens forecast` and `wxens hindcast` (`forecast.runner`).
 
@@ -269,6 +283,7 @@ class EnsembleConfig(Strict):
     kind (null: a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even).
     Groups of more than a pair can save padding: 100 bred members over 4 checkpoints fill 13
     passes of 8 in groups of 4 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24).
+    `seeds`: the members start from a few seed members of another store (`SeedMembers`).
     """
 
     seed: int = 0
@@ -278,6 +293,7 @@ class EnsembleConfig(Strict):
     )
     micro_batch: int = Field(8, ge=1)
     checkpoint_group: int | None = Field(None, ge=1)
+    seeds: SeedMembers | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -347,7 +363,10 @@ class ExperimentConfig(Strict):
         return self
 
     def initial_perturbation(self, kind: str) -> InitialPerturbation:
-        """The initial-condition perturbation of `kind`'s members (`MemberKind.initial`)."""
+        """The initial-condition perturbation of `kind`'s members (`MemberKind.initial`; none
+        when they start from `ensemble.seeds`, which carry theirs)."""
+        if self.ensemble.seeds is not None:
+            return "none"
         settings = self.ensemble.kinds.get(kind)
         chosen = settings.initial if settings is not None else None
         return chosen or self.perturbation.initial

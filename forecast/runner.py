@@ -66,6 +66,7 @@ from forecast.perturbations import (
     initial_condition_perturbation,
     member_generator,
 )
+from forecast.seeds import SeedStates
 from forecast.skill import area_rmse
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, read_metadata
 from models.emulator import Emulator, FixedBatchEmulator, rollout
@@ -252,6 +253,7 @@ class MemberForecaster:
         self.weight_noise = ParameterPerturbation(sigma) if sigma > 0 else None
         self.dataset = open_analyses(spec.analyses)
         self.seed = config.ensemble.seed
+        self.seeds = seed_states(spec)
 
     def analysis(self, init_time: np.datetime64) -> torch.Tensor:
         """The analysis at `init_time`, `(channel, lat, lon)` float32 on the device."""
@@ -275,10 +277,13 @@ class MemberForecaster:
     def trajectories(
         self, init_time: np.datetime64, members: range, lead_steps: int
     ) -> Iterator[torch.Tensor]:
-        """The members' states `(member, channel, lat, lon)` at leads 0, 1, ..., `lead_steps`."""
+        """The members' states `(member, channel, lat, lon)` at leads 0, 1, ..., `lead_steps`:
+        the perturbed analysis, or their seeds' states up to the seeds' lead (`ensemble.seeds`),
+        then their own steps."""
         analysis = self.analysis(init_time)
         checkpoint = member_checkpoints(members, self.kinds, self.config)
         state = analysis.expand(len(members), *analysis.shape).clone()
+        start = [state]
         # A stochastic member's own noise stream (the deterministic ones ignore it).
         noise = [member_generator(self.seed, init_time, k, stream="model") for k in members]
 
@@ -293,12 +298,24 @@ class MemberForecaster:
             for rows, emulator in self.steppers(c, ids, init_time):
                 generators = [noise[p] for p in positions[rows].tolist()]
                 groups.append((positions[rows], emulator, generators))
-        yield state
-        for _ in range(lead_steps):
+        if self.seeds is not None:
+            start = list(self.seeds.states(init_time, members).to(self.device))
+        yield from start
+        state = start[-1]
+        for _ in range(lead_steps + 1 - len(start)):
             state = state.clone()
             for positions, emulator, generators in groups:
                 state[positions] = emulator.step(state[positions], generator=generators)
             yield state
+
+
+def seed_states(spec: EnsembleSpec) -> SeedStates | None:
+    """The run's `ensemble.seeds`, opened and checked (None without)."""
+    config = spec.config
+    if config.ensemble.seeds is None:
+        return None
+    timestep = forecaster_timestep(spec)
+    return SeedStates(config.ensemble.seeds, tuple(config.variables), model_grid(config), timestep)
 
 
 @functools.lru_cache(maxsize=2)
@@ -416,10 +433,15 @@ def automatic_batch_size(
 
 
 def fingerprint(
-    spec: EnsembleSpec, init_times: np.ndarray, lead_times: np.ndarray, members: int
+    spec: EnsembleSpec,
+    init_times: np.ndarray,
+    lead_times: np.ndarray,
+    members: int,
+    seeds: SeedStates | None = None,
 ) -> str:
     """sha256 of everything that sets the numbers (not the batch size: members do not depend
-    on it), so a resumed run can check it continues the same ensemble."""
+    on it; the seed store's own fingerprint), so a resumed run can check it continues the same
+    ensemble."""
     weights = [read_metadata(Path(p))["weights_sha256"] for p in spec.checkpoints]
     identity = {
         **{k: v for k, v in asdict(spec).items() if k not in ("checkpoints", "device")},
@@ -427,6 +449,7 @@ def fingerprint(
         "init_times": [str(t) for t in init_times],
         "lead_times": [int(t / np.timedelta64(1, "s")) for t in lead_times],
         "members": members,
+        **({"seeds": seeds.fingerprint} if seeds is not None else {}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -488,13 +511,16 @@ def run_ensemble(
     if missing:
         span = f"{dataset['time'].values[0]} to {dataset['time'].values[-1]}"
         raise ValueError(f"init time {missing[0]} is not an analysis in {spec.analyses} ({span})")
+    seeds = seed_states(spec)
+    if seeds is not None:
+        seeds.check(init_times, lead_steps)
     step = forecaster_timestep(spec)
     lead_times = np.arange(lead_steps + 1) * step.astype("timedelta64[ns]")
     out = options.out
     device = torch.device(spec.device)
     lock = StoreLock(out)
     with task_executor(options.scheduler, device) as (executor, workers), single_threaded(device):
-        identity = fingerprint(spec, init_times, lead_times, members)
+        identity = fingerprint(spec, init_times, lead_times, members, seeds)
         lock.check()  # before reading a store that another run may be creating
         state, attrs = existing_store(out, options, identity)
         if state == "complete":

@@ -142,3 +142,51 @@ def test_committed_fgn_checkpoint_loads_and_samples():
     state = one.expand(2, -1, -1, -1).contiguous()
     stepped = fgn.step(state, generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
     assert torch.isfinite(stepped).all() and not torch.equal(stepped[0], stepped[1])
+
+
+def test_seeds_members_branch_from_their_seeds(
+    fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
+):
+    """SEEDS-like members (`ensemble.seeds`): from a store of 2 bred SFNO members, 6 FGN members
+    branching at the first lead copy seed k mod 2 up to it, then the members of one seed part;
+    a deterministic SFNO from the same seeds at lead 0 gives the seed store back bitwise. A
+    missing store, too few seed members and a lead off the step are refused in one line, and
+    no store is written."""
+    path, _ = tiny_world
+    sfno = tiny_checkpoints / "sfno-seed1"
+
+    def run(config: Path, out: Path, checkpoint: Path, members: int) -> tuple[int, str]:
+        return wxens(
+            "forecast", "--config", config, "--checkpoints", checkpoint, "--init", INIT,
+            "--members", members, "--lead-days", 1, "--out", out, "--quiet",
+        )  # fmt: skip
+
+    code, output = run(path, tmp_path / "seeds.zarr", sfno, 2)
+    assert code == 0, output
+    seed_store = xr.open_zarr(tmp_path / "seeds.zarr")
+    seeds = seed_store["psi_upper"].values  # (init, lead, member, lat, lon)
+    first = float(seed_store["lead_time"].values[1] / np.timedelta64(1, "h"))
+    branch = {"store": str(tmp_path / "seeds.zarr"), "members": 2, "lead_hours": first}
+    drawn_config = with_ensemble(path, tmp_path, kinds=["fgn"], seeds=branch)
+    code, output = run(drawn_config, tmp_path / "drawn.zarr", fgn_checkpoint, 6)
+    assert code == 0, output
+    drawn = xr.open_zarr(tmp_path / "drawn.zarr")["psi_upper"].values
+    for k in range(6):
+        np.testing.assert_array_equal(drawn[:, :2, k], seeds[:, :2, k % 2])
+    assert not np.array_equal(drawn[:, 2, 0], drawn[:, 2, 2])  # one seed, two noise streams
+    again_config = with_ensemble(path, tmp_path, seeds={**branch, "lead_hours": 0})
+    code, output = run(again_config, tmp_path / "again.zarr", sfno, 4)
+    assert code == 0, output
+    again = xr.open_zarr(tmp_path / "again.zarr")["psi_upper"].values
+    for k in range(4):
+        np.testing.assert_array_equal(again[:, :, k], seeds[:, :, k % 2])
+    refused = {
+        "no such store": {**branch, "store": str(tmp_path / "none.zarr")},
+        "ensemble.seeds.members: 3, but": {**branch, "members": 3},
+        "ensemble.seeds.lead_hours: 1.0 h is not a lead": {**branch, "lead_hours": 1.0},
+    }
+    for message, settings in refused.items():
+        config = with_ensemble(path, tmp_path, kinds=["fgn"], seeds=settings)
+        code, output = run(config, tmp_path / "refused.zarr", fgn_checkpoint, 4)
+        assert code == 1 and message in output, output
+        assert not (tmp_path / "refused.zarr").exists()
