@@ -2,15 +2,14 @@
 
     python benchmarks/member_kinds_speed.py [--members 32] [--repeats 5]
         [--sfno checkpoints/default/sfno-seed1] [--fgn checkpoints/fgn/fgn-seed1]
-        [--vae out/vae/checkpoints/vae-seed1]
-        [--diffusion out/diffusion/checkpoints/diffusion-seed1]
+        [--vae checkpoints/vae/vae-seed1]
+        [--diffusion checkpoints/diffusion/diffusion-seed1]
 
 Each kind steps `--members` members of the default world in fixed passes of
 `ensemble.micro_batch` (`nwp.micro_batch` for the NWP baseline), every member with its own
 noise generator, on one torch thread (the runner's setting on a CPU: one task per core). Kinds:
-the SFNO, the FGN and the VAE (SFNOs with noise layers: the overhead of sampling; the VAE
-after `make vae-checkpoint`), the diffusion model (its sampler's 2N - 1 denoiser calls a step,
-`make diffusion-checkpoint`) and the NWP baseline of configs/demo.yaml (the T21 QG model in
+the SFNO, the FGN and the VAE (SFNOs with noise layers: the overhead of sampling), the
+diffusion model (its sampler's 2N - 1 denoiser calls a step) and the NWP baseline of configs/demo.yaml (the T21 QG model in
 single precision, 90 min steps). The median over
 `--repeats` timed calls after one warm-up call; CPU always, CUDA too when present (whole batch
 at once there).
@@ -57,8 +56,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sfno", default="checkpoints/default/sfno-seed1")
     parser.add_argument("--fgn", default="checkpoints/fgn/fgn-seed1")
-    parser.add_argument("--vae", default="out/vae/checkpoints/vae-seed1")
-    parser.add_argument("--diffusion", default="out/diffusion/checkpoints/diffusion-seed1")
+    parser.add_argument("--vae", default="checkpoints/vae/vae-seed1")
+    parser.add_argument("--diffusion", default="checkpoints/diffusion/diffusion-seed1")
     args = parser.parse_args()
     config = load_config("configs/demo.yaml")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -61,6 +61,16 @@ def check_sampling_per_member(emulator: Emulator) -> torch.Tensor:
     return state
 
 
+def check_two_draws_differ(emulator: Emulator) -> None:
+    """Two members stepped from one state (about the emulator's mean) with two generators are
+    finite and differ: the emulator's noise acts."""
+    grid = (1, len(emulator.input_variables), emulator.grid.nlat, emulator.grid.nlon)
+    noise = torch.randn(grid, generator=torch.Generator().manual_seed(0))
+    state = (emulator.mean + emulator.std * noise).expand(2, -1, -1, -1).contiguous()
+    stepped = emulator.step(state, generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert torch.isfinite(stepped).all() and not torch.equal(stepped[0], stepped[1])
+
+
 def check_mixed_ensemble(wxens: Callable, config: Path, sfno: Path, other: Path, tmp: Path) -> None:
     """A checkpoint `other` of a stochastic kind under the default `ensemble.kinds` ([sfno]) is
     refused in one line; allowed, the members alternate between the SFNO `sfno` and `other`

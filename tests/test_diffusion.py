@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from member_kinds import check_mixed_ensemble, check_sampling_per_member
+from member_kinds import check_mixed_ensemble, check_sampling_per_member, check_two_draws_differ
 
 from data_pipeline.config import load_config
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -110,3 +110,12 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     path, _ = tiny_world
     sfno = tiny_checkpoints / "sfno-seed1"
     check_mixed_ensemble(wxens, path, sfno, diffusion_checkpoint, tmp_path)
+
+
+def test_committed_diffusion_checkpoint_loads_and_samples():
+    """checkpoints/diffusion/diffusion-seed1 under configs/default-diffusion.yaml: a diffusion
+    model whose initial noise acts (two generators give two different steps of one state)."""
+    config = load_config("configs/default-diffusion.yaml")
+    diffusion = load_checkpoint("checkpoints/diffusion/diffusion-seed1", config)
+    assert diffusion.kind == "diffusion" and diffusion.diffusion.sampler_steps == 8
+    check_two_draws_differ(diffusion)

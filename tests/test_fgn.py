@@ -12,6 +12,7 @@ from member_kinds import (
     INIT,
     check_mixed_ensemble,
     check_sampling_per_member,
+    check_two_draws_differ,
     fine_tune,
     member_kinds,
     with_ensemble,
@@ -137,11 +138,7 @@ def test_committed_fgn_checkpoint_loads_and_samples():
     generators give two different steps of one state)."""
     fgn = load_checkpoint("checkpoints/fgn/fgn-seed1", load_config("configs/default-fgn.yaml"))
     assert fgn.kind == "fgn" and fgn.fgn.noise_dim == 32
-    grid = (1, 2, fgn.grid.nlat, fgn.grid.nlon)
-    one = fgn.mean + fgn.std * torch.randn(grid, generator=torch.Generator().manual_seed(0))
-    state = one.expand(2, -1, -1, -1).contiguous()
-    stepped = fgn.step(state, generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
-    assert torch.isfinite(stepped).all() and not torch.equal(stepped[0], stepped[1])
+    check_two_draws_differ(fgn)
 
 
 def test_seeds_members_branch_from_their_seeds(

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from member_kinds import check_sampling_per_member, fine_tune, member_kinds, with_ensemble
+from member_kinds import (
+    check_sampling_per_member,
+    check_two_draws_differ,
+    fine_tune,
+    member_kinds,
+    with_ensemble,
+)
 
 from data_pipeline.config import VAEConfig, load_config
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -177,3 +183,11 @@ def test_vae_kinds_are_checked_and_a_mixed_hindcast_writes_a_valid_store(
     values = store["psi_upper"].values
     assert values.shape[:3] == (2, 5, 4) and np.isfinite(values).all()
     assert not np.array_equal(values[:, -1, 2], values[:, -1, 3])  # the VAE members differ
+
+
+def test_committed_vae_checkpoint_loads_and_samples():
+    """checkpoints/vae/vae-seed1 under configs/default-vae.yaml: a VAE whose latent noise acts
+    (two generators give two different steps of one state)."""
+    vae = load_checkpoint("checkpoints/vae/vae-seed1", load_config("configs/default-vae.yaml"))
+    assert vae.kind == "vae" and vae.vae.latent_channels == 8
+    check_two_draws_differ(vae)
