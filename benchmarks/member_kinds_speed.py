@@ -9,8 +9,8 @@ Each kind steps `--members` members of the default world in fixed passes of
 `ensemble.micro_batch` (`nwp.micro_batch` for the NWP baseline), every member with its own
 noise generator, on one torch thread (the runner's setting on a CPU: one task per core). Kinds:
 the SFNO, the FGN and the VAE (SFNOs with noise layers: the overhead of sampling), the
-diffusion model (its sampler's 2N - 1 denoiser calls a step) and the NWP baseline of configs/demo.yaml (the T21 QG model in
-single precision, 90 min steps). The median over
+diffusion model (its sampler's 2N - 1 denoiser calls a step) and the NWP baseline of
+configs/demo.yaml (the T21 QG model in single precision, 90 min steps). The median over
 `--repeats` timed calls after one warm-up call; CPU always, CUDA too when present (whole batch
 at once there).
 """
