@@ -58,15 +58,16 @@ fgn-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-fgn.yaml --model fgn --seed 1 \
 		--init-from checkpoints/default/sfno-seed1 --out out/fgn/checkpoints/fgn-seed1 --quiet
 
-# The committed VAE checkpoint (checkpoints/vae/vae-seed1), reproduced into out/vae/: the SFNO of seed 1 fine-tuned as a conditional
-# VAE (configs/default-vae.yaml) on the FGN's truth store and schedule; about 40 min on this CPU.
+# The committed VAE checkpoint (checkpoints/vae/vae-seed1), reproduced into out/vae/: the SFNO of
+# seed 1 fine-tuned as a conditional VAE (configs/default-vae.yaml) on the FGN's truth store and
+# schedule; 31 min of CPU time on one torch thread (40 min wall beside other jobs).
 vae-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-vae.yaml --model vae --seed 1 \
 		--init-from checkpoints/default/sfno-seed1 --out out/vae/checkpoints/vae-seed1 --quiet
 
 # The committed diffusion checkpoint (checkpoints/diffusion/diffusion-seed1), trained from scratch
-# into out/diffusion/: the EDM
-# denoiser of configs/default-diffusion.yaml on the FGN's truth store; about 50 min on this CPU.
+# into out/diffusion/: the EDM denoiser of configs/default-diffusion.yaml on the FGN's truth
+# store; 67 min of CPU time on one torch thread (78 min wall beside other jobs).
 diffusion-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-diffusion.yaml --model diffusion --seed 1 \
 		--out out/diffusion/checkpoints/diffusion-seed1 --quiet
