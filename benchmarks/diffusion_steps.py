@@ -89,7 +89,7 @@ def main() -> None:
     print(f"{'N':>4}{'calls':>7}{'spread':>9}{'rmse':>9}{'ssr':>7}{'member-steps/s':>16}")
     for steps in args.steps:
         update = {"sampler_steps": steps, "sampler": args.sampler}
-        emulator.diffusion = emulator.diffusion.model_copy(update=update)
+        emulator.settings = emulator.diffusion.model_copy(update=update)
         calls = 2 * steps - 1 if args.sampler == "heun" else steps
         row = step_statistics(emulator, states, following, weights, args.members)
         print(
