@@ -4,7 +4,7 @@ tests/test_diffusion.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,18 @@ def check_two_draws_differ(emulator: Emulator) -> None:
     assert torch.isfinite(stepped).all() and not torch.equal(stepped[0], stepped[1])
 
 
+def one_day_forecast(
+    wxens: Callable, config: Path, checkpoints: Sequence[Path], members: int, out: Path, *extra
+) -> tuple[int, str]:
+    """`wxens forecast` of `members` members over `checkpoints` from `INIT`, one day, into
+    `out`: its exit code and output."""
+    options = [option for path in checkpoints for option in ("--checkpoints", path)]
+    return wxens(
+        "forecast", "--config", config, *options, "--init", INIT, "--members", members,
+        "--lead-days", 1, "--out", out, "--quiet", *extra,
+    )  # fmt: skip
+
+
 def check_mixed_ensemble(wxens: Callable, config: Path, sfno: Path, other: Path, tmp: Path) -> None:
     """A checkpoint `other` of a stochastic kind under the default `ensemble.kinds` ([sfno]) is
     refused in one line; allowed, the members alternate between the SFNO `sfno` and `other`
@@ -79,11 +91,7 @@ def check_mixed_ensemble(wxens: Callable, config: Path, sfno: Path, other: Path,
     kind = json.loads((other / "metadata.json").read_text())["kind"]
 
     def run(config: Path, out: Path, *extra, members: int = 8) -> tuple[int, str]:
-        return wxens(
-            "forecast", "--config", config, "--checkpoints", sfno, "--checkpoints", other,
-            "--init", INIT, "--members", members, "--lead-days", 1, "--out", out, "--quiet",
-            *extra,
-        )  # fmt: skip
+        return one_day_forecast(wxens, config, [sfno, other], members, out, *extra)
 
     code, output = run(config, tmp / "refused.zarr")
     assert code == 1

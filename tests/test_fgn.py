@@ -9,12 +9,12 @@ import pytest
 import torch
 import xarray as xr
 from member_kinds import (
-    INIT,
     check_mixed_ensemble,
     check_sampling_per_member,
     check_two_draws_differ,
     fine_tune,
     member_kinds,
+    one_day_forecast,
     with_ensemble,
 )
 
@@ -118,11 +118,9 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     check_mixed_ensemble(wxens, path, sfno, fgn_checkpoint, tmp_path)
     fgn_settings = {"share": 3, "initial": "none", "noise_scale": 2.0}
     shared = with_ensemble(path, tmp_path, kinds={"sfno": {"share": 1}, "fgn": fgn_settings})
-    code, output = wxens(
-        "forecast", "--config", shared, "--checkpoints", sfno, "--checkpoints", fgn_checkpoint,
-        "--init", INIT, "--members", 8, "--lead-days", 1, "--out", tmp_path / "shared.zarr",
-        "--quiet",
-    )  # fmt: skip
+    code, output = one_day_forecast(
+        wxens, shared, [sfno, fgn_checkpoint], 8, tmp_path / "shared.zarr"
+    )
     assert code == 0, output
     store = xr.open_zarr(tmp_path / "shared.zarr")
     assert member_kinds(store)[0] == ["sfno"] * 2 + ["fgn"] * 6
@@ -153,10 +151,7 @@ def test_seeds_members_branch_from_their_seeds(
     sfno = tiny_checkpoints / "sfno-seed1"
 
     def run(config: Path, out: Path, checkpoint: Path, members: int) -> tuple[int, str]:
-        return wxens(
-            "forecast", "--config", config, "--checkpoints", checkpoint, "--init", INIT,
-            "--members", members, "--lead-days", 1, "--out", out, "--quiet",
-        )  # fmt: skip
+        return one_day_forecast(wxens, config, [checkpoint], members, out)
 
     code, output = run(path, tmp_path / "seeds.zarr", sfno, 2)
     assert code == 0, output
