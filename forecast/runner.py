@@ -283,7 +283,6 @@ class MemberForecaster:
         analysis = self.analysis(init_time)
         checkpoint = member_checkpoints(members, self.kinds, self.config)
         state = analysis.expand(len(members), *analysis.shape).clone()
-        start = [state]
         # A stochastic member's own noise stream (the deterministic ones ignore it).
         noise = [member_generator(self.seed, init_time, k, stream="model") for k in members]
 
@@ -298,6 +297,7 @@ class MemberForecaster:
             for rows, emulator in self.steppers(c, ids, init_time):
                 generators = [noise[p] for p in positions[rows].tolist()]
                 groups.append((positions[rows], emulator, generators))
+        start = [state]  # lead 0, or with seeds their states up to their lead
         if self.seeds is not None:
             start = list(self.seeds.states(init_time, members).to(self.device))
         yield from start
