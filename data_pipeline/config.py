@@ -166,8 +166,12 @@ class DiffusionConfig(Strict):
     an SFNO (`sfno`) denoiser of the normalised 6 h tendency, its noise level sigma entering
     through a sinusoidal embedding of `noise_embedding` numbers. Sampling: `sampler` (`heun`,
     EDM's 2nd order; `euler`, 1st order, DDIM-like) on `sampler_steps` levels from `sigma_max`
-    to `sigma_min` spaced as `rho`; training draws ln sigma ~ N(`p_mean`, `p_std`^2);
-    validation scores the fair CRPS of `samples` forecasts of each state."""
+    to `sigma_min` spaced as `rho`; training draws ln sigma ~ N(`p_mean`, `p_std`^2) and adds
+    to each conditioning state white noise of `input_noise` times each channel's 6 h tendency
+    std (projected to the truncation; 0: none), its target still the true next state, so the
+    denoiser learns to remove such errors rather than carry them forward (the noise injection
+    of Sanchez-Gonzalez et al. 2020, arXiv:2002.09405, for stable rollouts); validation scores
+    the fair CRPS of `samples` forecasts of each state."""
 
     sampler_steps: int = Field(8, ge=2)
     sampler: Literal["heun", "euler"] = "heun"
@@ -177,6 +181,7 @@ class DiffusionConfig(Strict):
     p_mean: float = -1.2
     p_std: PositiveFloat = 1.2
     noise_embedding: int = Field(32, ge=2, multiple_of=2)
+    input_noise: float = Field(0.0, ge=0)
     samples: int = Field(2, ge=2)
 
     @model_validator(mode="after")
@@ -247,11 +252,14 @@ class MemberKind(Strict):
     as bred vectors for SFNO members and none for generative ones. `noise_scale` multiplies a
     generative member's noise draws (1: as trained; larger spreads the members more, an
     inflation calibrated on analyses the model never saw); deterministic kinds draw none.
+    `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
+    as trained): more levels cost more denoiser calls and bias the spread less.
     """
 
     share: int = Field(1, ge=1)
     initial: InitialPerturbation | None = None
     noise_scale: PositiveFloat = 1.0
+    sampler_steps: int | None = Field(None, ge=2)
 
 
 class SeedMembers(Strict):
@@ -307,9 +315,12 @@ class EnsembleConfig(Strict):
         return data
 
     @model_validator(mode="after")
-    def _deterministic_kinds_draw_no_noise(self) -> EnsembleConfig:
+    def _kind_settings_apply(self) -> EnsembleConfig:
         if self.kinds.get("sfno", MemberKind()).noise_scale != 1:
             raise ValueError("ensemble.kinds.sfno.noise_scale: SFNO members draw no noise")
+        for kind, members in self.kinds.items():
+            if members.sampler_steps is not None and kind != "diffusion":
+                raise ValueError(f"ensemble.kinds.{kind}.sampler_steps: only diffusion samples")
         return self
 
 

@@ -108,7 +108,7 @@ def load_models(
                 f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is {list(kinds)}"
             )
         if isinstance(emulator, NoisyEmulator):
-            emulator.noise_scale = kinds[emulator.kind].noise_scale
+            emulator.use_member_settings(kinds[emulator.kind])
     missing = [kind for kind in kinds if kind not in {e.kind for e in loaded}]
     if missing:
         raise CheckpointError(f"ensemble.kinds has {missing[0]}, but no checkpoint of that kind")

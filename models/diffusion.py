@@ -19,7 +19,14 @@ normalised state and its gradients); `c_noise` enters every block's normalisatio
 sinusoidal embedding and `models.fgn.ConditionalNorm` (as an FGN's noise does). Training
 draws `ln sigma ~ N(P_mean, P_std^2)` and minimises the area-weighted
 
-    L = E[lambda(sigma) |D(r + sigma n; sigma) - r|^2],  lambda = (sigma^2 + sd^2) / (sigma sd)^2.
+    L = E[lambda(sigma) |D(r + sigma n; sigma) - r|^2],  lambda = (sigma^2 + sd^2) / (sigma sd)^2,
+
+its conditioning state `x(t) + P_T[a sigma_tend m]` with white noise `m ~ N(0, I)` on the grid
+(`input_noise = a`) and `r` the tendency from that state to the true `x(t + dt)`: the denoiser
+learns to remove such errors (noise injection, Sanchez-Gonzalez et al. 2020, arXiv:2002.09405).
+Without it the committed model's rollouts gained small-scale power (2-5 times the truth's at
+wavenumbers 10-16 by day 10, even with zero noise: its own states were out of its training
+distribution); five epochs of fine-tuning with `a = 0.5` brought it to 0.9-1.7 times.
 
 Sampling integrates the probability-flow ODE `dr/dsigma = (r - D(r; sigma)) / sigma` with
 EDM's Heun method (Algorithm 1 without churn; or Euler, a DDIM-like first-order sampler) on
@@ -46,7 +53,7 @@ from collections.abc import Callable
 
 import torch
 
-from data_pipeline.config import DiffusionConfig
+from data_pipeline.config import DiffusionConfig, MemberKind
 from models.fgn import NoisyEmulator, add_conditional_norms, conditioning, draw_noise
 from models.sfno import build_network
 
@@ -126,6 +133,13 @@ class DiffusionEmulator(NoisyEmulator):
     def diffusion(self) -> DiffusionConfig:
         return self.settings
 
+    def use_member_settings(self, members: MemberKind) -> None:
+        """Also sample on `members.sampler_steps` levels where set (else as trained)."""
+        super().use_member_settings(members)
+        if members.sampler_steps is not None:
+            update = {"sampler_steps": members.sampler_steps}
+            self.settings = self.diffusion.model_copy(update=update)
+
     def add_noise_layers(self) -> None:
         """The denoiser: an SFNO that also takes the noisy residual (one channel a variable),
         its noise level entering every block's `ConditionalNorm` as an embedding."""
@@ -182,11 +196,16 @@ def denoising_loss(
 ) -> torch.Tensor:
     """Per-channel EDM loss `(channel,)`: the batch mean of
     `lambda(sigma) sum_ij w_ij (D(r + sigma n; sigma) - r)_ij^2` for the residual `r` from
-    `state` to `following`, `ln sigma ~ N(P_mean, P_std^2)` per sample and `n ~ N(0, I)`, both
-    drawn from `generator` on the CPU (a fresh one when None)."""
-    residual = emulator.residual(state, following)
+    the conditioning state to `following`, `ln sigma ~ N(P_mean, P_std^2)` per sample and
+    `n ~ N(0, I)`, all drawn from `generator` on the CPU (a fresh one when None). The
+    conditioning state is `state + P_T[a sigma_tend m]`, `m ~ N(0, I)` white on the grid and
+    `a = input_noise` (`state` itself when 0): the denoiser learns to remove such errors."""
     settings, batch = emulator.diffusion, len(state)
     generator = generator if generator is not None else torch.Generator()
+    if settings.input_noise > 0:
+        errors = draw_noise(batch, emulator.noise_shape, generator).to(state.device)
+        state = state + emulator.project(settings.input_noise * emulator.tendency_std * errors)
+    residual = emulator.residual(state, following)
     log_sigma = settings.p_mean + settings.p_std * torch.randn(batch, generator=generator)
     sigma = log_sigma.exp().to(residual.device)
     noise = draw_noise(batch, emulator.noise_shape, generator).to(residual.device)

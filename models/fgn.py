@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from data_pipeline.config import DiffusionConfig, FGNConfig, SFNOConfig, VAEConfig
+from data_pipeline.config import DiffusionConfig, FGNConfig, MemberKind, SFNOConfig, VAEConfig
 from data_pipeline.sphere import LatLonGrid
 from data_pipeline.training_data import NormalisationStats
 from models.emulator import Generators
@@ -116,6 +116,10 @@ class NoisyEmulator(SFNOEmulator):
     @property
     def noise_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
+
+    def use_member_settings(self, members: MemberKind) -> None:
+        """Forecast with this kind's settings of `ensemble.kinds` (its `noise_scale`)."""
+        self.noise_scale = members.noise_scale
 
     @property
     def samples(self) -> int:

@@ -99,8 +99,11 @@ class SFNOEmulator(torch.nn.Module):
         """`x + P_T[sigma_tend * residual + mu_tend]`: the state after the normalised
         tendency `residual` (the network's target)."""
         tendency = residual * self.tendency_std + self.tendency_mean
-        projected = self.transforms.to_grid(self.transforms.to_spectral(tendency.float()))
-        return state + projected.to(state.dtype)
+        return state + self.project(tendency).to(state.dtype)
+
+    def project(self, field: torch.Tensor) -> torch.Tensor:
+        """`P_T[field]`: the grid `field` (float32) without its degrees above the truncation."""
+        return self.transforms.to_grid(self.transforms.to_spectral(field.float()))
 
     def residual(self, state: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
         """The normalised tendency `(x(t + dt) - x(t) - mu_tend) / sigma_tend` from `state` to

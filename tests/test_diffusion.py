@@ -10,9 +10,17 @@ import pytest
 import torch
 from member_kinds import check_mixed_ensemble, check_sampling_per_member, check_two_draws_differ
 
-from data_pipeline.config import load_config
+from data_pipeline.config import ConfigError, MemberKind, load_config, parse_config
+from forecast.runner import load_models
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.diffusion import edm_coefficients, loss_weight, sample, sigma_schedule
+from models.diffusion import (
+    denoising_loss,
+    edm_coefficients,
+    loss_weight,
+    sample,
+    sigma_schedule,
+)
+from models.fgn import draw_noise
 from models.training import LAST, STATE, Trainer, validate
 
 
@@ -97,10 +105,53 @@ def test_diffusion_training_lowers_the_crps_and_records_it(
         Trainer(config, {}, store, 1, tmp_path / "s", cpu, True, sfno, model="diffusion")
 
 
+def test_input_noise_perturbs_the_conditioning_state_not_the_target(diffusion_checkpoint):
+    """With `input_noise: a` the loss is the one of the state `x + P_T[a sigma_tend m]` (`m`
+    the generator's first draw, white on the grid) toward the same next state, with the
+    generator's later draws; `m` leaves no degree above T (its projection is unchanged)."""
+    diffusion = load_checkpoint(diffusion_checkpoint)
+    shape = (3, *diffusion.noise_shape)
+    draws = torch.Generator().manual_seed(5)
+    state = diffusion.mean + diffusion.std * torch.randn(shape, generator=draws)
+    following = state + diffusion.tendency_std * torch.randn(shape, generator=draws)
+    weights = torch.full(shape[-2:], 1 / (shape[-2] * shape[-1]))
+    diffusion.settings = diffusion.diffusion.model_copy(update={"input_noise": 0.5})
+    noisy = denoising_loss(diffusion, state, following, weights, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    errors = diffusion.project(0.5 * diffusion.tendency_std * draw_noise(3, shape[1:], generator))
+    torch.testing.assert_close(diffusion.project(errors), errors, atol=1e-2, rtol=1e-5)
+    diffusion.settings = diffusion.diffusion.model_copy(update={"input_noise": 0.0})
+    moved = denoising_loss(diffusion, state + errors, following, weights, generator)
+    clean = denoising_loss(diffusion, state, following, weights, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(noisy, moved)
+    assert not torch.allclose(noisy, clean)
+
+
 def test_sampling_is_reproducible_per_member(diffusion_checkpoint, tiny_world):
     """`check_sampling_per_member` of the trained diffusion model."""
     path, _ = tiny_world
     check_sampling_per_member(load_checkpoint(diffusion_checkpoint, load_config(path)))
+
+
+def test_member_settings_override_the_sampler_levels(diffusion_checkpoint, tiny_world):
+    """`ensemble.kinds.diffusion.sampler_steps: 4` loads the checkpoint (trained on 8 levels)
+    to sample on EDM's 4 levels (the closed form worked above), so one generator's step
+    differs from the 8-level one; another kind cannot set it (one line)."""
+    path, _ = tiny_world
+    config = load_config(path)
+    levels = {"kinds": {"diffusion": MemberKind(sampler_steps=4)}}
+    fewer = config.model_copy(update={"ensemble": config.ensemble.model_copy(update=levels)})
+    cpu = torch.device("cpu")
+    (four,) = load_models("sfno", [str(diffusion_checkpoint)], fewer, cpu)
+    eight = load_checkpoint(diffusion_checkpoint, config)
+    assert eight.diffusion.sampler_steps == 8 and four.diffusion.sampler_steps == 4
+    four_levels = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
+    torch.testing.assert_close(four.sigmas(), torch.tensor(four_levels, dtype=torch.float64))
+    state = eight.mean.expand(1, -1, -1, eight.grid.nlon).contiguous()  # the zonal means
+    steps = [e.step(state, generator=torch.Generator().manual_seed(0)) for e in (four, eight)]
+    assert torch.isfinite(steps[0]).all() and not torch.allclose(*steps)
+    with pytest.raises(ConfigError, match=r"kinds\.fgn\.sampler_steps: only diffusion samples"):
+        parse_config({"ensemble": {"kinds": {"fgn": {"sampler_steps": 16}}}})
 
 
 def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
