@@ -67,8 +67,8 @@ vae-checkpoint: | $(FGN_TRUTH)
 
 # The committed diffusion checkpoint (checkpoints/diffusion/diffusion-seed1), trained from scratch
 # into out/diffusion/: the EDM denoiser of configs/default-diffusion.yaml on the FGN's truth
-# store; 67 min of CPU time on one torch thread (78 min wall beside other jobs); alone with both
-# cores 0.74 s per step and at most 34 s per validation, so at most 51 min.
+# store, its conditioning states perturbed (diffusion.input_noise); 36 min wall alone on both
+# cores (/usr/bin/time -v: 71 min of CPU time).
 diffusion-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-diffusion.yaml --model diffusion --seed 1 \
 		--out out/diffusion/checkpoints/diffusion-seed1 --quiet

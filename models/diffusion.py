@@ -24,9 +24,9 @@ draws `ln sigma ~ N(P_mean, P_std^2)` and minimises the area-weighted
 its conditioning state `x(t) + P_T[a sigma_tend m]` with white noise `m ~ N(0, I)` on the grid
 (`input_noise = a`) and `r` the tendency from that state to the true `x(t + dt)`: the denoiser
 learns to remove such errors (noise injection, Sanchez-Gonzalez et al. 2020, arXiv:2002.09405).
-Without it the committed model's rollouts gained small-scale power (2-5 times the truth's at
-wavenumbers 10-16 by day 10, even with zero noise: its own states were out of its training
-distribution); five epochs of fine-tuning with `a = 0.5` brought it to 0.9-1.7 times.
+Trained without it, the model's rollouts gained small-scale power (2-5 times the truth's at
+wavenumbers 10-16 by day 10, 1.6-2.3 times with zero noise: its own states were out of its
+training distribution); trained with `a = 0.5`, 1.0-1.5 times (README).
 
 Sampling integrates the probability-flow ODE `dr/dsigma = (r - D(r; sigma)) / sigma` with
 EDM's Heun method (Algorithm 1 without churn; or Euler, a DDIM-like first-order sampler) on
