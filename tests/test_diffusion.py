@@ -23,6 +23,9 @@ from models.diffusion import (
 from models.fgn import draw_noise
 from models.training import LAST, STATE, Trainer, validate
 
+FOUR_LEVELS = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
+"""EDM's 4 levels from 80 to 0.002 with rho = 7, then 0 (worked by hand)."""
+
 
 @pytest.fixture(scope="module")
 def diffusion_checkpoint(tiny_world, tmp_path_factory, wxens) -> Path:
@@ -51,9 +54,8 @@ def test_edm_coefficients_and_the_noise_levels_are_the_closed_forms():
     }
     for name, (got, want) in expected.items():
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), msg=name)
-    levels = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
     torch.testing.assert_close(
-        sigma_schedule(4, 0.002, 80.0, 7.0), torch.tensor(levels, dtype=torch.float64)
+        sigma_schedule(4, 0.002, 80.0, 7.0), torch.tensor(FOUR_LEVELS, dtype=torch.float64)
     )
 
 
@@ -135,7 +137,7 @@ def test_sampling_is_reproducible_per_member(diffusion_checkpoint, tiny_world):
 
 def test_member_settings_override_the_sampler_levels(diffusion_checkpoint, tiny_world):
     """`ensemble.kinds.diffusion.sampler_steps: 4` loads the checkpoint (trained on 8 levels)
-    to sample on EDM's 4 levels (the closed form worked above), so one generator's step
+    to sample on EDM's 4 levels (`FOUR_LEVELS`), so one generator's step
     differs from the 8-level one; another kind cannot set it (one line)."""
     path, _ = tiny_world
     config = load_config(path)
@@ -145,8 +147,7 @@ def test_member_settings_override_the_sampler_levels(diffusion_checkpoint, tiny_
     (four,) = load_models("sfno", [str(diffusion_checkpoint)], fewer, cpu)
     eight = load_checkpoint(diffusion_checkpoint, config)
     assert eight.diffusion.sampler_steps == 8 and four.diffusion.sampler_steps == 4
-    four_levels = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
-    torch.testing.assert_close(four.sigmas(), torch.tensor(four_levels, dtype=torch.float64))
+    torch.testing.assert_close(four.sigmas(), torch.tensor(FOUR_LEVELS, dtype=torch.float64))
     state = eight.mean.expand(1, -1, -1, eight.grid.nlon).contiguous()  # the zonal means
     steps = [e.step(state, generator=torch.Generator().manual_seed(0)) for e in (four, eight)]
     assert torch.isfinite(steps[0]).all() and not torch.allclose(*steps)
