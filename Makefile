@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m forecast.demo
+	$(VENV)/bin/python -m wxens.forecast.demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -25,12 +25,11 @@ import time
 
 import numpy as np
 import torch
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.training_data import analysis_states, area_weights
-from models.checkpoint import load_checkpoint
-from models.diffusion import DiffusionEmulator
-from models.emulator import FixedBatchEmulator
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.training_data import analysis_states, area_weights
+from wxens.models.checkpoint import load_checkpoint
+from wxens.models.diffusion import DiffusionEmulator
+from wxens.models.emulator import FixedBatchEmulator
 
 
 def step_statistics(

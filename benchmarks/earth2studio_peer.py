@@ -70,11 +70,10 @@ from earth2studio.run import ensemble as e2s_ensemble
 from earth2studio.utils import handshake_coords, handshake_dim
 from earth2studio.utils.type import CoordSystem
 from loguru import logger
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import load_config
-from models.checkpoint import load_checkpoint
-from models.sfno import SFNOEmulator
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import load_config
+from wxens.models.checkpoint import load_checkpoint
+from wxens.models.sfno import SFNOEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/default-random-field.yaml"

@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 
 import torch
-
-from data_pipeline.config import load_config
-from models.checkpoint import load_checkpoint
+from wxens.data_pipeline.config import load_config
+from wxens.models.checkpoint import load_checkpoint
 
 ACCEPTANCE = 0.95  # wrapper / raw at batch 64
 

@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-
-from data_pipeline.config import load_config
-from models.checkpoint import find_checkpoints, load_checkpoint
+from wxens.data_pipeline.config import load_config
+from wxens.models.checkpoint import find_checkpoints, load_checkpoint
 
 CONFIG = Path("configs/default.yaml")
 RANDOM_FIELD = Path("configs/default-random-field.yaml")

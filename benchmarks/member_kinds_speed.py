@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from data_pipeline.config import load_config
-from forecast.runner import micro_batch
-from models.checkpoint import load_checkpoint
-from models.emulator import Emulator, FixedBatchEmulator
-from models.nwp import QGEmulator
+from wxens.data_pipeline.config import load_config
+from wxens.forecast.runner import micro_batch
+from wxens.models.checkpoint import load_checkpoint
+from wxens.models.emulator import Emulator, FixedBatchEmulator
+from wxens.models.nwp import QGEmulator
 
 
 def rate(emulator: Emulator, size: int, members: int, repeats: int, device: torch.device) -> float:

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from data_pipeline.provenance import default_device
-from models.checkpoint import read_metadata
-from models.sfno import SFNOEmulator
-from models.training import rollout_errors
+from wxens.data_pipeline.provenance import default_device
+from wxens.models.checkpoint import read_metadata
+from wxens.models.sfno import SFNOEmulator
+from wxens.models.training import rollout_errors
 
 
 def steps_per_second(step, device: torch.device, repeats: int) -> float:

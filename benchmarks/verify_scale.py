@@ -29,8 +29,7 @@ import dask.array
 import numpy as np
 import pandas as pd
 import xarray as xr
-
-from verification.metrics import crps_ensemble
+from wxens.verification.metrics import crps_ensemble
 
 VARIABLES = ("t", "u")
 GRID = {"latitude": np.linspace(90, -90, 33), "longitude": np.arange(64) * 5.625}

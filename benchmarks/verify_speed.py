@@ -36,11 +36,10 @@ import dask.array
 import numpy as np
 import pandas as pd
 import xarray as xr
-
-from data_pipeline.memory import keep_freed_memory
-from forecast.ensemble_store import field_compressor
-from verification.aggregation import area_mean, cell_area_weights
-from verification.metrics import _crps_sorted, crps_ensemble, ensemble_summary, rank_counts
+from wxens.data_pipeline.memory import keep_freed_memory
+from wxens.forecast.ensemble_store import field_compressor
+from wxens.verification.aggregation import area_mean, cell_area_weights
+from wxens.verification.metrics import _crps_sorted, crps_ensemble, ensemble_summary, rank_counts
 
 try:
     import properscoring

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-
-from data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.sphere import LatLonGrid
 
 COMPLETE_FLAG = "wxens_complete"
 TIME_CHUNK = 120  # 30 days of 6-hourly analyses per chunk

@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from data_pipeline.qg import QGParameters
+from wxens.data_pipeline.qg import QGParameters
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -364,7 +363,7 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _variables_known(self) -> ExperimentConfig:
-        from data_pipeline.truth import TRUTH_FIELDS
+        from wxens.data_pipeline.truth import TRUTH_FIELDS
 
         allowed = self.ingest.keys() if self.ingest is not None else TRUTH_FIELDS.keys()
         unknown = [v for v in self.variables if v not in allowed]

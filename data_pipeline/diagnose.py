@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 import torch
-
-from data_pipeline.config import ExperimentConfig
-from data_pipeline.progress import progress_bar
-from data_pipeline.qg import TwoLayerQG
-from data_pipeline.sphere import EARTH_RADIUS_M, gaussian_random_field
-from data_pipeline.truth import (
+from wxens.data_pipeline.config import ExperimentConfig
+from wxens.data_pipeline.progress import progress_bar
+from wxens.data_pipeline.qg import TwoLayerQG
+from wxens.data_pipeline.sphere import EARTH_RADIUS_M, gaussian_random_field
+from wxens.data_pipeline.truth import (
     model_grid,
     simulated_years_per_minute,
     spun_up_state,

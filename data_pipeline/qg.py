@@ -30,8 +30,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from data_pipeline.sphere import (
+from wxens.data_pipeline.sphere import (
     EARTH_RADIUS_M,
     EARTH_ROTATION_RATE,
     LatLonGrid,

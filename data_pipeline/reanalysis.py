@@ -28,13 +28,12 @@ from typing import Literal
 import numpy as np
 import torch
 import xarray as xr
-
-from data_pipeline.analysis_store import AnalysisStoreWriter, analysis_dataset
-from data_pipeline.config import ExperimentConfig, SourceField
-from data_pipeline.progress import progress_bar
-from data_pipeline.provenance import default_device, provenance
-from data_pipeline.sphere import LatLonGrid, max_truncation, regrid
-from data_pipeline.truth import model_grid
+from wxens.data_pipeline.analysis_store import AnalysisStoreWriter, analysis_dataset
+from wxens.data_pipeline.config import ExperimentConfig, SourceField
+from wxens.data_pipeline.progress import progress_bar
+from wxens.data_pipeline.provenance import default_device, provenance
+from wxens.data_pipeline.sphere import LatLonGrid, max_truncation, regrid
+from wxens.data_pipeline.truth import model_grid
 
 # Short (CDS, GRIB) and long (WeatherBench2, ARCO) names of the same field.
 ALIASES: tuple[tuple[str, ...], ...] = (

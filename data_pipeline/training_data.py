@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.sphere import LatLonGrid
 
 STATISTICS = ("mean", "std", "tendency_mean", "tendency_std", "anomaly_std")
 

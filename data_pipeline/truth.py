@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from data_pipeline.analysis_store import TIME_CHUNK, AnalysisStoreWriter, analysis_dataset
-from data_pipeline.config import ExperimentConfig
-from data_pipeline.progress import progress_bar
-from data_pipeline.provenance import default_device, provenance
-from data_pipeline.qg import TwoLayerQG
-from data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.analysis_store import TIME_CHUNK, AnalysisStoreWriter, analysis_dataset
+from wxens.data_pipeline.config import ExperimentConfig
+from wxens.data_pipeline.progress import progress_bar
+from wxens.data_pipeline.provenance import default_device, provenance
+from wxens.data_pipeline.qg import TwoLayerQG
+from wxens.data_pipeline.sphere import LatLonGrid
 
 TRUTH_FIELDS: dict[str, dict[str, str]] = {
     "psi_upper": {

@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 import yaml
-
-from data_pipeline.config import ConfigError, ExperimentConfig, load_config
-from data_pipeline.memory import keep_freed_memory
+from wxens.data_pipeline.config import ConfigError, ExperimentConfig, load_config
+from wxens.data_pipeline.memory import keep_freed_memory
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="wxens: huge weather ensembles, verified."
@@ -59,8 +58,8 @@ def data_truth(
     quiet: QuietOption = False,
 ) -> None:
     """Run the truth world at the fine resolution and write a 6-hourly CF Zarr reanalysis."""
-    from data_pipeline.analysis_store import StoreError
-    from data_pipeline.truth import write_truth
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.data_pipeline.truth import write_truth
 
     cfg, resolved = read_config(config)
     years = cfg.periods.total_years if years is None else years
@@ -82,8 +81,8 @@ def data_ingest(
     quiet: QuietOption = False,
 ) -> None:
     """Read reanalysis files, map them to the model variables, regrid spectrally, write a store."""
-    from data_pipeline.analysis_store import StoreError
-    from data_pipeline.reanalysis import ingest
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.data_pipeline.reanalysis import ingest
 
     cfg, resolved = read_config(config)
     if cfg.ingest is None:
@@ -102,7 +101,7 @@ def data_diagnose(
     quiet: QuietOption = False,
 ) -> None:
     """Climate and predictability numbers of the truth world (twin experiments)."""
-    from data_pipeline.diagnose import diagnose
+    from wxens.data_pipeline.diagnose import diagnose
 
     cfg, _ = read_config(config)
     try:
@@ -134,8 +133,7 @@ def analyses_path(cfg: ExperimentConfig, analyses: Path | None) -> Path:
 
 def pick_device(device: str | None):
     import torch
-
-    from data_pipeline.provenance import default_device
+    from wxens.data_pipeline.provenance import default_device
 
     try:
         return torch.device(device) if device else default_device()
@@ -166,9 +164,9 @@ def train(
 ) -> None:
     """Train one SFNO, FGN, VAE or diffusion emulator; resume from OUT/last when an earlier run was
     interrupted."""
-    from data_pipeline.analysis_store import StoreError
-    from models.checkpoint import CheckpointError
-    from models.training import Trainer
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.models.checkpoint import CheckpointError
+    from wxens.models.training import Trainer
 
     cfg, resolved = read_config(config)
     try:
@@ -215,10 +213,10 @@ def skill(
 ) -> None:
     """Deterministic RMSE by variable and lead: checkpoints, NWP baseline, persistence,
     climatology; then a long-rollout stability and spectrum check of each checkpoint."""
-    from data_pipeline.analysis_store import StoreError
-    from forecast.skill import Analyses, deterministic_skill, rollout_checks
-    from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
-    from models.nwp import QGEmulator
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.forecast.skill import Analyses, deterministic_skill, rollout_checks
+    from wxens.models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
+    from wxens.models.nwp import QGEmulator
 
     cfg, _ = read_config(config)
     torch_device = pick_device(device)
@@ -300,10 +298,9 @@ def run_ensemble_command(
 ) -> None:
     """What `wxens forecast` and `wxens hindcast` share: check, prepare, run, report."""
     import numpy as np
-
-    from data_pipeline.analysis_store import StoreError
-    from forecast.runner import RunOptions, prepare, run_ensemble
-    from models.checkpoint import CheckpointError
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.forecast.runner import RunOptions, prepare, run_ensemble
+    from wxens.models.checkpoint import CheckpointError
 
     cfg, _ = read_config(config)
     if seed is not None:
@@ -518,9 +515,9 @@ def verify(
 ) -> None:
     """Score an ensemble (and references) against a truth store: CRPS, spread-skill, ranks,
     reliability, extremes, spectra; by variable, region and lead time."""
-    from verification.scheduler import dask_scheduler
-    from verification.verify import VerificationError, VerifyOptions
-    from verification.verify import verify as run_verify
+    from wxens.verification.scheduler import dask_scheduler
+    from wxens.verification.verify import VerificationError, VerifyOptions
+    from wxens.verification.verify import verify as run_verify
 
     name_maps = read_names(names)
     try:
@@ -543,7 +540,7 @@ def verify(
             references[name if sep else Path(path).stem] = path
         with dask_scheduler(scheduler, progress=not quiet):
             scores = run_verify(forecast, truth, out, references, options, overwrite)
-        from verification.report import summary_table, write_report
+        from wxens.verification.report import summary_table, write_report
 
         if report is not None:
             write_report(scores, report, reference=next(iter(references), None))
@@ -565,8 +562,7 @@ def report(
     """An HTML report of a scores store: scorecards, curves by lead, rank histograms,
     reliability, spectra, maps, and every score as CSV and JSON; prints index.html's path."""
     import xarray as xr
-
-    from verification.report import write_report
+    from wxens.verification.report import write_report
 
     if not (scores / "zarr.json").is_file():
         fail(f"{scores}: not a scores store written by wxens verify")

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import yaml
-
-from data_pipeline.memory import keep_freed_memory
-from forecast.cli import app
+from wxens.data_pipeline.memory import keep_freed_memory
+from wxens.forecast.cli import app
 
 CONFIG = Path("configs/demo.yaml")
 OUT = Path("out/demo")

@@ -25,10 +25,9 @@ import dask.array
 import numpy as np
 import xarray as xr
 import zarr
+from wxens.data_pipeline.analysis_store import COMPLETE_FLAG, StoreError
+from wxens.data_pipeline.sphere import LatLonGrid
 from zarr.codecs import BloscCodec
-
-from data_pipeline.analysis_store import COMPLETE_FLAG, StoreError
-from data_pipeline.sphere import LatLonGrid
 
 INIT, LEAD, MEMBER = "init_time", "lead_time", "member"
 FIELD_DIMS = (INIT, LEAD, MEMBER, "latitude", "longitude")

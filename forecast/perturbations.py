@@ -22,12 +22,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
-from data_pipeline.config import PerturbationConfig
-from data_pipeline.sphere import LatLonGrid, gaussian_random_field, synthesis
-from data_pipeline.training_data import NormalisationStats, area_weights
-from models.emulator import Emulator
-from models.sfno import SFNOEmulator
+from wxens.data_pipeline.config import PerturbationConfig
+from wxens.data_pipeline.sphere import LatLonGrid, gaussian_random_field, synthesis
+from wxens.data_pipeline.training_data import NormalisationStats, area_weights
+from wxens.models.emulator import Emulator
+from wxens.models.sfno import SFNOEmulator
 
 GeneratorFor = Callable[[int], torch.Generator]
 MemberIds = Sequence[int] | np.ndarray | torch.Tensor

@@ -32,19 +32,18 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
-
-from data_pipeline.analysis_store import (
+from wxens.data_pipeline.analysis_store import (
     COMPLETE_FLAG,
     StoreError,
     StoreLock,
     finalise_store,
     open_analyses,
 )
-from data_pipeline.config import ExperimentConfig, PerturbationConfig, parse_config
-from data_pipeline.memory import keep_freed_memory
-from data_pipeline.progress import progress_bar
-from data_pipeline.provenance import provenance
-from data_pipeline.training_data import (
+from wxens.data_pipeline.config import ExperimentConfig, PerturbationConfig, parse_config
+from wxens.data_pipeline.memory import keep_freed_memory
+from wxens.data_pipeline.progress import progress_bar
+from wxens.data_pipeline.provenance import provenance
+from wxens.data_pipeline.training_data import (
     NormalisationStats,
     analysis_states,
     area_weights,
@@ -52,26 +51,31 @@ from data_pipeline.training_data import (
     compute_normalisation,
     year_window,
 )
-from data_pipeline.truth import model_grid
-from forecast.ensemble_store import (
+from wxens.data_pipeline.truth import model_grid
+from wxens.forecast.ensemble_store import (
     FINGERPRINT,
     EnsembleStore,
     StoreLayout,
     create_store,
 )
-from forecast.perturbations import (
+from wxens.forecast.perturbations import (
     ParameterPerturbation,
     Perturbation,
     assign_checkpoints,
     initial_condition_perturbation,
     member_generator,
 )
-from forecast.seeds import SeedStates
-from forecast.skill import area_rmse
-from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, read_metadata
-from models.emulator import Emulator, FixedBatchEmulator, rollout
-from models.fgn import NoisyEmulator
-from models.nwp import QGEmulator
+from wxens.forecast.seeds import SeedStates
+from wxens.forecast.skill import area_rmse
+from wxens.models.checkpoint import (
+    CheckpointError,
+    find_checkpoints,
+    load_checkpoint,
+    read_metadata,
+)
+from wxens.models.emulator import Emulator, FixedBatchEmulator, rollout
+from wxens.models.fgn import NoisyEmulator
+from wxens.models.nwp import QGEmulator
 
 MODELS = ("sfno", "nwp")
 

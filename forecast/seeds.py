@@ -12,11 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import xarray as xr
-
-from data_pipeline.analysis_store import StoreError, open_analyses
-from data_pipeline.config import SeedMembers
-from data_pipeline.sphere import LatLonGrid
-from forecast.ensemble_store import FINGERPRINT, INIT, LEAD, MEMBER
+from wxens.data_pipeline.analysis_store import StoreError, open_analyses
+from wxens.data_pipeline.config import SeedMembers
+from wxens.data_pipeline.sphere import LatLonGrid
+from wxens.forecast.ensemble_store import FINGERPRINT, INIT, LEAD, MEMBER
 
 
 class SeedStates:

@@ -22,19 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import ExperimentConfig
-from data_pipeline.progress import progress_bar
-from data_pipeline.sphere import kinetic_energy_spectrum, power_spectrum
-from data_pipeline.training_data import (
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import ExperimentConfig
+from wxens.data_pipeline.progress import progress_bar
+from wxens.data_pipeline.sphere import kinetic_energy_spectrum, power_spectrum
+from wxens.data_pipeline.training_data import (
     analysis_states,
     area_weights,
     check_variables,
     year_window,
 )
-from data_pipeline.truth import model_grid
-from models.emulator import Emulator, rollout
+from wxens.data_pipeline.truth import model_grid
+from wxens.models.emulator import Emulator, rollout
 
 SPECTRUM_BAND = (10, 20)  # total wavenumbers of the no-blurring check
 

@@ -22,13 +22,12 @@ from typing import Any
 
 import safetensors.torch
 import torch
-
-from data_pipeline.config import ExperimentConfig
-from data_pipeline.provenance import git_revision, package_version
-from models.diffusion import DiffusionEmulator
-from models.fgn import FGNEmulator
-from models.sfno import SFNOEmulator
-from models.vae import VAEEmulator
+from wxens.data_pipeline.config import ExperimentConfig
+from wxens.data_pipeline.provenance import git_revision, package_version
+from wxens.models.diffusion import DiffusionEmulator
+from wxens.models.fgn import FGNEmulator
+from wxens.models.sfno import SFNOEmulator
+from wxens.models.vae import VAEEmulator
 
 FORMAT = "wxens-emulator/1"
 WEIGHTS = "model.safetensors"

@@ -52,10 +52,9 @@ import math
 from collections.abc import Callable
 
 import torch
-
-from data_pipeline.config import DiffusionConfig, MemberKind
-from models.fgn import NoisyEmulator, add_conditional_norms, conditioning, draw_noise
-from models.sfno import build_network
+from wxens.data_pipeline.config import DiffusionConfig, MemberKind
+from wxens.models.fgn import NoisyEmulator, add_conditional_norms, conditioning, draw_noise
+from wxens.models.sfno import build_network
 
 SIGMA_DATA = 1.0
 """The std of the denoised quantity, the normalised tendency (1 by construction)."""

@@ -11,8 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-
-from data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.sphere import LatLonGrid
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """What a stochastic emulator draws its noise from: one generator for the whole batch, or one

@@ -22,12 +22,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-
-from data_pipeline.config import DiffusionConfig, FGNConfig, MemberKind, SFNOConfig, VAEConfig
-from data_pipeline.sphere import LatLonGrid
-from data_pipeline.training_data import NormalisationStats
-from models.emulator import Generators
-from models.sfno import SFNOEmulator
+from wxens.data_pipeline.config import DiffusionConfig, FGNConfig, MemberKind, SFNOConfig, VAEConfig
+from wxens.data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.training_data import NormalisationStats
+from wxens.models.emulator import Generators
+from wxens.models.sfno import SFNOEmulator
 
 FORWARD = threading.local()
 """`FORWARD.conditioning`: what the noise layers of the `NoisyEmulator` forward running in this

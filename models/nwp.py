@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from data_pipeline.config import ExperimentConfig
-from data_pipeline.sphere import analysis
-from data_pipeline.truth import LAYER_OF_FIELD, model_grid, steps_per, truth_model
-from models.emulator import Generators
+from wxens.data_pipeline.config import ExperimentConfig
+from wxens.data_pipeline.sphere import analysis
+from wxens.data_pipeline.truth import LAYER_OF_FIELD, model_grid, steps_per, truth_model
+from wxens.models.emulator import Generators
 
 
 class QGEmulator(torch.nn.Module):

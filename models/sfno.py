@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch_harmonics.examples.models import SphericalFourierNeuralOperator
-
-from data_pipeline.config import SFNOConfig
-from data_pipeline.sphere import LatLonGrid, SpectralTransforms
-from data_pipeline.training_data import NormalisationStats
-from models.emulator import Generators
+from wxens.data_pipeline.config import SFNOConfig
+from wxens.data_pipeline.sphere import LatLonGrid, SpectralTransforms
+from wxens.data_pipeline.training_data import NormalisationStats
+from wxens.models.emulator import Generators
 
 
 def spectral_fraction(grid: LatLonGrid, sfno: SFNOConfig, truncation: int) -> float:

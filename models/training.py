@@ -34,12 +34,11 @@ import numpy as np
 import safetensors.torch
 import torch
 import yaml
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import ExperimentConfig
-from data_pipeline.progress import progress_bar
-from data_pipeline.sphere import order_weights
-from data_pipeline.training_data import (
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import ExperimentConfig
+from wxens.data_pipeline.progress import progress_bar
+from wxens.data_pipeline.sphere import order_weights
+from wxens.data_pipeline.training_data import (
     analysis_states,
     area_weights,
     check_variables,
@@ -47,8 +46,8 @@ from data_pipeline.training_data import (
     timestep,
     year_window,
 )
-from data_pipeline.truth import model_grid
-from models.checkpoint import (
+from wxens.data_pipeline.truth import model_grid
+from wxens.models.checkpoint import (
     KINDS,
     METADATA,
     WEIGHTS,
@@ -60,10 +59,10 @@ from models.checkpoint import (
     save_tensors,
     sha256_file,
 )
-from models.diffusion import DiffusionEmulator, denoising_loss
-from models.fgn import NoisyEmulator, draw_noise
-from models.sfno import SFNOEmulator
-from models.vae import VAEEmulator
+from wxens.models.diffusion import DiffusionEmulator, denoising_loss
+from wxens.models.fgn import NoisyEmulator, draw_noise
+from wxens.models.sfno import SFNOEmulator
+from wxens.models.vae import VAEEmulator
 
 TRAINABLE = ("sfno", "fgn", "vae", "diffusion")
 LAST = "last"  # sub-directory of the output holding the state to resume from

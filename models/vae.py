@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-
-from data_pipeline.config import VAEConfig
-from models.fgn import FORWARD, NoisyEmulator, draw_noise
+from wxens.data_pipeline.config import VAEConfig
+from wxens.models.fgn import FORWARD, NoisyEmulator, draw_noise
 
 
 class Gaussian(NamedTuple):

@@ -52,9 +52,8 @@ def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
     """A real three-year truth store of a tiny world (T10 truth, 9 x 16 grid at T4) and its
     config (with `analyses:` pointing at the store): train 2025, validate 2026, test 2027."""
     import yaml
-
-    from data_pipeline.config import parse_config
-    from data_pipeline.truth import write_truth
+    from wxens.data_pipeline.config import parse_config
+    from wxens.data_pipeline.truth import write_truth
 
     folder = tmp_path_factory.mktemp("tiny_world")
     store = folder / "truth.zarr"
@@ -70,8 +69,7 @@ def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
 def wxens():
     """Run `wxens ARGS...` in this process; returns (exit code, stdout and stderr)."""
     from typer.testing import CliRunner
-
-    from forecast.cli import app
+    from wxens.forecast.cli import app
 
     runner = CliRunner()
 

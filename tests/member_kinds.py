@@ -11,8 +11,7 @@ import numpy as np
 import torch
 import xarray as xr
 import yaml
-
-from models.emulator import Emulator, FixedBatchEmulator
+from wxens.models.emulator import Emulator, FixedBatchEmulator
 
 INIT = "2027-02-01T00"
 

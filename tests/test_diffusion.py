@@ -9,19 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 from member_kinds import check_mixed_ensemble, check_sampling_per_member, check_two_draws_differ
-
-from data_pipeline.config import ConfigError, MemberKind, load_config, parse_config
-from forecast.runner import load_models
-from models.checkpoint import CheckpointError, load_checkpoint
-from models.diffusion import (
+from wxens.data_pipeline.config import ConfigError, MemberKind, load_config, parse_config
+from wxens.forecast.runner import load_models
+from wxens.models.checkpoint import CheckpointError, load_checkpoint
+from wxens.models.diffusion import (
     denoising_loss,
     edm_coefficients,
     loss_weight,
     sample,
     sigma_schedule,
 )
-from models.fgn import draw_noise
-from models.training import LAST, STATE, Trainer, validate
+from wxens.models.fgn import draw_noise
+from wxens.models.training import LAST, STATE, Trainer, validate
 
 FOUR_LEVELS = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
 """EDM's 4 levels from 80 to 0.002 with rho = 7, then 0 (worked by hand)."""

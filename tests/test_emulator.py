@@ -15,18 +15,17 @@ import torch
 import xarray as xr
 import yaml
 from typer.testing import CliRunner
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import NWPConfig, load_config, parse_config
-from data_pipeline.sphere import LatLonGrid, analysis, power_spectrum, synthesis
-from data_pipeline.training_data import AnalysisPairs, area_weights, compute_normalisation
-from data_pipeline.truth import model_grid, write_truth
-from forecast.cli import app
-from models.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
-from models.emulator import Emulator
-from models.nwp import QGEmulator
-from models.sfno import SFNOEmulator
-from models.training import (
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import NWPConfig, load_config, parse_config
+from wxens.data_pipeline.sphere import LatLonGrid, analysis, power_spectrum, synthesis
+from wxens.data_pipeline.training_data import AnalysisPairs, area_weights, compute_normalisation
+from wxens.data_pipeline.truth import model_grid, write_truth
+from wxens.forecast.cli import app
+from wxens.models.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
+from wxens.models.emulator import Emulator
+from wxens.models.nwp import QGEmulator
+from wxens.models.sfno import SFNOEmulator
+from wxens.models.training import (
     LAST,
     STATE,
     PeriodStates,
@@ -158,7 +157,7 @@ def test_corrupt_checkpoints_fail_with_one_line(world, tmp_path, damage, message
     else:  # valid safetensors with the right hash but the wrong tensors
         safetensors.torch.save_file({"bogus": torch.zeros(3)}, str(weights))
         metadata = json.loads((folder / "metadata.json").read_text())
-        from models.checkpoint import sha256_file
+        from wxens.models.checkpoint import sha256_file
 
         metadata["weights_sha256"] = sha256_file(weights)
         (folder / "metadata.json").write_text(json.dumps(metadata))
@@ -281,7 +280,7 @@ def test_same_seed_same_weights_and_resume_after_sigkill(world, trained, tmp_pat
     weights bitwise equal to the uninterrupted run's."""
     path, _, _ = world
     out = tmp_path / "again"
-    command = [sys.executable, "-m", "forecast.cli", "train", "--config", str(path)]
+    command = [sys.executable, "-m", "wxens.forecast.cli", "train", "--config", str(path)]
     command += ["--seed", "5", "--out", str(out), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300

@@ -17,11 +17,10 @@ import torch
 import xarray as xr
 import yaml
 import zarr
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import load_config
-from data_pipeline.training_data import area_weights
-from forecast.runner import MemberForecaster, prepare
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import load_config
+from wxens.data_pipeline.training_data import area_weights
+from wxens.forecast.runner import MemberForecaster, prepare
 
 INIT = "2027-02-01T00"
 
@@ -173,7 +172,7 @@ def test_nwp_baseline_gets_the_same_perturbations_and_layout(ensemble, wxens, tm
 
 
 def hindcast_command(config, checkpoints, out):
-    command = [sys.executable, "-m", "forecast.cli", "hindcast", "--config", str(config)]
+    command = [sys.executable, "-m", "wxens.forecast.cli", "hindcast", "--config", str(config)]
     command += ["--checkpoints", str(checkpoints), "--start", "2027-01-01", "--end", "2027-01-12"]
     command += ["--every", "1D", "--members", "16", "--lead-days", "3", "--batch-size", "4"]
     return [*command, "--scheduler", "threads:1", "--out", str(out), "--resume", "--quiet"]

@@ -16,8 +16,7 @@ from earthkit.meteo.extreme.array import efi as earthkit_efi
 from earthkit.meteo.extreme.array import sot as earthkit_sot
 from scipy.integrate import quad
 from sklearn.metrics import roc_auc_score
-
-from verification.extremes import (
+from wxens.verification.extremes import (
     calendar_window,
     climate_at,
     efi,

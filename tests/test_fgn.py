@@ -17,11 +17,10 @@ from member_kinds import (
     one_day_forecast,
     with_ensemble,
 )
-
-from data_pipeline.config import load_config
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.fgn import draw_noise
-from models.training import LAST, STATE, Trainer, fair_crps, validate
+from wxens.data_pipeline.config import load_config
+from wxens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wxens.models.fgn import draw_noise
+from wxens.models.training import LAST, STATE, Trainer, fair_crps, validate
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ import properscoring
 import pytest
 import scoringrules
 import xarray as xr
-
-from verification import aggregation, metrics
+from wxens.verification import aggregation, metrics
 
 
 def field(values: np.ndarray, dims: tuple[str, ...], nlat: int = 0) -> xr.DataArray:

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import eval_legendre
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import ConfigError, PerturbationConfig, parse_config
-from data_pipeline.sphere import EARTH_RADIUS_M, LatLonGrid
-from data_pipeline.training_data import area_weights, compute_normalisation
-from data_pipeline.truth import model_grid, write_truth
-from forecast.perturbations import (
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import ConfigError, PerturbationConfig, parse_config
+from wxens.data_pipeline.sphere import EARTH_RADIUS_M, LatLonGrid
+from wxens.data_pipeline.training_data import area_weights, compute_normalisation
+from wxens.data_pipeline.truth import model_grid, write_truth
+from wxens.forecast.perturbations import (
     BredVectorPerturbation,
     GaussianRandomFieldPerturbation,
     ParameterPerturbation,
@@ -18,10 +17,10 @@ from forecast.perturbations import (
     initial_condition_perturbation,
     member_generator,
 )
-from forecast.runner import checkpoint_group_size
-from models.emulator import FixedBatchEmulator
-from models.nwp import QGEmulator
-from models.sfno import SFNOEmulator
+from wxens.forecast.runner import checkpoint_group_size
+from wxens.models.emulator import FixedBatchEmulator
+from wxens.models.nwp import QGEmulator
+from wxens.models.sfno import SFNOEmulator
 
 INIT = np.datetime64("2027-03-01T06", "h")
 TINY = {

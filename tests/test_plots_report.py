@@ -9,8 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 import xarray as xr
-
-from verification.plots import (
+from wxens.verification.plots import (
     plot_map,
     plot_rank_histogram,
     plot_reliability,
@@ -18,7 +17,7 @@ from verification.plots import (
     plot_spectra,
     plot_spread_skill,
 )
-from verification.report import (
+from wxens.verification.report import (
     not_significant,
     scorecard,
     scorecard_table,

@@ -13,8 +13,7 @@ import pytest
 import scores
 import xarray as xr
 from sklearn.metrics import roc_auc_score
-
-from verification.probability import (
+from wxens.verification.probability import (
     brier_score,
     brier_score_from_table,
     climatological_thresholds,

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import sph_harm_y
-
-from data_pipeline.qg import QGParameters, TwoLayerQG, dynamics_grid
-from data_pipeline.sphere import (
+from wxens.data_pipeline.qg import QGParameters, TwoLayerQG, dynamics_grid
+from wxens.data_pipeline.sphere import (
     EARTH_ROTATION_RATE,
     LatLonGrid,
     SpectralTransforms,

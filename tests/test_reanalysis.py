@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import xarray as xr
 from scipy.special import roots_legendre, sph_harm_y
-
-from data_pipeline.analysis_store import open_analyses
-from data_pipeline.config import ExperimentConfig, SourceField, load_config, parse_config
-from data_pipeline.reanalysis import IngestError, ingest, read_source, regrid_dataset
-from data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.analysis_store import open_analyses
+from wxens.data_pipeline.config import ExperimentConfig, SourceField, load_config, parse_config
+from wxens.data_pipeline.reanalysis import IngestError, ingest, read_source, regrid_dataset
+from wxens.data_pipeline.sphere import LatLonGrid
 
 pytestmark = pytest.mark.filterwarnings("ignore:variable '.' has non-conforming '_FillValue'")
 
@@ -309,8 +308,7 @@ def test_ingest_sorts_sources_by_time_and_refuses_repeats(
 def test_ingest_command_line(sample_data, tmp_path):
     """`wxens data ingest` writes the store; a regional source fails with one line."""
     from typer.testing import CliRunner
-
-    from forecast.cli import app
+    from wxens.forecast.cli import app
 
     runner = CliRunner()
     out = tmp_path / "era5.zarr"

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_plots_report import synthetic_scores
-
-from verification.report import write_report
+from wxens.verification.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from scipy.special import sph_harm_y
-
-from verification.spectra import ensemble_spectra, power_spectrum
+from wxens.verification.spectra import ensemble_spectra, power_spectrum
 
 EQUIANGULAR = (33, 64)
 GAUSS = (32, 64)

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
-from data_pipeline.analysis_store import AnalysisStoreWriter, analysis_dataset, open_analyses
-from data_pipeline.sphere import LatLonGrid
-from data_pipeline.training_data import (
+from wxens.data_pipeline.analysis_store import AnalysisStoreWriter, analysis_dataset, open_analyses
+from wxens.data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.training_data import (
     AnalysisPairs,
     NormalisationStats,
     area_weights,

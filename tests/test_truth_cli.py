@@ -10,18 +10,17 @@ import pytest
 import xarray as xr
 import yaml
 from typer.testing import CliRunner
-
-from data_pipeline.analysis_store import (
+from wxens.data_pipeline.analysis_store import (
     AnalysisStoreWriter,
     StoreError,
     analysis_dataset,
     open_analyses,
 )
-from data_pipeline.config import ConfigError, load_config
-from data_pipeline.diagnose import doubling_time_days, saturation_day
-from data_pipeline.sphere import LatLonGrid
-from data_pipeline.truth import TRUTH_FIELDS
-from forecast.cli import app
+from wxens.data_pipeline.config import ConfigError, load_config
+from wxens.data_pipeline.diagnose import doubling_time_days, saturation_day
+from wxens.data_pipeline.sphere import LatLonGrid
+from wxens.data_pipeline.truth import TRUTH_FIELDS
+from wxens.forecast.cli import app
 
 TINY = {
     "seed": 7,

@@ -16,12 +16,11 @@ from member_kinds import (
     member_kinds,
     with_ensemble,
 )
-
-from data_pipeline.config import VAEConfig, load_config
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.fgn import draw_noise
-from models.training import Trainer, sampled_rollout_errors, validate
-from models.vae import Gaussian, VAEEmulator, gaussian_kl
+from wxens.data_pipeline.config import VAEConfig, load_config
+from wxens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wxens.models.fgn import draw_noise
+from wxens.models.training import Trainer, sampled_rollout_errors, validate
+from wxens.models.vae import Gaussian, VAEEmulator, gaussian_kl
 
 CPU = torch.device("cpu")
 

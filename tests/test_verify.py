@@ -252,7 +252,7 @@ def test_bad_input(stores, tmp_path, wxens):
 
 def test_climatological_ensemble_reference(tmp_path, wxens):
     """Members are the analyses at the valid time less whole years and +-15 days."""
-    from verification.verify import climatological_ensemble
+    from wxens.verification.verify import climatological_ensemble
 
     rng = np.random.default_rng(5)
     times = pd.date_range("2029-01-01", "2031-03-01", freq="6h")

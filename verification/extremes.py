@@ -24,8 +24,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
-
-from verification.probability import (
+from wxens.verification.probability import (
     Dims,
     brier_score,
     climatological_thresholds,

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 import dask.array
 import numpy as np
 import xarray as xr
-
-from verification.aggregation import LATITUDE, LONGITUDE, region_weights
+from wxens.verification.aggregation import LATITUDE, LONGITUDE, region_weights
 
 MEMBER = "member"
 

@@ -16,8 +16,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-
-from verification.plots import (
+from wxens.verification.plots import (
     LEAD_TIME,
     SPECTRA,
     SYSTEM,

@@ -22,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
-
-from verification import metrics
-from verification.aggregation import (
+from wxens.verification import metrics
+from wxens.verification.aggregation import (
     LATITUDE,
     LONGITUDE,
     REGIONS,
     regional_means,
     regional_weights,
 )
-from verification.extremes import by_tail, calendar_window, climate_at, efi, model_climate
-from verification.probability import (
+from wxens.verification.extremes import by_tail, calendar_window, climate_at, efi, model_climate
+from wxens.verification.probability import (
     VALUE,
     brier_score_from_table,
     contingency_table,
@@ -40,7 +39,7 @@ from verification.probability import (
     reliability_from_table,
     roc_auc_from_table,
 )
-from verification.spectra import ensemble_spectra
+from wxens.verification.spectra import ensemble_spectra
 
 INIT, LEAD, MEMBER, TIME = "init_time", "lead_time", "member", "time"
 FORECAST_ALIASES = {

@@ -1,0 +1,1 @@
+"""wxens: huge weather ensembles, verified."""
