@@ -133,7 +133,7 @@ class AnalysisStoreWriter:
         self.attrs = {**attrs, COMPLETE_FLAG: False}
         self._started = False
         if self.path.exists() and not overwrite:
-            raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
+            raise StoreError(f"{self.path} already exists; overwrite it to replace it")
         self.lock.check()
 
     def __enter__(self) -> AnalysisStoreWriter:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import xarray as xr
 from wxens.data_pipeline.analysis_store import TIME_CHUNK, AnalysisStoreWriter, analysis_dataset
 from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.progress import progress_bar
@@ -112,6 +113,63 @@ def truth_trajectory(
             )
 
 
+def truth_attributes(config: ExperimentConfig) -> dict[str, object]:
+    """What the truth's analyses are: title, source model, conventions, seed."""
+    return {
+        "title": f"wxens truth world '{config.name}': two-layer QG reanalysis",
+        "source": (
+            f"two-layer quasi-geostrophic model, T{config.truth.truncation} Gauss grid,"
+            f" coarse-grained spectrally to T{config.grid.truncation} on"
+            f" {config.grid.nlat}x{config.grid.nlon}"
+        ),
+        "Conventions": "CF-1.10",
+        "planet": "idealised",  # Earth's radius and rotation, no land: maps draw no coastlines
+        "wxens_seed": config.seed,
+    }
+
+
+def simulate_truth(
+    days: float,
+    *,
+    spinup_days: float | None = None,
+    seed: int | None = None,
+    config: ExperimentConfig | None = None,
+    quiet: bool = True,
+) -> xr.Dataset:
+    """`days` of the truth world as a 6-hourly reanalysis on the model grid, in memory.
+
+    The fine-resolution two-layer QG model (`config.truth`; default: `ExperimentConfig()`'s
+    T42) starts from the equilibrium jet plus noise drawn from `seed` (default `config.seed`),
+    runs `spinup_days` (default `truth.spinup_days`, 200) to reach its chaotic climate, and is
+    then coarse-grained spectrally to the model grid (`config.grid`) every
+    `truth.output_interval_hours` from `periods.start`. The fields (`config.variables`: upper
+    and lower streamfunction, m2 s-1) are float32 on `time`, `latitude` (descending) and
+    `longitude`. `wxens data truth` writes the same analyses to a Zarr store.
+
+    Example:
+        >>> import wxens
+        >>> truth = wxens.simulate_truth(days=1, spinup_days=1)
+        >>> dict(truth.sizes), truth.psi_upper.attrs["units"]
+        ({'time': 4, 'latitude': 33, 'longitude': 64}, 'm2 s-1')
+    """
+    config = config or ExperimentConfig()
+    if days <= 0:
+        raise ValueError(f"the truth needs a positive number of days, got {days}")
+    truth = {} if spinup_days is None else {"spinup_days": spinup_days}
+    config = config.model_copy(
+        update={
+            "truth": config.truth.model_copy(update=truth),
+            **({"seed": seed} if seed is not None else {}),
+        }
+    )
+    grid = model_grid(config)
+    blocks = [
+        analysis_dataset(fields, times.values, grid, TRUTH_FIELDS)
+        for times, fields in truth_trajectory(config, days / 365.25, quiet)
+    ]
+    return xr.concat(blocks, "time").assign_attrs(truth_attributes(config))
+
+
 def write_truth(
     config: ExperimentConfig,
     config_dict: dict,
@@ -122,17 +180,9 @@ def write_truth(
 ) -> Path:
     """Run the truth world for `years` years and write the analysis store at `out`."""
     if years <= 0:
-        raise ValueError(f"--years must be a positive number of years, got {years}")
+        raise ValueError(f"the truth needs a positive number of years, got {years}")
     attrs = {
-        "title": f"wxens truth world '{config.name}': two-layer QG reanalysis",
-        "source": (
-            f"two-layer quasi-geostrophic model, T{config.truth.truncation} Gauss grid,"
-            f" coarse-grained spectrally to T{config.grid.truncation} on"
-            f" {config.grid.nlat}x{config.grid.nlon}"
-        ),
-        "Conventions": "CF-1.10",
-        "planet": "idealised",  # Earth's radius and rotation, no land: maps draw no coastlines
-        "wxens_seed": config.seed,
+        **truth_attributes(config),
         **provenance(config_dict, "wxens data truth", years=years, out=out),
     }
     grid = model_grid(config)

@@ -26,9 +26,17 @@ OutOption = Annotated[Path, typer.Option("--out", help="Output Zarr store.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 
 
+FLAG_HINTS = {
+    "resume it or overwrite it": "--resume or --overwrite",
+    "overwrite it to replace it": "--overwrite",
+}
+"""The flags that answer a library error (whose messages name no flag)."""
+
+
 def fail(message: str) -> None:
-    """Print one line on stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one line on stderr (with the flags that answer it) and exit non-zero."""
+    hints = [flags for phrase, flags in FLAG_HINTS.items() if phrase in message]
+    typer.echo(f"error: {message}" + (f" (pass {hints[0]})" if hints else ""), err=True)
     raise typer.Exit(code=1)
 
 
@@ -213,17 +221,18 @@ def skill(
 ) -> None:
     """Deterministic RMSE by variable and lead: checkpoints, NWP baseline, persistence,
     climatology; then a long-rollout stability and spectrum check of each checkpoint."""
+    import numpy as np
     from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.forecast.runner import lead_steps_of
     from wxens.forecast.skill import Analyses, deterministic_skill, rollout_checks
     from wxens.models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
     from wxens.models.nwp import QGEmulator
 
     cfg, _ = read_config(config)
     torch_device = pick_device(device)
-    lead_steps = lead_days * 24 / cfg.truth.output_interval_hours
-    if lead_days <= 0 or not float(lead_steps).is_integer():
-        fail(f"--lead-days {lead_days} is not a positive multiple of the analysis interval")
     try:
+        interval = np.timedelta64(cfg.truth.output_interval_hours, "h")
+        lead_steps = lead_steps_of(f"{lead_days * 24}h", interval)
         truth = Analyses(analyses_path(cfg, analyses), cfg)
         emulators = {
             path.name: load_checkpoint(path, cfg, torch_device)
@@ -235,7 +244,7 @@ def skill(
             {**emulators, **baseline},
             cfg.variables,
             init_dates,
-            int(lead_steps),
+            lead_steps,
             torch_device,
             quiet,
         )
@@ -296,23 +305,22 @@ def run_ensemble_command(
     device: str | None,
     flags: dict[str, bool],
 ) -> None:
-    """What `wxens forecast` and `wxens hindcast` share: check, prepare, run, report."""
-    import numpy as np
+    """What `wxens forecast` and `wxens hindcast` share: prepare the config's ensemble, write
+    it, print the summary."""
     from wxens.data_pipeline.analysis_store import StoreError
-    from wxens.forecast.runner import RunOptions, prepare, run_ensemble
+    from wxens.forecast.runner import (
+        RunOptions,
+        forecaster_timestep,
+        lead_steps_of,
+        prepare,
+        spec_run,
+        write_ensemble,
+    )
     from wxens.models.checkpoint import CheckpointError
 
     cfg, _ = read_config(config)
     if seed is not None:
         cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"seed": seed})})
-    if members < 1:
-        fail(f"--members must be >= 1, got {members}")
-    if batch_size is not None and batch_size < 1:
-        fail(f"--batch-size must be >= 1, got {batch_size}")
-    step_hours = cfg.truth.output_interval_hours
-    lead_steps = lead_days * 24 / step_hours
-    if lead_days <= 0 or not float(lead_steps).is_integer():
-        fail(f"--lead-days {lead_days}: not a positive multiple of the {step_hours} h time step")
     recorded = {
         "init_times": ", ".join(str(t) for t in init_times),
         "members": members,
@@ -331,8 +339,10 @@ def run_ensemble_command(
             analyses_path(cfg, analyses),
             pick_device(device),
         )
-        times = np.asarray(init_times, dtype="datetime64[ns]")
-        summary = run_ensemble(spec, times, members, int(lead_steps), options, recorded)
+        steps = lead_steps_of(f"{lead_days * 24}h", forecaster_timestep(spec))
+        summary = write_ensemble(
+            spec_run(spec, recorded, command), init_times, members, steps, options
+        )
     except (StoreError, CheckpointError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
     typer.echo(summary)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 import zarr
@@ -43,6 +44,7 @@ from wxens.data_pipeline.config import ExperimentConfig, PerturbationConfig, par
 from wxens.data_pipeline.memory import keep_freed_memory
 from wxens.data_pipeline.progress import progress_bar
 from wxens.data_pipeline.provenance import provenance
+from wxens.data_pipeline.sphere import LatLonGrid
 from wxens.data_pipeline.training_data import (
     NormalisationStats,
     analysis_states,
@@ -78,6 +80,10 @@ from wxens.models.fgn import NoisyEmulator
 from wxens.models.nwp import QGEmulator
 
 MODELS = ("sfno", "nwp")
+
+
+class ForecastError(ValueError):
+    """An ensemble that cannot be run as asked; the message is one line naming the culprit."""
 
 
 @dataclass(frozen=True)
@@ -185,10 +191,10 @@ def prepare(
 
     Raises ValueError, StoreError or CheckpointError with one line."""
     if model not in MODELS:
-        raise ValueError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
+        raise ForecastError(f"model {model!r}: expected one of {', '.join(MODELS)}")
     found = find_checkpoints(checkpoints) if checkpoints else []
     if model == "sfno" and not found:
-        raise ValueError("no checkpoints: pass --checkpoints or set ensemble.checkpoints")
+        raise ForecastError("no checkpoints: name them or set ensemble.checkpoints in the config")
     paths = [str(p) for p in found] if model == "sfno" else []
     dataset = open_analyses(analyses)
     check_variables(dataset, config.variables)
@@ -235,34 +241,75 @@ def single_threaded(device: torch.device | str) -> Iterator[None]:
 
 
 class MemberForecaster:
-    """The members of one ensemble: checkpoints, perturbations and the analyses."""
+    """The members of one ensemble: emulators, their initial perturbations and the analyses.
 
-    def __init__(self, spec: EnsembleSpec):
+    `models[c]` steps the members that `checkpoint_of(members)` puts on index c, from the
+    states `perturbations[c]` makes of the analysis; `weight_noise` (a `ParameterPerturbation`)
+    gives each member its own perturbed copy of its model; `seeds` makes the members start
+    from the states of seed members of another store (`ensemble.seeds`).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[Emulator],
+        perturbations: Sequence[Perturbation],
+        dataset: xr.Dataset,
+        *,
+        seed: int,
+        checkpoint_of: Callable[[range], np.ndarray],
+        micro_batch: int,
+        device: torch.device | str = "cpu",
+        weight_noise: ParameterPerturbation | None = None,
+        seeds: SeedStates | None = None,
+    ):
+        self.models = list(models)
+        self.emulators = [FixedBatchEmulator(m, micro_batch) for m in self.models]
+        self.perturbations = list(perturbations)
+        self.variables = tuple(self.models[0].input_variables)
+        self.dataset = dataset
+        self.seed = seed
+        self.checkpoint_of = checkpoint_of
+        self.device = torch.device(device)
+        self.weight_noise = weight_noise
+        self.seeds = seeds
+
+    @classmethod
+    def from_spec(cls, spec: EnsembleSpec) -> MemberForecaster:
+        """The members a config describes (`wxens forecast`, `wxens hindcast`)."""
         config = spec.config
-        self.config = config
-        self.device = torch.device(spec.device)
-        self.models = load_models(spec.model, spec.checkpoints, config, self.device)
+        device = torch.device(spec.device)
+        models = load_models(spec.model, spec.checkpoints, config, device)
         micro = micro_batch(config, spec.model)
-        self.emulators = [FixedBatchEmulator(m, micro) for m in self.models]
         stats = NormalisationStats.from_dict(json.loads(spec.stats_json))
         rmse = json.loads(spec.bred_rmse_48h_json)
-        self.perturbations: list[Perturbation] = [
+        perturbations = [
             initial_condition_perturbation(
-                perturbation_settings(config, m.kind), e, config.grid.truncation, stats, r
+                perturbation_settings(config, m.kind),
+                FixedBatchEmulator(m, micro),
+                config.grid.truncation,
+                stats,
+                r,
             )
-            for m, e, r in zip(self.models, self.emulators, rmse, strict=True)
+            for m, r in zip(models, rmse, strict=True)
         ]
-        self.kinds = [m.kind for m in self.models]
+        kinds = [m.kind for m in models]
         sigma = config.perturbation.parameter_sigma if spec.model == "sfno" else 0.0
-        self.weight_noise = ParameterPerturbation(sigma) if sigma > 0 else None
-        self.dataset = open_analyses(spec.analyses)
-        self.seed = config.ensemble.seed
-        self.seeds = seed_states(spec)
+        return cls(
+            models,
+            perturbations,
+            open_analyses(spec.analyses),
+            seed=config.ensemble.seed,
+            checkpoint_of=functools.partial(member_checkpoints, kinds=kinds, config=config),
+            micro_batch=micro,
+            device=device,
+            weight_noise=ParameterPerturbation(sigma) if sigma > 0 else None,
+            seeds=seed_states(spec),
+        )
 
     def analysis(self, init_time: np.datetime64) -> torch.Tensor:
         """The analysis at `init_time`, `(channel, lat, lon)` float32 on the device."""
         index = self.dataset.get_index("time").get_loc(init_time)
-        return analysis_states(self.dataset, self.config.variables, index)[0].to(self.device)
+        return analysis_states(self.dataset, self.variables, index)[0].to(self.device)
 
     def steppers(
         self, c: int, members: list[int], init_time: np.datetime64
@@ -285,7 +332,7 @@ class MemberForecaster:
         the perturbed analysis, or their seeds' states up to the seeds' lead (`ensemble.seeds`),
         then their own steps."""
         analysis = self.analysis(init_time)
-        checkpoint = member_checkpoints(members, self.kinds, self.config)
+        checkpoint = self.checkpoint_of(members)
         state = analysis.expand(len(members), *analysis.shape).clone()
         # A stochastic member's own noise stream (the deterministic ones ignore it).
         noise = [member_generator(self.seed, init_time, k, stream="model") for k in members]
@@ -325,11 +372,16 @@ def seed_states(spec: EnsembleSpec) -> SeedStates | None:
 @functools.lru_cache(maxsize=2)
 def forecaster_for(spec: EnsembleSpec) -> MemberForecaster:
     """One `MemberForecaster` per spec and process (a dask worker builds it once)."""
-    return MemberForecaster(spec)
+    return MemberForecaster.from_spec(spec)
+
+
+def resolved(source: EnsembleSpec | MemberForecaster) -> MemberForecaster:
+    """The members of a run: given as objects, or rebuilt (once per process) from a spec."""
+    return source if isinstance(source, MemberForecaster) else forecaster_for(source)
 
 
 def run_task(
-    spec: EnsembleSpec,
+    source: EnsembleSpec | MemberForecaster,
     layout: StoreLayout,
     store_path: Path,
     task: tuple[int, int],
@@ -344,9 +396,9 @@ def run_task(
     steps = len(layout.lead_times) - 1
     store = EnsembleStore(store_path)
     keep_freed_memory()  # as `wxens` does for itself: dask's worker processes start without it
-    if torch.device(spec.device).type == "cpu":
+    forecaster = resolved(source)
+    if forecaster.device.type == "cpu":
         torch.set_num_threads(1)
-    forecaster = forecaster_for(spec)
     with ThreadPoolExecutor(1) as writer:
         pending: list[Future] = []
         buffer: list[np.ndarray] = []
@@ -381,7 +433,7 @@ def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Execut
     name, _, count = scheduler.partition(":")
     if name == "threads":
         if count and not (count.isdigit() and int(count) > 0):
-            raise ValueError(f"--scheduler {scheduler!r}: expected threads:N with N >= 1")
+            raise ValueError(f"scheduler {scheduler!r}: expected threads:N with N >= 1")
         default = (os.cpu_count() or 1) if device.type == "cpu" else 1
         workers = int(count) if count else default
         with ThreadPoolExecutor(workers) as pool:
@@ -391,7 +443,7 @@ def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Execut
 
     if name == "local-cluster":
         if not (count.isdigit() and int(count) > 0):
-            raise ValueError(f"--scheduler {scheduler!r}: expected local-cluster:N with N >= 1")
+            raise ValueError(f"scheduler {scheduler!r}: expected local-cluster:N with N >= 1")
         with (
             LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True) as cluster,
             Client(cluster) as client,
@@ -400,37 +452,35 @@ def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Execut
         return
     if "://" not in scheduler:
         raise ValueError(
-            f"--scheduler {scheduler!r}: expected threads, local-cluster:N or a scheduler address"
+            f"scheduler {scheduler!r}: expected threads, local-cluster:N or a scheduler address"
         )
     with Client(scheduler) as client:
         yield client.get_executor(pure=False), max(1, sum(client.nthreads().values()))
 
 
 def automatic_batch_size(
-    spec: EnsembleSpec, members: int, inits: int, leads: int, workers: int, micro_batch: int
+    run: EnsembleRun, members: int, inits: int, leads: int, workers: int
 ) -> int:
     """Members per task: on a GPU the most that fit 80 % of its free memory (measured with a
     trial step of `micro_batch`); on a CPU the most that fit half the free host memory, but
     no more than the whole ensemble when the inits share evenly among the workers (fewest
     padded micro-batches), else an even share of it per worker, in whole micro-batches of
     every checkpoint."""
-    config = spec.config
-    grid = model_grid(config)
-    member_bytes = 4 * len(config.variables) * grid.nlat * grid.nlon
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        forecaster = forecaster_for(spec)
+    member_bytes = 4 * len(run.variables) * run.grid.nlat * run.grid.nlon
+    if run.device.type == "cuda":
+        forecaster = resolved(run.source)
         state = forecaster.analysis(np.datetime64(forecaster.dataset["time"].values[0]))
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        forecaster.models[0].step(state.expand(micro_batch, *state.shape).contiguous())
-        per_member = (torch.cuda.max_memory_allocated(device) - before) / micro_batch
-        free, _ = torch.cuda.mem_get_info(device)
+        torch.cuda.reset_peak_memory_stats(run.device)
+        before = torch.cuda.memory_allocated(run.device)
+        micro = run.micro_batch
+        forecaster.models[0].step(state.expand(micro, *state.shape).contiguous())
+        per_member = (torch.cuda.max_memory_allocated(run.device) - before) / micro
+        free, _ = torch.cuda.mem_get_info(run.device)
         fits = int(0.8 * free / (per_member + member_bytes * 4))
         return max(1, min(members, fits))
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     fits = int(0.5 * available / workers / (member_bytes * (leads + 4)))
-    unit = micro_batch * max(1, len(spec.checkpoints))
+    unit = run.micro_batch * max(1, len(run.names))
     per_task = members if inits % workers == 0 else math.ceil(members / workers)
     share = math.ceil(per_task / unit) * unit
     return max(1, min(members, share, fits))
@@ -450,16 +500,29 @@ def fingerprint(
     identity = {
         **{k: v for k, v in asdict(spec).items() if k not in ("checkpoints", "device")},
         "weights": weights,
+        **run_identity(init_times, lead_times, members),
+        **({"seeds": seeds.fingerprint} if seeds is not None else {}),
+    }
+    return sha256_json(identity)
+
+
+def run_identity(init_times: np.ndarray, lead_times: np.ndarray, members: int) -> dict:
+    """The inits, leads (in seconds) and member count, as a run's fingerprint records them."""
+    return {
         "init_times": [str(t) for t in init_times],
         "lead_times": [int(t / np.timedelta64(1, "s")) for t in lead_times],
         "members": members,
-        **({"seeds": seeds.fingerprint} if seeds is not None else {}),
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_json(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
 class RunOptions:
+    """How a run writes: its store, tasks, executor, and what to do with an existing store."""
+
     out: Path
     batch_size: int | None = None
     scheduler: str = "threads"
@@ -468,6 +531,54 @@ class RunOptions:
     dry_run: bool = False
     quiet: bool = False
     command: str = "forecast"
+
+
+@dataclass
+class EnsembleRun:
+    """One ensemble to write, whichever way its members were given: a spec that every worker
+    rebuilds them from (`wxens forecast`), or the `MemberForecaster` itself (the Python API)."""
+
+    source: EnsembleSpec | MemberForecaster
+    dataset: xr.Dataset
+    variables: tuple[str, ...]
+    grid: LatLonGrid
+    timestep: np.timedelta64
+    device: torch.device
+    micro_batch: int
+    names: list[str]
+    """Each model's name (the `checkpoint` coordinate) and kind (`kind`)."""
+    kinds: list[str]
+    checkpoint_of: Callable[[range], np.ndarray]
+    identity: Callable[[np.ndarray, np.ndarray, int], str]
+    """`(init_times, lead_times, members) -> sha256` of everything that sets the numbers."""
+    attrs: Callable[[str], dict[str, object]]
+    """`identity -> ` provenance attributes of the store."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did: its store, the tasks it computed and how fast."""
+
+    out: Path
+    plan: str
+    member_steps: int = 0
+    seconds: float = 0.0
+    done_before: bool = False
+    dry_run: bool = False
+
+    @property
+    def member_steps_per_second(self) -> float:
+        return self.member_steps / self.seconds if self.seconds else math.nan
+
+    def __str__(self) -> str:
+        if self.done_before:
+            return f"{self.out} is complete: nothing to do"
+        if self.dry_run:
+            return "dry run: would compute " + self.plan
+        return (
+            f"wrote {self.out}: {self.plan} in {self.seconds:.1f} s"
+            f" ({self.member_steps_per_second:.1f} member-steps/s)"
+        )
 
 
 def partial_path(out: Path) -> Path:
@@ -481,7 +592,7 @@ def existing_store(out: Path, options: RunOptions, identity: str) -> tuple[str, 
         if not path.exists() or options.overwrite:
             continue
         if not options.resume:
-            raise StoreError(f"{path} already exists; pass --resume to continue or --overwrite")
+            raise StoreError(f"{path} already exists; resume it or overwrite it")
         store = EnsembleStore(path)
         if state == "partial" and not store.created:
             return "new", None  # killed while creating it: no task was done, start afresh
@@ -489,7 +600,7 @@ def existing_store(out: Path, options: RunOptions, identity: str) -> tuple[str, 
         if attrs.get(FINGERPRINT) != identity:
             raise StoreError(
                 f"{path} holds a different ensemble (other config, checkpoints, inits, members"
-                " or leads); pass --overwrite to replace it"
+                " or leads); overwrite it to replace it"
             )
         if state == "complete" and attrs.get(COMPLETE_FLAG) is not True:
             raise StoreError(f"{path}: store is incomplete but not at {partial_path(out).name}")
@@ -497,101 +608,162 @@ def existing_store(out: Path, options: RunOptions, identity: str) -> tuple[str, 
     return "new", None
 
 
-def run_ensemble(
-    spec: EnsembleSpec,
+def check_analyses(
+    dataset: xr.Dataset, variables: Sequence[str], grid: LatLonGrid, init_times: np.ndarray
+) -> None:
+    """Refuse, with one line, analyses the members cannot start from: a missing variable or
+    init time, another grid than the members', or a NaN at an init time."""
+    try:
+        check_variables(dataset, variables)
+    except ValueError as exc:
+        raise ForecastError(str(exc)) from None
+    for dim, ours in (("latitude", grid.latitude), ("longitude", grid.longitude)):
+        theirs = dataset[dim].values if dim in dataset.coords else np.array([])
+        if theirs.shape != ours.shape or not np.allclose(theirs, ours, atol=1e-6):
+            raise ForecastError(
+                f"the analyses are on a {dataset.sizes.get('latitude', 0)} x"
+                f" {dataset.sizes.get('longitude', 0)} grid, the members on"
+                f" {grid.nlat} x {grid.nlon} (latitude descending, longitude from 0)"
+            )
+    times = dataset.get_index("time")
+    missing = [t for t in init_times if t not in times]
+    if missing:
+        span = f"{times[0]} to {times[-1]}"
+        raise ForecastError(f"init time {missing[0]} is not an analysis ({span})")
+    at_inits = dataset[list(variables)].sel(time=init_times)
+    for name in variables:
+        bad = at_inits[name].isnull().any(("latitude", "longitude")).values
+        if bad.any():
+            raise ForecastError(
+                f"the analysis of {name} at init time {init_times[bad][0]} has NaNs"
+            )
+
+
+def lead_steps_of(lead_time: object, timestep: np.timedelta64) -> int:
+    """The number of `timestep`s in `lead_time` (a timedelta64, a pandas offset such as "10D"
+    or a number of hours); a ValueError unless it is a positive whole number of steps."""
+    lead = pd.Timedelta(lead_time if not isinstance(lead_time, int | float) else f"{lead_time}h")
+    steps = lead / pd.Timedelta(timestep)
+    if steps <= 0 or not float(steps).is_integer():
+        hours = pd.Timedelta(timestep) / pd.Timedelta(1, "h")
+        raise ForecastError(
+            f"lead time {lead}: not a positive multiple of the {hours:g} h time step"
+        )
+    return int(steps)
+
+
+def write_ensemble(
+    run: EnsembleRun,
     init_times: np.ndarray,
     members: int,
     lead_steps: int,
     options: RunOptions,
-    recorded: dict[str, object],
-) -> str:
-    """Run (or resume, or plan with `dry_run`) the ensemble into `options.out`; return a
-    one-line summary. `recorded` are the CLI options kept in the store's attributes."""
-    config = spec.config
+) -> RunSummary:
+    """Run (or resume, or plan with `dry_run`) the ensemble into `options.out`."""
     if members < 1:
-        raise ValueError(f"--members must be >= 1, got {members}")
-    dataset = open_analyses(spec.analyses)
-    missing = [t for t in init_times if t not in set(dataset["time"].values)]
-    if missing:
-        span = f"{dataset['time'].values[0]} to {dataset['time'].values[-1]}"
-        raise ValueError(f"init time {missing[0]} is not an analysis in {spec.analyses} ({span})")
-    seeds = seed_states(spec)
-    if seeds is not None:
-        seeds.check(init_times, lead_steps)
-    step = forecaster_timestep(spec)
-    lead_times = np.arange(lead_steps + 1) * step.astype("timedelta64[ns]")
+        raise ForecastError(f"the ensemble needs at least one member, got {members}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ForecastError(f"the batch size must be >= 1, got {options.batch_size}")
+    init_times = np.asarray(init_times, dtype="datetime64[ns]")
+    check_analyses(run.dataset, run.variables, run.grid, init_times)
+    lead_times = np.arange(lead_steps + 1) * run.timestep.astype("timedelta64[ns]")
     out = options.out
-    device = torch.device(spec.device)
     lock = StoreLock(out)
-    with task_executor(options.scheduler, device) as (executor, workers), single_threaded(device):
-        identity = fingerprint(spec, init_times, lead_times, members, seeds)
-        lock.check()  # before reading a store that another run may be creating
-        state, attrs = existing_store(out, options, identity)
-        if state == "complete":
-            return f"{out} is complete: nothing to do"
-        micro = micro_batch(config, spec.model)
-        batch = options.batch_size or automatic_batch_size(
-            spec, members, len(init_times), len(lead_times), workers, micro
-        )
-        if attrs is not None:
-            batch = int(attrs["wxens_batch_size"])
-        layout = StoreLayout(
-            init_times, lead_times, members, batch, tuple(config.variables), model_grid(config)
-        )
-        partial = partial_path(out)
-        done = EnsembleStore(partial).done() if state == "partial" else None
-        pending = [t for t in layout.tasks() if done is None or not done[t]]
-        member_steps = sum(len(layout.member_range(b)) for _, b in pending) * lead_steps
-        plan = (
-            f"{len(pending)} of {len(layout.tasks())} tasks ({len(init_times)} inits x"
-            f" {layout.batches} batches of {batch} members), {member_steps}"
-            f" member-steps on {workers} {options.scheduler} workers"
-        )
-        if options.dry_run:
-            return "dry run: would compute " + plan
-        lock.acquire()
-        try:
-            if state == "new":
-                shutil.rmtree(partial, ignore_errors=True)
-                attrs = store_attrs(spec, layout, identity, recorded, options.command)
-                names = [Path(p).name for p in spec.checkpoints] or [spec.model]
-                kinds = [read_metadata(Path(p))["kind"] for p in spec.checkpoints] or [spec.model]
-                checkpoint = member_checkpoints(range(members), kinds, config)
-                create_store(partial, layout, field_attrs(dataset), checkpoint, names, kinds, attrs)
-            if isinstance(executor, ThreadPoolExecutor):
-                forecaster_for(spec)  # load the checkpoints once, before the threads start
-            started = time.perf_counter()
-            run_tasks(executor, spec, layout, partial, pending, member_steps, options.quiet)
-            seconds = time.perf_counter() - started
-            with warnings.catch_warnings():  # "not part of the Zarr v3 spec": xarray reads it
-                warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-                zarr.consolidate_metadata(partial)  # so xarray.open_zarr(out) needs no arguments
-            finalise_store(partial, out)
-        finally:
-            lock.release()
-    rate = member_steps / seconds
-    return f"wrote {out}: {plan} in {seconds:.1f} s ({rate:.1f} member-steps/s)"
+    with task_executor(options.scheduler, run.device) as (executor, workers):
+        with single_threaded(run.device):
+            identity = run.identity(init_times, lead_times, members)
+            lock.check()  # before reading a store that another run may be creating
+            state, attrs = existing_store(out, options, identity)
+            if state == "complete":
+                return RunSummary(out, "", done_before=True)
+            batch = options.batch_size or automatic_batch_size(
+                run, members, len(init_times), len(lead_times), workers
+            )
+            if attrs is not None:
+                batch = int(attrs["wxens_batch_size"])
+            layout = StoreLayout(init_times, lead_times, members, batch, run.variables, run.grid)
+            partial = partial_path(out)
+            done = EnsembleStore(partial).done() if state == "partial" else None
+            pending = [t for t in layout.tasks() if done is None or not done[t]]
+            member_steps = sum(len(layout.member_range(b)) for _, b in pending) * lead_steps
+            plan = (
+                f"{len(pending)} of {len(layout.tasks())} tasks ({len(init_times)} inits x"
+                f" {layout.batches} batches of {batch} members), {member_steps}"
+                f" member-steps on {workers} {options.scheduler} workers"
+            )
+            if options.dry_run:
+                return RunSummary(out, plan, dry_run=True)
+            lock.acquire()
+            try:
+                if state == "new":
+                    shutil.rmtree(partial, ignore_errors=True)
+                    attrs = {**run.attrs(identity), "wxens_batch_size": batch}
+                    checkpoint = run.checkpoint_of(range(members))
+                    fields = field_attrs(run.dataset[list(run.variables)])
+                    create_store(partial, layout, fields, checkpoint, run.names, run.kinds, attrs)
+                if isinstance(executor, ThreadPoolExecutor):
+                    resolved(run.source)  # load the checkpoints once, before the threads start
+                started = time.perf_counter()
+                run_tasks(executor, run.source, layout, partial, pending, member_steps, options)
+                seconds = time.perf_counter() - started
+                with warnings.catch_warnings():  # "not part of the Zarr v3 spec": xarray reads it
+                    warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+                    zarr.consolidate_metadata(partial)  # so xarray.open_zarr(out) needs no args
+                finalise_store(partial, out)
+            finally:
+                lock.release()
+    return RunSummary(out, plan, member_steps, seconds)
 
 
 def run_tasks(
     executor: Executor,
-    spec: EnsembleSpec,
+    source: EnsembleSpec | MemberForecaster,
     layout: StoreLayout,
     partial: Path,
     pending: list[tuple[int, int]],
     member_steps: int,
-    quiet: bool,
+    options: RunOptions,
 ) -> None:
     in_process = isinstance(executor, ThreadPoolExecutor)
-    with progress_bar(member_steps, "member-steps", quiet) as advance:
+    with progress_bar(member_steps, "member-steps", options.quiet) as advance:
         futures = [
-            executor.submit(run_task, spec, layout, partial, task, advance if in_process else None)
+            executor.submit(
+                run_task, source, layout, partial, task, advance if in_process else None
+            )
             for task in pending
         ]
         for future in as_completed(futures):
             steps = future.result()
             if not in_process:
                 advance(steps)
+
+
+def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> EnsembleRun:
+    """The `EnsembleRun` of a config's ensemble (`prepare`); `recorded` are the options kept
+    in the store's attributes."""
+    config = spec.config
+    kinds = [read_metadata(Path(p))["kind"] for p in spec.checkpoints] or [spec.model]
+    seeds = seed_states(spec)
+
+    def identity(init_times: np.ndarray, lead_times: np.ndarray, members: int) -> str:
+        if seeds is not None:
+            seeds.check(init_times, len(lead_times) - 1)
+        return fingerprint(spec, init_times, lead_times, members, seeds)
+
+    return EnsembleRun(
+        source=spec,
+        dataset=open_analyses(spec.analyses),
+        variables=tuple(config.variables),
+        grid=model_grid(config),
+        timestep=forecaster_timestep(spec),
+        device=torch.device(spec.device),
+        micro_batch=micro_batch(config, spec.model),
+        names=[Path(p).name for p in spec.checkpoints] or [spec.model],
+        kinds=kinds,
+        checkpoint_of=functools.partial(member_checkpoints, kinds=kinds, config=config),
+        identity=identity,
+        attrs=lambda identity: store_attrs(spec, identity, recorded, command),
+    )
 
 
 def forecaster_timestep(spec: EnsembleSpec) -> np.timedelta64:
@@ -613,11 +785,7 @@ def field_attrs(dataset: xr.Dataset) -> dict[str, dict[str, str]]:
 
 
 def store_attrs(
-    spec: EnsembleSpec,
-    layout: StoreLayout,
-    identity: str,
-    recorded: dict[str, object],
-    command: str,
+    spec: EnsembleSpec, identity: str, recorded: dict[str, object], command: str
 ) -> dict[str, object]:
     """Provenance: config, command options, checkpoints and their sha256, seeds, versions."""
     config = spec.config
@@ -628,8 +796,7 @@ def store_attrs(
         "wxens_checkpoints_sha256": json.dumps(weights),
         "wxens_seed": config.ensemble.seed,
         "wxens_bred_rmse_48h": spec.bred_rmse_48h_json,
-        "wxens_batch_size": layout.batch_size,
-        "wxens_variables": json.dumps(list(layout.variables)),
+        "wxens_variables": json.dumps(list(config.variables)),
         "wxens_analyses": spec.analyses,
         FINGERPRINT: identity,
     }

@@ -241,17 +241,19 @@ def test_dry_run_and_a_second_writer(ensemble, wxens, tmp_path):
     "change, message",
     [
         ({"perturbation": {"initial": "magic"}}, "perturbation.initial"),
-        ({"members": 0}, "--members must be >= 1, got 0"),
+        ({"members": 0}, "the ensemble needs at least one member, got 0"),
         ({"init": "2031-01-01T00"}, "init time 2031-01-01T00:00:00.000000000 is not an analysis"),
-        ({"lead_days": 0.3}, "--lead-days 0.3: not a positive multiple of the 6 h time step"),
-        ({"existing": True}, "already exists; pass --resume to continue or --overwrite"),
+        ({"lead_days": 0.3}, "lead time 0 days 07:12:00: not a positive multiple of the 6 h"),
+        ({"existing": True}, "already exists; resume it or overwrite it (pass --resume or"),
         ({"grid": True}, "trained on grid 9x16 T3, the config has 9x16 T4"),
+        ({"analyses": "nan"}, "the analysis of psi_lower at init time 2027-02-01T00:00:00.0"),
+        ({"analyses": "grid"}, "the analyses are on a 9 x 8 grid, the members on 9 x 16"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_leaves_stores_intact(
     ensemble, wxens, tmp_path, change, message
 ):
-    path, _, checkpoints = ensemble
+    path, store, checkpoints = ensemble
     out = tmp_path / "ens.zarr"
     code, output = forecast(wxens, path, checkpoints, out, members=2)
     assert code == 0, output
@@ -267,8 +269,17 @@ def test_bad_input_fails_in_one_line_and_leaves_stores_intact(
         data["architecture"]["truncation"] = 3
         metadata.write_text(json.dumps(data))
         checkpoints = broken
+    if "analyses" in change:
+        analyses = xr.open_zarr(store).load()
+        if change["analyses"] == "nan":
+            analyses["psi_lower"].loc[{"time": INIT}] = np.nan
+        else:
+            analyses = analyses.isel(longitude=slice(None, None, 2))
+        analyses.to_zarr(tmp_path / "analyses.zarr", zarr_format=3, consolidated=False)
     target = out if change.get("existing") else tmp_path / "other.zarr"
     args = ["forecast", "--config", config, "--checkpoints", checkpoints, "--out", target]
+    if "analyses" in change:
+        args += ["--analyses", tmp_path / "analyses.zarr"]
     args += ["--init", change.get("init", INIT), "--members", change.get("members", 2)]
     code, output = wxens(*args, "--lead-days", change.get("lead_days", 1), "--quiet")
     assert code == 1 and message in output, output

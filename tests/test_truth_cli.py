@@ -126,7 +126,7 @@ def test_truth_is_reproducible_and_refuses_existing_output(tiny_truth, tmp_path)
     code, output = run(
         "data", "truth", "--config", config, "--years", 0.09, "--out", out, "--quiet"
     )
-    assert code != 0 and "already exists; pass --overwrite" in output
+    assert code != 0 and "already exists; overwrite it to replace it (pass --overwrite)" in output
     assert sorted(p.name for p in out.iterdir()) == before
     again = tmp_path / "again.zarr"
     code, _ = run("data", "truth", "--config", config, "--years", 0.09, "--out", again, "--quiet")
@@ -143,7 +143,7 @@ def test_non_positive_years_are_refused(tmp_path, years):
     code, output = run(
         "data", "truth", "--config", write_config(tmp_path, TINY), "--years", years, "--out", out
     )
-    assert code != 0 and "--years must be a positive" in output
+    assert code != 0 and "the truth needs a positive number of years" in output
     assert not out.exists()
 
 

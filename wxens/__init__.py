@@ -1,1 +1,79 @@
-"""wxens: huge weather ensembles, verified."""
+"""wxens: huge weather ensembles, verified.
+
+The public API: objects and xarray in, xarray out. The `wxens` command line, `make demo` and
+the benchmarks call these same functions.
+
+- The truth world and analyses: `simulate_truth`, `open_analyses`.
+- Members and ensembles: `load_members`, `run_ensemble`, `random_field_perturbation`,
+  `bred_vector_perturbation`; the member-kind registry `KINDS`.
+- Verification: `score` (pure), `verify` (score and write), `report` (HTML); the registries
+  `SCORES` and `REGIONS`.
+- Errors, each a `ValueError` (or `RuntimeError` for a store) with a one-line message naming
+  the culprit: `ConfigError`, `CheckpointError`, `StoreError`, `ForecastError`, `ScoreError`.
+
+Example (the same as `examples/quickstart.py`):
+
+    import wxens
+
+    truth = wxens.simulate_truth(days=12, spinup_days=40)
+    members = wxens.load_members("checkpoints/default")
+    ensemble = wxens.run_ensemble(members, truth, truth.time[4], 20, "5D")
+    scores = wxens.score(ensemble, truth, references={"persistence": "persistence"})
+    wxens.report(scores, "report/")
+
+The names load on first use, so `import wxens` stays fast (torch and xarray load only when a
+function that needs them is called).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wxens.data_pipeline.analysis_store import StoreError, open_analyses
+    from wxens.data_pipeline.config import ConfigError, ExperimentConfig, load_config
+    from wxens.data_pipeline.truth import simulate_truth
+    from wxens.forecast.ensemble import (
+        bred_vector_perturbation,
+        load_members,
+        random_field_perturbation,
+        run_ensemble,
+    )
+    from wxens.forecast.perturbations import Perturbation
+    from wxens.forecast.runner import ForecastError
+    from wxens.models.checkpoint import CheckpointError
+    from wxens.models.emulator import Emulator
+
+_EXPORTS = {
+    "simulate_truth": "wxens.data_pipeline.truth",
+    "open_analyses": "wxens.data_pipeline.analysis_store",
+    "StoreError": "wxens.data_pipeline.analysis_store",
+    "ExperimentConfig": "wxens.data_pipeline.config",
+    "load_config": "wxens.data_pipeline.config",
+    "ConfigError": "wxens.data_pipeline.config",
+    "Emulator": "wxens.models.emulator",
+    "CheckpointError": "wxens.models.checkpoint",
+    "Perturbation": "wxens.forecast.perturbations",
+    "ForecastError": "wxens.forecast.runner",
+    "load_members": "wxens.forecast.ensemble",
+    "run_ensemble": "wxens.forecast.ensemble",
+    "random_field_perturbation": "wxens.forecast.ensemble",
+    "bred_vector_perturbation": "wxens.forecast.ensemble",
+}
+"""Each public name and the module that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wxens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
