@@ -12,23 +12,24 @@ Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size:
   `SphericalGaussian` initial perturbation and a `ZarrBackend` in a temporary folder. The wall
   clock of the whole `run.ensemble` call (data fetch, perturbation, rollout, Zarr writes);
   model loading is not counted.
-- wxens: `wxens forecast ... --quiet` in a subprocess, wall clock of the whole command
-  (interpreter start, imports, the 48 h RMSE calibration of the bred-vector target, rollout,
-  Zarr writes). The time wxens reports for its own rollout (its "in N s" summary line) is
-  shown beside it. wxens's `--batch-size` means members per task, not per forward pass (each
-  task runs on one torch thread, one task per core side by side, in forward passes of
-  `ensemble.micro_batch` members), so `--batch` is not passed on: wxens picks its own, unless
-  `--wxens-batch-size` is given.
+- wxens: `wxens.run_ensemble` with the same loaded checkpoint, the analyses opened lazily, a
+  random-field initial perturbation of the same rms and a Zarr store in a temporary folder;
+  the wall clock of the whole call (data read, perturbation, rollout, Zarr writes), model
+  loading not counted. wxens's `batch_size` means members per task, not per forward pass (each
+  task runs on one torch thread, one task per core side by side, in forward passes of 8
+  members), so `--batch` is not passed on: wxens picks its own, unless `--wxens-batch-size`
+  is given.
 - raw forward: `emulator.network(emulator.features(x))` under `torch.no_grad()` for the same
   member-steps at the same batch size (one untimed warm-up call first); no de-normalisation,
   residual or spectral projection, no perturbation, no I/O.
 
-torch runs on 2 threads in this process (`--threads`); `wxens forecast` uses its default
-thread-pool scheduler. On a machine where another process keeps a core busy, 2 torch threads on
-2 cores can run several times slower than 1 (the threads wait on each other), which hits the
-earth2studio and raw rows far more than wxens's one-thread tasks: check the load first, or
-compare with `--threads 1`. Importing earth2studio takes about 20 s (`earth2studio.run` imports
-every model); that is not counted. Paths are relative to the repository root.
+torch runs on 2 threads in this process (`--threads`) for earth2studio and the raw forward;
+`wxens.run_ensemble` uses its default thread-pool scheduler. On a machine where another process
+keeps a core busy, 2 torch threads on 2 cores can run several times slower than 1 (the threads
+wait on each other), which hits the earth2studio and raw rows far more than wxens's one-thread
+tasks: check the load first, or compare with `--threads 1`. Importing earth2studio takes about
+20 s (`earth2studio.run` imports every model); that is not counted. Paths are relative to the
+repository root.
 
 earth2studio lives in its own virtual environment, `.venv-bench` (git-ignored through a
 `.gitignore` inside it), so that it never touches the project's `.venv`. torch must stay at
@@ -51,8 +52,6 @@ netCDF4 < 1.7.3, which wxens's >= 1.7 admits.)
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,9 +74,10 @@ from wxens.data_pipeline.config import load_config
 from wxens.models.checkpoint import load_checkpoint
 from wxens.models.sfno import SFNOEmulator
 
+import wxens
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/default-random-field.yaml"
-WXENS_SUMMARY = re.compile(r" in ([0-9.]+) s \(([0-9.]+) member-steps/s\)")
 
 
 class WxensPrognostic(torch.nn.Module):
@@ -207,31 +207,29 @@ def run_earth2studio(
 
 
 def run_wxens(
-    wxens: Path,
-    checkpoint: str,
-    init: str,
+    emulator: SFNOEmulator,
+    analyses: Path,
+    init: np.datetime64,
     members: int,
-    lead_days: str,
+    steps: int,
+    fraction: float,
     batch: int | None,
     out: Path,
-) -> tuple[float, float | None, str]:
-    """Wall seconds of `wxens forecast`, the rollout seconds it reports (None if unread), and
-    its summary line."""
-    command = [
-        str(wxens), "forecast", "--config", CONFIG, "--checkpoints", checkpoint,
-        "--init", init, "--members", str(members), "--lead-days", lead_days,
-        "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    if batch is not None:
-        command += ["--batch-size", str(batch)]
+) -> float:
+    """Wall seconds of `wxens.run_ensemble` (random-field perturbation of rms `fraction` x
+    anomaly std, Zarr store at `out`; the analyses opened, the model loaded beforehand)."""
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-    match = WXENS_SUMMARY.search(done.stdout)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return seconds, float(match.group(1)) if match else None, summary
+    wxens.run_ensemble(
+        emulator,
+        open_analyses(analyses),
+        init,
+        members,
+        emulator.timestep * steps,
+        perturbation=wxens.random_field_perturbation(emulator, fraction),
+        store=out,
+        batch_size=batch,
+    )
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -266,12 +264,6 @@ def main() -> None:
     parser.add_argument(
         "--fraction", type=float, default=0.1, help="earth2studio noise x anomaly std"
     )
-    parser.add_argument(
-        "--wxens",
-        type=Path,
-        default=Path(sys.executable).with_name("wxens"),
-        help="the wxens command (default: beside this interpreter)",
-    )
     parser.add_argument("--verbose", action="store_true", help="earth2studio's log and bars")
     args = parser.parse_args()
     if min(args.members, args.steps, args.batch, args.threads, args.wxens_batch_size or 1) < 1:
@@ -303,12 +295,13 @@ def main() -> None:
             Path(tmp) / "earth2studio.zarr",
             args.verbose,
         )
-        wx, wx_reported, wx_summary = run_wxens(
-            args.wxens,
-            args.checkpoint,
-            args.init,
+        wx = run_wxens(
+            emulator,
+            analyses,
+            init,
             args.members,
-            lead_days,
+            args.steps,
+            args.fraction,
             args.wxens_batch_size,
             Path(tmp) / "wxens.zarr",
         )
@@ -320,20 +313,12 @@ def main() -> None:
         f" member-steps, batch {args.batch}, init {args.init}, {args.checkpoint},"
         f" torch {torch.__version__}, {args.threads} threads here"
     )
-    print(f"wxens: {wx_summary.replace(tmp, '$TMP')}")
     print(f"{'':<26}{'seconds':>9}{'member-steps/s':>16}{'ratio to raw':>14}")
-    rows = [("earth2studio run.ensemble", e2s), ("wxens forecast (wall)", wx)]
-    if wx_reported is not None:
-        rows.append(("wxens (its own report)", wx_reported))
-    rows.append(("raw forward", raw))
+    rows = [("earth2studio run.ensemble", e2s), ("wxens.run_ensemble", wx), ("raw forward", raw)]
     for name, seconds in rows:
         throughput = member_steps / seconds
         print(f"{name:<26}{seconds:>9.2f}{throughput:>16.1f}{throughput / rate:>14.3f}")
-    print(f"wxens / earth2studio member-steps/s: {e2s / wx:.3f} (wall)", end="")
-    if wx_reported is not None:
-        print(f", {e2s / wx_reported:.3f} (wxens's own report)")
-    else:
-        print()
+    print(f"wxens / earth2studio member-steps/s: {e2s / wx:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Speed and memory of `wxens forecast` against the raw batched SFNO forward, in one run.
 
-1. Runner efficiency: `wxens forecast` (random-field perturbations,
-   `configs/default-random-field.yaml`, the four committed checkpoints, Zarr writes) for
-   `--members` members and `--steps` 6 h steps, its member-steps/s from its
-   own summary line (the tasks alone, not start-up or the 48 h RMSE calibration), against the
+1. Runner efficiency: the ensemble of `wxens forecast` through the library
+   (`run_configured_ensemble`: random-field perturbations, `configs/default-random-field.yaml`,
+   the four committed checkpoints, Zarr writes) for `--members` members and `--steps` 6 h
+   steps, its member-steps/s as it reports them (the tasks alone, not start-up or the 48 h
+   RMSE calibration), against the
    raw torch-harmonics SFNO forward (`network(features(x))`, no wrapper, no perturbation, no
    store) for the same member-steps, timed two ways on the same CPU cores:
    - `raw, one process`: batches of `--batch` with torch's default threads;
@@ -11,7 +12,8 @@
      side (how the runner itself uses the cores).
 2. A large ensemble: `--big-members` members (default 1000) of the default config (bred-vector
    pairs: their breeding cycles cost about a tenth more steps) for `--steps` steps, the wall
-   clock of the whole command (start-up included) and its peak resident memory.
+   clock of the whole call (checkpoint loading and calibration included) and the peak resident
+   memory of this process.
 
 Run from the repository root after `make truth`:
 
@@ -21,37 +23,38 @@ Run from the repository root after `make truth`:
 from __future__ import annotations
 
 import argparse
-import re
 import resource
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from wxens.data_pipeline.config import load_config
+from wxens.forecast.runner import RunOptions, run_configured_ensemble
 from wxens.models.checkpoint import find_checkpoints, load_checkpoint
 
 CONFIG = Path("configs/default.yaml")
 RANDOM_FIELD = Path("configs/default-random-field.yaml")
 CHECKPOINTS = Path("checkpoints/default")
-WXENS = str(Path(sys.executable).with_name("wxens"))
 
 
 def wxens_forecast(config: Path, out: Path, members: int, steps: int) -> tuple[float, float, float]:
-    """Run the command; return (wall seconds, its task member-steps/s, peak RSS in GB)."""
-    command = [WXENS, "forecast", "--config", str(config), "--checkpoints", str(CHECKPOINTS)]
-    command += ["--init", "2031-01-01T00", "--members", str(members)]
-    command += ["--lead-days", str(steps / 4), "--out", str(out), "--quiet"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run the config's ensemble through the library (as `wxens forecast` does); return (wall
+    seconds, its task member-steps/s, peak RSS of this process so far in GB)."""
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    summary = run_configured_ensemble(
+        load_config(config),
+        [np.datetime64("2031-01-01T00", "ns")],
+        members,
+        f"{steps * 6}h",
+        RunOptions(out, quiet=True),
+        checkpoints=[CHECKPOINTS],
+    )
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    rate = float(re.search(r"\(([\d.]+) member-steps/s\)", result.stdout).group(1))
-    return wall, rate, max(peak, before) / 1e6
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return wall, summary.member_steps_per_second, peak / 1e6
 
 
 @torch.no_grad()
@@ -119,7 +122,7 @@ def main() -> None:
     wall, rate, rss = big
     print(
         f"\n{args.big_members} members x {args.steps} steps, bred vectors: {wall:.0f} s wall"
-        " (start-up included),"
+        " (loading and calibration included),"
         f" {rate:.1f} member-steps/s in the tasks, peak RSS {rss:.2f} GB"
     )
 

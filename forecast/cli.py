@@ -308,14 +308,7 @@ def run_ensemble_command(
     """What `wxens forecast` and `wxens hindcast` share: prepare the config's ensemble, write
     it, print the summary."""
     from wxens.data_pipeline.analysis_store import StoreError
-    from wxens.forecast.runner import (
-        RunOptions,
-        forecaster_timestep,
-        lead_steps_of,
-        prepare,
-        spec_run,
-        write_ensemble,
-    )
+    from wxens.forecast.runner import RunOptions, run_configured_ensemble
     from wxens.models.checkpoint import CheckpointError
 
     cfg, _ = read_config(config)
@@ -332,16 +325,17 @@ def run_ensemble_command(
     }
     options = RunOptions(out, batch_size, scheduler, command=command, **flags)
     try:
-        spec = prepare(
+        summary = run_configured_ensemble(
             cfg,
-            model,
-            checkpoints or cfg.ensemble.checkpoints,
-            analyses_path(cfg, analyses),
-            pick_device(device),
-        )
-        steps = lead_steps_of(f"{lead_days * 24}h", forecaster_timestep(spec))
-        summary = write_ensemble(
-            spec_run(spec, recorded, command), init_times, members, steps, options
+            init_times,
+            members,
+            f"{lead_days * 24}h",
+            options,
+            model=model,
+            checkpoints=checkpoints,
+            analyses=analyses,
+            device=pick_device(device),
+            recorded=recorded,
         )
     except (StoreError, CheckpointError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
@@ -498,6 +492,14 @@ def verify(
         typer.Option("--reference", help="[NAME=]PATH, climatology or persistence."),
     ] = [],  # noqa: B006 - typer needs a literal default
     variables: Annotated[str | None, typer.Option("--variables", help="Comma-separated.")] = None,
+    scores: Annotated[
+        str | None,
+        typer.Option("--scores", help="Comma-separated score names (default: all of them)."),
+    ] = None,
+    regions: Annotated[
+        str | None,
+        typer.Option("--regions", help="Comma-separated region names (default: the four bands)."),
+    ] = None,
     quantiles: Annotated[
         str, typer.Option("--quantiles", help="Climatological quantiles for threshold events.")
     ] = "0.5,0.9,0.95,0.99",
@@ -525,14 +527,21 @@ def verify(
 ) -> None:
     """Score an ensemble (and references) against a truth store: CRPS, spread-skill, ranks,
     reliability, extremes, spectra; by variable, region and lead time."""
+    from wxens.verification.errors import ScoreError
+    from wxens.verification.report import report as write_report
+    from wxens.verification.report import summary_table
     from wxens.verification.scheduler import dask_scheduler
-    from wxens.verification.verify import VerificationError, VerifyOptions
+    from wxens.verification.verify import VerifyOptions
     from wxens.verification.verify import verify as run_verify
 
+    def listed(text: str | None) -> list[str] | None:
+        return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
     name_maps = read_names(names)
     try:
         options = VerifyOptions(
-            variables=variables.split(",") if variables else None,
             quantiles=tuple(float(q) for q in quantiles.split(",")),
             truncation=truncation,
             forecast_renames={
@@ -549,14 +558,22 @@ def verify(
             name, sep, path = entry.rpartition("=")
             references[name if sep else Path(path).stem] = path
         with dask_scheduler(scheduler, progress=not quiet):
-            scores = run_verify(forecast, truth, out, references, options, overwrite)
-        from wxens.verification.report import summary_table, write_report
-
+            result = run_verify(
+                forecast,
+                truth,
+                out,
+                references,
+                scores=listed(scores),
+                regions=listed(regions),
+                variables=listed(variables),
+                options=options,
+                overwrite=overwrite,
+            )
         if report is not None:
-            write_report(scores, report, reference=next(iter(references), None))
-    except (VerificationError, ValueError, OSError) as exc:
+            write_report(result, report)  # scorecards against the first reference
+    except (ScoreError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
-    typer.echo(summary_table(scores))
+    typer.echo(summary_table(result))
     typer.echo(f"wrote {out}" + (f" and {report}" if report else ""), err=True)
 
 
@@ -571,19 +588,13 @@ def report(
 ) -> None:
     """An HTML report of a scores store: scorecards, curves by lead, rank histograms,
     reliability, spectra, maps, and every score as CSV and JSON; prints index.html's path."""
-    import xarray as xr
-    from wxens.verification.report import write_report
+    from wxens.verification.errors import ScoreError
+    from wxens.verification.report import report as write_report
 
-    if not (scores / "zarr.json").is_file():
-        fail(f"{scores}: not a scores store written by wxens verify")
     try:
-        dataset = xr.open_zarr(scores).load()
-        systems = dataset["system"].values.tolist() if "system" in dataset.coords else []
-        if reference is None and len(systems) > 1:
-            reference = systems[1]
-        index = write_report(dataset, out, reference=reference)
-    except (ValueError, KeyError, OSError) as exc:
-        fail(f"{scores}: {str(exc).splitlines()[0]}")
+        index = write_report(scores, out, reference=reference)
+    except (ScoreError, ValueError, KeyError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
     typer.echo(str(index.resolve()))
 
 

@@ -43,7 +43,7 @@ from wxens.data_pipeline.analysis_store import (
 from wxens.data_pipeline.config import ExperimentConfig, PerturbationConfig, parse_config
 from wxens.data_pipeline.memory import keep_freed_memory
 from wxens.data_pipeline.progress import progress_bar
-from wxens.data_pipeline.provenance import provenance
+from wxens.data_pipeline.provenance import default_device, provenance
 from wxens.data_pipeline.sphere import LatLonGrid
 from wxens.data_pipeline.training_data import (
     NormalisationStats,
@@ -76,8 +76,7 @@ from wxens.models.checkpoint import (
     read_metadata,
 )
 from wxens.models.emulator import Emulator, FixedBatchEmulator, rollout
-from wxens.models.fgn import NoisyEmulator
-from wxens.models.nwp import QGEmulator
+from wxens.models.kinds import KINDS
 
 MODELS = ("sfno", "nwp")
 
@@ -106,10 +105,13 @@ class EnsembleSpec:
 def load_models(
     model: str, checkpoints: Sequence[str], config: ExperimentConfig, device: torch.device
 ) -> list[Emulator]:
-    """The NWP baseline, or the checkpoints (each checked against `config`, its kind against
-    `ensemble.kinds`)."""
-    if model == "nwp":
-        return [QGEmulator(config, device)]
+    """The members' models: `model` names a kind of the registry (`models.kinds.KINDS`). One
+    built from the config (the NWP baseline, `nwp`) is built; one of checkpoints (`sfno`)
+    loads the `checkpoints`, each checked against `config`, its kind against
+    `ensemble.kinds`, whose forecast-time settings its kind then applies to it."""
+    built = KINDS[model]
+    if not built.from_checkpoints:
+        return [built.build(config, None, device)]
     loaded = [load_checkpoint(path, config, device) for path in checkpoints]
     kinds = config.ensemble.kinds
     for path, emulator in zip(checkpoints, loaded, strict=True):
@@ -117,8 +119,7 @@ def load_models(
             raise CheckpointError(
                 f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is {list(kinds)}"
             )
-        if isinstance(emulator, NoisyEmulator):
-            emulator.use_member_settings(kinds[emulator.kind])
+        KINDS[emulator.kind].use_member_settings(emulator, kinds[emulator.kind])
     missing = [kind for kind in kinds if kind not in {e.kind for e in loaded}]
     if missing:
         raise CheckpointError(f"ensemble.kinds has {missing[0]}, but no checkpoint of that kind")
@@ -129,11 +130,12 @@ def member_checkpoints(
     members: range, kinds: Sequence[str], config: ExperimentConfig
 ) -> np.ndarray:
     """Each member's checkpoint index: `assign_checkpoints` with the checkpoints' `kinds`
-    and the shares of `ensemble.kinds` (the NWP baseline: one model, no kinds)."""
+    and the shares of `ensemble.kinds` (a model built from the config, such as the NWP
+    baseline, has no share there: the members go to the models in turn)."""
     group = checkpoint_group_size(config)
-    if list(kinds) == ["nwp"]:
-        return assign_checkpoints(members, 1, group)
     order = list(config.ensemble.kinds)
+    if not set(kinds) <= set(order):
+        return assign_checkpoints(members, len(kinds), group)
     shares = [config.ensemble.kinds[kind].share for kind in order]
     return assign_checkpoints(members, [order.index(k) for k in kinds], group, shares)
 
@@ -197,7 +199,7 @@ def prepare(
         raise ForecastError("no checkpoints: name them or set ensemble.checkpoints in the config")
     paths = [str(p) for p in found] if model == "sfno" else []
     dataset = open_analyses(analyses)
-    check_variables(dataset, config.variables)
+    check_analyses(dataset, config.variables, model_grid(config))
     with single_threaded(device):
         models = load_models(model, paths, config, device)
         stats = perturbation_stats(found, config, dataset)
@@ -609,10 +611,14 @@ def existing_store(out: Path, options: RunOptions, identity: str) -> tuple[str, 
 
 
 def check_analyses(
-    dataset: xr.Dataset, variables: Sequence[str], grid: LatLonGrid, init_times: np.ndarray
+    dataset: xr.Dataset,
+    variables: Sequence[str],
+    grid: LatLonGrid,
+    init_times: np.ndarray | None = None,
 ) -> None:
-    """Refuse, with one line, analyses the members cannot start from: a missing variable or
-    init time, another grid than the members', or a NaN at an init time."""
+    """Refuse, with one line, analyses the members cannot start from: a missing variable,
+    another grid than the members', or (given `init_times`) a missing init time or a NaN at
+    one."""
     try:
         check_variables(dataset, variables)
     except ValueError as exc:
@@ -625,6 +631,8 @@ def check_analyses(
                 f" {dataset.sizes.get('longitude', 0)} grid, the members on"
                 f" {grid.nlat} x {grid.nlon} (latitude descending, longitude from 0)"
             )
+    if init_times is None:
+        return
     times = dataset.get_index("time")
     missing = [t for t in init_times if t not in times]
     if missing:
@@ -736,6 +744,34 @@ def run_tasks(
             steps = future.result()
             if not in_process:
                 advance(steps)
+
+
+def run_configured_ensemble(
+    config: ExperimentConfig,
+    init_times: Sequence[np.datetime64],
+    members: int,
+    lead_time: object,
+    options: RunOptions,
+    *,
+    model: str = "sfno",
+    checkpoints: Sequence[Path] | None = None,
+    analyses: Path | None = None,
+    device: torch.device | str | None = None,
+    recorded: dict[str, object] | None = None,
+) -> RunSummary:
+    """The ensemble a config describes (`wxens forecast` and `wxens hindcast`), written into
+    `options.out`: `model` "sfno" (the checkpoints, default `ensemble.checkpoints`, with the
+    config's kinds and perturbations) or "nwp" (the NWP baseline), from the `analyses` store
+    (default: the config's), `lead_time` a whole number of time steps. `recorded` are the
+    options kept in the store's attributes beside the config."""
+    store = analyses or config.analyses
+    if store is None:
+        raise ForecastError("no analysis store: name one or set `analyses:` in the config")
+    device = torch.device(device) if device is not None else default_device()
+    spec = prepare(config, model, list(checkpoints or config.ensemble.checkpoints), store, device)
+    steps = lead_steps_of(lead_time, forecaster_timestep(spec))
+    run = spec_run(spec, recorded or {}, options.command)
+    return write_ensemble(run, np.asarray(init_times, "datetime64[ns]"), members, steps, options)
 
 
 def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> EnsembleRun:

@@ -131,7 +131,7 @@ def test_members_are_bitwise_the_same_whatever_batch_worker_or_company(ensemble,
         assert np.array_equal(value, values["one batch"]), name
     cfg = load_config(config)
     spec = prepare(cfg, "sfno", [checkpoints], cfg.analyses, torch.device("cpu"))
-    alone = MemberForecaster(spec)
+    alone = MemberForecaster.from_spec(spec)
     torch.set_num_threads(1)
     for member in (17, 6):
         states = list(alone.trajectories(np.datetime64(INIT, "ns"), range(member, member + 1), 4))

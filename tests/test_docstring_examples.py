@@ -1,0 +1,23 @@
+"""The `Example:` sections of the public API's docstrings run as doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+DOCUMENTED = (
+    "wxens.data_pipeline.truth",
+    "wxens.forecast.ensemble",
+)
+"""Modules whose docstring examples are part of the documentation."""
+
+
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(module, optionflags=flags, verbose=False)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed"
