@@ -105,6 +105,8 @@ def open_source(path: Path) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise IngestError(f"{path}: no such file")
+    if path.suffix.lower() in GRIB_SUFFIXES and not _starts_with_grib(path):
+        raise IngestError(f"{path}: not a GRIB file (it does not start with 'GRIB')")
     try:
         dataset = _open(path)
     except Exception as exc:  # each backend raises its own types for an unreadable file
@@ -117,14 +119,23 @@ def open_source(path: Path) -> xr.Dataset:
         raise
 
 
+GRIB_SUFFIXES = {".grib", ".grib1", ".grib2", ".grb", ".grb2"}
+
+
+def _starts_with_grib(path: Path) -> bool:
+    """Whether the file begins with a GRIB message's 'GRIB' indicator (a folder does not)."""
+    if path.is_dir():
+        return False
+    with path.open("rb") as file:
+        return file.read(4) == b"GRIB"
+
+
 def _open(path: Path) -> xr.Dataset:
     if path.is_dir():
         with warnings.catch_warnings():  # v3 stores are rarely consolidated: no need to warn
             warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
             return xr.open_zarr(path, consolidated=None)
-    with path.open("rb") as file:
-        is_grib = file.read(4) == b"GRIB"
-    if is_grib:
+    if _starts_with_grib(path):
         # indexpath="": cfgrib would otherwise write an index file beside the data.
         return xr.open_dataset(
             path,

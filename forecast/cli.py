@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,23 @@ config_app = typer.Typer(no_args_is_help=True, help="Experiment configs.")
 data_app = typer.Typer(no_args_is_help=True, help="Truth world, reanalysis ingestion, diagnostics.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+
+THIRD_PARTY_LOGGERS = ("cfgrib", "distributed", "numcodecs", "fsspec")
+"""Libraries whose log messages (cfgrib logs a traceback for every unreadable GRIB file) stay
+off the terminal unless `wxens --verbose`."""
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show third-party libraries' log messages.")
+    ] = False,
+) -> None:
+    """wxens: huge weather ensembles, verified."""
+    if not verbose:
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="Experiment YAML.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]

@@ -322,3 +322,32 @@ def test_ingest_command_line(sample_data, tmp_path):
     assert result.exit_code != 0
     assert len(result.output.strip().splitlines()) == 1 and "regional" in result.output
     assert open_analyses(out).sizes["time"] == 4
+
+
+def test_ingest_of_a_corrupt_or_false_grib_fails_in_one_line(sample_data, tmp_path):
+    """A truncated GRIB file, and a text file named .grib: one line, no traceback of cfgrib's
+    unless --verbose, exit 1, no store."""
+    import subprocess
+    import sys
+
+    real = (sample_data / "era5" / "era5-levels-members.grib").read_bytes()
+    corrupt, false = tmp_path / "corrupt.grib", tmp_path / "false.grib"
+    corrupt.write_bytes(real[:1500])
+    false.write_text("not a GRIB file\n")
+    out = tmp_path / "era5.zarr"
+    wxens = [sys.executable, "-m", "wxens.forecast.cli"]
+    args = ["data", "ingest", "--config", "configs/era5.yaml", "--out", str(out), "--quiet"]
+    quiet = subprocess.run([*wxens, *args, "--source", corrupt], capture_output=True, text=True)
+    assert quiet.returncode == 1 and quiet.stdout == ""
+    assert quiet.stderr == f"error: {corrupt}: cannot read (No valid message found: '{corrupt}')\n"
+    verbose = subprocess.run(
+        [*wxens, "--verbose", *args, "--source", corrupt], capture_output=True, text=True
+    )
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr  # cfgrib's own log
+    from typer.testing import CliRunner
+    from wxens.forecast.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--source", str(false)])
+    assert result.exit_code == 1
+    assert result.output == f"error: {false}: not a GRIB file (it does not start with 'GRIB')\n"
+    assert not out.exists() and not out.with_name("era5.zarr.partial").exists()
