@@ -12,8 +12,8 @@ import wxens
 
 out = sys.argv[1] if len(sys.argv) > 1 else "out/quickstart"
 
-# 9 days of the truth world after a 25-day spin-up: 6-hourly analyses on the 33 x 64 grid.
-truth = wxens.simulate_truth(days=9, spinup_days=25, seed=2031)
+# 6 days of the truth world after a 25-day spin-up: 6-hourly analyses on the 33 x 64 grid.
+truth = wxens.simulate_truth(days=6, spinup_days=25, seed=2031)
 
 # The four committed SFNO checkpoints, each with bred-vector pairs (48 h RMSEs in m2 s-1).
 members = wxens.load_members("checkpoints/default")

@@ -1,8 +1,8 @@
 """`make demo`: the main job on the embedded default world, with the committed checkpoints.
 
-Each step is the `wxens` command a user would type (printed before it runs), into `out/demo/`;
-they run in this one process, which saves each command's 12 s of imports (torch, torch-harmonics,
-xarray, dask):
+Each step calls the library function behind a `wxens` command, into `out/demo/`, and prints
+the command a user would type to do the same (one process saves each command's 12 s of
+imports: torch, torch-harmonics, xarray, dask):
 
 1. `wxens data truth`: a fresh 62-day test period of the truth world (configs/demo.yaml: a
    trajectory the emulators never saw).
@@ -20,13 +20,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 import yaml
+from wxens.data_pipeline.config import load_config
 from wxens.data_pipeline.memory import keep_freed_memory
-from wxens.forecast.cli import app
+from wxens.data_pipeline.truth import write_truth
+from wxens.forecast.runner import RunOptions, run_configured_ensemble
+from wxens.verification.report import summary_table
+
+import wxens
 
 CONFIG = Path("configs/demo.yaml")
 OUT = Path("out/demo")
@@ -36,24 +43,26 @@ LEAD_DAYS = 10
 SUMMARY_DAYS = (1, 3, 5, 10)
 
 
-def wxens(*arguments: str) -> None:
-    """Run one `wxens` command in this process, echoing it first; exit as it did if it failed."""
-    print(f"\n$ wxens {' '.join(arguments)}", flush=True)
+def step(command: str, run: Callable[[], object]) -> None:
+    """Print the `wxens` command that does what `run` does, run it, print its time."""
+    print(f"\n$ wxens {command}", flush=True)
     started = time.perf_counter()
-    try:
-        app(list(arguments), prog_name="wxens")
-    except SystemExit as done:  # typer ends every command with one, 0 on success
-        if done.code not in (0, None):
-            raise
+    result = run()
+    if result is not None:
+        print(f"  {result}")
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def hindcast(model: str, out: Path) -> None:
-    wxens(
-        "hindcast",
-        *("--config", str(CONFIG), "--model", model, "--members", str(MEMBERS)),
-        *("--start", INITS["start"], "--end", INITS["end"], "--every", INITS["every"]),
-        *("--lead-days", str(LEAD_DAYS), "--out", str(out), "--overwrite", "--quiet"),
+    inits = pd.date_range(INITS["start"], INITS["end"], freq=INITS["every"]).values
+    options = RunOptions(out, overwrite=True, quiet=True, command="hindcast")
+    step(
+        f"hindcast --config {CONFIG} --model {model} --members {MEMBERS} --start {INITS['start']}"
+        f" --end {INITS['end']} --every {INITS['every']} --lead-days {LEAD_DAYS} --out {out}"
+        " --overwrite --quiet",
+        lambda: run_configured_ensemble(
+            load_config(CONFIG), inits, MEMBERS, f"{LEAD_DAYS}D", options, model=model
+        ),
     )
 
 
@@ -112,19 +121,24 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     truth, sfno, nwp = OUT / "truth.zarr", OUT / "sfno.zarr", OUT / "nwp.zarr"
     scores_path, report = OUT / "scores.zarr", OUT / "report"
-    years = f"{truth_days() / 365.25:.6f}"
-    wxens(
-        *("data", "truth", "--config", str(CONFIG), "--years", years),
-        *("--out", str(truth), "--overwrite"),
+    years = truth_days() / 365.25
+    config = load_config(CONFIG)
+    step(
+        f"data truth --config {CONFIG} --years {years:.6f} --out {truth} --overwrite",
+        lambda: write_truth(config, config.model_dump(mode="json"), years, truth, True),
     )
     hindcast("sfno", sfno)
     hindcast("nwp", nwp)
-    wxens(
-        "verify",
-        *("--forecast", str(sfno), "--truth", str(truth), "--out", str(scores_path)),
-        *("--reference", f"nwp={nwp}", "--reference", "persistence", "--overwrite", "--quiet"),
+    references = {"nwp": nwp, "persistence": "persistence"}
+    step(
+        f"verify --forecast {sfno} --truth {truth} --out {scores_path}"
+        f" --reference nwp={nwp} --reference persistence --overwrite --quiet",
+        lambda: summary_table(wxens.verify(sfno, truth, scores_path, references, overwrite=True)),
     )
-    wxens("report", str(scores_path), "--out", str(report), "--reference", "nwp")
+    step(
+        f"report {scores_path} --out {report} --reference nwp",
+        lambda: wxens.report(scores_path, report, reference="nwp"),
+    )
     numbers = summary(xr.open_zarr(scores_path).load())
     (OUT / "summary.json").write_text(json.dumps(numbers, indent=2))
     print("\nwxens demo: SFNO ensemble (forecast) against the NWP baseline ensemble (nwp)")

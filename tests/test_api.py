@@ -214,6 +214,9 @@ def test_simulate_truth_is_what_wxens_data_truth_writes(tmp_path):
 
 
 def test_the_facade_exports_what_it_lists():
+    from wxens import _EXPORTS
+
+    assert sorted(wxens.__all__) == sorted(_EXPORTS)
     for name in wxens.__all__:
         assert getattr(wxens, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

@@ -7,7 +7,8 @@ the benchmarks call these same functions.
 - Members and ensembles: `load_members`, `run_ensemble`, `random_field_perturbation`,
   `bred_vector_perturbation`; the member-kind registry `KINDS`.
 - Verification: `score` (pure), `verify` (score and write), `report` (HTML); the registries
-  `SCORES` and `REGIONS`.
+  `SCORES` (of `Score`) and `REGIONS` (of `Region`: `LatitudeBand`, `LatLonBox`,
+  `MaskRegion`).
 - Errors, each a `ValueError` (or `RuntimeError` for a store) with a one-line message naming
   the culprit: `ConfigError`, `CheckpointError`, `StoreError`, `ForecastError`, `ScoreError`.
 
@@ -44,6 +45,12 @@ if TYPE_CHECKING:
     from wxens.forecast.runner import ForecastError
     from wxens.models.checkpoint import CheckpointError
     from wxens.models.emulator import Emulator
+    from wxens.models.kinds import KINDS
+    from wxens.verification.aggregation import REGIONS, LatitudeBand, LatLonBox, MaskRegion, Region
+    from wxens.verification.errors import ScoreError
+    from wxens.verification.report import report
+    from wxens.verification.scores import SCORES, Score
+    from wxens.verification.verify import score, verify
 
 _EXPORTS = {
     "simulate_truth": "wxens.data_pipeline.truth",
@@ -60,10 +67,49 @@ _EXPORTS = {
     "run_ensemble": "wxens.forecast.ensemble",
     "random_field_perturbation": "wxens.forecast.ensemble",
     "bred_vector_perturbation": "wxens.forecast.ensemble",
+    "KINDS": "wxens.models.kinds",
+    "score": "wxens.verification.verify",
+    "verify": "wxens.verification.verify",
+    "report": "wxens.verification.report",
+    "ScoreError": "wxens.verification.errors",
+    "SCORES": "wxens.verification.scores",
+    "Score": "wxens.verification.scores",
+    "REGIONS": "wxens.verification.aggregation",
+    "Region": "wxens.verification.aggregation",
+    "LatitudeBand": "wxens.verification.aggregation",
+    "LatLonBox": "wxens.verification.aggregation",
+    "MaskRegion": "wxens.verification.aggregation",
 }
 """Each public name and the module that defines it."""
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "KINDS",
+    "REGIONS",
+    "SCORES",
+    "CheckpointError",
+    "ConfigError",
+    "Emulator",
+    "ExperimentConfig",
+    "ForecastError",
+    "LatLonBox",
+    "LatitudeBand",
+    "MaskRegion",
+    "Perturbation",
+    "Region",
+    "Score",
+    "ScoreError",
+    "StoreError",
+    "bred_vector_perturbation",
+    "load_config",
+    "load_members",
+    "open_analyses",
+    "random_field_perturbation",
+    "report",
+    "run_ensemble",
+    "score",
+    "simulate_truth",
+    "verify",
+]
 
 
 def __getattr__(name: str) -> Any:
