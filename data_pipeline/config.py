@@ -1,6 +1,13 @@
 """Experiment configs: YAML read with `yaml.safe_load`, validated by pydantic.
 
 A bad file fails with one line, `FILE: dotted.key: what was expected`, raised as `ConfigError`.
+
+Each package owns its settings: this module those of the data pipeline (truth, grid, periods,
+diagnose, ingest); `models.settings` the models' (`sfno`, `fgn`, `vae`, `diffusion`,
+`training`); `forecast.settings` the ensemble's (`perturbation`, `ensemble`, `nwp`). Here
+`ExperimentConfig` assembles them: the sections of the member kinds (`sfno:`, `fgn:`, ...,
+`nwp:`) are those of the kind registry (`models.kinds.KINDS`, each kind's `settings` under its
+name), and `ensemble.kinds` is checked against it. The moved names are imported from here too.
 """
 
 from __future__ import annotations
@@ -10,8 +17,32 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from wxens.data_pipeline.qg import QGParameters
+from wxens.forecast.settings import (  # noqa: F401 - also imported from here
+    EnsembleConfig,
+    InitialPerturbation,
+    MemberKind,
+    NWPConfig,
+    PerturbationConfig,
+    SeedMembers,
+)
+from wxens.models.kinds import KINDS
+from wxens.models.settings import (  # noqa: F401 - also imported from here
+    DiffusionConfig,
+    FGNConfig,
+    SFNOConfig,
+    TrainingConfig,
+    VAEConfig,
+)
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -111,238 +142,18 @@ class SourceField(Strict):
     standard_name: str | None = None
 
 
-class SFNOConfig(Strict):
-    """Architecture of the SFNO emulator (torch-harmonics `SphericalFourierNeuralOperator`).
-
-    The network keeps spherical-harmonic degrees below `grid.truncation + 1` inside its spectral
-    convolutions (on an internal grid `scale_factor` times coarser than the model grid).
-
-    With `gradient_features`, each field's gradient components enter beside it. The SFNO's
-    spectral convolutions are isotropic (one weight per degree l), so they cannot form the
-    directional derivatives that advection needs; given the gradient, they can (the Laplacian
-    commutes with d/dlambda), and the MLPs can multiply winds by gradients.
-    """
-
-    embed_dim: int = Field(64, ge=1)
-    num_layers: int = Field(4, ge=1)
-    scale_factor: int = Field(1, ge=1)
-    mlp_ratio: float = Field(2.0, gt=0)
-    pos_embed: Literal["none", "learnable lat", "learnable latlon", "spectral"] = "learnable lat"
-    gradient_features: bool = True  # also feed the fields' exact spectral gradients
-    precision: Literal["float32", "tf32", "bf16"] = "float32"  # tf32/bf16 apply on CUDA only
-
-
-class FGNConfig(Strict):
-    """The FGN emulator (`models.fgn`): an SFNO (`sfno`) whose blocks `noise_dim`-dimensional
-    noise modulates; `wxens train --model fgn` minimises the fair CRPS of `samples` forecasts
-    of each training state (the FGN paper uses 2)."""
-
-    noise_dim: int = Field(32, ge=1)
-    samples: int = Field(2, ge=2)
-
-
-class VAEConfig(Strict):
-    """The VAE emulator (`models.vae`; FuXi-ENS, Zhong et al. 2024, arXiv:2405.05925): an SFNO
-    whose hidden state after the encoder is perturbed, point by point, by a latent field of
-    `latent_channels` maps, drawn from a prior p(z | x_t) when it forecasts and from a
-    posterior q(z | x_t, x_t+dt) when it trains. `wxens train --model vae` minimises the fair
-    CRPS of `samples` forecasts of each training state plus `kl_weight` x KL(q || p) in nats
-    per latent value. Both terms are averages per grid point (the CRPS in units of the 6 h
-    tendency std: about 0.2 for the default SFNO over 24 h), so their balance does not depend
-    on the grid. At 0.01, a posterior with half the prior's std (0.32 nat per value) costs
-    0.003, a few percent of the CRPS: it may carry what the target tells about the step where
-    that lowers the CRPS by more, and the KL pulls the prior toward it. Near 1 the KL
-    would dominate and collapse the posterior onto the prior (an FGN with local noise); at 0
-    nothing would tie the prior, which forecasts, to the posterior, which trains."""
-
-    latent_channels: int = Field(8, ge=1)
-    samples: int = Field(2, ge=2)
-    kl_weight: float = Field(0.01, ge=0)
-
-
-class DiffusionConfig(Strict):
-    """The diffusion emulator (`models.diffusion`, EDM; Karras et al. 2022, arXiv:2206.00364):
-    an SFNO (`sfno`) denoiser of the normalised 6 h tendency, its noise level sigma entering
-    through a sinusoidal embedding of `noise_embedding` numbers. Sampling: `sampler` (`heun`,
-    EDM's 2nd order; `euler`, 1st order, DDIM-like) on `sampler_steps` levels from `sigma_max`
-    to `sigma_min` spaced as `rho`; training draws ln sigma ~ N(`p_mean`, `p_std`^2) and adds
-    to each conditioning state white noise of `input_noise` times each channel's 6 h tendency
-    std (projected to the truncation; 0: none), its target still the true next state, so the
-    denoiser learns to remove such errors rather than carry them forward (the noise injection
-    of Sanchez-Gonzalez et al. 2020, arXiv:2002.09405, for stable rollouts); validation scores
-    the fair CRPS of `samples` forecasts of each state."""
-
-    sampler_steps: int = Field(8, ge=2)
-    sampler: Literal["heun", "euler"] = "heun"
-    sigma_min: PositiveFloat = 0.002
-    sigma_max: PositiveFloat = 80.0
-    rho: PositiveFloat = 7.0
-    p_mean: float = -1.2
-    p_std: PositiveFloat = 1.2
-    noise_embedding: int = Field(32, ge=2, multiple_of=2)
-    input_noise: float = Field(0.0, ge=0)
-    samples: int = Field(2, ge=2)
-
-    @model_validator(mode="after")
-    def _levels_ordered(self) -> DiffusionConfig:
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"sigma_min {self.sigma_min} must be below sigma_max {self.sigma_max}")
-        return self
-
-
-class TrainingConfig(Strict):
-    """`wxens train`: AdamW with linear warm-up then cosine decay, area-weighted MSE.
-
-    `rollout_schedule` maps an epoch (counting from 0) to the length of the autoregressive
-    rollouts trained on from that epoch on (1 before its first entry), a curriculum such as
-    `{0: 1, 40: 2, 50: 4}`; `samples_per_epoch` draws a random subset of the training pairs
-    each epoch (all of them when null). Validation is the area-weighted RMSE over
-    `validation_lead_steps` steps from `validation_inits` evenly spaced validation-year inits.
-    """
-
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(8, ge=1)
-    samples_per_epoch: int | None = Field(None, ge=1)
-    learning_rate: PositiveFloat = 2e-3
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(50, ge=0)
-    rollout_schedule: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = {0: 1}
-    loss: Literal["mse", "amse"] = "mse"  # amse: models.training.adjusted_mse (sharper)
-    validation_inits: int = Field(64, ge=1)
-    validation_lead_steps: int = Field(4, ge=1)
-    threads: int | None = Field(None, ge=1)  # torch CPU threads; null: torch's default
-
-
-InitialPerturbation = Literal["none", "random_field", "bred_vector"]
-Kind = Literal["sfno", "fgn", "vae", "diffusion"]
-"""The emulator kinds (`models.checkpoint.KINDS`)."""
-
-
-class PerturbationConfig(Strict):
-    """Initial-condition and model perturbations of the ensemble (`forecast.perturbations`).
-
-    `initial`: `none`, every member starts from the analysis; `random_field`, analysis + a
-    correlated Gaussian random field of rms `random_field_fraction` x each variable's anomaly
-    std (correlation length `length_scale_km`); `bred_vector`, pairs analysis +/- dx of vectors
-    bred from that field over `bred_cycles` 6 h cycles, each hemisphere rescaled to
-    `bred_fraction` x the emulator's 48 h RMSE. `parameter_sigma` scales multiplicative noise
-    on the network weights, w' = w (1 + sigma eps) (0: off). `bred_rmse_48h` fixes the 48 h
-    RMSE per variable (in its units); null measures it for each checkpoint on
-    `calibration_inits` validation-period analyses when the ensemble starts.
-    """
-
-    initial: InitialPerturbation = "bred_vector"
-    length_scale_km: PositiveFloat = 1000.0
-    random_field_fraction: PositiveFloat = 0.1
-    bred_cycles: int = Field(4, ge=1)
-    bred_fraction: PositiveFloat = 0.35
-    parameter_sigma: float = Field(0.0, ge=0)
-    bred_rmse_48h: dict[str, PositiveFloat] | None = None
-    calibration_inits: int = Field(16, ge=1)
-
-
-class MemberKind(Strict):
-    """The members of one emulator kind (`ensemble.kinds`).
-
-    `share`: of every `sum(shares)` consecutive checkpoint groups (`ensemble.checkpoint_group`
-    members each, a bred pair by default), this kind takes `share`, in the order the kinds are
-    listed: shares 4, 3, 3 of groups of 2 make 40 %, 30 %, 30 % of every 20 members.
-    `initial`: this kind's initial-condition perturbation (null: `perturbation.initial`), such
-    as bred vectors for SFNO members and none for generative ones. `noise_scale` multiplies a
-    generative member's noise draws (1: as trained; larger spreads the members more, an
-    inflation calibrated on analyses the model never saw); deterministic kinds draw none.
-    `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
-    as trained): more levels cost more denoiser calls and bias the spread less.
-    """
-
-    share: int = Field(1, ge=1)
-    initial: InitialPerturbation | None = None
-    noise_scale: PositiveFloat = 1.0
-    sampler_steps: int | None = Field(None, ge=2)
-
-
-class SeedMembers(Strict):
-    """SEEDS-like members (after Li et al. 2024, "Generative emulation of weather forecast
-    ensembles with diffusion models", Sci. Adv. 10, eadk4489): many members drawn from a few
-    seed members of an ensemble store `store` (a forecast or hindcast of the same inits and
-    grid, at the same time step). Member k follows seed k mod `members` up to `lead_hours`
-    (its states copied), then steps on with its own kind and noise: each new member is a draw
-    of a generative model conditioned on its seed's state at that lead. The seeds carry the
-    initial perturbations, so none is added."""
-
-    store: Path
-    members: int = Field(2, ge=1)
-    lead_hours: float = Field(0.0, ge=0)
-
-
-class EnsembleConfig(Strict):
-    """`wxens forecast` and `wxens hindcast` (`forecast.runner`).
-
-    `seed` is the base seed of every member's generator (`member_generator`); `checkpoints`
-    are emulator checkpoints, or folders of them, that the members are spread across; `kinds`
-    are the emulator kinds these may be (a checkpoint of another kind is refused), each with
-    its share of the members and their perturbation (`MemberKind`; a list of kinds gives each
-    the defaults). List the checkpoints of several kinds to mix them: member k's group falls to
-    a kind by the shares, then to that kind's checkpoints in turn (`assign_checkpoints`).
-    `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
-    member's numbers never depend on the batch it is computed in. `checkpoint_group` is how
-    many consecutive members share a checkpoint, member k on checkpoint (k // g) mod N of one
-    kind (null: a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even).
-    Groups of more than a pair can save padding: 100 bred members over 4 checkpoints fill 13
-    passes of 8 in groups of 4 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24).
-    `seeds`: the members start from a few seed members of another store (`SeedMembers`).
-    """
-
-    seed: int = 0
-    checkpoints: list[Path] = Field(default_factory=list)
-    kinds: dict[Kind, MemberKind] = Field(
-        default_factory=lambda: {"sfno": MemberKind()}, min_length=1
-    )
-    micro_batch: int = Field(8, ge=1)
-    checkpoint_group: int | None = Field(None, ge=1)
-    seeds: SeedMembers | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _kinds_from_a_list(cls, data: Any) -> Any:
-        """`kinds: [sfno, fgn]` or `{sfno: , fgn: {share: 3}}`: the unset ones get defaults."""
-        kinds = data.get("kinds") if isinstance(data, dict) else None
-        if isinstance(kinds, list):
-            kinds = dict.fromkeys(kinds)
-        if isinstance(kinds, dict):
-            return {**data, "kinds": {k: {} if v is None else v for k, v in kinds.items()}}
-        return data
-
-    @model_validator(mode="after")
-    def _kind_settings_apply(self) -> EnsembleConfig:
-        if self.kinds.get("sfno", MemberKind()).noise_scale != 1:
-            raise ValueError("ensemble.kinds.sfno.noise_scale: SFNO members draw no noise")
-        for kind, members in self.kinds.items():
-            if members.sampler_steps is not None and kind != "diffusion":
-                raise ValueError(f"ensemble.kinds.{kind}.sampler_steps: only diffusion samples")
-        return self
-
-
-class NWPConfig(Strict):
-    """The NWP baseline (`models.nwp`): the truth's QG model at the model grid's truncation.
-
-    `dtype` is its floating-point precision (the truth's own is `truth.dtype`): float32 runs
-    1.4 times as fast on a CPU (2.2 times at a `micro_batch` of 32), and its rounding changes
-    a 10-day forecast by about 1e-4 of its error against the truth (operational NWP, e.g.
-    ECMWF's IFS since 2021, runs in single precision too). `micro_batch` is its members per
-    CPU forward pass (`ensemble.micro_batch` is the emulators'). `timestep_minutes` is its
-    time step (null: the truth's `truth.timestep_minutes`); it must divide the 6 h output
-    interval. At T21, 90 min is well inside the advective limit (about a / (U_max T) = 140 min
-    for 60 m/s winds), and changes 10-day forecasts by under 0.2 % of their error against the
-    truth (configs/demo.yaml).
-    """
-
-    dtype: Literal["float32", "float64"] = "float64"
-    micro_batch: int = Field(8, ge=1)
-    timestep_minutes: PositiveFloat | None = None
-
-
 class ExperimentConfig(Strict):
+    """A whole experiment: the sections above, and one section per member kind of the
+    registry (`models.kinds.KINDS`), `config.<kind>` (`config.sfno`, `config.fgn`, ...,
+    `config.nwp`), validated by the kind's `settings` schema (its defaults when absent).
+
+    In its dump (`model_dump`, which a training run's identity hashes) the sections of the
+    trained kinds come before `training`, and the others (the NWP baseline's) after
+    `ensemble`, as they always have.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # the kinds' sections
+
     name: str = "default"
     seed: int = 0
     analyses: Path | None = None  # the analysis store that train and skill read (--analyses)
@@ -352,14 +163,69 @@ class ExperimentConfig(Strict):
     periods: PeriodsConfig = PeriodsConfig()
     diagnose: DiagnoseConfig = DiagnoseConfig()
     ingest: dict[str, SourceField] | None = None
-    sfno: SFNOConfig = SFNOConfig()
-    fgn: FGNConfig = FGNConfig()
-    vae: VAEConfig = VAEConfig()
-    diffusion: DiffusionConfig = DiffusionConfig()
     training: TrainingConfig = TrainingConfig()
     perturbation: PerturbationConfig = PerturbationConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
-    nwp: NWPConfig = NWPConfig()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _kind_sections(cls, data: Any, handler: Any) -> ExperimentConfig:
+        """Validate each kind's section with its schema (refusing keys that are neither a
+        field nor a kind's), then the rest, then what the kinds ask of the whole config."""
+        if not isinstance(data, dict):
+            return handler(data)
+        sections = kind_sections()
+        unknown = [key for key in data if key not in cls.model_fields and key not in sections]
+        if unknown:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [{"type": "extra_forbidden", "loc": (key,), "input": data[key]} for key in unknown],
+            )
+        values, errors = {}, []
+        for name, schema in sections.items():
+            try:
+                values[name] = schema.model_validate(data[name]) if name in data else schema()
+            except ValidationError as exc:
+                errors += [located(error, name) for error in exc.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        config = handler({**{k: v for k, v in data.items() if k not in sections}, **values})
+        config.check_kinds()
+        return config
+
+    def check_kinds(self) -> None:
+        """`ensemble.kinds` names kinds of checkpoint, and sets only the forecast-time
+        settings each reads (`EmulatorKind.member_settings`); each kind's own `check`."""
+        known = KINDS.checkpointed()
+        for name, members in self.ensemble.kinds.items():
+            if name not in known:
+                raise ValueError(
+                    f"ensemble.kinds.{name}: expected a kind of checkpoint, one of"
+                    f" {', '.join(known)} (got {name!r})"
+                )
+            kind = KINDS[name]
+            for setting in members.forecast_settings():
+                if setting not in kind.member_settings:
+                    readers = ", ".join(k for k in KINDS if setting in KINDS[k].member_settings)
+                    lacks = MemberKind.FORECAST_SETTINGS[setting]
+                    raise ValueError(
+                        f"ensemble.kinds.{name}.{setting}: {kind.title} members {lacks};"
+                        f" it is for {readers or 'no kind'}"
+                    )
+        for name, kind in KINDS.items():
+            if kind.check is not None and name in (self.__pydantic_extra__ or {}):
+                kind.check(self)
+
+    @model_serializer(mode="wrap")
+    def _sections_in_place(self, handler: Any) -> dict[str, Any]:
+        """The dump, the trained kinds' sections before `training`, the others at the end."""
+        data = handler(self)
+        fields = list(type(self).model_fields)
+        sections = [key for key in data if key not in type(self).model_fields]
+        trained = [key for key in sections if key in KINDS and KINDS[key].trainable]
+        at = fields.index("training")
+        order = [*fields[:at], *trained, *fields[at:], *(k for k in sections if k not in trained)]
+        return {key: data[key] for key in order if key in data}
 
     @model_validator(mode="after")
     def _variables_known(self) -> ExperimentConfig:
@@ -395,16 +261,16 @@ class ExperimentConfig(Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _nwp_steps_fit_the_output_interval(self) -> ExperimentConfig:
-        minutes = self.nwp.timestep_minutes
-        steps = self.truth.output_interval_hours * 60 / (minutes or 1)
-        if minutes is not None and abs(steps - round(steps)) > 1e-9:
-            raise ValueError(
-                f"nwp.timestep_minutes: {minutes} does not divide the"
-                f" {self.truth.output_interval_hours} h output interval"
-            )
-        return self
+
+def kind_sections() -> dict[str, type[BaseModel]]:
+    """Each registered kind's config section: its name and settings schema."""
+    return {name: kind.settings for name, kind in KINDS.items() if kind.settings is not None}
+
+
+def located(error: dict[str, Any], section: str) -> dict[str, Any]:
+    """A pydantic error of a section's schema, located under `section` (for re-raising)."""
+    located = {"type": error["type"], "loc": (section, *error["loc"]), "input": error["input"]}
+    return {**located, **({"ctx": error["ctx"]} if "ctx" in error else {})}
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
@@ -419,12 +285,16 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def _allowed_keys(model: type[BaseModel], parent: tuple) -> list[str]:
+    fields = dict(model.model_fields)
+    if model is ExperimentConfig:
+        fields.update(kind_sections())
     for part in parent:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        field = fields.get(part)
+        annotation = field.annotation if isinstance(field, FieldInfo) else field
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
-        model = annotation
-    return sorted(model.model_fields)
+        fields = dict(annotation.model_fields)
+    return sorted(fields)
 
 
 def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:

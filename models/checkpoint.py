@@ -9,7 +9,8 @@ A checkpoint is a directory:
                         package version and git revision
 
 Loading checks the format, the weights' sha256 and the grid and variables against the run's
-config, and raises `CheckpointError` with one line naming the checkpoint on any mismatch.
+config, and raises `CheckpointError` with one line naming the checkpoint on any mismatch. The
+emulator is rebuilt by its kind's entry in the registry (`models.kinds.KINDS[kind].load`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,11 @@ import safetensors.torch
 import torch
 from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.provenance import git_revision, package_version
-from wxens.models.diffusion import DiffusionEmulator
-from wxens.models.fgn import FGNEmulator
-from wxens.models.sfno import SFNOEmulator
-from wxens.models.vae import VAEEmulator
+from wxens.models.kinds import KINDS
 
 FORMAT = "wxens-emulator/1"
 WEIGHTS = "model.safetensors"
 METADATA = "metadata.json"
-KINDS: dict[str, type[SFNOEmulator]] = {
-    kind.kind: kind for kind in (SFNOEmulator, FGNEmulator, VAEEmulator, DiffusionEmulator)
-}
 
 
 class CheckpointError(ValueError):
@@ -65,8 +60,10 @@ def save_json(data: dict[str, Any], path: Path) -> None:
     write_atomically(path, lambda p: p.write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def save_checkpoint(emulator: SFNOEmulator, directory: Path, **metadata: Any) -> Path:
-    """Write `emulator` to `directory` (weights first, then the metadata that vouches for them)."""
+def save_checkpoint(emulator: Any, directory: Path, **metadata: Any) -> Path:
+    """Write `emulator` to `directory` (weights first, then the metadata that vouches for them):
+    its `network`'s weights, its `kind` and its `architecture()` (what its kind's `load`
+    rebuilds it from)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(emulator.network.state_dict(), directory / WEIGHTS)
     save_json(
@@ -116,7 +113,7 @@ def load_checkpoint(
     directory: str | Path,
     config: ExperimentConfig | None = None,
     device: torch.device | str = "cpu",
-) -> SFNOEmulator:
+) -> Any:
     """The emulator saved in `directory`, in eval mode on `device`.
 
     With `config`, the checkpoint's grid and variables must match it.
@@ -124,8 +121,11 @@ def load_checkpoint(
     directory = Path(directory)
     metadata = read_metadata(directory)
     kind = metadata.get("kind")
-    if kind not in KINDS:
-        raise CheckpointError(f"{directory}: unknown emulator kind {kind!r}")
+    known = KINDS.checkpointed()
+    if kind not in known:
+        raise CheckpointError(
+            f"{directory}: unknown emulator kind {kind!r}; expected one of {', '.join(known)}"
+        )
     if config is not None:
         check_compatible(directory, metadata, config)
     weights = directory / WEIGHTS
@@ -134,7 +134,7 @@ def load_checkpoint(
     if sha256_file(weights) != metadata.get("weights_sha256"):
         raise CheckpointError(f"{weights}: sha256 differs from {METADATA} (corrupt or replaced)")
     try:
-        emulator = KINDS[kind].from_architecture(metadata["architecture"])
+        emulator = KINDS[kind].load(metadata["architecture"])
         emulator.network.load_state_dict(safetensors.torch.load_file(str(weights)))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

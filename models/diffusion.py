@@ -50,11 +50,22 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from wxens.data_pipeline.config import DiffusionConfig, MemberKind
-from wxens.models.fgn import NoisyEmulator, add_conditional_norms, conditioning, draw_noise
+from wxens.models.fgn import (
+    NoisyEmulator,
+    add_conditional_norms,
+    conditioning,
+    draw_noise,
+    sampled_validation,
+)
+from wxens.models.kinds import EmulatorKind, register_kind
+from wxens.models.settings import DiffusionConfig
 from wxens.models.sfno import build_network
+
+if TYPE_CHECKING:
+    from wxens.data_pipeline.config import MemberKind, TrainingConfig
 
 SIGMA_DATA = 1.0
 """The std of the denoised quantity, the normalised tendency (1 by construction)."""
@@ -212,3 +223,34 @@ def denoising_loss(
     denoised = emulator.denoise(noisy, sigma, emulator.features(state))
     squared = loss_weight(sigma)[:, None, None, None] * (denoised - residual) ** 2
     return (squared * weights).sum(dim=(-2, -1)).mean(dim=0)
+
+
+def diffusion_loss(
+    emulator: DiffusionEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    training: TrainingConfig,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The diffusion kind's training loss terms `(channel,)`: the `denoising_loss` of the
+    one-step pairs (inputs, first targets); longer rollouts are not trained on."""
+    return denoising_loss(emulator, inputs, targets[:, 0], weights, generator)
+
+
+DIFFUSION = register_kind(
+    EmulatorKind(
+        name="diffusion",
+        title="diffusion",
+        emulator=DiffusionEmulator,
+        settings=DiffusionConfig,
+        build=DiffusionEmulator.from_config,
+        load=DiffusionEmulator.from_architecture,
+        loss=diffusion_loss,
+        validation=sampled_validation,
+        score="crps",
+        member_settings=("noise_scale", "sampler_steps"),
+        use_member_settings=DiffusionEmulator.use_member_settings,
+    )
+)
+"""The diffusion kind: EDM's denoising loss; validated on the CRPS of sampled rollouts."""

@@ -19,14 +19,20 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from wxens.data_pipeline.config import DiffusionConfig, FGNConfig, MemberKind, SFNOConfig, VAEConfig
+from pydantic import BaseModel
 from wxens.data_pipeline.sphere import LatLonGrid
 from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.models.emulator import Generators
+from wxens.models.kinds import EmulatorKind, register_kind
+from wxens.models.losses import fair_crps
+from wxens.models.settings import FGNConfig, SFNOConfig
 from wxens.models.sfno import SFNOEmulator
+
+if TYPE_CHECKING:
+    from wxens.data_pipeline.config import ExperimentConfig, MemberKind, TrainingConfig
 
 FORWARD = threading.local()
 """`FORWARD.conditioning`: what the noise layers of the `NoisyEmulator` forward running in this
@@ -89,11 +95,14 @@ def draw_noise(batch: int, shape: int | Sequence[int], generator: Generators) ->
 class NoisyEmulator(SFNOEmulator):
     """An SFNO member that samples its step, `forward(state, noise)` with standard normal
     `noise` `(batch, *noise_shape)` (zero noise: its deterministic step): FGN, VAE and
-    diffusion. Its own `settings` (a `Settings`) are kept in its architecture under its `kind`."""
+    diffusion. Its own `settings` (a `Settings`, its kind's config section) are kept in its
+    architecture under its `kind`."""
 
-    Settings: type[FGNConfig | VAEConfig | DiffusionConfig]
+    Settings: type[BaseModel]
     noise_scale = 1.0
     """Multiplies the noise that `step` draws (`MemberKind.noise_scale`; training uses 1)."""
+    divergence_weight = 0.0
+    """The weight of `sample_step`'s divergence in the training loss (a VAE's `kl_weight`)."""
 
     def __init__(
         self,
@@ -102,7 +111,7 @@ class NoisyEmulator(SFNOEmulator):
         variables: Sequence[str],
         stats: NormalisationStats,
         sfno: SFNOConfig,
-        settings: FGNConfig | VAEConfig | DiffusionConfig,
+        settings: BaseModel,
     ):
         super().__init__(grid, truncation, variables, stats, sfno)
         self.settings = settings
@@ -125,6 +134,14 @@ class NoisyEmulator(SFNOEmulator):
         """How many forecasts of each state the training CRPS compares (`settings.samples`)."""
         return self.settings.samples
 
+    def sample_step(
+        self, state: torch.Tensor, noise: torch.Tensor, target: torch.Tensor, posterior: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next state for `noise` and a divergence term (nats per latent value; zero here),
+        both differentiable, as training samples it: a VAE draws its latent from its posterior
+        given `target` when `posterior` (else, as here, the step ignores `target`)."""
+        return self(state, noise), state.new_zeros(())
+
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One sampled step, its noise drawn from `generator` only (`Generators`)."""
@@ -143,6 +160,11 @@ class NoisyEmulator(SFNOEmulator):
     @classmethod
     def from_architecture(cls, architecture: dict[str, Any]) -> NoisyEmulator:
         return cls(*cls.arguments(architecture), cls.Settings(**architecture[cls.kind]))
+
+    @classmethod
+    def config_settings(cls, config: ExperimentConfig) -> tuple:
+        """`sfno`, then its own section of the config (`config.<kind>`)."""
+        return (config.sfno, getattr(config, cls.kind))
 
 
 class FGNEmulator(NoisyEmulator):
@@ -167,3 +189,90 @@ class FGNEmulator(NoisyEmulator):
         if noise is None:
             noise = draw_noise(len(state), self.noise_shape, None)
         return self.conditioned_forward(state, noise.to(state.device, torch.float32))
+
+
+def sampled_rollout_terms(
+    emulator: NoisyEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+    posterior: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fair_crps` `(step, channel)` of `emulator.samples` (`fgn.samples`, `vae.samples`)
+    rollouts from each of `inputs` against `targets` `(batch, step, channel, lat, lon)`, the
+    noise drawn from `generator`, and the divergence `(step,)` of each step
+    (`NoisyEmulator.sample_step`: a VAE's KL(q || p) in nats per latent value, zero for an
+    FGN). A VAE's latent comes from its posterior given each step's target when `posterior`
+    (training), else from its prior (as it forecasts)."""
+    samples = emulator.samples
+    state, errors, divergences = inputs.repeat(samples, 1, 1, 1), [], []
+    for k in range(targets.shape[1]):
+        noise = draw_noise(len(state), emulator.noise_shape, generator)
+        target = targets[:, k].repeat(samples, 1, 1, 1)
+        state, divergence = emulator.sample_step(state, noise, target, posterior)
+        members = state.unflatten(0, (samples, len(inputs)))
+        errors.append(fair_crps(members, targets[:, k], weights, emulator.tendency_std))
+        divergences.append(divergence)
+    return torch.stack(errors), torch.stack(divergences)
+
+
+def sampled_rollout_errors(
+    emulator: NoisyEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The training loss terms `(step, channel)` of an FGN or VAE: `sampled_rollout_terms`'
+    CRPS plus `divergence_weight` (a VAE's `vae.kl_weight`) x the step's divergence in every
+    channel."""
+    errors, divergences = sampled_rollout_terms(emulator, inputs, targets, weights, generator)
+    if emulator.divergence_weight:
+        errors = errors + emulator.divergence_weight * divergences[:, None]
+    return errors
+
+
+def sampled_loss(
+    emulator: NoisyEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    training: TrainingConfig,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """A sampling kind's training loss terms (`sampled_rollout_errors`; `training.loss` is
+    for deterministic kinds)."""
+    return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
+
+
+def sampled_validation(
+    emulator: NoisyEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A sampling kind's validation terms: the CRPS of `sampled_rollout_terms`, sampled as it
+    forecasts (a VAE from its prior)."""
+    errors, _ = sampled_rollout_terms(emulator, inputs, targets, weights, generator, False)
+    return errors, {}
+
+
+FGN = register_kind(
+    EmulatorKind(
+        name="fgn",
+        title="FGN",
+        emulator=FGNEmulator,
+        settings=FGNConfig,
+        build=FGNEmulator.from_config,
+        load=FGNEmulator.from_architecture,
+        loss=sampled_loss,
+        validation=sampled_validation,
+        score="crps",
+        starts_from=("sfno",),
+        member_settings=("noise_scale",),
+        use_member_settings=FGNEmulator.use_member_settings,
+    )
+)
+"""The FGN kind: fair CRPS of `fgn.samples` sampled rollouts per state."""

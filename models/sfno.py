@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch_harmonics.examples.models import SphericalFourierNeuralOperator
-from wxens.data_pipeline.config import SFNOConfig
 from wxens.data_pipeline.sphere import LatLonGrid, SpectralTransforms
 from wxens.data_pipeline.training_data import NormalisationStats
+from wxens.data_pipeline.truth import model_grid
 from wxens.models.emulator import Generators
+from wxens.models.kinds import EmulatorKind, register_kind
+from wxens.models.losses import rollout_loss, rollout_validation
+from wxens.models.settings import SFNOConfig
+
+if TYPE_CHECKING:
+    from wxens.data_pipeline.config import ExperimentConfig, MemberKind
 
 
 def spectral_fraction(grid: LatLonGrid, sfno: SFNOConfig, truncation: int) -> float:
@@ -117,6 +123,10 @@ class SFNOEmulator(torch.nn.Module):
         gradient = self.transforms.gradient(self.transforms.to_spectral(normalised))
         return torch.cat([normalised, gradient.flatten(1, 2) / self.truncation], dim=1)
 
+    def use_member_settings(self, members: MemberKind) -> None:
+        """Forecast with this kind's settings of `ensemble.kinds`: a deterministic SFNO reads
+        none of them (`share` and `initial` are the runner's)."""
+
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One step; deterministic, so `generator` is unused."""
@@ -163,3 +173,40 @@ class SFNOEmulator(torch.nn.Module):
     @classmethod
     def from_architecture(cls, architecture: dict[str, Any]) -> SFNOEmulator:
         return cls(*cls.arguments(architecture))
+
+    @classmethod
+    def config_settings(cls, config: ExperimentConfig) -> tuple:
+        """The constructor's arguments after `stats` that come from the config: `sfno`."""
+        return (config.sfno,)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ExperimentConfig,
+        stats: NormalisationStats | None,
+        device: torch.device | str = "cpu",
+    ) -> SFNOEmulator:
+        """A new (untrained) emulator of the config's grid, variables and settings, normalised
+        by `stats`, on `device`."""
+        if stats is None:
+            raise ValueError(f"a new {cls.kind} emulator needs normalisation statistics")
+        grid, truncation = model_grid(config), config.grid.truncation
+        settings = cls.config_settings(config)
+        return cls(grid, truncation, config.variables, stats, *settings).to(device)
+
+
+SFNO = register_kind(
+    EmulatorKind(
+        name="sfno",
+        title="SFNO",
+        emulator=SFNOEmulator,
+        settings=SFNOConfig,
+        build=SFNOEmulator.from_config,
+        load=SFNOEmulator.from_architecture,
+        loss=rollout_loss,
+        validation=rollout_validation,
+        score="rmse",
+        use_member_settings=SFNOEmulator.use_member_settings,
+    )
+)
+"""The deterministic SFNO kind: area-weighted MSE (or AMSE) of rollouts (`models.losses`)."""

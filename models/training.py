@@ -1,9 +1,10 @@
-"""Training one SFNO, FGN, VAE or diffusion emulator (`wxens train --model`
-`sfno|fgn|vae|diffusion`).
+"""Training one emulator of a trainable member kind (`wxens train --model KIND`: `sfno`, `fgn`,
+`vae`, `diffusion`, or any kind registered in `models.kinds.KINDS` with a loss).
 
-AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the area-
-weighted MSE of the predicted states, each channel in units of its 6 h tendency std (so that
-both layers count alike, and 1 is the error of persistence after one step),
+AdamW with a linear warm-up then cosine decay of the learning rate; the loss is the kind's
+(`EmulatorKind.loss`). The SFNO's is the area-weighted MSE of the predicted states, each
+channel in units of its 6 h tendency std (so that both layers count alike, and 1 is the error
+of persistence after one step),
 
     L = (1 / K C) sum_k sum_c sum_ij w_ij ((x^_k - x_k)_cij / sigma_tend_c)^2,
 
@@ -11,15 +12,15 @@ averaged over a batch of K-step autoregressive rollouts (K from the config's
 `rollout_schedule`, a curriculum that lengthens the rollouts epoch by epoch); an FGN minimises
 instead the `fair_crps` of `fgn.samples` sampled rollouts per state, in the same units, and a
 VAE that of `vae.samples` rollouts sampled from its posterior plus `vae.kl_weight` x its KL
-divergence from the prior (`sampled_rollout_terms`); a diffusion model the EDM loss of
-one-step pairs (`models.diffusion.denoising_loss`). The
+divergence from the prior (`models.fgn.sampled_rollout_terms`); a diffusion model the EDM loss
+of one-step pairs (`models.diffusion.denoising_loss`). The
 analyses of the training and validation years are held in memory on the training device
 (`PeriodStates`), so a batch is one gather. After every epoch the model is scored on the
-validation years and the best one is kept as the checkpoint in `out/`; the latest state
-(weights, optimizer, epoch) goes to `out/last/`, from which an interrupted run resumes. Batches
-are drawn in an order seeded by `(seed, epoch)`, a generative model's noise from a generator
-seeded by `(seed, step)`, and no other randomness is used, so the same seed on the same machine
-gives the same weights, interrupted or not.
+validation years (`EmulatorKind.validation`) and the best one is kept as the checkpoint in
+`out/`; the latest state (weights, optimizer, epoch) goes to `out/last/`, from which an
+interrupted run resumes. Batches are drawn in an order seeded by `(seed, epoch)`, a generative
+model's noise from a generator seeded by `(seed, step)`, and no other randomness is used, so
+the same seed on the same machine gives the same weights, interrupted or not.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import yaml
 from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.progress import progress_bar
-from wxens.data_pipeline.sphere import order_weights
 from wxens.data_pipeline.training_data import (
     analysis_states,
     area_weights,
@@ -46,9 +46,7 @@ from wxens.data_pipeline.training_data import (
     timestep,
     year_window,
 )
-from wxens.data_pipeline.truth import model_grid
 from wxens.models.checkpoint import (
-    KINDS,
     METADATA,
     WEIGHTS,
     CheckpointError,
@@ -59,12 +57,19 @@ from wxens.models.checkpoint import (
     save_tensors,
     sha256_file,
 )
-from wxens.models.diffusion import DiffusionEmulator, denoising_loss
-from wxens.models.fgn import NoisyEmulator, draw_noise
-from wxens.models.sfno import SFNOEmulator
-from wxens.models.vae import VAEEmulator
+from wxens.models.fgn import sampled_rollout_errors, sampled_rollout_terms
+from wxens.models.kinds import KINDS
+from wxens.models.losses import adjusted_mse, fair_crps, rollout_errors, weighted_mse
 
-TRAINABLE = ("sfno", "fgn", "vae", "diffusion")
+__all__ = [  # the losses live beside their kinds; they are imported from here too
+    "KINDS", "LAST", "OPTIMIZER", "STATE", "PeriodStates", "Trainer", "adjusted_mse",
+    "batches", "data_description", "fair_crps", "learning_rate_factor", "rollout_errors",
+    "sampled_rollout_errors", "sampled_rollout_terms", "sha256_json", "validate",
+    "weighted_mse",
+]  # fmt: skip
+DEFAULT_KIND = "sfno"
+"""The kind `wxens train` trains without `--model`; its runs record no `model` in their
+identity, as the runs from before there were other kinds did, so that they resume."""
 LAST = "last"  # sub-directory of the output holding the state to resume from
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
@@ -97,129 +102,6 @@ def learning_rate_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def weighted_mse(
-    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
-    """Per-channel area-weighted MSE in units of `scale`, shape `(channel,)`: the batch mean
-    of `sum_ij w_ij ((prediction - target) / scale)^2`."""
-    squared = ((prediction - target) / scale) ** 2
-    return (squared * weights).sum(dim=(-2, -1)).mean(dim=0)
-
-
-def adjusted_mse(
-    prediction: torch.Tensor, target: torch.Tensor, emulator: SFNOEmulator
-) -> torch.Tensor:
-    """Per-channel AMSE in units of the tendency std, shape `(channel,)`, the batch mean of
-
-        AMSE = (1 / 4 pi) sum_l [ (sqrt(P_x) - sqrt(P_y))^2
-                                  + 2 max(P_x, P_y) (1 - C_xy / sqrt(P_x P_y)) ]
-
-    with `P_x(l) = sum_m w_m |x_lm|^2`, `C_xy(l) = sum_m w_m Re(x_lm conj(y_lm))` from the
-    orthonormal SHT of prediction `x` and target `y` (`w_m` = 2 for m > 0). The MSE is the same
-    sum with `sqrt(P_x P_y)` in place of `max(P_x, P_y)`, so a forecast can lower its MSE by
-    damping the scales it cannot predict (the "double penalty" that blurs emulators trained on
-    rollouts); under AMSE it cannot. Subich, Rodriguez and Chaudhari (2025), "Fixing the double
-    penalty in data-driven weather forecasting through a modified spherical harmonic loss
-    function", arXiv:2501.19374. Written here because no library we use provides it.
-    """
-    scale = emulator.tendency_std
-    x = emulator.transforms.to_spectral(prediction / scale)
-    y = emulator.transforms.to_spectral(target / scale)
-    weight = order_weights(x)
-    power_x = (x.abs() ** 2 * weight).sum(dim=-1)
-    power_y = (y.abs() ** 2 * weight).sum(dim=-1)
-    cross = ((x * y.conj()).real * weight).sum(dim=-1)
-    tiny = 1e-12 * (power_x + power_y).detach().mean()
-    amplitude = ((power_x + tiny).sqrt() - (power_y + tiny).sqrt()) ** 2
-    coherence = cross / (power_x * power_y + tiny**2).sqrt()
-    decorrelation = 2 * torch.maximum(power_x, power_y) * (1 - coherence)
-    return (amplitude + decorrelation).sum(dim=-1).mean(dim=0) / (4 * math.pi)
-
-
-def fair_crps(
-    samples: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
-    """Per-channel area-weighted fair CRPS in units of `scale`, shape `(channel,)`: the batch
-    mean of `sum_ij w_ij CRPS_ij` for K samples `(K, batch, channel, lat, lon)`, where
-
-        CRPS = (1 / K) sum_k |x_k - y| - 1 / (2 K (K - 1)) sum_k sum_l |x_k - x_l|
-
-    (Ferro 2014; `verification.metrics.crps_ensemble`'s fair form, here in torch so that it is
-    differentiable). Its expectation is minimised by samples from the true distribution."""
-    x, y = samples / scale, target / scale
-    k = len(x)
-    skill = (x - y).abs().mean(dim=0)
-    pairs = sum((x[i] - x[j]).abs() for i in range(k) for j in range(i + 1, k))
-    crps = skill - pairs / (k * (k - 1))
-    return (crps * weights).sum(dim=(-2, -1)).mean(dim=0)
-
-
-def sampled_rollout_terms(
-    emulator: NoisyEmulator,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    generator: torch.Generator | None,
-    posterior: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fair_crps` `(step, channel)` of `fgn.samples` (`vae.samples`) rollouts from each of
-    `inputs` against `targets` `(batch, step, channel, lat, lon)`, the noise drawn from
-    `generator`, and the KL(q || p) `(step,)` of a VAE in nats per latent value (zero for an
-    FGN). A VAE's latent comes from its posterior given each step's target when `posterior`
-    (training), else from its prior (as it forecasts)."""
-    samples = emulator.samples
-    state, errors, divergences = inputs.repeat(samples, 1, 1, 1), [], []
-    for k in range(targets.shape[1]):
-        noise = draw_noise(len(state), emulator.noise_shape, generator)
-        if isinstance(emulator, VAEEmulator):
-            target = targets[:, k].repeat(samples, 1, 1, 1)
-            state, divergence = emulator.sample(state, noise, target, posterior)
-        else:
-            state, divergence = emulator(state, noise), state.new_zeros(())
-        members = state.unflatten(0, (samples, len(inputs)))
-        errors.append(fair_crps(members, targets[:, k], weights, emulator.tendency_std))
-        divergences.append(divergence)
-    return torch.stack(errors), torch.stack(divergences)
-
-
-def sampled_rollout_errors(
-    emulator: NoisyEmulator,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """The training loss terms `(step, channel)` of an FGN or VAE: `sampled_rollout_terms`'
-    CRPS, plus for a VAE `vae.kl_weight` x the step's KL in every channel."""
-    errors, divergences = sampled_rollout_terms(emulator, inputs, targets, weights, generator)
-    if isinstance(emulator, VAEEmulator):
-        errors = errors + emulator.vae.kl_weight * divergences[:, None]
-    return errors
-
-
-def rollout_errors(
-    emulator: SFNOEmulator,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    loss: str = "mse",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Normalised errors `(step, channel)` of a rollout from `inputs` against `targets`
-    `(batch, step, channel, lat, lon)`: the area-weighted MSE, or with `loss="amse"` the
-    `adjusted_mse`; a generative model's `sampled_rollout_errors` (its noise from `generator`)."""
-    if isinstance(emulator, NoisyEmulator):
-        return sampled_rollout_errors(emulator, inputs, targets, weights, generator)
-    state, errors = inputs, []
-    for k in range(targets.shape[1]):
-        state = emulator(state)
-        if loss == "amse":
-            errors.append(adjusted_mse(state, targets[:, k], emulator))
-        else:
-            errors.append(weighted_mse(state, targets[:, k], weights, emulator.tendency_std))
-    return torch.stack(errors)
 
 
 def batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
@@ -270,40 +152,40 @@ class PeriodStates:
 
 @torch.no_grad()
 def validate(
-    emulator: SFNOEmulator, period: PeriodStates, count: int, batch_size: int, steps: int
+    emulator: Any, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
-    """Area-weighted RMSE (a generative model: fair CRPS) over `steps`-step rollouts from `count`
-    evenly spaced inits.
+    """The validation score of `emulator` over `steps`-step rollouts from `count` evenly spaced
+    inits: its kind's validation terms (`EmulatorKind.validation`), area-weighted.
 
-    `score` = sqrt of the normalised MSE (a generative model: the normalised CRPS) averaged over
-    leads and channels, lower is better; `rmse` (`crps`) = per variable at the last lead, in
-    the variable's units. A generative model's noise comes from a generator seeded 0: every epoch
-    is scored on the same draws. A VAE samples its prior, as it forecasts, and `kl` is its mean
-    KL(q || p) in nats per latent value (`sampled_rollout_terms`).
+    With `score: rmse` (deterministic kinds): `score` = sqrt of the normalised MSE averaged
+    over leads and channels, lower is better, and `rmse` per variable at the last lead in the
+    variable's units. With `score: crps` (generative kinds): `score` = the normalised fair
+    CRPS, and `crps` per variable. A generative model's noise comes from a generator seeded 0:
+    every epoch is scored on the same draws. The kind's extra terms (a VAE's `kl`, its mean
+    KL(q || p) in nats per latent value, sampling its prior as it forecasts) are averaged
+    over the inits.
     """
+    kind = KINDS[emulator.kind]
     indices = np.unique(np.linspace(0, period.count(steps) - 1, count).round().astype(int))
     total = torch.zeros(steps, len(period.variables), dtype=torch.float64)
-    generator, divergence = torch.Generator().manual_seed(0), 0.0
+    generator, extra = torch.Generator().manual_seed(0), {}
     for chunk in batches(indices, batch_size):
         inputs, targets = period.windows(chunk, steps)
-        weights = period.area_weights
-        if isinstance(emulator, VAEEmulator):
-            errors, kl = sampled_rollout_terms(emulator, inputs, targets, weights, generator, False)
-            divergence += float(kl.mean()) * len(chunk)
-        else:
-            errors = rollout_errors(emulator, inputs, targets, weights, "mse", generator)
+        errors, terms = kind.validation(emulator, inputs, targets, period.area_weights, generator)
         total += errors.cpu().double() * len(chunk)
+        for name, value in terms.items():
+            extra[name] = extra.get(name, 0.0) + float(value) * len(chunk)
     mean = total / len(indices)
     scale = emulator.tendency_std.flatten().cpu().double()
-    if isinstance(emulator, NoisyEmulator):
-        name, score, last = "crps", float(mean.mean()), mean[-1] * scale
+    if kind.score == "crps":
+        score, last = float(mean.mean()), mean[-1] * scale
     else:
-        name, score, last = "rmse", float(mean.mean().sqrt()), (mean[-1] * scale**2).sqrt()
+        score, last = float(mean.mean().sqrt()), (mean[-1] * scale**2).sqrt()
     return {
         "score": score,
         "lead_hours": float(steps * period.timestep / np.timedelta64(1, "h")),
-        name: dict(zip(period.variables, map(float, last), strict=True)),
-        **({"kl": divergence / len(indices)} if isinstance(emulator, VAEEmulator) else {}),
+        kind.score: dict(zip(period.variables, map(float, last), strict=True)),
+        **{name: value / len(indices) for name, value in extra.items()},
         "inits": len(indices),
     }
 
@@ -321,10 +203,14 @@ class Trainer:
         device: torch.device,
         quiet: bool = False,
         init_from: Path | None = None,
-        model: str = "sfno",
+        model: str = DEFAULT_KIND,
     ):
-        if model not in TRAINABLE:
-            raise ValueError(f"--model {model!r}: expected one of {', '.join(TRAINABLE)}")
+        trainable = KINDS.trainable()
+        if model not in trainable:
+            raise ValueError(
+                f"model {model!r}: expected a trainable member kind, one of {', '.join(trainable)}"
+            )
+        self.kind = KINDS[model]
         self.config, self.settings = config, config.training
         self.seed, self.out, self.device, self.quiet = seed, out, device, quiet
         if self.settings.threads:
@@ -337,7 +223,7 @@ class Trainer:
             "seed": seed,
             "config": yaml.safe_dump(config_dict, sort_keys=False),
             "training_data_sha256": sha256_json(self.description),
-            **({"model": model} if model != "sfno" else {}),  # SFNO runs from before FGN match
+            **({"model": model} if model != DEFAULT_KIND else {}),
         }
         variables = tuple(config.variables)
         self.train = PeriodStates(analyses, variables, train_years, device)
@@ -348,11 +234,8 @@ class Trainer:
             if start is not None
             else compute_normalisation(open_analyses(analyses), config.variables, train_years)
         )
-        torch.manual_seed(seed)
-        arguments = (model_grid(config), config.grid.truncation, config.variables, stats)
-        settings = {"fgn": config.fgn, "vae": config.vae, "diffusion": config.diffusion}
-        noise = (settings[model],) if model in settings else ()  # its own config section
-        self.emulator = KINDS[model](*arguments, config.sfno, *noise).to(device)
+        torch.manual_seed(seed)  # the new network's initial weights
+        self.emulator = self.kind.build(config, stats, device)
         self.optimizer = torch.optim.AdamW(
             self.emulator.network.parameters(),
             lr=self.settings.learning_rate,
@@ -362,22 +245,26 @@ class Trainer:
             self.start_from(init_from, start)
         self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
 
-    def start_from(self, checkpoint: Path, loaded: SFNOEmulator) -> None:
+    def start_from(self, checkpoint: Path, loaded: Any) -> None:
         """Fine-tune: begin with the weights (and normalisation) of `checkpoint`, `loaded`,
-        whose network must be the one this config builds (an FGN or VAE may start from an
-        SFNO: its noise layers start at zero); its weights' sha256 becomes part of the run's
-        identity."""
-        if loaded.sfno != self.emulator.sfno:
-            raise CheckpointError(
-                f"{checkpoint}: its network ({loaded.sfno.model_dump()}) is not the config's sfno"
-            )
+        whose network must be the one this config builds: every section of the two
+        architectures that both have is the same (such as `sfno`). A kind may start from a
+        checkpoint of a kind in its `starts_from` that lacks some of its layers (an FGN or VAE
+        from an SFNO: its noise layers start at zero). Its weights' sha256 becomes part of the
+        run's identity."""
+        ours, theirs = self.emulator.architecture(), loaded.architecture()
+        for key in (k for k in theirs if k in ours):
+            if theirs[key] != ours[key]:
+                raise CheckpointError(
+                    f"{checkpoint}: its network ({theirs[key]}) is not the config's {key}"
+                )
         try:
             missing, unexpected = self.emulator.network.load_state_dict(
                 loaded.network.state_dict(), strict=False
             )
         except RuntimeError:  # shapes differ (a diffusion denoiser has more input channels)
             missing, unexpected = [], ["(shapes differ)"]
-        if unexpected or (missing and loaded.kind != SFNOEmulator.kind):
+        if unexpected or (missing and loaded.kind not in self.kind.starts_from):
             raise CheckpointError(
                 f"{checkpoint}: a checkpoint of kind {loaded.kind} cannot start one of kind"
                 f" {self.emulator.kind}"
@@ -445,12 +332,7 @@ class Trainer:
             int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0])
         )
         weights = self.train.area_weights
-        if isinstance(self.emulator, DiffusionEmulator):  # one-step pairs only
-            errors = denoising_loss(self.emulator, inputs, targets[:, 0], weights, noise)
-        else:
-            errors = rollout_errors(
-                self.emulator, inputs, targets, weights, self.settings.loss, noise
-            )
+        errors = self.kind.loss(self.emulator, inputs, targets, weights, self.settings, noise)
         loss = errors.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -20,11 +20,18 @@ bitwise, and it can start from an SFNO checkpoint (`wxens train --model vae --in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from wxens.data_pipeline.config import VAEConfig
-from wxens.models.fgn import FORWARD, NoisyEmulator, draw_noise
+from wxens.models.fgn import (
+    FORWARD,
+    NoisyEmulator,
+    draw_noise,
+    sampled_loss,
+    sampled_rollout_terms,
+)
+from wxens.models.kinds import EmulatorKind, register_kind
+from wxens.models.settings import VAEConfig
 
 
 class Gaussian(NamedTuple):
@@ -117,6 +124,11 @@ class VAEEmulator(NoisyEmulator):
     def vae(self) -> VAEConfig:
         return self.settings
 
+    @property
+    def divergence_weight(self) -> float:
+        """The KL's weight in the training loss, `vae.kl_weight`."""
+        return self.vae.kl_weight
+
     def add_noise_layers(self) -> None:
         tendencies, latent = len(self.input_variables), self.vae.latent_channels
         self.network.encoder = LatentEncoder(self.network.encoder, tendencies, latent)
@@ -141,6 +153,44 @@ class VAEEmulator(NoisyEmulator):
         draw = LatentDraw(noise, tendency.float(), posterior)
         return self._run(state, draw), draw.kl
 
+    def sample_step(
+        self, state: torch.Tensor, noise: torch.Tensor, target: torch.Tensor, posterior: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sample`: as training samples a step (`NoisyEmulator.sample_step`)."""
+        return self.sample(state, noise, target, posterior)
+
     def _run(self, state: torch.Tensor, draw: LatentDraw) -> torch.Tensor:
         draw.noise = draw.noise.to(state.device, torch.float32)
         return self.conditioned_forward(state, draw)
+
+
+def vae_validation(
+    emulator: VAEEmulator,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The VAE's validation terms: the CRPS of rollouts sampled from its prior, as it
+    forecasts, and `kl`, its mean KL(q || p) in nats per latent value."""
+    errors, kl = sampled_rollout_terms(emulator, inputs, targets, weights, generator, False)
+    return errors, {"kl": float(kl.mean())}
+
+
+VAE = register_kind(
+    EmulatorKind(
+        name="vae",
+        title="VAE",
+        emulator=VAEEmulator,
+        settings=VAEConfig,
+        build=VAEEmulator.from_config,
+        load=VAEEmulator.from_architecture,
+        loss=sampled_loss,
+        validation=vae_validation,
+        score="crps",
+        starts_from=("sfno",),
+        member_settings=("noise_scale",),
+        use_member_settings=VAEEmulator.use_member_settings,
+    )
+)
+"""The VAE kind: fair CRPS of `vae.samples` posterior rollouts plus `vae.kl_weight` x KL."""

@@ -137,7 +137,8 @@ def test_sampling_is_reproducible_per_member(diffusion_checkpoint, tiny_world):
 def test_member_settings_override_the_sampler_levels(diffusion_checkpoint, tiny_world):
     """`ensemble.kinds.diffusion.sampler_steps: 4` loads the checkpoint (trained on 8 levels)
     to sample on EDM's 4 levels (`FOUR_LEVELS`), so one generator's step
-    differs from the 8-level one; another kind cannot set it (one line)."""
+    differs from the 8-level one; another kind cannot set it (one line naming the kinds that
+    read it, from the kind registry)."""
     path, _ = tiny_world
     config = load_config(path)
     levels = {"kinds": {"diffusion": MemberKind(sampler_steps=4)}}
@@ -150,7 +151,8 @@ def test_member_settings_override_the_sampler_levels(diffusion_checkpoint, tiny_
     state = eight.mean.expand(1, -1, -1, eight.grid.nlon).contiguous()  # the zonal means
     steps = [e.step(state, generator=torch.Generator().manual_seed(0)) for e in (four, eight)]
     assert torch.isfinite(steps[0]).all() and not torch.allclose(*steps)
-    with pytest.raises(ConfigError, match=r"kinds\.fgn\.sampler_steps: only diffusion samples"):
+    refused = r"kinds\.fgn\.sampler_steps: FGN members have no sampler levels; it is for diffusion$"
+    with pytest.raises(ConfigError, match=refused):
         parse_config({"ensemble": {"kinds": {"fgn": {"sampler_steps": 16}}}})
 
 

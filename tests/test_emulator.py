@@ -112,7 +112,7 @@ def test_power_spectrum_sums_to_the_area_mean_square():
     coeffs = torch.randn(2, 8, 8, dtype=torch.complex128) * torch.tril(torch.ones(8, 8))
     coeffs[..., 0] = coeffs[..., 0].real.to(coeffs.dtype)
     values = synthesis(grid, 7)(coeffs)
-    weights = torch.from_numpy(area_weights(grid.latitude, grid.longitude))
+    weights = torch.from_numpy(grid.area_weights())  # the quadrature's, exact for f^2 here
     mean_square = (values**2 * weights).sum(dim=(-2, -1))
     spectrum = power_spectrum(values, grid, 7)
     assert spectrum.shape == (2, 8)
@@ -220,14 +220,15 @@ def test_period_windows_equal_the_lazy_store_pairs(world):
 
 
 def test_adjusted_mse_closed_forms(world):
-    """AMSE (Subich et al. 2025) against the area-weighted MSE on the grid: zero for a perfect
-    forecast; equal to the MSE for a damped but coherent one, `a y`; three times the
-    target's mean square for a forecast of zero (amplitude term P_y plus 2 P_y decorrelation),
-    where the MSE is once; never below the MSE."""
+    """AMSE (Subich et al. 2025) against the MSE weighted by the grid's quadrature (in which
+    the spectral sums are exact): zero for a perfect forecast; equal to the MSE for a damped
+    but coherent one, `a y`; three times the target's mean square for a forecast of zero
+    (amplitude term P_y plus 2 P_y decorrelation), where the MSE is once; never below the
+    MSE."""
     _, store, config = world
     emulator = emulator_of(config, store)
     grid = emulator.grid
-    weights = torch.from_numpy(area_weights(grid.latitude, grid.longitude)).float()
+    weights = torch.from_numpy(grid.area_weights()).float()
     torch.manual_seed(0)
     band_limited = emulator.transforms.to_grid(
         emulator.transforms.to_spectral(emulator.std * torch.randn(5, 2, grid.nlat, grid.nlon))
