@@ -313,9 +313,15 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
 def read_yaml(path: Path) -> Any:
     """The YAML document in `path` (`yaml.safe_load`); `ConfigError` with one line on failure."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start]:#04x})"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -244,7 +244,7 @@ def skill(
     from wxens.forecast.runner import lead_steps_of
     from wxens.forecast.skill import Analyses, deterministic_skill, rollout_checks
     from wxens.models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
-    from wxens.models.nwp import QGEmulator
+    from wxens.models.kinds import KINDS
 
     cfg, _ = read_config(config)
     torch_device = pick_device(device)
@@ -256,7 +256,7 @@ def skill(
             path.name: load_checkpoint(path, cfg, torch_device)
             for path in find_checkpoints(checkpoints)
         }
-        baseline = {"nwp": QGEmulator(cfg, torch_device)}
+        baseline = {"nwp": KINDS["nwp"].build(cfg, None, torch_device)}
         scores = deterministic_skill(
             truth,
             {**emulators, **baseline},

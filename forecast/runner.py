@@ -78,8 +78,6 @@ from wxens.models.checkpoint import (
 from wxens.models.emulator import Emulator, FixedBatchEmulator, rollout
 from wxens.models.kinds import KINDS
 
-MODELS = ("sfno", "nwp")
-
 
 class ForecastError(ValueError):
     """An ensemble that cannot be run as asked; the message is one line naming the culprit."""
@@ -90,7 +88,7 @@ class EnsembleSpec:
     """Everything a worker needs to rebuild the members (hashable and picklable)."""
 
     config_json: str
-    model: str  # "sfno" or "nwp"
+    model: str  # a kind of `KINDS`: "sfno" (any checkpoints) or one built from the config
     checkpoints: tuple[str, ...]
     analyses: str
     device: str
@@ -192,12 +190,13 @@ def prepare(
     """Load and check the models, and measure what the members need (the bred-vector target).
 
     Raises ValueError, StoreError or CheckpointError with one line."""
-    if model not in MODELS:
-        raise ForecastError(f"model {model!r}: expected one of {', '.join(MODELS)}")
-    found = find_checkpoints(checkpoints) if checkpoints else []
-    if model == "sfno" and not found:
+    if model not in KINDS:
+        raise ForecastError(f"model {model!r}: expected one of {', '.join(KINDS)}")
+    from_checkpoints = KINDS[model].from_checkpoints
+    found = find_checkpoints(checkpoints) if checkpoints and from_checkpoints else []
+    if from_checkpoints and not found:
         raise ForecastError("no checkpoints: name them or set ensemble.checkpoints in the config")
-    paths = [str(p) for p in found] if model == "sfno" else []
+    paths = [str(p) for p in found]
     dataset = open_analyses(analyses)
     check_analyses(dataset, config.variables, model_grid(config))
     with single_threaded(device):
@@ -225,9 +224,9 @@ def prepare(
 
 
 def micro_batch(config: ExperimentConfig, model: str) -> int:
-    """Members per CPU forward pass: `nwp.micro_batch` for the NWP baseline, else
-    `ensemble.micro_batch`."""
-    return config.nwp.micro_batch if model == "nwp" else config.ensemble.micro_batch
+    """Members per CPU forward pass of `model`'s kind (`ensemble.micro_batch`, or
+    `nwp.micro_batch` for the NWP baseline)."""
+    return KINDS[model].micro_batch(config)
 
 
 @contextlib.contextmanager
@@ -295,7 +294,8 @@ class MemberForecaster:
             for m, r in zip(models, rmse, strict=True)
         ]
         kinds = [m.kind for m in models]
-        sigma = config.perturbation.parameter_sigma if spec.model == "sfno" else 0.0
+        weight_noise = KINDS[spec.model].from_checkpoints  # a network's weights to perturb
+        sigma = config.perturbation.parameter_sigma if weight_noise else 0.0
         return cls(
             models,
             perturbations,
@@ -761,7 +761,8 @@ def run_configured_ensemble(
 ) -> RunSummary:
     """The ensemble a config describes (`wxens forecast` and `wxens hindcast`), written into
     `options.out`: `model` "sfno" (the checkpoints, default `ensemble.checkpoints`, with the
-    config's kinds and perturbations) or "nwp" (the NWP baseline), from the `analyses` store
+    config's kinds and perturbations) or a kind built from the config (`nwp`, the NWP
+    baseline), from the `analyses` store
     (default: the config's), `lead_time` a whole number of time steps. `recorded` are the
     options kept in the store's attributes beside the config."""
     store = analyses or config.analyses
@@ -803,7 +804,7 @@ def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> E
 
 
 def forecaster_timestep(spec: EnsembleSpec) -> np.timedelta64:
-    if spec.model == "nwp":
+    if not KINDS[spec.model].from_checkpoints:  # a model of the analyses' time step
         return np.timedelta64(spec.config.truth.output_interval_hours, "h")
     return np.timedelta64(round(json.loads(spec.stats_json)["timestep_hours"] * 3600), "s")
 

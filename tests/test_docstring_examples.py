@@ -10,6 +10,7 @@ import pytest
 DOCUMENTED = (
     "wxens.data_pipeline.truth",
     "wxens.forecast.ensemble",
+    "wxens.models.kinds",
 )
 """Modules whose docstring examples are part of the documentation."""
 

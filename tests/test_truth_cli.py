@@ -82,6 +82,12 @@ def test_missing_and_malformed_config_files(tmp_path):
     bad.write_text("truth: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: line 2 not valid YAML"):
         load_config(bad)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\x89PNG\r\n\x1a\n")
+    code, output = run("config", "check", binary)
+    assert code == 1 and output == f"error: {binary}: not a UTF-8 text file (byte 8: 0x89)\n"
+    code, output = run("config", "check", tmp_path)
+    assert code == 1 and output == f"error: {tmp_path}: a folder, not a config file\n"
 
 
 @pytest.fixture(scope="module")
