@@ -19,24 +19,27 @@ import torch
 import xarray as xr
 import zarr
 from wxens.data_pipeline.analysis_store import open_analyses
-from wxens.data_pipeline.sphere import LatLonGrid
+from wxens.verification.aggregation import cell_area_weights
 
 STATISTICS = ("mean", "std", "tendency_mean", "tendency_std", "anomaly_std")
 
 
 def area_weights(latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
-    """Cell-area weights `w_ij`, shape `(nlat, nlon)`, summing to 1.
+    """Cell-area weights `w_ij`, shape `(nlat, nlon)`, summing to 1: the project's one area
+    weighting, `wxens.verification.aggregation.cell_area_weights` of each latitude row (the
+    area between the mid-points to its neighbours, a pole point getting its polar cap), the
+    same in every column.
 
-    On a `LatLonGrid` (equiangular with poles, or Gauss-Legendre) these are its quadrature
-    weights, `LatLonGrid.area_weights()`; on any other grid `w_ij = cos(lat_i) / sum cos(lat)`.
+    Training losses, `wxens skill`, the perturbation norms and `wxens verify` all weight by
+    these, so an RMSE means the same everywhere.
+
+    Example:
+        >>> area_weights(np.array([90.0, 0.0, -90.0]), np.arange(2) * 180.0).round(4).tolist()
+        [[0.0732, 0.0732], [0.3536, 0.3536], [0.0732, 0.0732]]
     """
-    nlat, nlon = len(latitude), len(longitude)
-    for kind in ("equiangular", "legendre-gauss"):
-        grid = LatLonGrid(nlat, nlon, kind)
-        if np.allclose(grid.latitude, latitude, atol=1e-6):
-            return grid.area_weights()
-    cosine = np.clip(np.cos(np.radians(latitude)), 0.0, None)[:, None] * np.ones((1, nlon))
-    return cosine / cosine.sum()
+    rows = cell_area_weights(np.asarray(latitude, dtype=np.float64)).values
+    weights = np.broadcast_to(rows[:, None], (len(rows), len(longitude)))
+    return weights / weights.sum()
 
 
 def check_variables(dataset: xr.Dataset, variables: Sequence[str]) -> None:

@@ -5,8 +5,11 @@ the score is the area-weighted RMSE per variable and lead,
 
     RMSE(lead) = sqrt( mean_inits sum_ij w_ij (x^_ij - x_ij)^2 ),  sum_ij w_ij = 1,
 
-(square root taken last) against the verifying analyses, with persistence (the initial state)
-and climatology (the training-years time mean at each grid point) as references.
+(square root taken last) against the verifying analyses, with `w` the project's one area
+weighting (`data_pipeline.training_data.area_weights`, the cell areas of
+`verification.aggregation.cell_area_weights`), so it is the ensemble-mean RMSE `wxens verify`
+gives a one-member forecast; persistence (the initial state) and climatology (the
+training-years time mean at each grid point) are the references.
 
 `rollout_checks` adds the long-rollout acceptance checks: a rollout of `days` stays finite and
 its domain-mean kinetic energy stays inside the range the truth spans in the test year, and at

@@ -16,7 +16,9 @@ from earthkit.meteo.extreme.array import efi as earthkit_efi
 from earthkit.meteo.extreme.array import sot as earthkit_sot
 from scipy.integrate import quad
 from sklearn.metrics import roc_auc_score
+from wxens.verification.aggregation import LatLonBox
 from wxens.verification.extremes import (
+    EFI_CATEGORIES,
     calendar_window,
     climate_at,
     efi,
@@ -35,15 +37,13 @@ def world() -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
     """A truth climate's 101 quantiles (no init_time), a shifted 20-member forecast, its truth."""
     rng = np.random.default_rng(7)
     latitude = np.linspace(60.0, -60.0, 5)
+    coords = {"latitude": latitude, "longitude": np.arange(6) * 60.0}
     climate_sample = rng.normal(size=(300, 5, 6))
     dims = ("time", "latitude", "longitude")
-    climate = model_climate(
-        xr.DataArray(climate_sample, dims=dims, coords={"latitude": latitude}), "time"
-    )
+    climate = model_climate(xr.DataArray(climate_sample, dims=dims, coords=coords), "time")
     signal = rng.normal(0.0, 1.5, size=(8, 5, 6))
     members = signal[..., None] + rng.normal(0.0, 0.8, size=(8, 5, 6, 20))
     members[0, 0, 0, 3] = np.nan  # a missing member gives NaN at that point
-    coords = {"latitude": latitude}
     forecast = xr.DataArray(members, dims=(*GRID, "member"), coords=coords)
     truth = xr.DataArray(signal + rng.normal(0.0, 0.8, size=signal.shape), dims=GRID, coords=coords)
     return climate, forecast, truth
@@ -168,32 +168,52 @@ def test_efi_and_sot_reject_bad_climates(world) -> None:
         efi(forecast, climate.assign_coords(latitude=climate.latitude + 1.0))
 
 
-def test_extreme_event_scores_compose_the_probability_scores(world) -> None:
+def cell_areas(latitude: np.ndarray) -> np.ndarray:
+    """Cell areas between latitude mid-points, written out independently of `aggregation`."""
+    edges = np.deg2rad(np.r_[90, (latitude[1:] + latitude[:-1]) / 2, -90])
+    return np.sin(edges[:-1]) - np.sin(edges[1:])
+
+
+def test_extreme_event_scores_against_scikit_learn_by_region(world) -> None:
+    """The tables of `wxens verify`, by band (per latitude) and by box (per grid point)."""
     climate, forecast, truth = world
-    weights = np.cos(np.radians(truth.latitude))
-    result = extreme_event_scores(forecast, truth, climate, GRID, weights)
+    box = LatLonBox(0, 60, 300, 60, name="box")  # wraps past 0: longitudes 300, 0, 60
+    result = extreme_event_scores(forecast, truth, climate, regions=["global", box])
     np.testing.assert_array_equal(result["quantile"], [0.95, 0.99])
+    assert result["region"].values.tolist() == ["global", "box"]
     index = efi(forecast, climate)
-    valid = np.isfinite(index.values.ravel())
-    sample_weight = np.broadcast_to(weights.values[:, None], truth.shape[1:])
-    sample_weight = np.broadcast_to(sample_weight, truth.shape).ravel()[valid]
-    for level in (0.95, 0.99):
-        threshold = climate.sel(quantile=level)
-        event = (truth > threshold).values.ravel()
-        probability = (forecast > threshold).mean("member").values.ravel()
-        scores = result.sel(quantile=level)
-        expected_auc = roc_auc_score(event[valid], probability[valid], sample_weight=sample_weight)
-        np.testing.assert_allclose(scores["roc_auc"], expected_auc, rtol=1e-12)
-        expected_efi_auc = roc_auc_score(
-            event[valid], index.values.ravel()[valid], sample_weight=sample_weight
-        )
-        np.testing.assert_allclose(scores["efi_roc_auc"], expected_efi_auc, rtol=1e-12)
-        brier = np.average((probability - event)[valid] ** 2, weights=sample_weight)
-        np.testing.assert_allclose(scores["brier_score"], brier, rtol=1e-12)
-        assert float(scores["reliability_count"].sum()) == pytest.approx(sample_weight.sum())
-    assert float(result["roc_auc"].min()) > 0.7 and float(result["efi_roc_auc"].min()) > 0.7
+    category = np.floor((index + 1) / 2 * EFI_CATEGORIES).clip(0, EFI_CATEGORIES - 1)
+    complete = forecast.notnull().all("member").values.ravel()
+    area = np.broadcast_to(cell_areas(truth.latitude.values)[:, None], (5, 6))
+    inside = {
+        "global": np.ones((5, 6), bool),
+        "box": (truth.latitude.values >= 0)[:, None] & np.isin(np.arange(6), [0, 1, 5])[None],
+    }
+    for region, mask in inside.items():
+        weight = np.broadcast_to(area * mask, truth.shape).ravel()
+        valid = complete & (weight > 0)
+        for level in (0.95, 0.99):
+            threshold = climate.sel(quantile=level)
+            event = (truth > threshold).values.ravel()[valid]
+            probability = (forecast > threshold).mean("member").values.ravel()[valid]
+            scores = result.sel(quantile=level, region=region)
+            w = weight[valid]
+            np.testing.assert_allclose(
+                scores["brier_score"], np.average((probability - event) ** 2, weights=w)
+            )
+            ratio = float(scores["reliability_count"].sum()) / w.sum()
+            assert ratio == pytest.approx(float(area.size / area.sum()))  # weights of mean 1
+            if event.all() or not event.any():
+                assert np.isnan(scores["roc_auc"]) and np.isnan(scores["efi_roc_auc"])
+                continue
+            expected = roc_auc_score(event, probability, sample_weight=w)
+            np.testing.assert_allclose(scores["roc_auc"], expected, rtol=1e-12)
+            efi_rank = category.values.ravel()[valid]
+            expected_efi = roc_auc_score(event, efi_rank, sample_weight=w)
+            np.testing.assert_allclose(scores["efi_roc_auc"], expected_efi, rtol=1e-12)
+    assert float(result["roc_auc"].sel(region="global").min()) > 0.7
     lazy = extreme_event_scores(
-        forecast.chunk(member=7), truth.chunk(init_time=4), climate, GRID, weights
+        forecast.chunk(member=7), truth.chunk(init_time=4), climate, regions=["global", box]
     )
     assert all(isinstance(score.data, dask.array.Array) for score in lazy.data_vars.values())
     xr.testing.assert_allclose(lazy.compute(), result)

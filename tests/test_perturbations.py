@@ -136,13 +136,15 @@ def test_random_field_is_isotropic():
 
 
 def test_random_field_amplitude_from_the_normalisation_statistics(world):
-    """Each member's area-mean square perturbation is (fraction x anomaly_std)^2 exactly."""
+    """Each member's area-mean square perturbation is (fraction x anomaly_std)^2 exactly: the
+    sphere's integral, which the grid's quadrature weights give exactly for a band-limited
+    field (cell-area weights only to about 1 %)."""
     config, stats, analysis = world
     settings = PerturbationConfig(initial="random_field", random_field_fraction=0.2)
     emulator = QGEmulator(config)
     perturbation = initial_condition_perturbation(settings, emulator, config.grid.truncation, stats)
     dx = (perturbation(analysis, [0, 5], generator_for) - analysis).numpy()
-    weights = area_weights(emulator.grid.latitude, emulator.grid.longitude)
+    weights = emulator.grid.area_weights()
     mean_square = (weights * dx**2).sum((-2, -1))
     anomaly_std = np.array([stats.variables[name].anomaly_std for name in config.variables])
     np.testing.assert_allclose(mean_square, np.tile((0.2 * anomaly_std) ** 2, (2, 1)), rtol=1e-9)

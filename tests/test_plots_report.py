@@ -9,6 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 import xarray as xr
+from wxens.verification.errors import ScoreError
 from wxens.verification.plots import (
     plot_map,
     plot_rank_histogram,
@@ -19,10 +20,10 @@ from wxens.verification.plots import (
 )
 from wxens.verification.report import (
     not_significant,
+    report,
     scorecard,
     scorecard_table,
     skill_score,
-    write_report,
 )
 
 SYSTEMS = ["sfno <b>", "nwp"]  # an HTML-special name, escaped in the report
@@ -114,18 +115,18 @@ def test_skill_score_by_hand(scores):
 
 
 def test_unknown_score_reference_or_label_is_named(scores):
-    with pytest.raises(ValueError, match="unknown score 'crpss'"):
+    with pytest.raises(ScoreError, match="unknown score 'crpss'"):
         skill_score(scores, "crpss", reference="nwp")
-    with pytest.raises(ValueError, match="unknown reference system 'ifs'"):
+    with pytest.raises(ScoreError, match="unknown reference system 'ifs'"):
         skill_score(scores, "crps", reference="ifs")
-    with pytest.raises(ValueError, match="no skill score for 'spread'"):
+    with pytest.raises(ScoreError, match="no skill score for 'spread'"):
         skill_score(scores, "spread", reference="nwp")
-    with pytest.raises(ValueError, match="unknown variable 'q700'"):
+    with pytest.raises(ScoreError, match="unknown variable 'q700'"):
         plot_score_by_lead(scores, "crps", variable="q700")
-    with pytest.raises(ValueError, match=r"unknown lead_time 5 .*\['1 d', '2 d', '3 d'\]"):
+    with pytest.raises(ScoreError, match=r"unknown lead_time 5 .*\['1 d', '2 d', '3 d'\]"):
         plot_rank_histogram(scores, "z500", "global", lead_time=5)
-    with pytest.raises(ValueError, match="unknown reference system 'ifs'"):
-        write_report(scores, "unused", reference="ifs")
+    with pytest.raises(ScoreError, match="unknown reference system 'ifs'"):
+        report(scores, "unused", reference="ifs")
 
 
 def test_score_by_lead_and_spread_skill_draw_a_line_per_system(scores):
@@ -219,7 +220,7 @@ def test_scorecard_table_is_markdown(scores):
 
 def test_report_links_every_figure_and_escapes_names(scores, tmp_path):
     fewer = scores.sel(variable=["z500"], region=["global", "tropics"])  # fewer figures: faster
-    index = write_report(fewer, tmp_path / "report", reference="nwp", title="skill & <spread>")
+    index = report(fewer, tmp_path / "report", reference="nwp", title="skill & <spread>")
     html = index.read_text()
     linked = re.findall(r'<img src="([^"]+)"', html)
     written = sorted(path.name for path in index.parent.glob("*.png"))
@@ -234,9 +235,9 @@ def test_report_links_every_figure_and_escapes_names(scores, tmp_path):
 
 
 def test_report_skips_what_the_scores_lack(scores, tmp_path):
-    lean = scores[["crps"]].isel(region=[0], variable=[0])
+    lean = scores[["crps"]].isel(region=[0], variable=[0], system=[0])  # no reference
     lean.attrs = {}
-    html = write_report(lean, tmp_path).read_text()
+    html = report(lean, tmp_path).read_text()
     assert ">Scores by lead time</h2>" in html
     for heading in ("Scorecards", "Rank histograms", "Reliability", "Spectra", "Provenance"):
         assert f">{heading}</h2>" not in html

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_plots_report import synthetic_scores
-from wxens.verification.report import write_report
+from wxens.verification.report import report as html_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -53,7 +53,7 @@ def _unavailable(message: str):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     """The report folder written by the real report writer (`index.html` and its figures)."""
-    index = write_report(synthetic_scores(), tmp_path_factory.mktemp("site") / "report", "nwp")
+    index = html_report(synthetic_scores(), tmp_path_factory.mktemp("site") / "report", "nwp")
     return index.parent
 
 

@@ -84,7 +84,7 @@ def test_per_init_crps_and_maps_match_the_members(stores, scored):
     crps = scored.crps.sel(system="forecast")
     np.testing.assert_allclose(scored.crps_by_init.sel(system="forecast").mean("init_time"), crps)
     ens = xr.open_zarr(paths["ens"])["t"].isel(init_time=0)
-    assert scored.map_lead_time.values.tolist() == LEADS.values[1:].tolist()  # after lead 0
+    np.testing.assert_array_equal(scored.map_lead_time, LEADS.values[1:])  # after lead 0
     maps = scored.sel(variable="t").isel(map_lead_time=-1)
     members = ens.isel(lead_time=-1).values
     np.testing.assert_allclose(maps.map_ensemble_mean, members.mean(0), rtol=1e-5)

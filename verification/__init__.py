@@ -1,29 +1,54 @@
-"""wxens verification: score any ensemble store against a truth store.
+"""wxens verification: score any ensemble against a truth, as xarray in and xarray out.
 
-`verification` imports none of `data_pipeline`, `models` or `forecast`: it reads Zarr/netCDF
-through xarray, so it scores a stranger's ensemble as well as ours.
+`verification` imports none of `data_pipeline`, `models` or `forecast`: it scores xarray
+objects (or Zarr/netCDF/GRIB files it opens), so it scores a stranger's ensemble as well as ours.
+
+The API (`wxens.score`, `wxens.verify`, `wxens.report`, ...; `score`, the registries and
+`ScoreError` are importable from here too, while `verify` and `report` share their names with
+modules here: `from wxens.verification.verify import verify`):
+
+- `score(forecast, truth, references=None, *, scores=None, regions=None, variables=None,
+  options=None) -> xr.Dataset` (`verify.score`): pure, writes nothing; in-memory or
+  dask-backed Datasets or paths; a reference may be the name `"climatology"` or
+  `"persistence"` (built from the truth).
+- `verify(forecast, truth, out, references=None, *, ..., overwrite=False)`: `score`, then the
+  dataset written to `out` (Zarr; through `OUT.partial`, renamed when complete).
+- `report(scores, out) -> Path` (`report.report`): the HTML report of a scores dataset or store.
+- `SCORES` (`scores.py`): the registry of scores, name -> `Score`; `REGIONS`
+  (`aggregation.py`): the registry of regions, name -> `Region` (`LatitudeBand`, `LatLonBox`,
+  `MaskRegion`). `score(..., scores=[...], regions=[...])` and `wxens verify --scores ...
+  --regions ...` take names (or objects).
+- `ScoreError` (a `ValueError`): API misuse and bad input, one line naming the culprit.
 
 Modules, each one small piece:
 
-- `aggregation`: cos-latitude area weights, the regions, area and init-time means.
-- `metrics`: per-point ensemble metrics (CRPS, spread, ensemble-mean error, ACC, ranks,
-  outliers, energy score), each a plain function on xarray objects with a `member` dimension.
-- `probability`: threshold exceedance (Brier score, reliability diagram, ROC).
-- `extremes`: model climate, EFI, SOT, extreme-event and tail scores.
+- `aggregation`: the one area weighting (`cell_area_weights`, also used by training and
+  `wxens skill`), the regions, area and init-time means.
+- `metrics`: `ensemble_summary`, the per-point kernel (CRPS, mean, variance, rank, outliers,
+  tails from one sort of the members), its views (`crps_ensemble`), spread-skill ratios, rank
+  counts, ACC, energy score.
+- `probability`: threshold events and contingency tables (Brier score, reliability, ROC).
+- `extremes`: model climate, EFI, SOT, extreme-event scores, tails.
 - `spectra`: total-wavenumber power spectra (torch-harmonics).
-- `plots`, `report`: figures, scorecards and the HTML report drawn from a scores dataset.
-- `verify`: the pipeline behind `wxens verify`.
+- `scores`: the registry; `verify`: `score` and `verify`; `plots`, `report`: figures,
+  scorecards and the HTML report drawn from a scores dataset.
 
 Input conventions: dimensions `init_time`, `lead_time`, `member`, `latitude` (descending or
 ascending), `longitude`; one data variable per physical field. Other names are mapped first.
 
-The scores dataset (`wxens verify --out scores.zarr`) has one data variable per score, with
-dimensions `system` (the forecast and any references, by name), `variable` (the physical field),
-`region`, `lead_time` and, for some scores, one more:
+Missing data: a forecast or reference with a NaN member value is refused (ScoreError naming
+the system, variable, init and lead where it first happens), not scored with the NaN member
+left out: leave out or fill those members first (`forecast.dropna("member", how="any")`).
+
+The scores dataset (`score`'s result, `wxens verify --out scores.zarr`) has one data variable
+per score, with dimensions `system` (the forecast and any references, by name), `variable`
+(the physical field), `region`, `lead_time` and, for some scores, one more. The `SCORES` entry
+that computes each is in brackets where its name differs:
 
 | score | extra dimension | meaning |
 | --- | --- | --- |
 | `crps`, `crps_ecdf` | | fair and ECDF CRPS, field units (one member: both ECDF = MAE) |
+| `crps_by_init` [crps] | `init_time` | `crps` before the mean over init times |
 | `rmse`, `spread` | | ensemble-mean RMSE, sqrt of the mean ensemble variance |
 | `spread_skill_ratio`, `spread_skill_ratio_debiased` | | unitless |
 | `acc` | | ensemble-mean anomaly correlation against the truth climatology |
@@ -32,10 +57,11 @@ dimensions `system` (the forecast and any references, by name), `variable` (the 
 | `rank_histogram` | `rank` (0..M) | frequencies, summing to 1 |
 | `brier_score`, `roc_auc` | `quantile` | events "truth above the climate's q-quantile" |
 | `efi_roc_auc` | `quantile` | ROC area of the EFI as a predictor of those events |
-| `tail_fraction` | `tail` (low, high) | truth under the members' 1st, over their 99th pct |
-| `tail_reach` | `tail` (low, high) | (mean - min) / std and (max - mean) / std of the members |
-| `reliability_*` | `quantile`, `probability_bin` | reliability diagram (see below) |
-| `power_members`, `power_ensemble_mean`, `power_truth` | `wavenumber` | spectra (no `region`) |
+| `tail_fraction` [tails] | `tail` (low, high) | truth under the members' 1st, over their 99th pct |
+| `tail_reach` [tails] | `tail` (low, high) | (mean - min) / std and (max - mean) / std |
+| `reliability_*` [reliability] | `quantile`, `probability_bin` | reliability diagram (below) |
+| `power_members`, `power_ensemble_mean`, `power_truth` [spectra] | `wavenumber` | no `region` |
+| `map_*` | `map_lead_time`, ... | maps of the first init (unless `VerifyOptions(maps=False)`) |
 
 The reliability diagram is `reliability_forecast_probability`, `reliability_observed_frequency`
 and `reliability_count` (the area-weighted number of cases in each probability bin).
@@ -43,7 +69,42 @@ and `reliability_count` (the area-weighted number of cases in each probability b
 The climate (thresholds, EFI model climate, ACC climatology) is the truth's analyses within
 15 days of the init dates' calendar days, or all of them when that leaves fewer than 100.
 
-Regions are `global`, `nh_extratropics` (20-90N), `tropics` (20S-20N) and `sh_extratropics`
-(90-20S). Means are area-weighted over a region, then taken over init times; square roots are
-taken last.
+Regions: `REGIONS` holds `global`, `nh_extratropics` (20-90N), `tropics` (20S-20N) and
+`sh_extratropics` (90-20S); any `LatLonBox` or `MaskRegion` may be added. A region's weights
+are cell areas times its mask. Means are area-weighted over a region, then taken over init
+times; square roots are taken last.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "score": "wxens.verification.verify",
+    "VerifyOptions": "wxens.verification.verify",
+    "SCORES": "wxens.verification.scores",
+    "Score": "wxens.verification.scores",
+    "REGIONS": "wxens.verification.aggregation",
+    "Region": "wxens.verification.aggregation",
+    "LatitudeBand": "wxens.verification.aggregation",
+    "LatLonBox": "wxens.verification.aggregation",
+    "MaskRegion": "wxens.verification.aggregation",
+    "cell_area_weights": "wxens.verification.aggregation",
+    "ScoreError": "wxens.verification.errors",
+}
+"""Each public name and the module that defines it (loaded on first use: importing
+`wxens.verification.aggregation` alone stays light)."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wxens.verification' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,38 +1,55 @@
 """Area weights, regions and the means that turn per-point scores into one number per region.
 
+One area weighting for the whole project: `cell_area_weights`, the area of each latitude row's
+cells (training, `wxens skill` and `wxens verify` all use it). A region's weights are those
+cell areas times its mask:
+
+- `LatitudeBand(south, north)`: a band of latitudes, both edges included (`REGIONS` holds the
+  four named bands `global`, `nh_extratropics`, `tropics`, `sh_extratropics`);
+- `LatLonBox(south, north, west, east)`: a box, its longitudes running east from `west` to
+  `east` (so `LatLonBox(35, 70, 350, 40)` wraps past 0);
+- `MaskRegion(mask)`: any 0/1 or fractional mask on the grid (a DataArray on `latitude` and
+  `longitude`, e.g. a land fraction).
+
 Order of operations (WeatherBench2): area-weighted mean over the region's grid points, then the
-mean over init times; square roots (RMSE, spread) are taken by the caller afterwards.
+mean over init times; square roots (RMSE, spread) are taken by the caller afterwards. A band's
+weights depend on latitude only, so its means are taken over longitude first (a cheap zonal
+mean, then a weighted mean of a few rows); boxes and masks weight every grid point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
+from wxens.verification.errors import ScoreError
 
 LATITUDE = "latitude"
 LONGITUDE = "longitude"
-
-REGIONS: dict[str, tuple[float, float]] = {
-    "global": (-90.0, 90.0),
-    "nh_extratropics": (20.0, 90.0),
-    "tropics": (-20.0, 20.0),
-    "sh_extratropics": (-90.0, -20.0),
-}
-"""Latitude bands (south, north) in degrees, both edges included."""
+REGION = "region"
 
 
-def cell_area_weights(latitude: xr.DataArray) -> xr.DataArray:
-    """Relative cell areas of a regular latitude grid, normalised to mean 1.
+def cell_area_weights(latitude: xr.DataArray | np.ndarray) -> xr.DataArray:
+    """Relative cell areas of a regular latitude grid, normalised to mean 1, dimension `latitude`.
 
     `w_j = sin(b_j+) - sin(b_j-)`, with the cell edges `b` half-way between neighbouring
     latitudes and clipped to +-90 degrees, so a pole point gets its polar cap (WeatherBench2's
-    `get_lat_weights`). This is the cos-latitude weight integrated over each cell.
+    `get_lat_weights`). This is the cos-latitude weight integrated over each cell. Unitless.
+
+    Example:
+        >>> weights = cell_area_weights(np.array([90.0, 0.0, -90.0]))
+        >>> weights.values.round(4).tolist()  # caps of 45 degrees, the band between them
+        [0.4393, 2.1213, 0.4393]
     """
+    if not isinstance(latitude, xr.DataArray):
+        values = np.asarray(latitude, dtype=np.float64)
+        latitude = xr.DataArray(values, dims=[LATITUDE], coords={LATITUDE: values})
     lat = np.deg2rad(np.asarray(latitude, dtype=np.float64))
     if lat.ndim != 1 or lat.size < 2:
-        raise ValueError(f"latitude must be a 1-D coordinate with 2+ points, got shape {lat.shape}")
+        raise ScoreError(f"latitude must be a 1-D coordinate with 2+ points, got shape {lat.shape}")
     order = np.argsort(lat)
     ascending = lat[order]
     edges = np.concatenate(([-np.pi / 2], (ascending[1:] + ascending[:-1]) / 2, [np.pi / 2]))
@@ -41,43 +58,390 @@ def cell_area_weights(latitude: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(area / area.mean(), coords={LATITUDE: latitude}, dims=[LATITUDE])
 
 
-def region_weights(latitude: xr.DataArray, region: str) -> xr.DataArray:
-    """Cell-area weights that are zero outside `region` (a key of `REGIONS`)."""
-    if region not in REGIONS:
-        raise ValueError(f"unknown region {region!r}; choose from {', '.join(REGIONS)}")
-    south, north = REGIONS[region]
-    inside = (latitude >= south) & (latitude <= north)
-    return cell_area_weights(latitude).where(inside, 0.0)
+class Region(abc.ABC):
+    """A part of the globe. Its weights are `cell_area_weights` times its mask (`mask_on`, 0 to 1).
+
+    Subclasses define `mask_on`; `zonal` is True when the mask depends on latitude only, which
+    lets the means average over longitude first. `name` labels the region in the scores
+    dataset when the region is given as an object rather than by its `REGIONS` key.
+    """
+
+    name: str | None
+    zonal: bool = False
+
+    @abc.abstractmethod
+    def mask_on(self, latitude: xr.DataArray, longitude: xr.DataArray | None) -> xr.DataArray:
+        """The share of each grid cell inside the region, 0 to 1, on dims `latitude` (zonal
+        regions) or `(latitude, longitude)`."""
+
+    @abc.abstractmethod
+    def default_name(self) -> str:
+        """The name used when `name` is None."""
+
+    @property
+    def label(self) -> str:
+        """`name`, or a name made of the region's parameters."""
+        return self.name or self.default_name()
+
+    def weights(
+        self, latitude: xr.DataArray, longitude: xr.DataArray | None = None
+    ) -> xr.DataArray:
+        """Cell-area weights times the mask: zero outside the region. Unitless.
+
+        Example:
+            >>> latitude = xr.DataArray([60.0, 0.0, -60.0], dims="latitude")
+            >>> LatitudeBand(-10, 90).weights(latitude).values.round(3).tolist()
+            [0.75, 1.5, 0.0]
+        """
+        if not isinstance(latitude, xr.DataArray) or LATITUDE not in latitude.dims:
+            raise ScoreError(f"region {self.label!r} needs a {LATITUDE!r} coordinate")
+        if LATITUDE not in latitude.coords:
+            latitude = latitude.assign_coords({LATITUDE: latitude.values})
+        mask = self.mask_on(latitude, longitude)
+        weights = cell_area_weights(latitude)
+        if self.zonal:
+            return weights.where(mask > 0, 0.0)  # 0/1: the band's cells as they are
+        weights = weights * mask
+        if not (weights > 0).any():
+            raise ScoreError(f"region {self.label!r} holds no grid point with a weight")
+        return weights.transpose(LATITUDE, LONGITUDE)
 
 
-def area_mean(data: xr.DataArray | xr.Dataset, region: str = "global") -> xr.DataArray:
+def _longitude(region: Region, longitude: xr.DataArray | None) -> xr.DataArray:
+    if longitude is None:
+        raise ScoreError(f"region {region.label!r} needs a {LONGITUDE!r} coordinate")
+    if LONGITUDE not in longitude.coords:
+        longitude = longitude.assign_coords({LONGITUDE: longitude.values})
+    return longitude
+
+
+@dataclass(frozen=True)
+class LatitudeBand(Region):
+    """The latitudes from `south` to `north` (degrees north), both edges included.
+
+    Example:
+        >>> LatitudeBand(-20, 20).label
+        'band_20S_20N'
+    """
+
+    south: float
+    north: float
+    name: str | None = None
+    zonal = True
+
+    def __post_init__(self) -> None:
+        if not -90 <= self.south <= self.north <= 90:
+            raise ScoreError(
+                f"a latitude band needs -90 <= south <= north <= 90, got {self.south}, {self.north}"
+            )
+
+    def default_name(self) -> str:
+        return f"band_{_degrees(self.south, 'N', 'S')}_{_degrees(self.north, 'N', 'S')}"
+
+    def mask_on(
+        self, latitude: xr.DataArray, longitude: xr.DataArray | None = None
+    ) -> xr.DataArray:
+        return ((latitude >= self.south) & (latitude <= self.north)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class LatLonBox(Region):
+    """Latitudes `south` to `north`, longitudes east from `west` to `east` (degrees; edges
+    included). Longitudes are taken modulo 360, so a box may wrap past 0: `west=350, east=40`
+    (or `west=-10, east=40`) is 50 degrees wide. `east - west >= 360` is every longitude.
+
+    Example:
+        >>> latitude = xr.DataArray([45.0, 0.0, -45.0], dims="latitude")
+        >>> longitude = xr.DataArray([0.0, 90.0, 180.0, 270.0], dims="longitude")
+        >>> box = LatLonBox(south=0, north=60, west=250, east=100)  # wraps past 0
+        >>> box.mask_on(latitude, longitude).values.tolist()
+        [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+
+    south: float
+    north: float
+    west: float
+    east: float
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not -90 <= self.south <= self.north <= 90:
+            raise ScoreError(
+                f"a box needs -90 <= south <= north <= 90, got {self.south}, {self.north}"
+            )
+
+    def default_name(self) -> str:
+        corners = (
+            _degrees(self.south, "N", "S"),
+            _degrees(self.north, "N", "S"),
+            _degrees(self.west % 360, "E", "W"),
+            _degrees(self.east % 360, "E", "W"),
+        )
+        return "box_" + "_".join(corners)
+
+    def mask_on(self, latitude: xr.DataArray, longitude: xr.DataArray | None) -> xr.DataArray:
+        longitude = _longitude(self, longitude)
+        rows = (latitude >= self.south) & (latitude <= self.north)
+        if self.east - self.west >= 360:
+            columns = xr.ones_like(longitude, dtype=bool)
+        else:
+            width = (self.east - self.west) % 360
+            columns = (longitude - self.west) % 360 <= width
+        return (rows & columns).astype(np.float64).transpose(LATITUDE, LONGITUDE)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskRegion(Region):
+    """A user's mask on the grid: a DataArray on `latitude` and/or `longitude`, values 0 to 1
+    (0/1 masks, or fractions such as a land fraction). Its coordinates, when it has them,
+    must be the grid's (to 1e-6 degrees).
+
+    Example:
+        >>> latitude = xr.DataArray([45.0, -45.0], dims="latitude")
+        >>> longitude = xr.DataArray([0.0, 180.0], dims="longitude")
+        >>> land = xr.DataArray([[1.0, 0.5], [0.0, 0.0]], dims=("latitude", "longitude"))
+        >>> land = MaskRegion(land, name="land")
+        >>> land.weights(latitude, longitude).values.tolist()
+        [[1.0, 0.5], [0.0, 0.0]]
+    """
+
+    mask: xr.DataArray = field(repr=False)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        data = self.mask
+        if not isinstance(data, xr.DataArray) or not data.dims:
+            raise ScoreError("a mask region needs a DataArray on latitude and longitude")
+        extra = [dim for dim in data.dims if dim not in (LATITUDE, LONGITUDE)]
+        if extra:
+            raise ScoreError(
+                f"mask region {self.label!r} has dimension(s) {extra}; "
+                f"it may have only {LATITUDE!r} and {LONGITUDE!r}"
+            )
+        values = np.asarray(data.values, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ScoreError(f"mask region {self.label!r} must hold values from 0 to 1")
+
+    def default_name(self) -> str:
+        return str(self.mask.name) if self.mask.name is not None else "mask"
+
+    def mask_on(self, latitude: xr.DataArray, longitude: xr.DataArray | None) -> xr.DataArray:
+        grid = {LATITUDE: latitude, LONGITUDE: _longitude(self, longitude)}
+        mask = self.mask.astype(np.float64)
+        for dim in mask.dims:
+            ours = np.asarray(grid[dim].values, dtype=np.float64)
+            if mask.sizes[dim] != ours.size or (
+                dim in mask.coords and not np.allclose(mask[dim].values, ours, atol=1e-6)
+            ):
+                raise ScoreError(
+                    f"mask region {self.label!r} is on another grid: its {dim} has "
+                    f"{mask.sizes[dim]} points against the data's {ours.size}"
+                )
+        mask = mask.drop_vars(list(mask.coords)).assign_coords(
+            {dim: grid[dim].values for dim in mask.dims}
+        )
+        plane = xr.zeros_like(grid[LATITUDE], dtype=np.float64) + xr.zeros_like(
+            grid[LONGITUDE], dtype=np.float64
+        )
+        return (mask + plane).transpose(LATITUDE, LONGITUDE)
+
+
+def _degrees(value: float, positive: str, negative: str) -> str:
+    return f"{abs(value):g}{positive if value >= 0 else negative}"
+
+
+REGIONS: dict[str, Region] = {
+    "global": LatitudeBand(-90.0, 90.0, "global"),
+    "nh_extratropics": LatitudeBand(20.0, 90.0, "nh_extratropics"),
+    "tropics": LatitudeBand(-20.0, 20.0, "tropics"),
+    "sh_extratropics": LatitudeBand(-90.0, -20.0, "sh_extratropics"),
+}
+"""The named regions: four latitude bands (south, north), both edges included. Add an entry
+(any `Region`) to make a region available by name."""
+
+RegionsLike = Sequence[str | Region] | Mapping[str, Region] | str | Region | None
+
+
+def resolve_regions(regions: RegionsLike = None) -> dict[str, Region]:
+    """The regions to score, by name: `REGIONS` names, `Region` objects (named by their
+    `label`), a mapping of names to regions, or None (all of `REGIONS`).
+
+    Example:
+        >>> list(resolve_regions(["tropics", LatLonBox(30, 60, 350, 40, name="europe")]))
+        ['tropics', 'europe']
+    """
+    if regions is None:
+        return dict(REGIONS)
+    if isinstance(regions, str | Region):
+        regions = [regions]
+    if isinstance(regions, Mapping):
+        named = dict(regions)
+    else:
+        named = {}
+        for region in regions:
+            if isinstance(region, str):
+                if region not in REGIONS:
+                    raise ScoreError(f"unknown region {region!r}; choose from {', '.join(REGIONS)}")
+                key, region = region, REGIONS[region]
+            elif isinstance(region, Region):
+                key = region.label
+            else:
+                raise ScoreError(f"a region is a name or a Region, got {type(region).__name__}")
+            if key in named:
+                raise ScoreError(f"region {key!r} is given twice")
+            named[key] = region
+    if not named:
+        raise ScoreError("no region to score")
+    for key, region in named.items():
+        if not isinstance(region, Region):
+            raise ScoreError(f"region {key!r} is a {type(region).__name__}, not a Region")
+    return named
+
+
+def region_weights(
+    latitude: xr.DataArray,
+    region: str | Region,
+    longitude: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Cell-area weights that are zero outside `region` (a `REGIONS` name or a `Region`);
+    dims `latitude` for a band, `(latitude, longitude)` otherwise (`longitude` needed then).
+
+    Example:
+        >>> latitude = xr.DataArray([60.0, 0.0, -60.0], dims="latitude")
+        >>> region_weights(latitude, "tropics").values.round(3).tolist()
+        [0.0, 1.5, 0.0]
+    """
+    (resolved,) = resolve_regions([region]).values()
+    return resolved.weights(latitude, longitude)
+
+
+def regional_weights(
+    latitude: xr.DataArray,
+    regions: RegionsLike = None,
+    longitude: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """`region_weights` of each region, stacked on a `region` dimension (a band's weights are
+    broadcast over longitude when other regions need it).
+
+    Example:
+        >>> latitude = xr.DataArray([60.0, 0.0, -60.0], dims="latitude")
+        >>> regional_weights(latitude, ["global", "tropics"]).dims
+        ('region', 'latitude')
+    """
+    named = resolve_regions(regions)
+    weights = [region.weights(latitude, longitude) for region in named.values()]
+    return xr.concat(
+        weights, dim=xr.DataArray(list(named), dims=[REGION], name=REGION), join="exact"
+    )
+
+
+def area_mean(data: xr.DataArray | xr.Dataset, region: str | Region = "global") -> xr.DataArray:
     """Area-weighted mean over latitude and longitude within `region`.
 
-    `mean = sum_j w_j x_j / sum_j w_j` over the grid points j of the region. NaNs propagate.
+    `mean = sum_j w_j x_j / sum_j w_j` over the grid points j of the region, in the units of
+    `data`. NaNs propagate.
+
+    Example:
+        >>> data = xr.DataArray(
+        ...     [[1.0, 1.0], [3.0, 3.0]], dims=("latitude", "longitude"),
+        ...     coords={"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]})
+        >>> float(area_mean(data))
+        2.0
     """
-    weights = region_weights(data[LATITUDE], region)
+    weights = region_weights(data[LATITUDE], region, data[LONGITUDE])
     return data.weighted(weights).mean((LATITUDE, LONGITUDE), skipna=False)
+
+
+def _split(named: Mapping[str, Region]) -> tuple[dict[str, Region], dict[str, Region]]:
+    """The zonal regions (bands) and the others (boxes, masks)."""
+    zonal = {key: region for key, region in named.items() if region.zonal}
+    return zonal, {key: region for key, region in named.items() if key not in zonal}
+
+
+def _in_order(parts: list[xr.DataArray], named: Mapping[str, Region]):
+    if len(parts) == 1:
+        return parts[0]
+    return xr.concat(parts, dim=REGION).sel({REGION: list(named)})
 
 
 def regional_means(
     data: xr.DataArray | xr.Dataset,
-    regions: Iterable[str] = REGIONS,
+    regions: RegionsLike = None,
     time_dim: str | None = "init_time",
 ) -> xr.DataArray | xr.Dataset:
     """Area means per region (new dimension `region`) averaged over `time_dim` (None: kept).
 
     Every init time has the same grid, so the mean over init times of the area means equals the
-    area-weighted mean over latitude of the mean over (init time, longitude): that order reduces
-    the big array once, and the regions only weight its latitudes.
+    area-weighted mean of the mean over init times: that order reduces the big array once. For
+    bands (weights by latitude only) the mean over longitude comes first too, and the regions
+    only weight its latitudes; boxes and masks weight every (latitude, longitude) point.
+
+    Example:
+        >>> data = xr.DataArray(
+        ...     [[[1.0, 2.0], [3.0, 4.0]]], dims=("init_time", "latitude", "longitude"),
+        ...     coords={"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]})
+        >>> box = LatLonBox(0, 90, 90, 270, name="east")
+        >>> regional_means(data, ["global", box]).values.tolist()
+        [2.5, 2.0]
     """
-    zonal = data.mean([dim for dim in (time_dim, LONGITUDE) if dim in data.dims], skipna=False)
-    return zonal.weighted(regional_weights(data[LATITUDE], regions)).mean(LATITUDE, skipna=False)
+    named = resolve_regions(regions)
+    zonal, others = _split(named)
+    parts = []
+    if zonal:
+        means = data.mean([dim for dim in (time_dim, LONGITUDE) if dim in data.dims], skipna=False)
+        weights = regional_weights(data[LATITUDE], zonal)
+        parts.append(means.weighted(weights).mean(LATITUDE, skipna=False))
+    if others:
+        means = data.mean(time_dim, skipna=False) if time_dim in data.dims else data
+        weights = regional_weights(data[LATITUDE], others, data[LONGITUDE])
+        parts.append(means.weighted(weights).mean((LATITUDE, LONGITUDE), skipna=False))
+    return _in_order(parts, named)
 
 
-def regional_weights(latitude: xr.DataArray, regions: Iterable[str] = REGIONS) -> xr.DataArray:
-    """`region_weights` of each region, stacked on a `region` dimension."""
-    names = list(regions)
-    return xr.concat(
-        [region_weights(latitude, region) for region in names],
-        dim=xr.DataArray(names, dims=["region"], name="region"),
-    )
+def regional_sums(
+    reduce: Callable[[tuple[str, ...]], xr.DataArray],
+    latitude: xr.DataArray,
+    longitude: xr.DataArray,
+    regions: RegionsLike = None,
+    time_dim: str = "init_time",
+) -> xr.DataArray:
+    """Area-weighted sums per region of counts: `sum_j w_j n_j` (new dimension `region`).
+
+    `reduce(dims)` sums something (rank counts, contingency tables) over `dims`: it is called
+    with `(time_dim, longitude)` for the bands, whose weights then act on its latitudes, and with
+    `(time_dim,)` when boxes or masks need every grid point. The counts are weighted by cell
+    area (normalised to mean 1 over the globe), not normalised to sum 1.
+
+    Example:
+        >>> ones = xr.DataArray(
+        ...     np.ones((1, 2, 2)), dims=("init_time", "latitude", "longitude"),
+        ...     coords={"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]})
+        >>> sums = regional_sums(ones.sum, ones.latitude, ones.longitude, ["global"])
+        >>> sums.values.tolist()  # 4 points of mean weight 1
+        [4.0]
+    """
+    named = resolve_regions(regions)
+    zonal, others = _split(named)
+    parts = []
+    if zonal:
+        counts = reduce((time_dim, LONGITUDE))
+        parts.append((counts * regional_weights(latitude, zonal)).sum(LATITUDE))
+    if others:
+        counts = reduce((time_dim,))
+        weights = regional_weights(latitude, others, longitude)
+        parts.append((counts * weights).sum((LATITUDE, LONGITUDE)))
+    return _in_order(parts, named)
+
+
+def per_region(
+    score: Callable[[Region], xr.DataArray], regions: RegionsLike = None
+) -> xr.DataArray:
+    """`score(region)` for each region, stacked on a `region` dimension.
+
+    Example:
+        >>> per_region(lambda region: xr.DataArray(region.south), ["global", "tropics"]).values
+        array([-90., -20.])
+    """
+    named = resolve_regions(regions)
+    values = [score(region) for region in named.values()]
+    return xr.concat(values, dim=xr.DataArray(list(named), dims=[REGION], name=REGION))

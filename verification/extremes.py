@@ -24,20 +24,27 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
+from wxens.verification.aggregation import LATITUDE, LONGITUDE, RegionsLike, regional_sums
+from wxens.verification.errors import ScoreError
+from wxens.verification.metrics import ensemble_summary
 from wxens.verification.probability import (
+    VALUE,
     Dims,
-    brier_score,
+    brier_score_from_table,
     climatological_thresholds,
-    exceedance_probability,
+    contingency_table,
     exceeds,
-    reliability_diagram,
-    roc_auc,
+    members_above,
+    reliability_from_table,
+    roc_auc_from_table,
 )
 
 QUANTILE = "quantile"
 TAIL = "tail"
 EXTREME_LEVELS = (0.95, 0.99)
 SOT_BOUND = 10.0
+EFI_CATEGORIES = 200
+"""The EFI's ROC is counted in 200 equal bins on [-1, 1] (ties within a bin count one half)."""
 
 
 def model_climate(data: xr.DataArray, dim: Dims, quantiles: int = 101) -> xr.DataArray:
@@ -52,9 +59,14 @@ def model_climate(data: xr.DataArray, dim: Dims, quantiles: int = 101) -> xr.Dat
 
     Reference: Lalaurette, F. (2003). Early detection of abnormal weather conditions using a
     probabilistic extreme forecast index. QJRMS, 129(594), 3037-3057.
+
+    Example:
+        >>> sample = xr.DataArray(np.arange(11.0), dims="time")
+        >>> model_climate(sample, "time", quantiles=5).values.tolist()
+        [0.0, 2.5, 5.0, 7.5, 10.0]
     """
     if quantiles < 2:
-        raise ValueError(f"a climate needs at least the levels 0 and 1, got {quantiles=}")
+        raise ScoreError(f"a climate needs at least the levels 0 and 1, got {quantiles=}")
     return climatological_thresholds(data, np.arange(quantiles) / (quantiles - 1), dim)
 
 
@@ -71,6 +83,12 @@ def calendar_window(
     holds 31 whole days a year. `dates` is one date or several (datetime64-like, e.g.
     `forecast.init_time`); with several, the union of their windows. Selects coordinates only;
     the data stay lazy. Feeds `model_climate` with a seasonal truth climate.
+
+    Example:
+        >>> times = np.arange("2030-12-01", "2031-02-01", dtype="datetime64[D]")
+        >>> truth = xr.DataArray(np.zeros(times.size), dims="time", coords={"time": times})
+        >>> calendar_window(truth, np.datetime64("2031-01-01"), 2).time.dt.day.values.tolist()
+        [30, 31, 1, 2, 3]
     """
     days = truth[time_dim].values.astype("datetime64[D]")
     centres = np.atleast_1d(np.asarray(dates, dtype="datetime64[D]")).ravel()
@@ -112,6 +130,12 @@ def efi(
 
     Reference: Lalaurette (2003); Zsótér, E. (2006). Recent developments in extreme weather
     forecasting. ECMWF Newsletter 107, 8-17.
+
+    Example:
+        >>> climate = model_climate(xr.DataArray(np.arange(101.0), dims="time"), "time")
+        >>> above = xr.DataArray([200.0, 300.0], dims="member")
+        >>> float(efi(above, climate))  # every member above the whole climate
+        1.0
     """
     levels = _quantile_levels(climate, quantile_dim)
     forecast, climate = _aligned_with_climate(forecast, climate, member_dim, quantile_dim)
@@ -186,6 +210,12 @@ def sot(
     when larger. NaN where the climate's tail width is zero or an input is NaN.
 
     Reference: Zsótér (2006), as earthkit-meteo's `extreme.sot`.
+
+    Example:
+        >>> climate = model_climate(xr.DataArray(np.arange(101.0), dims="time"), "time")
+        >>> members = xr.DataArray(np.full(10, 108.0), dims="member")
+        >>> float(sot(members, climate))  # (108 - 99) / (99 - 90)
+        1.0
     """
     side, inner, tail = ("upper", 0.9, 0.99) if upper else ("lower", 0.1, 0.01)
     forecast, climate = _aligned_with_climate(forecast, climate, member_dim, quantile_dim)
@@ -200,11 +230,17 @@ def sot(
 def climate_at(
     climate: xr.DataArray, levels: float | Sequence[float], quantile_dim: str = QUANTILE
 ) -> xr.DataArray:
-    """The climate at the given quantile levels (a scalar level drops the quantile dimension)."""
+    """The climate at the given quantile levels (a scalar level drops the quantile dimension).
+
+    Example:
+        >>> climate = model_climate(xr.DataArray(np.arange(101.0), dims="time"), "time")
+        >>> float(climate_at(climate, 0.9)), climate_at(climate, [0.5, 0.9]).values.tolist()
+        (90.0, [50.0, 90.0])
+    """
     available = _quantile_levels(climate, quantile_dim)
     wanted = np.atleast_1d(levels)
     if not np.all(np.isclose(wanted[:, None], available, rtol=0, atol=1e-9).any(axis=1)):
-        raise ValueError(f"climate lacks the quantile levels {wanted}; it has {available}")
+        raise ScoreError(f"climate lacks the quantile levels {wanted}; it has {available}")
     selected = climate.sel({quantile_dim: levels}, method="nearest")
     return selected.drop_vars(quantile_dim) if np.ndim(levels) == 0 else selected
 
@@ -213,38 +249,62 @@ def extreme_event_scores(
     forecast: xr.DataArray,
     truth: xr.DataArray,
     climate: xr.DataArray,
-    dims: Dims,
-    weights: xr.DataArray | None = None,
     levels: Sequence[float] = EXTREME_LEVELS,
-    efi_climate: xr.DataArray | None = None,
+    regions: RegionsLike = None,
     bins: int | Sequence[float] = 10,
+    efi_climate: xr.DataArray | None = None,
+    time_dim: str = "init_time",
     member_dim: str = "member",
     quantile_dim: str = QUANTILE,
 ) -> xr.Dataset:
-    """Scores of the events "truth above the climate's q-quantile" for q in `levels`.
+    """Scores of the events "truth above the climate's q-quantile" for q in `levels`, by region.
 
-    The event is `truth > c_q`, forecast by the fraction of members above c_q. Over `dims`,
-    with optional `weights` (cos latitude): `brier_score` (weighted mean), `roc_auc`,
-    `reliability_forecast_probability`, `reliability_observed_frequency`, `reliability_count`
-    (`bins` as in `probability.reliability_diagram`) and `efi_roc_auc`, the ROC area of
-    the EFI against the forecast's `efi_climate` (default: `climate`) used as a continuous
-    predictor of the event. All along `quantile_dim` = `levels`; all unitless.
+    The event is `y > c_q`, forecast with the probability k/M of the `members_above` c_q.
+    Contingency tables of (k, event) are counted per latitude over `time_dim` and longitude
+    (per grid point when a box or mask region needs it), weighted by each region's cell areas
+    and finished into `brier_score`, `roc_auc` and the reliability diagram
+    (`reliability_forecast_probability`, `reliability_observed_frequency`,
+    `reliability_count`; `bins` as in `probability.reliability_from_table`). `efi_roc_auc` is
+    the ROC area of the EFI against `efi_climate` (default: `climate`) as a predictor of the
+    event, counted in EFI_CATEGORIES bins of the EFI. All unitless, along `quantile` = `levels`
+    and `region` (`regions` as in `aggregation.resolve_regions`). Points where a member, the
+    truth or the threshold is missing are left out.
 
-    Reference: Petroliagis, T. I. and Pinson, P. (2014). Early warnings of extreme winds using
-    the ECMWF Extreme Forecast Index. Meteorological Applications, 21(2) (ROC of the
-    EFI for events above climate percentiles).
+    This is what `wxens verify` computes (Petroliagis and Pinson 2014 for the ROC of the EFI).
+
+    Example:
+        >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
+        >>> truth = xr.DataArray(np.arange(8.0).reshape(2, 2, 2), dims=["init_time", *grid],
+        ...                      coords=grid)
+        >>> forecast = xr.concat([truth - 0.5, truth + 0.5], dim="member")
+        >>> climate = model_climate(truth, "init_time")
+        >>> scores = extreme_event_scores(forecast, truth, climate, [0.5], ["global"])
+        >>> float(scores["roc_auc"].squeeze()), float(scores["brier_score"].squeeze())
+        (1.0, 0.0)
     """
+    members = forecast.sizes[member_dim] if member_dim in forecast.dims else 0
+    if members < 1:
+        raise ScoreError(f"forecast has no {member_dim!r} dimension (it has {forecast.dims})")
     thresholds = climate_at(climate, list(levels), quantile_dim)
-    probability = exceedance_probability(forecast, thresholds, member_dim)
     event = exceeds(truth, thresholds)
     index = efi(forecast, climate if efi_climate is None else efi_climate, member_dim, quantile_dim)
-    brier = brier_score(probability, event)
-    reliability = reliability_diagram(probability, event, dims, weights, bins)
+    efi_category = np.floor((index + 1) / 2 * EFI_CATEGORIES).clip(0, EFI_CATEGORIES - 1)
+
+    def regional_table(category: xr.DataArray, values: int) -> xr.DataArray:
+        def count(dims: tuple[str, ...]) -> xr.DataArray:
+            return contingency_table(category, event, values, dims)
+
+        return regional_sums(count, truth[LATITUDE], truth[LONGITUDE], regions, time_dim)
+
+    table = regional_table(members_above(forecast, thresholds, member_dim), members + 1)
+    probabilities = xr.DataArray(np.arange(members + 1) / members, dims=[VALUE])
+    reliability = reliability_from_table(table, probabilities, bins)
+    efi_table = regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)
     return xr.Dataset(
         {
-            "brier_score": (brier if weights is None else brier.weighted(weights)).mean(dims),
-            "roc_auc": roc_auc(probability, event, dims, weights),
-            "efi_roc_auc": roc_auc(index, event, dims, weights),
+            "brier_score": brier_score_from_table(table, probabilities),
+            "roc_auc": roc_auc_from_table(table),
+            "efi_roc_auc": roc_auc_from_table(efi_table),
             **{f"reliability_{name}": score for name, score in reliability.items()},
         }
     )
@@ -263,17 +323,23 @@ def tail_fractions(
     Per point 1.0 or 0.0 (NaN where the truth or a member is NaN); their area-weighted mean
     over a region and init times is the fraction. Q_f is the linearly interpolated member
     quantile, so a calibrated M-member ensemble expects somewhat more than 1 % in each tail,
-    tending to 1 % as M grows (about 2.7 % for M = 50, 1.2 % for M = 500).
+    tending to 1 % as M grows (about 2.7 % for M = 50, 1.2 % for M = 500). A view on
+    `metrics.ensemble_summary` (`tail_low`, `tail_high`).
 
     Reference: Hamill, T. M. (2001). Interpretation of rank histograms for verifying ensemble
     forecasts. Monthly Weather Review, 129(3), 550-560 (tail populations of calibrated
     ensembles).
+
+    Example:
+        >>> members = xr.DataArray(np.tile(np.arange(101.0), (2, 1)), dims=("x", "member"))
+        >>> tail_fractions(members, xr.DataArray([0.5, 99.5], dims="x")).values.tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
     """
     _check_within(truth.dims, forecast, member_dim, "truth")
-    bounds = forecast.quantile([tail_level, 1 - tail_level], dim=member_dim, skipna=False)
-    lower, upper = (bounds.isel(quantile=k, drop=True) for k in (0, 1))
-    valid = truth.notnull() & lower.notnull()
-    return by_tail((truth < lower).where(valid), (truth > upper).where(valid))
+    summary = ensemble_summary(
+        forecast, truth, member_dim, tail_level=tail_level, statistics=("tail_low", "tail_high")
+    )
+    return by_tail(summary["tail_low"], summary["tail_high"])
 
 
 def tail_reach(forecast: xr.DataArray, member_dim: str = "member") -> xr.DataArray:
@@ -285,34 +351,44 @@ def tail_reach(forecast: xr.DataArray, member_dim: str = "member") -> xr.DataArr
 
     with s the ensemble standard deviation (ddof = 1). Unitless (sigmas), along `tail`; NaN
     where s = 0 or a member is NaN. For M Gaussian members both tend to the expected maximum
-    of M standard normals (about 2.25 for M = 50).
+    of M standard normals (about 2.25 for M = 50). A view on `metrics.ensemble_summary`
+    (`reach_low`, `reach_high`).
 
     Reference: Wilks, D. S. (2019). Statistical Methods in the Atmospheric Sciences, 4th ed.,
     chapter 8 (ensemble forecasting).
+
+    Example:
+        >>> members = xr.DataArray([[0.0, 0.0, 0.0, 4.0]], dims=("x", "member"))
+        >>> tail_reach(members).values.tolist()  # mean 1, std 2
+        [[0.5], [1.5]]
     """
-    mean = forecast.mean(member_dim, skipna=False)
-    spread = forecast.std(member_dim, ddof=1, skipna=False)
-    spread = spread.where(spread > 0)
-    low = (mean - forecast.min(member_dim, skipna=False)) / spread
-    high = (forecast.max(member_dim, skipna=False) - mean) / spread
-    return by_tail(low, high)
+    if member_dim not in forecast.dims:
+        raise ScoreError(f"forecast has no {member_dim!r} dimension; it has {forecast.dims}")
+    origin = xr.zeros_like(forecast.isel({member_dim: 0}, drop=True))
+    summary = ensemble_summary(forecast, origin, member_dim, statistics=("reach_low", "reach_high"))
+    return by_tail(summary["reach_low"], summary["reach_high"])
 
 
 def by_tail(low: xr.DataArray, high: xr.DataArray) -> xr.DataArray:
-    """`low` and `high` stacked on a `tail` dimension (low, high)."""
+    """`low` and `high` stacked on a `tail` dimension (low, high).
+
+    Example:
+        >>> by_tail(xr.DataArray(1.0), xr.DataArray(2.0)).sel(tail="high").item()
+        2.0
+    """
     return xr.concat([low, high], dim=TAIL).assign_coords({TAIL: ["low", "high"]})
 
 
 def _quantile_levels(climate: xr.DataArray, quantile_dim: str) -> np.ndarray:
     """The climate's quantile levels, checked to rise from 0 to 1."""
     if quantile_dim not in climate.dims or quantile_dim not in climate.coords:
-        raise ValueError(
+        raise ScoreError(
             f"climate needs a {quantile_dim!r} dimension with a coordinate of quantile levels "
             f"(see model_climate); it has dims {climate.dims}"
         )
     levels = climate[quantile_dim].values.astype(float)
     if levels.size < 2 or levels[0] != 0 or levels[-1] != 1 or np.any(np.diff(levels) <= 0):
-        raise ValueError(f"climate quantile levels must rise from 0 to 1, got {levels}")
+        raise ScoreError(f"climate quantile levels must rise from 0 to 1, got {levels}")
     return levels
 
 
@@ -321,7 +397,7 @@ def _aligned_with_climate(
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Forecast and climate, checked to broadcast and to share exactly equal coordinates."""
     if member_dim not in forecast.dims:
-        raise ValueError(f"forecast has no {member_dim!r} dimension; it has {forecast.dims}")
+        raise ScoreError(f"forecast has no {member_dim!r} dimension; it has {forecast.dims}")
     other_dims = [dim for dim in climate.dims if dim != quantile_dim]
     _check_within(other_dims, forecast, member_dim, "climate")
     return xr.align(forecast, climate, join="exact")
@@ -333,7 +409,7 @@ def _check_within(
     """Raise unless `dims` are dims of the forecast but the member one (a misnamed dim would
     silently broadcast)."""
     if member_dim in dims or any(dim not in forecast.dims for dim in dims):
-        raise ValueError(
+        raise ScoreError(
             f"{name} dims {tuple(dims)} must be among the forecast's {forecast.dims} "
             f"without {member_dim!r}"
         )

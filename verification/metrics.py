@@ -1,10 +1,15 @@
 """Ensemble metrics: plain functions on xarray objects with an explicit member dimension.
 
-Per-point functions return a value at every grid point (and init, lead) and stay lazy under
-dask; `aggregation` averages them over regions and init times, and the few scores that need
-the aggregated pieces (spread-skill ratios) take those means. Every dask task sees all members
-of its points (a member dimension split across chunks is rechunked to one chunk). Formulas
-follow WeatherBench2/WeatherBench-X and properscoring.
+Each formula exists once. `ensemble_summary` is the per-point kernel of `wxens verify`: one
+sort of each point's members gives the CRPS (fair and ECDF), the ensemble mean and variance,
+the truth's rank, the outlier flag, the tail flags and reaches; `crps_ensemble` is a view on
+it. `aggregation` averages its per-point values over regions and init times; the scores that
+need the aggregated pieces (spread-skill ratios) take those means; `rank_counts`, the anomaly
+correlation and the energy score reduce over the grid themselves. Everything stays lazy under
+dask, and every dask task sees all members of its points (a member dimension split across
+chunks is rechunked to one chunk). Formulas follow WeatherBench2/WeatherBench-X and
+properscoring; tests/test_metrics.py checks them against properscoring, scoringrules and
+closed forms.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from collections.abc import Callable, Sequence
 import dask.array
 import numpy as np
 import xarray as xr
-from wxens.verification.aggregation import LATITUDE, LONGITUDE, region_weights
+from wxens.verification.aggregation import LATITUDE, LONGITUDE, Region, region_weights
+from wxens.verification.errors import ScoreError
 
 MEMBER = "member"
 
 
 def _members(forecast: xr.DataArray, member_dim: str) -> int:
     if member_dim not in forecast.dims:
-        raise ValueError(f"forecast has no member dimension {member_dim!r}: {forecast.dims}")
+        dims = ", ".join(map(str, forecast.dims))
+        raise ScoreError(f"forecast has no {member_dim!r} dimension (it has {dims})")
     return forecast.sizes[member_dim]
 
 
@@ -113,103 +120,214 @@ def _sorted_deviations(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return deviations
 
 
-def _crps_of_sorted(deviations: np.ndarray, fair: bool) -> np.ndarray:
-    """CRPS from sorted deviations `d = x - y` (see `crps_ensemble`), as float64.
+def _break_ties(below: np.ndarray, ties: np.ndarray | int, seed: int) -> np.ndarray:
+    """`below + floor(U (ties + 1))`, U uniform on [0, 1) from `seed`: a rank 0..M per point."""
+    share = np.random.default_rng(seed).random(np.shape(below))
+    return below + np.floor(share * (ties + 1)).astype(np.int32)
 
-    Shifting every member by y leaves S unchanged (the rank weights sum to 0), so
-    `M CRPS = sum_i d(i) (sign d(i) - (2i - M - 1) / c)`, with `c = M - 1` (fair) or `M`;
-    the terms stay in the deviations' float type and are summed in float64.
+
+SUMMARY = (
+    "crps_fair",
+    "crps_ecdf",
+    "mean",
+    "variance",
+    "rank",
+    "outside",
+    "tail_low",
+    "tail_high",
+    "reach_low",
+    "reach_high",
+    "missing",
+)
+"""The per-point statistics of `ensemble_summary`."""
+
+_MOMENTS = {"crps_fair", "crps_ecdf", "mean", "variance", "reach_low", "reach_high"}
+
+
+def _summary_block(
+    members: np.ndarray,
+    truth: np.ndarray,
+    seed: int = 0,
+    tail_level: float = 0.01,
+    names: Sequence[str] = SUMMARY,
+) -> np.ndarray:
+    """The statistics `names` of `ensemble_summary` from one sort of `d = x - y` (members on
+    the last axis), stacked on a new last axis, as float64.
+
+    With the sorted d(i), their median `d_h` and `c = d - d_h` (in float64, so that the sums
+    below lose nothing to a bias much larger than the spread): `A = sum_i |d_i|`,
+    `B = sum_i (2i - M - 1) c(i)` (which equals the same sum of d, the weights summing to 0),
+    `S = sum_i c_i` and `Q = sum_i c_i^2` give
+
+        CRPS = (A - B / k) / M          k = M - 1 (fair) or M (ECDF)
+        mean = y + d_h + S / M          variance s^2 = (Q - S^2 / M) / (M - 1)
+
+    The rank is `#{d < 0}` plus the random share of ties; outside is `d(1) > 0 or d(M) < 0`;
+    the tails are `Q_d(p) > 0` and `Q_d(1 - p) < 0` (y beyond the members' p and 1 - p
+    quantiles, interpolated linearly as numpy does), the reaches `(mean - x(1)) / s` and
+    `(x(M) - mean) / s`. Only the statistics asked for are computed.
     """
+    deviations = _sorted_deviations(members, truth)
     m = deviations.shape[-1]
-    rank_weights = (2 * np.arange(1, m + 1) - m - 1) / (m - 1 if fair else m)
-    terms = np.sign(deviations)
-    terms -= rank_weights.astype(deviations.dtype)
-    terms *= deviations
-    return terms.sum(axis=-1, dtype=np.float64) / m
+    wanted = set(names)
+    lowest, highest = deviations[..., 0].astype(np.float64), deviations[..., -1].astype(np.float64)
+    scores: dict[str, np.ndarray] = {}
+    if "rank" in wanted:
+        below = (deviations < 0).sum(axis=-1, dtype=np.int32)
+        zero = deviations == 0
+        ties = zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0  # ties are rare
+        scores["rank"] = _break_ties(below, ties, seed)
+    if "outside" in wanted:
+        scores["outside"] = (lowest > 0) | (highest < 0)
+    if "tail_low" in wanted:
+        scores["tail_low"] = _sorted_quantile(deviations, tail_level) > 0
+    if "tail_high" in wanted:
+        scores["tail_high"] = _sorted_quantile(deviations, 1 - tail_level) < 0
+    if wanted & _MOMENTS:
+        median = deviations[..., m // 2].astype(np.float64)
+        centred = np.subtract(deviations, median[..., None], dtype=np.float64)
+        ranked, total = np.moveaxis(centred @ _summary_weights(m), -1, 0)
+        deviation_mean = median + total / m
+        scores["mean"] = truth + deviation_mean
+        with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS, variance
+            if wanted & {"variance", "reach_low", "reach_high"}:
+                squares = np.einsum("...i,...i->...", centred, centred)
+                scores["variance"] = np.maximum(squares - total**2 / m, 0.0) / (m - 1)
+                spread = np.sqrt(np.where(scores["variance"] > 0, scores["variance"], np.nan))
+                scores["reach_low"] = (deviation_mean - lowest) / spread
+                scores["reach_high"] = (highest - deviation_mean) / spread
+            if wanted & {"crps_fair", "crps_ecdf"}:
+                # |d| in place: the deviations' last use.
+                absolute = np.add.reduce(np.abs(deviations, out=deviations), -1, dtype=np.float64)
+                scores["crps_fair"] = (absolute - ranked / (m - 1)) / m
+                scores["crps_ecdf"] = (absolute - ranked / m) / m
+    missing = np.isnan(highest)  # NaNs sort last; a missing truth makes all NaN
+    if "missing" in wanted:
+        scores["missing"] = np.zeros(missing.shape)
+        if missing.any():
+            every = np.broadcast_to(members, (*missing.shape, m))[missing]
+            scores["missing"][missing] = np.isnan(every).sum(axis=-1)
+    out = np.stack(
+        np.broadcast_arrays(*(scores[name] for name in names)), axis=-1, dtype=np.float64
+    )
+    if missing.any():
+        for i, name in enumerate(names):
+            if name == "rank":
+                out[missing, i] = -1
+            elif name != "missing":
+                out[missing, i] = np.nan
+    return out
 
 
-def _crps_sorted(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
-    """CRPS from members on the last axis (see `crps_ensemble`), as float64."""
-    return _crps_of_sorted(_sorted_deviations(members, truth), fair)
+def _sorted_quantile(rows: np.ndarray, level: float) -> np.ndarray:
+    """The `level` quantile of sorted rows, interpolated linearly (numpy's default method)."""
+    position = (rows.shape[-1] - 1) * level
+    low = math.floor(position)
+    high = min(low + 1, rows.shape[-1] - 1)
+    fraction = position - low
+    return rows[..., low] + fraction * (rows[..., high].astype(np.float64) - rows[..., low])
+
+
+@functools.cache
+def _summary_weights(m: int) -> np.ndarray:
+    """Columns `2i - M - 1` (i = 1..M) and ones: `c @ weights` is (B, S) of `_summary_block`."""
+    return np.stack([2.0 * np.arange(1, m + 1) - m - 1, np.ones(m)], axis=1)
+
+
+def ensemble_summary(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    member_dim: str = MEMBER,
+    seed: int = 0,
+    tail_level: float = 0.01,
+    statistics: Sequence[str] = SUMMARY,
+) -> xr.Dataset:
+    """The per-point statistics of an ensemble against the truth, from one sort of its members.
+
+    This is the kernel `wxens verify` runs; the other per-point scores are views on it. With
+    members x_1..x_M, sorted x(1) <= ... <= x(M), truth y, and
+    `S = sum_ij |x_i - x_j| = 2 sum_i (2i - M - 1) x(i)`, per point (field units unless said):
+
+    - `crps_fair = mean_i |x_i - y| - S / (2 M (M - 1))` (NaN for one member) and
+      `crps_ecdf = mean_i |x_i - y| - S / (2 M^2)`: the continuous ranked probability score,
+      fair (Ferro 2014; unbiased for the ensemble's parent distribution, so ensembles of
+      different sizes compare fairly) and of the members' ECDF (= `properscoring`'s). O(M log M)
+      time, O(M) memory; the M x M matrix is never built;
+    - `mean` (`xbar`) and `variance` (`s^2 = sum_i (x_i - xbar)^2 / (M - 1)`, units squared);
+    - `rank`: `#{x_i < y} + U`, with U uniform on `0..#{x_i = y}` drawn from `seed` (Hamill
+      2001), 0..M; -1 where data are missing;
+    - `outside`: 1 where y lies outside [x(1), x(M)], else 0; its mean is the outlier fraction,
+      2/(M+1) for a calibrated ensemble;
+    - `tail_low`, `tail_high`: 1 where y < Q_x(tail_level), y > Q_x(1 - tail_level) (linearly
+      interpolated member quantiles, numpy's default);
+    - `reach_low = (xbar - x(1)) / s`, `reach_high = (x(M) - xbar) / s` (unitless; NaN where
+      s = 0);
+    - `missing`: the number of NaN members.
+
+    Where y or any member is NaN every statistic is NaN (`rank` -1) but `missing`. Each dask
+    task sorts its members once; `statistics` picks the variables to compute (default all).
+    A member dimension split across dask chunks is rechunked to one chunk.
+
+    Example:
+        >>> members = xr.DataArray([[0.0, 2.0]], dims=("point", "member"))
+        >>> truth = xr.DataArray([1.0], dims="point")
+        >>> summary = ensemble_summary(members, truth)
+        >>> [float(summary[name][0]) for name in ("crps_ecdf", "crps_fair", "mean", "variance")]
+        [0.5, 0.0, 1.0, 2.0]
+        >>> int(summary["rank"][0]), float(summary["outside"][0])
+        (1, 0.0)
+    """
+    m = _members(forecast, member_dim)
+    statistics = tuple(statistics)
+    unknown = [name for name in statistics if name not in SUMMARY]
+    if unknown or not statistics:
+        raise ScoreError(f"unknown statistic(s) {unknown}; choose from {', '.join(SUMMARY)}")
+    stacked = _per_point(
+        _summary_block,
+        forecast,
+        truth,
+        member_dim,
+        np.float64,
+        len(statistics),
+        seed=seed,
+        tail_level=tail_level,
+        names=statistics,
+    )
+    summary = xr.Dataset({name: stacked[..., i] for i, name in enumerate(statistics)})
+    if "rank" in summary:
+        summary["rank"] = summary["rank"].astype(np.int64)
+    summary.attrs["members"] = m
+    return summary
 
 
 def crps_ensemble(
     forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER, fair: bool = True
 ) -> xr.DataArray:
-    """Continuous ranked probability score of an ensemble, per point, in the field's units.
-
-    With members sorted x(1) <= ... <= x(M) and `S = sum_ij |x_i - x_j| =
-    2 sum_i (2i - M - 1) x(i)`:
+    """Continuous ranked probability score of an ensemble, per point, in the field's units:
+    `crps_fair` (default) or `crps_ecdf` of `ensemble_summary`, computed alone.
 
         CRPS_ecdf = mean_i |x_i - y| - S / (2 M^2)
-        CRPS_fair = mean_i |x_i - y| - S / (2 M (M - 1))
+        CRPS_fair = mean_i |x_i - y| - S / (2 M (M - 1)),    S = sum_ij |x_i - x_j|
 
-    O(M log M) time and O(M) memory per point; the M x M matrix is never built. The fair form
-    (the default) is unbiased for the CRPS of the ensemble's parent distribution, so ensembles
-    of different sizes compare fairly (Ferro 2014; Zamo & Naveau 2018). The ECDF form equals
-    `properscoring.crps_ensemble`.
-
-    Example: members [0, 2], truth 1: mean|x-y| = 1, S = 4, CRPS_ecdf = 0.5, CRPS_fair = 0.
+    Example:
+        >>> members = xr.DataArray([[0.0, 2.0]], dims=("point", "member"))
+        >>> truth = xr.DataArray([1.0], dims="point")
+        >>> float(crps_ensemble(members, truth, fair=False)[0])
+        0.5
+        >>> float(crps_ensemble(members, truth)[0])
+        0.0
     """
     m = _members(forecast, member_dim)
     if fair and m < 2:
-        raise ValueError(f"the fair CRPS needs 2 or more members, got {m}")
-    return _per_point(_crps_sorted, forecast, truth, member_dim, np.float64, fair=fair)
+        raise ScoreError(f"the fair CRPS needs 2 or more members, got {m}")
+    name = "crps_fair" if fair else "crps_ecdf"
+    return ensemble_summary(forecast, truth, member_dim, statistics=(name,))[name]
 
 
-def _mean(members: np.ndarray) -> np.ndarray:
-    """Mean over the last axis; NaN-skipping only when a NaN member made a NaN mean."""
-    mean = np.mean(members, axis=-1)
-    return np.nanmean(members, axis=-1) if np.isnan(mean).any() else mean
-
-
-def ensemble_mean(forecast: xr.DataArray, member_dim: str = MEMBER) -> xr.DataArray:
-    """Mean over members; missing members are left out, as in `xarray.DataArray.mean`."""
-    _members(forecast, member_dim)
-    # numpy's mean per block: xarray's NaN-skipping mean copies every block to zero its NaNs.
-    dtype = np.result_type(forecast.dtype, np.float32)
-    return _per_point(_mean, forecast, None, member_dim, dtype)
-
-
-def _variance(members: np.ndarray) -> np.ndarray:
-    """Unbiased variance over the last axis; NaN-skipping only when a NaN member made a NaN."""
-    variance = np.var(members, axis=-1, ddof=1)
-    return np.nanvar(members, axis=-1, ddof=1) if np.isnan(variance).any() else variance
-
-
-def ensemble_variance(forecast: xr.DataArray, member_dim: str = MEMBER) -> xr.DataArray:
-    """Unbiased ensemble variance per point, `sum_i (x_i - xbar)^2 / (M - 1)`, units squared.
-
-    Its area and init-time mean, square-rooted, is the ensemble spread. Missing members are
-    left out (M counts the others), as in `xarray.DataArray.var`.
-    """
-    _members(forecast, member_dim)
-    # numpy's var per block, not xarray's: under dask, xarray's NaN-skipping var of a single-chunk
-    # member axis costs several times numpy's two-pass var, with the same float32 result.
-    dtype = np.result_type(forecast.dtype, np.float32)
-    return _per_point(_variance, forecast, None, member_dim, dtype)
-
-
-def squared_error_of_mean(
-    forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER
-) -> xr.DataArray:
-    """`(xbar - y)^2` per point, units squared; its mean, square-rooted, is the RMSE."""
-    return (ensemble_mean(forecast, member_dim) - truth) ** 2
-
-
-def unbiased_squared_error_of_mean(
-    forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER
-) -> xr.DataArray:
-    """`(xbar - y)^2 - s^2 / M`: the ensemble-mean squared error without its finite-ensemble bias.
-
-    Its expectation is the squared error of the infinite ensemble's mean (WeatherBench-X
-    `UnbiasedEnsembleMeanSquaredError`).
-    """
-    m = _members(forecast, member_dim)
-    return (
-        squared_error_of_mean(forecast, truth, member_dim)
-        - ensemble_variance(forecast, member_dim) / m
-    )
+def _crps_sorted(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
+    """`crps_ensemble`'s kernel on numpy arrays, members on the last axis, as float64."""
+    name = "crps_fair" if fair else "crps_ecdf"
+    return _summary_block(members, truth, names=(name,))[..., 0]
 
 
 def spread_skill_ratio(
@@ -217,8 +335,13 @@ def spread_skill_ratio(
 ) -> xr.DataArray:
     """`sqrt((M + 1) / M) * sqrt(mean ensemble variance) / sqrt(mean squared error of the mean)`.
 
-    Takes area- and init-time-averaged variance and squared error. 1 for a calibrated ensemble
-    (Fortin et al. 2014, the sqrt((M+1)/M) correction for finite ensembles).
+    Takes area- and init-time-averaged `variance` and `(mean - y)^2` of `ensemble_summary`.
+    Unitless; 1 for a calibrated ensemble (Fortin et al. 2014, the sqrt((M+1)/M) correction for
+    finite ensembles).
+
+    Example:
+        >>> float(spread_skill_ratio(xr.DataArray(1.0), xr.DataArray(1.2), members=5))
+        1.0
     """
     return np.sqrt((members + 1) / members * mean_variance / mean_squared_error)
 
@@ -226,10 +349,16 @@ def spread_skill_ratio(
 def spread_skill_ratio_debiased(
     mean_variance: xr.DataArray, mean_unbiased_squared_error: xr.DataArray
 ) -> xr.DataArray:
-    """`sqrt(mean ensemble variance / mean unbiased squared error of the mean)`.
+    """`sqrt(mean ensemble variance / mean unbiased squared error of the mean)`, unitless.
 
-    WeatherBench-X's `UnbiasedSpreadSkillRatio`: both terms are unbiased for their
-    infinite-ensemble values, so ensembles of any size compare directly.
+    The unbiased squared error is `(xbar - y)^2 - s^2 / M` per point (WeatherBench-X's
+    `UnbiasedEnsembleMeanSquaredError`); the ratio is WeatherBench-X's `UnbiasedSpreadSkillRatio`:
+    both terms are unbiased for their infinite-ensemble values, so ensembles of any size
+    compare directly.
+
+    Example:
+        >>> float(spread_skill_ratio_debiased(xr.DataArray(1.0), xr.DataArray(0.25)))
+        2.0
     """
     return np.sqrt(mean_variance / mean_unbiased_squared_error)
 
@@ -238,61 +367,35 @@ def anomaly_correlation(
     forecast: xr.DataArray,
     truth: xr.DataArray,
     climatology: xr.DataArray,
-    region: str = "global",
+    region: str | Region = "global",
     member_dim: str = MEMBER,
 ) -> xr.DataArray:
     """Anomaly correlation of the ensemble mean over the grid points of `region`, unitless.
 
     `ACC = sum_j w_j f'_j o'_j / sqrt(sum_j w_j f'^2_j * sum_j w_j o'^2_j)`, with anomalies
-    `f' = xbar - c`, `o' = y - c` from the climatology `c` and cell-area weights `w`
-    (WeatherBench2's uncentred ACC). A `forecast` without `member_dim` is taken as it is (a
-    deterministic forecast, or an ensemble mean already computed). One value per remaining
-    dimension (init, lead); average it over init times afterwards.
+    `f' = xbar - c`, `o' = y - c` from the climatology `c` and the region's cell-area weights
+    `w` (WeatherBench2's uncentred ACC). A `forecast` without `member_dim` is taken as it is (a
+    deterministic forecast, or an ensemble mean already computed); with it, its
+    `ensemble_summary` mean. One value per remaining dimension (init, lead); average it over
+    init times afterwards.
+
+    Example:
+        >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
+        >>> truth = xr.DataArray([[1.0, -1.0], [2.0, 0.0]], dims=list(grid), coords=grid)
+        >>> float(anomaly_correlation(2 * truth, truth, xr.zeros_like(truth)))
+        1.0
     """
     if member_dim in forecast.dims:
-        forecast = ensemble_mean(forecast, member_dim)
+        forecast = ensemble_summary(forecast, truth, member_dim, statistics=("mean",))["mean"]
     forecast_anomaly = forecast - climatology
     truth_anomaly = truth - climatology
-    weights = region_weights(truth[LATITUDE], region)
+    weights = region_weights(truth[LATITUDE], region, truth[LONGITUDE])
 
     def weighted_sum(field: xr.DataArray) -> xr.DataArray:
         return (field * weights).sum((LATITUDE, LONGITUDE), skipna=False)
 
     covariance = weighted_sum(forecast_anomaly * truth_anomaly)
     return covariance / np.sqrt(weighted_sum(forecast_anomaly**2) * weighted_sum(truth_anomaly**2))
-
-
-def _missing(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """True where the truth or any member is NaN."""
-    return np.isnan(members).any(axis=-1) | np.isnan(truth)
-
-
-def _break_ties(below: np.ndarray, ties: np.ndarray | int, seed: int) -> np.ndarray:
-    """`below + floor(U (ties + 1))`, U uniform on [0, 1) from `seed`: a rank 0..M per point."""
-    share = np.random.default_rng(seed).random(np.shape(below))
-    return below + np.floor(share * (ties + 1)).astype(np.int32)
-
-
-def _rank_with_ties(members: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
-    """Rank by counting, O(M) per point (no sort); int32 counts halve the reductions' cost."""
-    below = (members < truth[..., None]).sum(axis=-1, dtype=np.int32)
-    equal = members == truth[..., None]
-    ties = equal.sum(axis=-1, dtype=np.int32) if equal.any() else 0  # ties are rare
-    ranks = _break_ties(below, ties, seed)
-    return np.where(_missing(members, truth), -1, ranks).astype(np.int64)
-
-
-def truth_rank(
-    forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER, seed: int = 0
-) -> xr.DataArray:
-    """Rank of the truth among the members, 0..M, per point; ties broken at random.
-
-    `rank = #{x_i < y} + U`, with `U` uniform on `0..#{x_i = y}` (Hamill 2001). A missing truth
-    or member gives rank -1. `seed` fixes the tie-breaking draws (the same in every dask
-    chunk; ties are rare in continuous fields, so their correlation does not matter).
-    """
-    _members(forecast, member_dim)
-    return _per_point(_rank_with_ties, forecast, truth, member_dim, np.int64, seed=seed)
 
 
 def _count_block(ranks: np.ndarray, weights: np.ndarray, core: int, bins: int) -> np.ndarray:
@@ -340,7 +443,14 @@ def rank_counts(
     """Weighted number of cases with each rank 0..M over `dims` (new dimension `rank`).
 
     `counts_r = sum_j w_j [rank_j = r]`; points with rank -1 (missing data) are left out.
-    Counted with `np.bincount` per dask block, then summed across blocks.
+    Counted with `np.bincount` per dask block, then summed across blocks. Their ratio to their
+    sum is the rank histogram: flat at 1/(M+1) for a calibrated ensemble, U-shaped for an
+    under-dispersive one (Hamill 2001).
+
+    Example:
+        >>> ranks = xr.DataArray([0, 2, 2, -1], dims="point")
+        >>> rank_counts(ranks, members=2, dims=["point"]).values.tolist()
+        [1.0, 0.0, 2.0]
     """
     weight = xr.ones_like(ranks, dtype=np.float64) if weights is None else weights
     ranks, weight = xr.broadcast(*xr.align(ranks, weight, join="inner"))  # as `ranks * weight`
@@ -354,154 +464,6 @@ def rank_counts(
         dask="allowed",
     )
     return counts.assign_coords(rank=np.arange(members + 1))
-
-
-def rank_histogram(
-    ranks: xr.DataArray, members: int, dims: Sequence[str], weights: xr.DataArray | None = None
-) -> xr.DataArray:
-    """Frequency of each rank 0..M over `dims` (dimension `rank`), weighted, summing to 1.
-
-    Flat at 1/(M+1) for a calibrated ensemble; U-shaped when it is under-dispersive
-    (Hamill 2001). Points with rank -1 (missing data) are left out.
-    """
-    counts = rank_counts(ranks, members, dims, weights)
-    return counts / counts.sum("rank")
-
-
-def _outside(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    outside = (truth < members.min(axis=-1)) | (truth > members.max(axis=-1))
-    return np.where(_missing(members, truth), np.nan, outside)
-
-
-def outside_range(
-    forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = MEMBER
-) -> xr.DataArray:
-    """1 where the truth lies outside [min member, max member], else 0 (NaN if missing).
-
-    Its mean is the outlier fraction, 2/(M+1) for a calibrated ensemble.
-    """
-    _members(forecast, member_dim)
-    return _per_point(_outside, forecast, truth, member_dim, np.float64)
-
-
-SUMMARY = (
-    "crps_fair",
-    "crps_ecdf",
-    "mean",
-    "variance",
-    "rank",
-    "outside",
-    "tail_low",
-    "tail_high",
-    "reach_low",
-    "reach_high",
-)
-"""The per-point scores of `ensemble_summary`, in the order of its kernel's last axis."""
-
-
-def _summary_block(
-    members: np.ndarray, truth: np.ndarray, seed: int, tail_level: float
-) -> np.ndarray:
-    """Every score of `SUMMARY` from one sort of `d = x - y` (members on the last axis).
-
-    With the sorted d(i), their median `d_h` and `c = d - d_h` (in float64, so that the sums
-    below lose nothing to a bias much larger than the spread): `A = sum_i |d_i|`,
-    `B = sum_i (2i - M - 1) c(i)` (which equals the same sum of d, the weights summing to 0),
-    `S = sum_i c_i` and `Q = sum_i c_i^2` give
-
-        CRPS = (A - B / k) / M          k = M - 1 (fair) or M (ECDF)
-        mean = y + d_h + S / M          variance s^2 = (Q - S^2 / M) / (M - 1)
-
-    The rank is `#{d < 0}` plus the random share of ties; outside is `d(1) > 0 or d(M) < 0`;
-    the tails are `Q_d(p) > 0` and `Q_d(1 - p) < 0` (y beyond the members' p and 1 - p
-    quantiles, interpolated linearly as numpy does), the reaches `(mean - x(1)) / s` and
-    `(x(M) - mean) / s`.
-    """
-    deviations = _sorted_deviations(members, truth)
-    m = deviations.shape[-1]
-    below = (deviations < 0).sum(axis=-1, dtype=np.int32)
-    zero = deviations == 0
-    lowest, highest = deviations[..., 0].astype(np.float64), deviations[..., -1].astype(np.float64)
-    scores = {
-        "rank": _break_ties(below, zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0, seed),
-        "outside": (lowest > 0) | (highest < 0),
-        "tail_low": _sorted_quantile(deviations, tail_level) > 0,
-        "tail_high": _sorted_quantile(deviations, 1 - tail_level) < 0,
-    }
-    median = deviations[..., m // 2].astype(np.float64)
-    centred = np.subtract(deviations, median[..., None], dtype=np.float64)
-    ranked, total = np.moveaxis(centred @ _summary_weights(m), -1, 0)
-    squares = np.einsum("...i,...i->...", centred, centred)
-    absolute = np.add.reduce(np.abs(deviations, out=deviations), axis=-1, dtype=np.float64)
-    deviation_mean = median + total / m
-    with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS, variance
-        scores["crps_fair"] = (absolute - ranked / (m - 1)) / m
-        scores["variance"] = np.maximum(squares - total**2 / m, 0.0) / (m - 1)
-        spread = np.sqrt(np.where(scores["variance"] > 0, scores["variance"], np.nan))
-        scores["reach_low"] = (deviation_mean - lowest) / spread
-        scores["reach_high"] = (highest - deviation_mean) / spread
-    scores["crps_ecdf"] = (absolute - ranked / m) / m
-    scores["mean"] = truth + deviation_mean
-    out = np.stack(np.broadcast_arrays(*(scores[name] for name in SUMMARY)), axis=-1, dtype=float)
-    missing = np.isnan(highest)  # NaNs sort last; a missing truth makes all NaN
-    if missing.any():
-        all_members = np.broadcast_to(members, (*missing.shape, m))[missing]
-        out[missing] = np.nan
-        out[missing, SUMMARY.index("rank")] = -1
-        out[missing, SUMMARY.index("mean")] = _mean(all_members)
-        out[missing, SUMMARY.index("variance")] = _variance(all_members)
-    return out
-
-
-def _sorted_quantile(rows: np.ndarray, level: float) -> np.ndarray:
-    """The `level` quantile of sorted rows, interpolated linearly (numpy's default method)."""
-    position = (rows.shape[-1] - 1) * level
-    low = math.floor(position)
-    high = min(low + 1, rows.shape[-1] - 1)
-    fraction = position - low
-    return rows[..., low] + fraction * (rows[..., high].astype(np.float64) - rows[..., low])
-
-
-@functools.cache
-def _summary_weights(m: int) -> np.ndarray:
-    """Columns `2i - M - 1` (i = 1..M) and ones: `c @ weights` is (B, S) of `_summary_block`."""
-    return np.stack([2.0 * np.arange(1, m + 1) - m - 1, np.ones(m)], axis=1)
-
-
-def ensemble_summary(
-    forecast: xr.DataArray,
-    truth: xr.DataArray,
-    member_dim: str = MEMBER,
-    seed: int = 0,
-    tail_level: float = 0.01,
-) -> xr.Dataset:
-    """The per-point scores that need the members sorted or summed, from one pass over them.
-
-    Variables (each per point, as the function named):
-    - `crps_fair`, `crps_ecdf`: `crps_ensemble` (NaN `crps_fair` for one member);
-    - `mean`, `variance`: `ensemble_mean`, `ensemble_variance`;
-    - `rank`: `truth_rank` with this `seed`; `outside`: `outside_range`;
-    - `tail_low`, `tail_high`: `extremes.tail_fractions` with this `tail_level`;
-    - `reach_low`, `reach_high`: `extremes.tail_reach`.
-
-    Each dask task sorts its members once; the separate functions would read and sort them
-    once each. Missing data gives what the separate functions give.
-    """
-    m = _members(forecast, member_dim)
-    stacked = _per_point(
-        _summary_block,
-        forecast,
-        truth,
-        member_dim,
-        np.float64,
-        len(SUMMARY),
-        seed=seed,
-        tail_level=tail_level,
-    )
-    summary = xr.Dataset({name: stacked[..., i] for i, name in enumerate(SUMMARY)})
-    summary["rank"] = summary["rank"].astype(np.int64)
-    summary.attrs["members"] = m
-    return summary
 
 
 def _energy_score_gram(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
@@ -519,24 +481,35 @@ def _energy_score_gram(members: np.ndarray, truth: np.ndarray, fair: bool) -> np
 def energy_score(
     forecast: xr.DataArray,
     truth: xr.DataArray,
-    region: str = "global",
+    region: str | Region = "global",
     member_dim: str = MEMBER,
     fair: bool = True,
 ) -> xr.DataArray:
     """Energy score of the ensemble over the grid points of `region`, in the field's units.
 
     `ES = mean_i ||x_i - y|| - sum_ij ||x_i - x_j|| / (2 M (M - 1))` (fair; `2 M^2` for the
-    ECDF form), with the area-weighted norm `||v|| = sqrt(sum_j w_j v_j^2 / sum_j w_j)`, so a
-    spatially uniform error e scores |e| (Gneiting & Raftery 2007). The pairwise term uses the
-    members' Gram matrix: O(M^2 N) time, O(M^2 + M N) memory per (init, lead).
-    With one grid point it is the CRPS.
+    ECDF form), with the area-weighted norm `||v|| = sqrt(sum_j w_j v_j^2 / sum_j w_j)` and
+    the region's weights w (`aggregation.region_weights`), so a spatially uniform error e
+    scores |e| (Gneiting & Raftery 2007). The pairwise term uses the members' Gram matrix:
+    O(M^2 N) time, O(M^2 + M N) memory per (init, lead). With one grid point it is the CRPS.
+
+    Example:
+        >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
+        >>> truth = xr.DataArray(np.zeros((2, 2)), dims=list(grid), coords=grid)
+        >>> members = xr.concat([truth + 1, truth + 3], dim="member")
+        >>> float(energy_score(members, truth, fair=False))  # mean |e| 2, less 2 * 2 / 8
+        1.5
     """
     m = _members(forecast, member_dim)
     if fair and m < 2:
-        raise ValueError(f"the fair energy score needs 2 or more members, got {m}")
-    weights = region_weights(truth[LATITUDE], region)
-    inside = {LATITUDE: np.flatnonzero(weights.values > 0)}  # no work outside the region
-    weights = weights.isel(inside) * xr.ones_like(truth[LONGITUDE])
+        raise ScoreError(f"the fair energy score needs 2 or more members, got {m}")
+    weights = region_weights(truth[LATITUDE], region, truth[LONGITUDE])
+    weights = (weights * xr.ones_like(truth[LONGITUDE], dtype=np.float64)).transpose(
+        LATITUDE, LONGITUDE
+    )
+    # No work on the rows outside the region; zero weights elsewhere add nothing to the norms.
+    inside = {LATITUDE: np.flatnonzero((weights.values > 0).any(axis=1))}
+    weights = weights.isel(inside)
     root_weights = np.sqrt(weights / weights.sum())
 
     def flatten(field: xr.DataArray) -> xr.DataArray:

@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from wxens.verification.errors import ScoreError
 
 SYSTEM = "system"
 LEAD_TIME = "lead_time"
@@ -55,14 +56,14 @@ def select_score(scores: xr.Dataset, score: str, **labels: object) -> xr.DataArr
     A `lead_time` label may be a timedelta or a number of days.
     """
     if score not in scores.data_vars:
-        raise ValueError(f"unknown score {score!r}: the dataset holds {sorted(scores.data_vars)}")
+        raise ScoreError(f"unknown score {score!r}: the dataset holds {sorted(scores.data_vars)}")
     values = scores[score]
     for dim, label in labels.items():
         if dim not in values.dims:
-            raise ValueError(f"score {score!r} has no dimension {dim!r}: {values.dims}")
+            raise ScoreError(f"score {score!r} has no dimension {dim!r}: {values.dims}")
         key = as_lead_time(label) if dim == LEAD_TIME else label
         if key not in values.indexes[dim]:
-            raise ValueError(
+            raise ScoreError(
                 f"unknown {dim} {label!r} for {score!r}: the dataset has {_labels(values, dim)}"
             )
         values = values.sel({dim: key})
@@ -175,7 +176,7 @@ def plot_spectra(
     dataset holds; the truth is taken from the first system when it has a `system` dimension."""
     present = [name for name in SPECTRA if name in scores.data_vars]
     if not present:
-        raise ValueError(f"the scores dataset holds none of the spectra {SPECTRA}")
+        raise ScoreError(f"the scores dataset holds none of the spectra {SPECTRA}")
     figure, axes = _panels(len(lead_times), width=4.5)
     for ax, lead in zip(axes, lead_times, strict=True):
         spectra = {
@@ -236,7 +237,7 @@ def plot_maps(
 
     for panel in panels:
         if set(panel.field.dims) != {"latitude", "longitude"}:
-            raise ValueError(
+            raise ScoreError(
                 f"plot_map needs a 2-D (latitude, longitude) field, not {panel.field.dims}"
             )
     rows = -(-len(panels) // columns)

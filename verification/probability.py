@@ -1,34 +1,34 @@
-"""Threshold exceedance for ensembles: probabilities, Brier score, reliability diagram, ROC.
+"""Threshold exceedance for ensembles: events, contingency tables, Brier score, reliability, ROC.
 
 An *event* is "the value exceeds a threshold" (strictly greater); thresholds are usually
 climatological quantiles of the truth at each grid point (`climatological_thresholds`). Events
 are 1.0 where they happen, 0.0 where not and NaN where the truth or the threshold is missing.
 
-Per-point scores (`exceeds`, `exceedance_probability`, `brier_score`) keep every dimension; the
-region scores (`reliability_diagram`, `roc_curve`, `roc_auc`) reduce over `dims` with optional
-weights (cos-latitude area weights), skipping points where the forecast or the event is NaN.
-Everything stays lazy under dask; range checks on probabilities and events run as the data
-are computed.
+An M-member ensemble forecasts one of the M + 1 probabilities k/M (`members_above` counts k),
+so the table n(k, o) of how often each (k, event) pair occurs holds everything the Brier
+score, the reliability diagram and the ROC area need: `contingency_table` counts it in one
+cheap pass (O(points)), and `brier_score_from_table`, `reliability_from_table` and
+`roc_auc_from_table` finish it. Tables of disjoint samples add, and area weights act on
+tables counted per latitude (or per grid point): this is how `wxens verify` scores large
+stores. A continuous score such as the EFI is binned into categories first.
 
 Written here rather than taken from scikit-learn or `scores`: both are test references only
 (pyproject's `dev` extra), which keeps the tests that compare against them independent.
-scikit-learn is numpy-only; `scores` (2.7) has a lazy weighted Mann-Whitney `roc_auc` much like
-this one, but unless told not to it checks its arguments eagerly (computing a dask graph early)
-and rejects forecasts outside [0, 1], such as the EFI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
-from scipy.stats import rankdata
+from wxens.verification.errors import ScoreError
 
 Dims = Hashable | Sequence[Hashable]
 
 PROBABILITY_BIN = "probability_bin"
-THRESHOLD = "threshold"
+VALUE = "value"
+OUTCOME = "outcome"
 
 
 def exceeds(data: xr.DataArray, threshold: float | xr.DataArray) -> xr.DataArray:
@@ -50,23 +50,23 @@ def exceeds(data: xr.DataArray, threshold: float | xr.DataArray) -> xr.DataArray
     return (data > threshold).where(data.notnull() & threshold.notnull())
 
 
-def exceedance_probability(
+def members_above(
     forecast: xr.DataArray, threshold: float | xr.DataArray, member_dim: str = "member"
 ) -> xr.DataArray:
-    """Fraction of ensemble members above the threshold, per point.
+    """How many members exceed the threshold (strictly), per point: the forecast category
+    k = 0..M of the probability k/M; -1 where any member is NaN.
 
-    .. math:: p = \\frac{1}{M} \\sum_{i=1}^{M} \\mathbb{1}[x_i > t]
-
-    Unitless, one of the M + 1 values k/M; NaN where any member or the threshold is NaN.
-
-    Reference: Wilks (2019), chapter 8 (ensemble relative frequencies as probabilities).
+    .. math:: k = \\sum_{i=1}^{M} \\mathbb{1}[x_i > t]
 
     Example:
-        >>> members = xr.DataArray([1.0, 2.0, 3.0, 4.0], dims="member")
-        >>> float(exceedance_probability(members, 2.5))
-        0.5
+        >>> members = xr.DataArray([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0]], dims=("x", "member"))
+        >>> members_above(members, 1.5).values.tolist()
+        [2, -1]
     """
-    return exceeds(forecast, threshold).mean(member_dim, skipna=False)
+    if member_dim not in forecast.dims:
+        raise ScoreError(f"forecast has no {member_dim!r} dimension (it has {forecast.dims})")
+    complete = forecast.notnull().all(member_dim)
+    return (forecast > threshold).sum(member_dim).where(complete, -1)
 
 
 def climatological_thresholds(
@@ -85,266 +85,18 @@ def climatological_thresholds(
     return truth.quantile(quantiles, dim=dim)
 
 
-def brier_score(probability: xr.DataArray, event: xr.DataArray) -> xr.DataArray:
-    """Brier score per point, to be averaged over a region and over init times.
-
-    .. math:: \\mathrm{BS} = (p - o)^2
-
-    Unitless, 0 is perfect. Raises ValueError (when computed) for a probability outside
-    [0, 1] or an event other than 0 or 1.
-
-    Reference: Brier, G. W. (1950). Verification of forecasts expressed in terms of
-    probability. Monthly Weather Review, 78(1), 1-3.
-
-    Example:
-        >>> p = xr.DataArray([0.3, 0.5, 0.7, 1.0])
-        >>> o = xr.DataArray([0.0, 1.0, 0.0, 1.0])
-        >>> round(float(brier_score(p, o).mean()), 6)
-        0.2075
-    """
-    return (_checked_probability(probability) - _checked_event(event)) ** 2
-
-
-def reliability_diagram(
-    probability: xr.DataArray,
-    event: xr.DataArray,
-    dims: Dims,
-    weights: xr.DataArray | None = None,
-    bins: int | Sequence[float] = 10,
-) -> xr.Dataset:
-    """Reliability diagram: mean forecast probability and observed frequency in probability bins.
-
-    With weights w (e.g. cos latitude) summed over the points i of bin k along `dims`:
-
-    .. math::
-        n_k = \\sum_{i \\in k} w_i, \\quad
-        \\bar p_k = \\frac{1}{n_k} \\sum_{i \\in k} w_i p_i, \\quad
-        \\bar o_k = \\frac{1}{n_k} \\sum_{i \\in k} w_i o_i
-
-    Returns a Dataset along `probability_bin` (coordinate: bin centres; `bin_lower`,
-    `bin_upper`) with `forecast_probability` (p̄, unitless), `observed_frequency` (ō,
-    unitless, NaN in empty bins) and `count` (n, the summed weights, a point count when
-    unweighted). Results of disjoint samples merge exactly: sum `count`, and average the other
-    two weighted by `count`. `bins` is a number of equal bins on [0, 1] or the edges from 0 to
-    1; bins are closed on the left, the last also on the right. Points where the probability or
-    the event is NaN are skipped.
-
-    Reference: Wilks (2019), section 9.4 (the reliability diagram); Bröcker, J. and Smith,
-    L. A. (2007). Increasing the reliability of reliability diagrams. Weather and Forecasting,
-    22(3), 651-661.
-    """
-    edges = _bin_edges(bins)
-    probability, event, weight = _scoring_inputs(
-        _checked_probability(probability), event, dims, weights
-    )
-    bin_index = xr.apply_ufunc(
-        np.digitize,
-        probability,
-        kwargs={"bins": edges[1:-1]},
-        dask="parallelized",
-        output_dtypes=[np.intp],
-    )
-    in_bin = [bin_index == k for k in range(edges.size - 1)]
-    count = _sum_where(weight, in_bin, dims, PROBABILITY_BIN)
-    probability_sum = _sum_where(weight * probability, in_bin, dims, PROBABILITY_BIN)
-    event_sum = _sum_where(weight * event, in_bin, dims, PROBABILITY_BIN)
-    nonempty = count.where(count > 0)
-    diagram = xr.Dataset(
-        {
-            "forecast_probability": probability_sum / nonempty,
-            "observed_frequency": event_sum / nonempty,
-            "count": count,
-        }
-    )
-    return diagram.assign_coords(
-        {
-            PROBABILITY_BIN: (edges[:-1] + edges[1:]) / 2,
-            "bin_lower": (PROBABILITY_BIN, edges[:-1]),
-            "bin_upper": (PROBABILITY_BIN, edges[1:]),
-        }
-    )
-
-
-def roc_curve(
-    forecast: xr.DataArray,
-    event: xr.DataArray,
-    thresholds: Sequence[float],
-    dims: Dims,
-    weights: xr.DataArray | None = None,
-) -> xr.Dataset:
-    """Hit rate and false-alarm rate of the warnings `forecast >= threshold`, per threshold.
-
-    .. math::
-        H(t) = \\frac{\\sum_i w_i o_i \\mathbb{1}[f_i \\ge t]}{\\sum_i w_i o_i}, \\quad
-        F(t) = \\frac{\\sum_i w_i (1 - o_i) \\mathbb{1}[f_i \\ge t]}{\\sum_i w_i (1 - o_i)}
-
-    `forecast` is a probability or any score that grows with the chance of the event (e.g.
-    the EFI). Returns a Dataset along `threshold` with `hit_rate` and `false_alarm_rate`
-    (unitless; NaN in a sample without events, or without non-events). Points where the forecast
-    or the event is NaN are skipped. The thresholds are given rather than found because the
-    distinct values of a sample are only known once computed; for an M-member ensemble use
-    the M + 1 probabilities k/M.
-
-    Reference: Mason, I. (1982). A model for assessment of weather forecasts. Australian
-    Meteorological Magazine, 30, 291-303; Wilks (2019), section 9.4.
-    """
-    forecast, event, weight = _scoring_inputs(forecast, event, dims, weights)
-    warned = [forecast >= threshold for threshold in thresholds]
-    hits = _sum_where(weight * event, warned, dims, THRESHOLD)
-    false_alarms = _sum_where(weight * (1 - event), warned, dims, THRESHOLD)
-    events = (weight * event).sum(dims)
-    non_events = (weight * (1 - event)).sum(dims)
-    curve = xr.Dataset(
-        {
-            "hit_rate": hits / events.where(events > 0),
-            "false_alarm_rate": false_alarms / non_events.where(non_events > 0),
-        }
-    )
-    return curve.assign_coords({THRESHOLD: np.asarray(thresholds, dtype=float)})
-
-
-def roc_auc(
-    forecast: xr.DataArray,
-    event: xr.DataArray,
-    dims: Dims,
-    weights: xr.DataArray | None = None,
-) -> xr.DataArray:
-    """Area under the ROC curve through every distinct forecast value, by the trapezoid rule.
-
-    The curve (F(t), H(t)) of `roc_curve` at every distinct value t of the sample, plus (0, 0)
-    and (1, 1); its trapezoidal area equals the weighted Mann-Whitney statistic with ties
-    counted one half, which is how it is computed (O(n log n) per reduced sample):
-
-    .. math::
-        \\mathrm{AUC} = \\frac{\\sum_{i: o_i = 1} \\sum_{j: o_j = 0} w_i w_j
-        \\left(\\mathbb{1}[f_i > f_j] + \\tfrac12 \\mathbb{1}[f_i = f_j]\\right)}
-        {\\sum_{i: o_i = 1} w_i \\sum_{j: o_j = 0} w_j}
-
-    Unitless: 1 is perfect, 0.5 no skill. NaN where the sample has no events or only events
-    (the curve is undefined). `forecast` is a probability or any score that grows with the
-    chance of the event (e.g. the EFI). Points where the forecast or the event is NaN are
-    skipped.
-
-    Reference: Hanley, J. A. and McNeil, B. J. (1982). The meaning and use of the area under a
-    receiver operating characteristic (ROC) curve. Radiology, 143(1), 29-36; Mason, S. J. and
-    Graham, N. E. (2002). Areas beneath the relative operating characteristics (ROC) and
-    relative operating levels (ROL) curves. QJRMS, 128(584), 2145-2166.
-
-    Example:
-        >>> f = xr.DataArray([0.1, 0.4, 0.35, 0.8], dims="point")
-        >>> o = xr.DataArray([0.0, 0.0, 1.0, 1.0], dims="point")
-        >>> float(roc_auc(f, o, dims="point"))
-        0.75
-    """
-    forecast, event, weight = _scoring_inputs(forecast, event, dims, weights)
-    core_dims = _as_list(dims)
-    return xr.apply_ufunc(
-        _weighted_mann_whitney_auc,
-        *xr.broadcast(forecast, event, weight),
-        input_core_dims=[core_dims] * 3,
-        kwargs={"n_core": len(core_dims)},
-        dask="parallelized",
-        output_dtypes=[float],
-        dask_gufunc_kwargs={"allow_rechunk": True},
-    )
-
-
-def _weighted_mann_whitney_auc(
-    forecast: np.ndarray, event: np.ndarray, weight: np.ndarray, n_core: int
-) -> np.ndarray:
-    """AUC over the `n_core` trailing axes of equally shaped arrays (see `roc_auc`)."""
-    shape = forecast.shape[: forecast.ndim - n_core]
-    forecast, event, weight = (a.reshape((*shape, -1)) for a in (forecast, event, weight))
-    positive = weight * event
-    negative = weight * (1 - event)
-    sorted_negative = np.take_along_axis(negative, np.argsort(forecast, axis=-1), axis=-1)
-    cumulative = np.concatenate(
-        [np.zeros((*shape, 1)), np.cumsum(sorted_negative, axis=-1)], axis=-1
-    )
-    below = np.take_along_axis(cumulative, rankdata(forecast, "min", axis=-1) - 1, axis=-1)
-    at_or_below = np.take_along_axis(cumulative, rankdata(forecast, "max", axis=-1), axis=-1)
-    pairs = positive.sum(-1) * negative.sum(-1)
-    concordant = (positive * (below + at_or_below) / 2).sum(-1)
-    return np.divide(concordant, pairs, out=np.full(shape, np.nan), where=pairs > 0)
-
-
-def _scoring_inputs(
-    forecast: xr.DataArray, event: xr.DataArray, dims: Dims, weights: xr.DataArray | None
-) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """Forecast and event with NaNs zeroed, and weights that are 0 wherever either was NaN."""
-    event = _checked_event(event)
-    for name, data in (("forecast", forecast), ("event", event)):
-        missing = [dim for dim in _as_list(dims) if dim not in data.dims]
-        if missing:
-            raise ValueError(f"{name} lacks the dimensions {missing} to reduce; it has {data.dims}")
-    if weights is not None and not set(weights.dims) <= set(forecast.dims) | set(event.dims):
-        raise ValueError(f"weights dims {weights.dims} are not among the data's dims")
-    forecast, event = xr.align(forecast, event, join="exact")
-    valid = forecast.notnull() & event.notnull()
-    weight = valid * (1.0 if weights is None else weights)
-    return forecast.fillna(0.0), event.fillna(0.0), weight
-
-
-def _sum_where(
-    values: xr.DataArray, masks: Sequence[xr.DataArray], dims: Dims, new_dim: str
-) -> xr.DataArray:
-    """Sums of `values` over `dims` within each mask, stacked along `new_dim`."""
-    return xr.concat([values.where(mask, 0.0).sum(dims) for mask in masks], dim=new_dim)
-
-
 def _bin_edges(bins: int | Sequence[float]) -> np.ndarray:
     """Probability bin edges from 0 to 1: `bins` equal bins, or the edges given."""
     # k / bins, not linspace: an ensemble probability j / M on an edge must equal it exactly
     edges = np.arange(bins + 1) / bins if isinstance(bins, int) else np.asarray(bins, float)
     if edges.size < 2 or edges[0] != 0 or edges[-1] != 1 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"probability bins must be increasing edges from 0 to 1, got {edges}")
+        raise ScoreError(f"probability bins must be increasing edges from 0 to 1, got {edges}")
     return edges
-
-
-def _checked_probability(probability: xr.DataArray) -> xr.DataArray:
-    return _checked(
-        probability,
-        lambda p: np.isnan(p) | ((p >= 0) & (p <= 1)),
-        "probabilities must lie in [0, 1]",
-    )
-
-
-def _checked_event(event: xr.DataArray) -> xr.DataArray:
-    return _checked(
-        event, lambda o: np.isnan(o) | (o == 0) | (o == 1), "events must be 0, 1 or NaN"
-    )
-
-
-def _checked(
-    data: xr.DataArray, is_valid: Callable[[np.ndarray], np.ndarray], message: str
-) -> xr.DataArray:
-    """`data`, raising ValueError(message) where `is_valid` fails: now for numpy-backed data,
-    when computed for dask-backed data (so that checking never computes a graph early)."""
-
-    def check(block: np.ndarray) -> np.ndarray:
-        if not np.all(is_valid(block)):
-            raise ValueError(message)
-        return block
-
-    return xr.apply_ufunc(check, data, dask="parallelized", output_dtypes=[data.dtype])
-
-
-def _as_list(dims: Dims) -> list[Hashable]:
-    return [dims] if isinstance(dims, str) else list(dims)
-
-
-# Scores from a contingency table. An M-member ensemble forecasts one of M + 1 probabilities
-# k/M, so the table n(k, o) of how often each (k, event) pair occurs holds everything the Brier
-# score, the reliability diagram and the ROC need. Counted once per latitude over the big
-# dimensions (one cheap pass, O(points)), the tables of any region are then latitude-weighted
-# sums of a small array: this is how `wxens verify` scores large stores.
-
-VALUE = "value"
-OUTCOME = "outcome"
 
 
 def _joint_counts(index: np.ndarray, event: np.ndarray, values: int) -> np.ndarray:
     """n(value, outcome) over the last axis, for every leading index; skips NaN events."""
+    index, event = np.broadcast_arrays(index, event)
     rows = int(np.prod(index.shape[:-1]))
     valid = ~np.isnan(event) & (index >= 0) & (index < values)
     row = np.arange(rows).reshape(index.shape[:-1])[..., None]
@@ -358,11 +110,28 @@ def contingency_table(
 ) -> xr.DataArray:
     """`n(v, o) = #{points over dims: index = v, event = o}`, dimensions `value` and `outcome`.
 
-    `index` is an integer forecast category in 0..values-1 (e.g. the number of members above
-    the threshold); `event` is 1/0/NaN. The last of `dims` must be one dask chunk; the others
-    are summed afterwards.
+    `index` is an integer forecast category in 0..values-1 (e.g. `members_above`; other values,
+    such as -1 for missing members, are left out); `event` is 1/0 (NaN: left out). Counted
+    with one `np.bincount` per dask block over the last of `dims` (rechunked to one chunk when
+    split), then summed over the others. Weight tables by multiplying (area weights per
+    latitude, for example) and summing.
+
+    Example:
+        >>> index = xr.DataArray([0, 2, 2, 1, -1], dims="point")
+        >>> event = xr.DataArray([0.0, 1.0, 0.0, 1.0, 1.0], dims="point")
+        >>> contingency_table(index, event, 3, ["point"]).values.tolist()
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
     """
     *outer, inner = list(dims)
+    for name, data in (("index", index), ("event", event)):
+        if inner not in data.dims:
+            raise ScoreError(f"{name} has no {inner!r} dimension to count over: {data.dims}")
+        if len(data.chunksizes.get(inner, ())) > 1:
+            data = data.chunk({inner: -1})
+        if name == "index":
+            index = data
+        else:
+            event = data
     table = xr.apply_ufunc(
         _joint_counts,
         index,
@@ -378,9 +147,16 @@ def contingency_table(
 
 
 def brier_score_from_table(table: xr.DataArray, probabilities: xr.DataArray) -> xr.DataArray:
-    """`BS = sum_v,o n(v, o) (p_v - o)^2 / sum_v,o n(v, o)`, unitless.
+    """Brier score, `BS = sum_v,o n(v, o) (p_v - o)^2 / sum_v,o n(v, o)`, unitless, 0 perfect.
 
-    `probabilities` gives p_v along `value`.
+    The mean of the per-point `(p - o)^2` over the cases of the table (Brier 1950);
+    `probabilities` gives p_v along `value` (k/M for `members_above`).
+
+    Example:
+        >>> table = xr.DataArray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dims=("value", "outcome"))
+        >>> p = xr.DataArray([0.0, 0.5, 1.0], dims="value")
+        >>> float(brier_score_from_table(table, p))  # (0 + 0.25 + 1 + 0) / 4
+        0.3125
     """
     outcome = xr.DataArray([0.0, 1.0], dims=[OUTCOME])
     return (table * (probabilities - outcome) ** 2).sum((VALUE, OUTCOME)) / table.sum(
@@ -389,10 +165,30 @@ def brier_score_from_table(table: xr.DataArray, probabilities: xr.DataArray) -> 
 
 
 def reliability_from_table(
-    table: xr.DataArray, probabilities: xr.DataArray, bins: int = 10
+    table: xr.DataArray, probabilities: xr.DataArray, bins: int | Sequence[float] = 10
 ) -> xr.Dataset:
-    """The reliability diagram of `reliability_diagram` from a table: bins of equal width on
-    [0, 1], closed on the left (the last also on the right)."""
+    """Reliability diagram: mean forecast probability and observed frequency in probability bins.
+
+    With n the (weighted) cases of the table and the values v in bin k:
+
+    .. math::
+        n_k = \\sum_{v \\in k} n_v, \\quad
+        \\bar p_k = \\frac{1}{n_k} \\sum_{v \\in k} n_v p_v, \\quad
+        \\bar o_k = \\frac{1}{n_k} \\sum_{v \\in k} n(v, 1)
+
+    Returns a Dataset along `probability_bin` (coordinate: bin centres) with
+    `forecast_probability` (p̄, unitless), `observed_frequency` (ō, unitless, NaN in empty
+    bins) and `count` (n). `bins` is a number of equal bins on [0, 1] or the edges from 0 to 1;
+    bins are closed on the left, the last also on the right (Wilks 2019, section 9.4; Bröcker
+    and Smith 2007).
+
+    Example:
+        >>> table = xr.DataArray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dims=("value", "outcome"))
+        >>> p = xr.DataArray([0.0, 0.5, 1.0], dims="value")
+        >>> diagram = reliability_from_table(table, p, bins=2)
+        >>> diagram["observed_frequency"].values.tolist(), diagram["count"].values.tolist()
+        ([0.0, 0.6666666666666666], [1.0, 3.0])
+    """
     edges = _bin_edges(bins)
     bin_of_value = np.clip(np.digitize(probabilities.values, edges[1:-1]), 0, edges.size - 2)
     # value -> bin as a 0/1 matrix: the sums per bin are one product, lazy and chunk-friendly
@@ -417,11 +213,18 @@ def reliability_from_table(
 
 
 def roc_auc_from_table(table: xr.DataArray) -> xr.DataArray:
-    """ROC area from a table whose `value` orders the forecasts (ties count one half).
+    """Area under the ROC curve from a table whose `value` orders the forecasts, unitless.
 
-    `AUC = sum_v n(v, 1) (N0(< v) + n(v, 0) / 2) / (N1 N0)`: the Mann-Whitney form of the
-    trapezoidal area under the ROC curve through every threshold. NaN without events or without
-    non-events.
+    `AUC = sum_v n(v, 1) (N0(< v) + n(v, 0) / 2) / (N1 N0)`, with N1, N0 the (weighted)
+    events and non-events and N0(< v) the non-events forecast below v: the Mann-Whitney form
+    of the trapezoidal area under the ROC curve through every threshold, ties counted one half
+    (Hanley and McNeil 1982; Mason and Graham 2002). 1 is perfect, 0.5 no skill; NaN without
+    events or without non-events.
+
+    Example:
+        >>> table = xr.DataArray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dims=("value", "outcome"))
+        >>> float(roc_auc_from_table(table))  # pairs (event, non-event): 1 + 1 + 0 + 1/2 of 4
+        0.625
     """
     events, non_events = table.sel({OUTCOME: 1}, drop=True), table.sel({OUTCOME: 0}, drop=True)
     below = non_events.cumsum(VALUE) - non_events

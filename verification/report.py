@@ -16,6 +16,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from wxens.verification.errors import ScoreError
 from wxens.verification.plots import (
     LEAD_TIME,
     SPECTRA,
@@ -55,7 +56,7 @@ REPORT_LEADS = 3
 SCORECARD_LEADS = 12
 
 Figures = Iterator[tuple[str, Callable[[], Figure]]]
-"""(caption, a function that draws the figure) pairs: `write_report` draws them in parallel."""
+"""(caption, a function that draws the figure) pairs: `report` draws them in parallel."""
 
 
 def skill_score(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
@@ -96,7 +97,7 @@ def _against_reference(
     """`compare(S, S_ref)` for every system but `reference`, with the dims of `scores[score]`."""
     values = select_score(scores, score)
     if score not in PERFECT_SCORE:
-        raise ValueError(f"no skill score for {score!r}; it is defined for {list(PERFECT_SCORE)}")
+        raise ScoreError(f"no skill score for {score!r}; it is defined for {list(PERFECT_SCORE)}")
     _check_system(scores, reference)
     compared = compare(values, values.sel({SYSTEM: reference}, drop=True))
     return compared.transpose(*values.dims).drop_sel({SYSTEM: reference})
@@ -200,15 +201,38 @@ def scorecard_table(scores: xr.Dataset, reference: str, score: str = "crps") -> 
     return "\n\n".join(tables) + "\n"
 
 
-def summary_table(scores: xr.Dataset, region: str = "global", leads: int = 5) -> str:
-    """Markdown: per system and variable, CRPS / RMSE / spread-skill ratio at up to `leads`
-    evenly spaced lead times in `region` (what `wxens verify` prints)."""
-    picked = scores.sel(region=region)
+SUMMARY_SCORES = {"crps": ".3g", "rmse": ".3g", "spread_skill_ratio": ".2f"}
+
+
+def summary_table(scores: xr.Dataset, region: str | None = None, leads: int = 5) -> str:
+    """Markdown: per system and variable, CRPS / RMSE / spread-skill ratio (those the dataset
+    holds) at up to `leads` evenly spaced lead times in `region` (default: `global`, else the
+    first region); what `wxens verify` prints. Empty when the dataset holds none of them.
+
+    Example:
+        >>> scores = xr.Dataset(
+        ...     {"rmse": (("system", "variable", "region", "lead_time"), [[[[1.5]]]])},
+        ...     coords={"system": ["forecast"], "variable": ["t"], "region": ["global"],
+        ...             "lead_time": [np.timedelta64(1, "D")]})
+        >>> print(summary_table(scores))
+        RMSE, global
+        <BLANKLINE>
+        | system | variable | 1 d |
+        | --- | --- | ---: |
+        | forecast | t | 1.5 |
+        <BLANKLINE>
+    """
+    present = [name for name in SUMMARY_SCORES if name in scores.data_vars]
+    if not present or "region" not in scores.dims:
+        return ""
+    region = region if region is not None else _main_region(scores)
+    picked = scores[present].sel(region=region)
     positions = np.unique(np.linspace(0, picked.sizes[LEAD_TIME] - 1, leads).round().astype(int))
     picked = picked.isel({LEAD_TIME: positions})
     heading = " | ".join(lead_label(lead) for lead in picked[LEAD_TIME].values)
+    names = {"crps": "CRPS", "rmse": "RMSE", "spread_skill_ratio": "spread-skill ratio"}
     lines = [
-        f"CRPS / RMSE / spread-skill ratio, {region}",
+        " / ".join(names[name] for name in present) + f", {region}",
         "",
         f"| system | variable | {heading} |",
         "| --- | --- |" + " ---: |" * picked.sizes[LEAD_TIME],
@@ -216,34 +240,72 @@ def summary_table(scores: xr.Dataset, region: str = "global", leads: int = 5) ->
     for system in picked[SYSTEM].values:
         for variable in picked["variable"].values:
             row = picked.sel({SYSTEM: system, "variable": variable})
+            columns = [row[name].values for name in present]
             cells = [
-                f"{c:.3g} / {r:.3g} / {q:.2f}"
-                for c, r, q in zip(
-                    row.crps.values, row.rmse.values, row.spread_skill_ratio.values, strict=True
+                " / ".join(
+                    f"{value:{SUMMARY_SCORES[name]}}"
+                    for name, value in zip(present, values, strict=True)
                 )
+                for values in zip(*columns, strict=True)
             ]
             lines.append(f"| {system} | {variable} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    scores: xr.Dataset,
-    out_dir: str | Path,
+def open_scores(path: str | Path) -> xr.Dataset:
+    """A scores store written by `verify`, loaded into memory.
+
+    Example:
+        >>> open_scores("/nonexistent/scores.zarr")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        wxens.verification.errors.ScoreError: /nonexistent/scores.zarr: not a scores store ...
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise ScoreError(f"{path}: not a scores store written by verify")
+    try:
+        return xr.open_zarr(path).load()
+    except Exception as exc:  # a damaged store: name it, in one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScoreError(f"{path}: not a readable scores store: {reason}") from None
+
+
+def report(
+    scores: xr.Dataset | str | Path,
+    out: str | Path,
     reference: str | None = None,
     title: str = "wxens verification",
 ) -> Path:
-    """Write `out_dir/index.html`, the PNG figures it shows and every score as CSV and JSON
-    (`data/`); return the page's path.
+    """Write an HTML report of a scores dataset (or of a store written by `verify`): the page
+    `out/index.html`, the PNG figures it shows and every score as CSV and JSON (`out/data/`);
+    return the page's path.
 
     Sections, each only when the dataset holds its scores: CRPS and RMSE by lead time and
-    spread-skill (every variable and region), scorecards against `reference` (when given),
-    rank histograms and reliability diagrams (main region, a few leads), spectra, maps (the
-    truth, ensemble mean, spread, EFI and a few members of the first init), the data files and
-    the dataset's provenance attributes. Every name is HTML-escaped.
+    spread-skill (every variable and region), scorecards against `reference` (default: the
+    first reference, i.e. the second system, when there is one), rank histograms and
+    reliability diagrams (main region, a few leads), spectra, maps (the truth, ensemble mean,
+    spread, EFI and a few members of the first init), the data files and the dataset's
+    provenance attributes. Every name is HTML-escaped. Raises ScoreError for an unknown
+    reference or a path that is not a scores store.
+
+    Example:
+        >>> import tempfile
+        >>> scores = xr.Dataset(
+        ...     {"rmse": (("system", "variable", "region", "lead_time"), [[[[1.5, 2.0]]]])},
+        ...     coords={"system": ["forecast"], "variable": ["t"], "region": ["global"],
+        ...             "lead_time": np.array([1, 2], "timedelta64[D]")})
+        >>> report(scores, tempfile.mkdtemp()).name
+        'index.html'
     """
+    if not isinstance(scores, xr.Dataset):
+        scores = open_scores(scores)
+    systems = _values(scores, SYSTEM) if SYSTEM in scores.coords else []
+    if reference is None and len(systems) > 1:
+        reference = systems[1]
     if reference is not None:
         _check_system(scores, reference)
-    out_dir = Path(out_dir)
+    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = count(1)
     sections, drawings = [], []
@@ -265,7 +327,7 @@ def write_report(
     draw_figures(drawings)
     page = _TEMPLATE.render(
         title=title,
-        systems=_values(scores, SYSTEM) if SYSTEM in scores.coords else [],
+        systems=systems,
         reference=reference,
         sections=sections,
         notes=_map_notes(scores),
@@ -299,7 +361,7 @@ def write_score_tables(scores: xr.Dataset, folder: Path) -> list[str]:
 def _check_system(scores: xr.Dataset, system: str) -> None:
     systems = scores[SYSTEM].values.tolist() if SYSTEM in scores.coords else []
     if system not in systems:
-        raise ValueError(f"unknown reference system {system!r}: the dataset has {systems}")
+        raise ScoreError(f"unknown reference system {system!r}: the dataset has {systems}")
 
 
 def _scorecard_skill(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
@@ -311,12 +373,12 @@ def _scorecard_rows(values: xr.DataArray, score: str) -> xr.DataArray:
     """`values` as `(system, row, lead_time)`, rows the (variable, region) pairs."""
     extra = [dim for dim in values.dims if dim not in SCORECARD_DIMS]
     if extra:
-        raise ValueError(
+        raise ScoreError(
             f"{score!r} has extra dimension(s) {extra}: select one value first,"
             f" e.g. scores.sel({extra[0]}=...)"
         )
     if values.sizes[SYSTEM] == 0:
-        raise ValueError("no system besides the reference to score")
+        raise ScoreError("no system besides the reference to score")
     return values.stack(row=("variable", "region")).transpose(SYSTEM, "row", LEAD_TIME)
 
 

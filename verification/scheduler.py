@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 
 import dask
+from wxens.verification.errors import ScoreError
 
 
 @contextlib.contextmanager
@@ -17,6 +18,12 @@ def dask_scheduler(spec: str = "threads", progress: bool = True) -> Iterator[Non
     - `local-cluster:N`: a `distributed.LocalCluster` with N single-threaded worker processes;
     - anything else is a scheduler address (`tcp://host:8786`), e.g. one started by
       dask-jobqueue's `SLURMCluster`/`PBSCluster` (`cluster.scheduler_address`).
+
+    Example:
+        >>> import dask.array
+        >>> with dask_scheduler("threads", progress=False):
+        ...     int(dask.array.ones(10, chunks=5).sum().compute())
+        10
     """
     if spec == "threads":
         from dask.diagnostics import ProgressBar
@@ -30,14 +37,14 @@ def dask_scheduler(spec: str = "threads", progress: bool = True) -> Iterator[Non
     if spec.startswith("local-cluster:"):
         workers = spec.removeprefix("local-cluster:")
         if not workers.isdigit() or int(workers) < 1:
-            raise ValueError(f"--scheduler {spec!r}: expected local-cluster:N with N >= 1")
+            raise ScoreError(f"scheduler {spec!r}: expected local-cluster:N with N >= 1")
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True)
         with cluster, Client(cluster):
             yield
         return
     if "://" not in spec:
-        raise ValueError(
-            f"--scheduler {spec!r}: expected threads, local-cluster:N or a scheduler address"
+        raise ScoreError(
+            f"scheduler {spec!r}: expected threads, local-cluster:N or a scheduler address"
         )
     with Client(spec):
         yield

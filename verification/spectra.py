@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch_harmonics as th
 import xarray as xr
+from wxens.verification.errors import ScoreError
 
 LATITUDE = "latitude"
 LONGITUDE = "longitude"
@@ -43,6 +44,13 @@ def power_spectrum(
     most `min(nlat, nlon / 2) - 1`. Leading dimensions are kept; the result has a last
     dimension `wavenumber` and is lazy when `field` is a dask array whose chunks each hold
     whole `(latitude, longitude)` fields.
+
+    Example:
+        >>> latitude = 90.0 - np.degrees(th.quadrature.precompute_latitudes(9)[0].numpy())
+        >>> field = xr.DataArray(np.full((9, 16), 3.0), dims=("latitude", "longitude"),
+        ...     coords={"latitude": latitude, "longitude": np.arange(16) * 22.5})
+        >>> power_spectrum(field).round(6).values.tolist()  # all at l = 0: the mean of 3^2
+        [9.0, 0.0, 0.0, 0.0, 0.0]
     """
     field = _north_first(field)
     nlat, nlon = field.sizes[LATITUDE], field.sizes[LONGITUDE]
@@ -79,9 +87,18 @@ def ensemble_spectra(
     each `(init_time, lead_time)`). Returns `power_members` (the mean over members of each
     member's spectrum), `power_ensemble_mean` (the spectrum of the ensemble mean) and
     `power_truth`, each with the other dimensions kept (average over `init_time` afterwards).
+
+    Example:
+        >>> latitude = 90.0 - np.degrees(th.quadrature.precompute_latitudes(9)[0].numpy())
+        >>> grid = {"latitude": latitude, "longitude": np.arange(16) * 22.5}
+        >>> truth = xr.DataArray(np.ones((9, 16)), dims=list(grid), coords=grid)
+        >>> members = xr.concat([truth, -truth], dim="member")
+        >>> spectra = ensemble_spectra(members, truth)
+        >>> [round(float(spectra[name][0]), 6) for name in spectra]  # members, mean, truth at l=0
+        [1.0, 0.0, 1.0]
     """
     if member_dim not in forecast.dims:
-        raise ValueError(f"forecast has no member dimension {member_dim!r}: {forecast.dims}")
+        raise ScoreError(f"forecast has no member dimension {member_dim!r}: {forecast.dims}")
     spectrum = {"grid": grid, "truncation": truncation}
     return xr.Dataset(
         {
@@ -96,11 +113,11 @@ def _north_first(field: xr.DataArray) -> xr.DataArray:
     """`field` with latitudes descending, after checking its horizontal dimensions."""
     missing = {LATITUDE, LONGITUDE} - set(field.dims)
     if missing:
-        raise ValueError(f"field {field.name!r} lacks dimension(s) {sorted(missing)}")
+        raise ScoreError(f"field {field.name!r} lacks dimension(s) {sorted(missing)}")
     chunks = field.chunksizes
     split = [dim for dim in (LATITUDE, LONGITUDE) if dim in chunks and len(chunks[dim]) > 1]
     if split:
-        raise ValueError(
+        raise ScoreError(
             f"field {field.name!r} is chunked along {split}; each chunk must hold whole fields:"
             f" rechunk with {{'latitude': -1, 'longitude': -1}}"
         )
@@ -113,20 +130,20 @@ def _north_first(field: xr.DataArray) -> xr.DataArray:
 def _check_grid(field: xr.DataArray, grid: str) -> None:
     """Refuse latitudes that are not the `grid` quadrature nodes or irregular longitudes."""
     if grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS}")
+        raise ScoreError(f"unknown grid {grid!r}; choose one of {GRIDS}")
     nlat, nlon = field.sizes[LATITUDE], field.sizes[LONGITUDE]
     if nlat < 2 or nlon < 4:
-        raise ValueError(f"a {nlat} x {nlon} grid is too small for a spectrum")
+        raise ScoreError(f"a {nlat} x {nlon} grid is too small for a spectrum")
     colatitude, _ = th.quadrature.precompute_latitudes(nlat, grid=grid)
     expected = 90.0 - np.degrees(colatitude.numpy())
     if not np.allclose(field[LATITUDE].values, expected, atol=1e-3):
-        raise ValueError(
+        raise ScoreError(
             f"the {nlat} latitudes of {field.name!r} are not a global {grid} grid"
             f" ({expected[0]:.4g} to {expected[-1]:.4g}, step {expected[0] - expected[1]:.4g})"
         )
     spacing = np.diff(field[LONGITUDE].values) % 360.0
     if not np.allclose(spacing, 360.0 / nlon, atol=1e-3):
-        raise ValueError(
+        raise ScoreError(
             f"the {nlon} longitudes of {field.name!r} are not regular with step {360 / nlon:.4g}"
         )
 
@@ -138,7 +155,7 @@ def _checked_truncation(nlat: int, nlon: int, grid: str, truncation: int | None)
         exact = nlat - 1 if grid == "legendre-gauss" else (nlat - 1) // 2
         return min(exact, largest)
     if not 0 <= truncation <= largest:
-        raise ValueError(f"truncation T{truncation} is outside 0..{largest} for a {nlat} x {nlon}")
+        raise ScoreError(f"truncation T{truncation} is outside 0..{largest} for a {nlat} x {nlon}")
     return truncation
 
 

@@ -1,12 +1,18 @@
-"""The pipeline behind `wxens verify`: open any ensemble store, map its names, score it.
+"""`score` and `verify`: open any ensemble, map its names, score it against a truth.
 
-1. `standardise` maps a store's names onto ours (cfgrib's `number`/`time`/`step`,
+1. `standardise` maps a dataset's names onto ours (cfgrib's `number`/`time`/`step`,
    WeatherBench2's `prediction_timedelta`, explicit renames), adds `lead_time = 0` to an
    ensemble of analyses, and splits extra dimensions such as pressure levels into variables
    (`z` at 500 hPa becomes `z500`).
 2. `truth_at_valid_times` picks the truth at `init_time + lead_time` on the same grid.
-3. `score_system` builds every score lazily; `verify` computes all systems in one dask pass and
-   writes the scores dataset described in `verification/__init__.py`.
+3. `score` builds the chosen scores of `scores.SCORES` for every system and variable (dask
+   graphs, a few lead times per compute call) and returns the scores dataset described in
+   `verification/__init__.py`; `verify` is `score` plus writing it (Zarr).
+
+Missing member values are refused: a forecast (or reference) with a NaN member value raises
+`ScoreError` naming the system, the variable and the first (init, lead) where it happens,
+rather than giving NaN scores. Leave out or fill those members first (for example
+`forecast.dropna("member", how="any")`).
 """
 
 from __future__ import annotations
@@ -22,24 +28,26 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
-from wxens.verification import metrics
 from wxens.verification.aggregation import (
     LATITUDE,
     LONGITUDE,
-    REGIONS,
-    regional_means,
-    regional_weights,
+    Region,
+    RegionsLike,
+    resolve_regions,
 )
-from wxens.verification.extremes import by_tail, calendar_window, climate_at, efi, model_climate
-from wxens.verification.probability import (
-    VALUE,
-    brier_score_from_table,
-    contingency_table,
-    exceeds,
-    reliability_from_table,
-    roc_auc_from_table,
-)
-from wxens.verification.spectra import ensemble_spectra
+from wxens.verification.errors import ScoreError
+from wxens.verification.extremes import calendar_window, efi, model_climate
+from wxens.verification.metrics import ensemble_summary
+from wxens.verification.scores import Score, ScoringContext, resolve_scores, score_variable
+
+__all__ = [
+    "REFERENCE_BUILDERS",
+    "ScoreError",
+    "VerifyOptions",
+    "open_store",
+    "score",
+    "verify",
+]
 
 INIT, LEAD, MEMBER, TIME = "init_time", "lead_time", "member", "time"
 FORECAST_ALIASES = {
@@ -55,43 +63,78 @@ FORECAST_ALIASES = {
 """Names other tools give our dimensions (cfgrib, WeatherBench2, CMIP); applied when ours are
 absent. A forecast's `time` is its init time, as in cfgrib and WeatherBench2."""
 TRUTH_ALIASES = {"valid_time": TIME, "lat": LATITUDE, "lon": LONGITUDE}
+GRIB_SUFFIXES = {".grib", ".grib2", ".grb", ".grb2"}
+GRID = (LATITUDE, LONGITUDE)
 
-
-class VerificationError(ValueError):
-    """Bad input to `verify`: the message names the store and the culprit."""
+Source = xr.Dataset | xr.DataArray | str | Path
+"""A forecast, truth or reference: a Dataset (in memory or dask-backed), a named DataArray,
+or a path (Zarr store, netCDF or GRIB file)."""
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """What `verify` computes; every field is recorded in the scores' attributes."""
+    """How `score` computes; every field is recorded in the scores' attributes.
 
-    variables: Sequence[str] | None = None
-    regions: Sequence[str] = tuple(REGIONS)
+    Example:
+        >>> VerifyOptions(quantiles=(0.9,)).probability_bins
+        10
+    """
+
     quantiles: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
     """Events "truth above the climate's q-quantile" for reliability, Brier, ROC and EFI ROC."""
     climate_window_days: int = 15
     probability_bins: int = 10
     seed: int = 0
+    """Seed of the rank histogram's random tie-breaking."""
     truncation: int | None = None
     """Spectral truncation of the spectra; None: the largest the grid resolves exactly."""
     forecast_renames: Mapping[str, str] = field(default_factory=dict)
     truth_renames: Mapping[str, str] = field(default_factory=dict)
+    maps: bool = True
+    """Also the report's maps of the forecast's first init (`map_*` variables)."""
+
+    def __post_init__(self) -> None:
+        quantiles = np.asarray(self.quantiles, dtype=float)
+        if quantiles.size == 0 or ((quantiles <= 0) | (quantiles >= 1)).any():
+            raise ScoreError(f"quantiles must lie strictly between 0 and 1, got {self.quantiles}")
+        if self.probability_bins < 1 or self.climate_window_days < 0:
+            raise ScoreError("probability_bins must be >= 1 and climate_window_days >= 0")
 
 
 def open_store(path: str | Path) -> xr.Dataset:
-    """Open a Zarr store, a netCDF file or a GRIB file (cfgrib) lazily."""
+    """Open a Zarr store, a netCDF file or a GRIB file (cfgrib) lazily.
+
+    Raises ScoreError naming the file when it does not exist or cannot be read as its kind.
+
+    Example:
+        >>> open_store("/nonexistent/forecast.zarr")
+        Traceback (most recent call last):
+        ...
+        wxens.verification.errors.ScoreError: /nonexistent/forecast.zarr does not exist
+    """
     path = Path(path)
     if not path.exists():
-        raise VerificationError(f"{path} does not exist")
+        raise ScoreError(f"{path} does not exist")
     if path.is_dir():
-        return xr.open_zarr(path, consolidated=_consolidated(path))
-    engine = "cfgrib" if path.suffix in {".grib", ".grib2", ".grb", ".grb2"} else None
-    if engine == "cfgrib":
+        kind, opener = "Zarr store", lambda: xr.open_zarr(path, consolidated=_consolidated(path))
+    elif path.suffix in GRIB_SUFFIXES:
         # pyproj (cartopy's, for the report's maps) must load before eccodes: the other way
         # round the two wheels' bundled libraries abort the interpreter at exit (double free).
         import pyproj  # noqa: F401
-    kwargs = {"backend_kwargs": {"indexpath": ""}} if engine == "cfgrib" else {}
-    return xr.open_dataset(path, engine=engine, chunks={}, **kwargs)
+
+        kind = "GRIB file"
+
+        def opener() -> xr.Dataset:
+            return xr.open_dataset(
+                path, engine="cfgrib", chunks={}, backend_kwargs={"indexpath": ""}
+            )
+    else:
+        kind, opener = "netCDF file", lambda: xr.open_dataset(path, chunks={})
+    try:
+        return opener()
+    except Exception as exc:  # any reader's failure: cfgrib raises EOFError, others OSError...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScoreError(f"{path} is not a readable {kind}: {reason}") from None
 
 
 def _consolidated(store: Path) -> bool | None:
@@ -106,7 +149,7 @@ def _consolidated(store: Path) -> bool | None:
 def _rename(ds: xr.Dataset, renames: Mapping[str, str], aliases: Mapping[str, str], label: str):
     missing = [old for old in renames if old not in ds.variables and old not in ds.dims]
     if missing:
-        raise VerificationError(f"{label} has no {missing[0]!r} to rename")
+        raise ScoreError(f"{label} has no {missing[0]!r} to rename")
     ds = ds.rename(dict(renames))
     implied = {
         old: new
@@ -131,43 +174,82 @@ def _split_extra_dims(ds: xr.Dataset, keep: Sequence[str]) -> xr.Dataset:
     return xr.Dataset(fields)
 
 
+def _checked_times(ds: xr.Dataset, label: str, *, forecast: bool) -> xr.Dataset:
+    """Init and valid times must be datetimes, lead times timedeltas; all in nanoseconds (so
+    that a dataset in memory and the same written to disk give the same labels)."""
+    wanted = {INIT: "M", LEAD: "m"} if forecast else {TIME: "M"}
+    for dim, kind in wanted.items():
+        if ds[dim].dtype.kind != kind:
+            expected = "datetime64" if kind == "M" else "timedelta64"
+            raise ScoreError(f"{label}: {dim!r} must be {expected}, got {ds[dim].dtype}")
+    ns = {dim: ds[dim].values.astype(f"{ds[dim].dtype.name.split('[')[0]}[ns]") for dim in wanted}
+    return ds.assign_coords(ns)
+
+
 def standardise(
     ds: xr.Dataset, renames: Mapping[str, str], label: str, *, forecast: bool
 ) -> xr.Dataset:
-    """Our names, our dimensions; see the module docstring."""
+    """Our names, our dimensions (see the module docstring); ScoreError for what is missing.
+
+    Example:
+        >>> dims = ("number", "time", "lat", "lon")
+        >>> members = xr.Dataset({"t": (dims, np.zeros((2, 1, 2, 3)))},
+        ...     coords={"time": [np.datetime64("2031-01-01")]})
+        >>> standardise(members, {}, "forecast", forecast=True)["t"].dims
+        ('lead_time', 'member', 'init_time', 'latitude', 'longitude')
+    """
     ds = _rename(ds, renames, FORECAST_ALIASES if forecast else TRUTH_ALIASES, label)
     required = (INIT, MEMBER) if forecast else (TIME,)
     for dim in (*required, LATITUDE, LONGITUDE):
         if dim not in ds.dims:
-            raise VerificationError(
+            raise ScoreError(
                 f"{label} has no {dim!r} dimension (it has {', '.join(map(str, ds.dims))}); "
                 "map one with a rename"
             )
     if forecast and LEAD not in ds.dims:
         ds = ds.expand_dims({LEAD: [np.timedelta64(0, "ns")]})
+    if not ds.data_vars:
+        raise ScoreError(f"{label} has no data variable")
+    ds = _checked_times(ds, label, forecast=forecast)
     keep = (INIT, LEAD, MEMBER, LATITUDE, LONGITUDE) if forecast else (TIME, LATITUDE, LONGITUDE)
     ds = ds.reset_coords(drop=True)
     return _split_extra_dims(ds, keep)
 
 
 def check_same_grid(forecast: xr.Dataset, truth: xr.Dataset, label: str) -> None:
-    """Verification does not regrid: the forecast's grid must be the truth's."""
-    for dim in (LATITUDE, LONGITUDE):
+    """Verification does not regrid: the forecast's grid must be the truth's (to rounding).
+
+    Example:
+        >>> truth = xr.Dataset(coords={"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]})
+        >>> check_same_grid(truth.isel(latitude=[0]), truth, "forecast")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        wxens.verification.errors.ScoreError: forecast is on another grid than the truth: ...
+    """
+    for dim in GRID:
         ours, theirs = forecast[dim].values, truth[dim].values
         if ours.shape != theirs.shape or not np.allclose(ours, theirs):
-            raise VerificationError(
+            raise ScoreError(
                 f"{label} is on another grid than the truth: {dim} has {ours.size} points "
                 f"({ours[0]:g}..{ours[-1]:g}) against {theirs.size} ({theirs[0]:g}..{theirs[-1]:g})"
             )
 
 
 def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    """The truth at `valid_time = init_time + lead_time`, dims (init_time, lead_time, lat, lon)."""
+    """The truth at `valid_time = init_time + lead_time`, dims (init_time, lead_time, lat, lon).
+
+    Example:
+        >>> times = np.datetime64("2031-01-01") + np.arange(4) * np.timedelta64(6, "h")
+        >>> truth = xr.DataArray(np.arange(4.0), dims="time", coords={"time": times})
+        >>> like = xr.Dataset(coords={"init_time": times[:2], "lead_time": times[1:3] - times[0]})
+        >>> truth_at_valid_times(truth, like).values.tolist()
+        [[1.0, 2.0], [2.0, 3.0]]
+    """
     valid = forecast[INIT] + forecast[LEAD]
     missing = ~np.isin(valid.values, truth[TIME].values)
     if missing.any():
         first = np.datetime_as_string(valid.values[missing][0], unit="h")
-        raise VerificationError(
+        raise ScoreError(
             f"the truth has no analysis at valid time {first} "
             f"({int(missing.sum())} of {missing.size} valid times missing)"
         )
@@ -181,29 +263,33 @@ def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray | xr.Datase
     return selected.transpose(INIT, LEAD, ...)
 
 
-def choose_variables(forecast: xr.Dataset, truth: xr.Dataset, wanted: Sequence[str] | None):
-    """The variables to score: `wanted`, else every variable both stores have."""
+def choose_variables(
+    forecast: xr.Dataset, truth: xr.Dataset, wanted: Sequence[str] | str | None
+) -> list[str]:
+    """The variables to score: `wanted`, else every variable both have.
+
+    Example:
+        >>> forecast = xr.Dataset({"t": 0.0, "u": 0.0, "q": 0.0})
+        >>> choose_variables(forecast, xr.Dataset({"u": 0.0, "t": 0.0}), None)
+        ['t', 'u']
+    """
+    if isinstance(wanted, str):
+        wanted = [wanted]
     if wanted:
         for name in wanted:
             for label, ds in (("forecast", forecast), ("truth", truth)):
                 if name not in ds.data_vars:
-                    raise VerificationError(
+                    raise ScoreError(
                         f"{label} has no variable {name!r} (it has {', '.join(ds.data_vars)})"
                     )
         return list(wanted)
     shared = [name for name in forecast.data_vars if name in truth.data_vars]
     if not shared:
-        raise VerificationError(
+        raise ScoreError(
             f"forecast ({', '.join(forecast.data_vars)}) and truth "
             f"({', '.join(truth.data_vars)}) share no variable"
         )
     return shared
-
-
-def _per_region(score, regions: Sequence[str]) -> xr.DataArray:
-    """`score(region)` for each region, stacked on a `region` dimension."""
-    values = [score(region) for region in regions]
-    return xr.concat(values, dim=xr.DataArray(list(regions), dims=["region"], name="region"))
 
 
 def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int) -> xr.DataArray:
@@ -218,112 +304,6 @@ def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int
             stacklevel=2,
         )
     return window.chunk({TIME: -1})
-
-
-EFI_CATEGORIES = 200
-"""The EFI's ROC is counted in 200 equal bins on [-1, 1] (ties within a bin count one half)."""
-
-
-def event_scores(
-    forecast: xr.DataArray, truth: xr.DataArray, climate: xr.DataArray, options: VerifyOptions
-) -> xr.Dataset:
-    """Brier score, reliability, ROC area and the EFI's ROC area for the events "truth above
-    the climate's q-quantile", by region, from contingency tables counted once per latitude."""
-    members = forecast.sizes[MEMBER]
-    thresholds = climate_at(climate, list(options.quantiles))
-    complete = forecast.notnull().all(MEMBER)
-    members_above = (forecast > thresholds).sum(MEMBER).where(complete, -1)
-    event = exceeds(truth, thresholds)
-    index = efi(forecast, climate)
-    efi_category = np.floor((index + 1) / 2 * EFI_CATEGORIES).clip(0, EFI_CATEGORIES - 1)
-    weights = regional_weights(truth[LATITUDE], options.regions)
-
-    def regional_table(category: xr.DataArray, values: int) -> xr.DataArray:
-        table = contingency_table(category, event, values, (INIT, LONGITUDE))
-        return (table * weights).sum(LATITUDE)
-
-    table = regional_table(members_above, members + 1)
-    probabilities = xr.DataArray(np.arange(members + 1) / members, dims=[VALUE])
-    reliability = reliability_from_table(table, probabilities, options.probability_bins)
-    return xr.Dataset(
-        {
-            "brier_score": brier_score_from_table(table, probabilities),
-            "roc_auc": roc_auc_from_table(table),
-            "efi_roc_auc": roc_auc_from_table(
-                regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)
-            ),
-            **{f"reliability_{name}": score for name, score in reliability.items()},
-        }
-    )
-
-
-def score_variable(
-    forecast: xr.DataArray,
-    truth: xr.DataArray,
-    climate_sample: xr.DataArray,
-    options: VerifyOptions,
-) -> xr.Dataset:
-    """Every score of one variable of one system, lazily; dims (region, lead_time, ...)."""
-    members = forecast.sizes[MEMBER]
-    regions = list(options.regions)
-
-    def mean(per_point: xr.DataArray) -> xr.DataArray:
-        return regional_means(per_point, regions)
-
-    # CRPS, mean, variance, rank, outliers and tails from one sort of each chunk's members.
-    summary = metrics.ensemble_summary(forecast, truth, seed=options.seed)
-    variance = mean(summary["variance"])
-    squared_error_of_mean = (summary["mean"] - truth) ** 2
-    squared_error = mean(squared_error_of_mean)
-    unbiased = mean(squared_error_of_mean - summary["variance"] / members)
-    climatology = climate_sample.mean(TIME)
-    climate = model_climate(climate_sample, TIME)
-    # Counted once per latitude; each region then weights the latitudes (no recount per region).
-    by_latitude = metrics.rank_counts(summary["rank"], members, (INIT, LONGITUDE))
-    rank_counts = (by_latitude * regional_weights(truth[LATITUDE], regions)).sum(LATITUDE)
-    fair = members > 1  # one member: a deterministic forecast, whose CRPS is the ECDF form
-    # Per init time too, for the scorecards' bootstrap over init times.
-    crps = summary["crps_fair" if fair else "crps_ecdf"]
-    crps_by_init = regional_means(crps, regions, None)
-    scores = {
-        "crps": crps_by_init.mean(INIT),
-        "crps_by_init": crps_by_init,
-        "crps_ecdf": mean(summary["crps_ecdf"]),
-        "rmse": np.sqrt(squared_error),
-        "spread": np.sqrt(variance),
-        "spread_skill_ratio": metrics.spread_skill_ratio(variance, squared_error, members),
-        "spread_skill_ratio_debiased": metrics.spread_skill_ratio_debiased(variance, unbiased),
-        "outlier_fraction": mean(summary["outside"]),
-        "acc": _per_region(
-            lambda r: metrics.anomaly_correlation(summary["mean"], truth, climatology, r), regions
-        ).mean(INIT),
-        "energy_score": _per_region(
-            lambda r: metrics.energy_score(forecast, truth, r, fair=fair), regions
-        ).mean(INIT),
-        "rank_histogram": rank_counts / rank_counts.sum("rank"),
-    }
-    events = event_scores(forecast, truth, climate, options)
-    tails = {
-        "tail_fraction": mean(by_tail(summary["tail_low"], summary["tail_high"])),
-        "tail_reach": mean(by_tail(summary["reach_low"], summary["reach_high"])),
-    }
-    spectra = spectra_or_none(forecast, truth, options.truncation)
-    return xr.merge(
-        [scores, events, tails, spectra.mean(INIT) if spectra is not None else {}],
-        compat="no_conflicts",
-        join="exact",
-    )
-
-
-def spectra_or_none(
-    forecast: xr.DataArray, truth: xr.DataArray, truncation: int | None
-) -> xr.Dataset | None:
-    """Member, ensemble-mean and truth spectra; None (with a warning) on a non-global grid."""
-    try:
-        return ensemble_spectra(forecast, truth, MEMBER, truncation=truncation)
-    except ValueError as exc:
-        warnings.warn(f"no spectra: {exc}", stacklevel=2)
-        return None
 
 
 LEAD_GROUP_BYTES = 512 * 2**20
@@ -343,10 +323,16 @@ def score_chunks(forecast: xr.DataArray) -> dict[str, int]:
     return {INIT: inits, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1}
 
 
-def score_system(
-    forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str], options: VerifyOptions
+def _score_system(
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    variables: Sequence[str],
+    regions: Mapping[str, Region],
+    scores: Sequence[Score],
+    options: VerifyOptions,
 ) -> xr.Dataset:
-    """All scores of one system, lazily, with a `variable` dimension."""
+    """The chosen scores of one system, lazily, with a `variable` dimension (and the
+    `missing_members` count of `scores.score_variable`)."""
     per_variable = []
     for name in variables:
         chunks = score_chunks(forecast[name])
@@ -355,15 +341,23 @@ def score_system(
             {dim: size for dim, size in chunks.items() if dim != MEMBER}
         )
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
-        per_variable.append(score_variable(data, observed, climate_sample, options))
+        context = ScoringContext(data, observed, climate_sample, regions, options)
+        per_variable.append(score_variable(context, scores))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
 
 
-def score_system_by_leads(
-    forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str], options: VerifyOptions
+def _score_system_by_leads(
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    variables: Sequence[str],
+    regions: Mapping[str, Region],
+    scores: Sequence[Score],
+    options: VerifyOptions,
+    label: str = "forecast",
 ) -> xr.Dataset:
-    """`score_system`, computed a few lead times at a time: about LEAD_GROUP_BYTES of forecasts
-    each, so peak memory stays flat however many leads there are.
+    """`_score_system`, computed a few lead times at a time: about LEAD_GROUP_BYTES of forecasts
+    each, so peak memory stays flat however many leads there are. Refuses missing members
+    (ScoreError naming `label`) as soon as a group shows some.
 
     Each group's graph is built from its own leads: a compute call materialises and culls the
     whole graph it is given, and one graph of every system and lead, sliced per group, cost the
@@ -371,39 +365,67 @@ def score_system_by_leads(
     """
     per_lead = sum(forecast[name].nbytes for name in variables) // forecast.sizes[LEAD]
     group = int(np.clip(LEAD_GROUP_BYTES // max(per_lead, 1), 1, None))
+    by_lead = []
     # One BLAS thread per dask thread: OpenBLAS's own threads on top of dask's oversubscribe
     # the cores and spin, making the energy score's Gram matrices several times slower.
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         # NaN scores are expected (no events in a region, a negative unbiased squared error
         # under a square root); numpy's warnings about them would drown the output.
         warnings.simplefilter("ignore", RuntimeWarning)
-        by_lead = [
-            score_system(
-                forecast.isel({LEAD: slice(first, first + group)}), truth, variables, options
-            ).compute()
-            for first in range(0, forecast.sizes[LEAD], group)
-        ]
+        for first in range(0, forecast.sizes[LEAD], group):
+            leads = forecast.isel({LEAD: slice(first, first + group)})
+            part = _score_system(leads, truth, variables, regions, scores, options).compute()
+            refuse_missing(part["missing_members"], label)
+            by_lead.append(part.drop_vars("missing_members"))
     return xr.concat(by_lead, dim=LEAD, data_vars="all", coords="minimal", compat="override")
+
+
+def refuse_missing(missing: xr.DataArray, label: str) -> None:
+    """Raise ScoreError at the first (variable, init, lead) that has NaN member values.
+
+    Example:
+        >>> missing = xr.DataArray([[[0, 3]]], dims=("variable", "init_time", "lead_time"),
+        ...     coords={"variable": ["t"], "init_time": [np.datetime64("2031-01-01T00")],
+        ...             "lead_time": [np.timedelta64(0, "h"), np.timedelta64(6, "h")]})
+        >>> refuse_missing(missing, "forecast")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        wxens.verification.errors.ScoreError: forecast: 't' has 3 missing (NaN) member ...
+    """
+    counts = missing.transpose("variable", INIT, LEAD)
+    found = np.argwhere(counts.values > 0)
+    if not found.size:
+        return
+    v, i, k = found[0]
+    init = np.datetime_as_string(counts[INIT].values[i], unit="h")
+    hours = counts[LEAD].values[k] / np.timedelta64(1, "h")
+    raise ScoreError(
+        f"{label}: {str(counts['variable'].values[v])!r} has {int(counts.values[v, i, k])} missing "
+        f"(NaN) member values at init_time {init}, lead_time {hours:g} h; score complete "
+        "members only, e.g. forecast.dropna('member', how='any')"
+    )
 
 
 MAP_LEADS = 3
 MAP_MEMBERS = 4
 
 
-def map_fields(forecast: xr.DataArray, truth: xr.DataArray, climate: xr.DataArray) -> xr.Dataset:
+def _map_fields(forecast: xr.DataArray, truth: xr.DataArray, climate: xr.DataArray) -> xr.Dataset:
     """The report's maps of the first init time, at up to MAP_LEADS lead times after lead 0
     (dimension `map_lead_time`): the truth, the ensemble mean, the spread (std, field units),
     the EFI against `climate` (`model_climate`, unitless) and the first MAP_MEMBERS members."""
     leads = forecast.sizes[LEAD]
     picks = np.unique(np.linspace(min(1, leads - 1), leads - 1, MAP_LEADS).round().astype(int))
     first = forecast.isel({INIT: 0, LEAD: picks})
+    observed = truth.isel({INIT: 0, LEAD: picks})
+    summary = ensemble_summary(first, observed, statistics=("mean", "variance"))
     fields = xr.Dataset(
         {
-            "map_truth": truth.isel({INIT: 0, LEAD: picks}),
-            "map_ensemble_mean": metrics.ensemble_mean(first),
-            "map_spread": np.sqrt(metrics.ensemble_variance(first))
+            "map_truth": observed,
+            "map_ensemble_mean": summary["mean"],
+            "map_spread": np.sqrt(summary["variance"])
             if first.sizes[MEMBER] > 1
-            else xr.zeros_like(first.isel({MEMBER: 0})),
+            else xr.zeros_like(summary["mean"]),
             "map_efi": efi(first, climate),
             "map_members": first.isel({MEMBER: slice(0, MAP_MEMBERS)}).rename(
                 {MEMBER: "map_member"}
@@ -414,16 +436,16 @@ def map_fields(forecast: xr.DataArray, truth: xr.DataArray, climate: xr.DataArra
     return fields.assign_coords(map_lead_time=forecast[LEAD].values[picks])
 
 
-def system_maps(
+def _system_maps(
     forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str], options: VerifyOptions
 ) -> xr.Dataset:
-    """`map_fields` of every variable (dimension `variable`), computed."""
+    """`_map_fields` of every variable (dimension `variable`), computed."""
     per_variable = []
     for name in variables:
         data = forecast[name].isel({INIT: [0]}).chunk({MEMBER: -1})
         observed = truth_at_valid_times(truth[name], data)
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
-        per_variable.append(map_fields(data, observed, model_climate(climate_sample, TIME)))
+        per_variable.append(_map_fields(data, observed, model_climate(climate_sample, TIME)))
     maps = xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
     return maps.compute().assign_attrs(map_init_time=str(forecast[INIT].values[0]))
 
@@ -437,6 +459,15 @@ def climatological_ensemble(
     for every earlier year k the truth holds and d = -15, -10, ..., 15: the same time of day
     around the same calendar date in other years (WeatherBench2's probabilistic climatology;
     the valid year itself is never used).
+
+    Example:
+        >>> times = np.arange("2029-01-01", "2031-02-01", dtype="datetime64[D]")
+        >>> truth = xr.Dataset({"t": ("time", np.arange(times.size, dtype=float))},
+        ...                    coords={"time": times.astype("datetime64[ns]")})
+        >>> like = xr.Dataset(coords={"init_time": [np.datetime64("2031-01-20", "ns")],
+        ...                           "lead_time": [np.timedelta64(0, "ns")]})
+        >>> climatological_ensemble(truth, like).sizes["member"]  # 2 earlier years x 7 days
+        14
     """
     valid = (like[INIT] + like[LEAD]).values
     shifts = range(-half_width_days, half_width_days + 1, step_days)
@@ -447,7 +478,7 @@ def climatological_ensemble(
         if np.isin(valid - np.timedelta64(365 * year + shift, "D"), truth[TIME].values).all()
     ]
     if not offsets:
-        raise VerificationError(
+        raise ScoreError(
             "the truth holds no earlier year of the valid times, so no climatological ensemble"
         )
     members = []
@@ -460,74 +491,217 @@ def climatological_ensemble(
 
 def persistence_forecast(truth: xr.Dataset, like: xr.Dataset) -> xr.Dataset:
     """One member, the analysis at the init time, at every lead of `like`: a deterministic
-    forecast, scored as a one-member ensemble (its CRPS is its mean absolute error)."""
+    forecast, scored as a one-member ensemble (its CRPS is its mean absolute error).
+
+    Example:
+        >>> times = np.datetime64("2031-01-01", "ns") + np.arange(3) * np.timedelta64(6, "h")
+        >>> truth = xr.Dataset({"t": ("time", [1.0, 2.0, 3.0])}, coords={"time": times})
+        >>> like = xr.Dataset(coords={"init_time": times[1:], "lead_time": times[:2] - times[0]})
+        >>> persistence_forecast(truth, like)["t"].squeeze("member").values.tolist()
+        [[2.0, 2.0], [3.0, 3.0]]
+    """
     inits = like[INIT].values
     missing = ~np.isin(inits, truth[TIME].values)
     if missing.any():
         first = np.datetime_as_string(inits[missing][0], unit="h")
-        raise VerificationError(f"the truth has no analysis at init time {first} for persistence")
+        raise ScoreError(f"the truth has no analysis at init time {first} for persistence")
     at_init = truth.sel({TIME: inits}).rename({TIME: INIT}).assign_coords({INIT: like[INIT]})
     return at_init.expand_dims({LEAD: like[LEAD].values, MEMBER: 1}).transpose(INIT, LEAD, ...)
 
 
 REFERENCE_BUILDERS = {"climatology": climatological_ensemble, "persistence": persistence_forecast}
-"""References given by name instead of a path are built from the truth."""
+"""References given by name instead of a dataset or path are built from the truth."""
+
+
+def _is_builder(source: object) -> bool:
+    return isinstance(source, str) and source in REFERENCE_BUILDERS
+
+
+def _open(source: Source, label: str) -> xr.Dataset:
+    """A Dataset from a Dataset, a named DataArray or a path."""
+    if isinstance(source, xr.Dataset):
+        return source
+    if isinstance(source, xr.DataArray):
+        if source.name is None:
+            raise ScoreError(f"{label} is an unnamed DataArray; name it or pass a Dataset")
+        return source.to_dataset()
+    if isinstance(source, str | Path):
+        return open_store(source)
+    raise ScoreError(f"{label} is a {type(source).__name__}; pass a Dataset or a path")
+
+
+def _describe(source: object) -> str:
+    """How the provenance names an input."""
+    if isinstance(source, xr.Dataset | xr.DataArray):
+        return "<in-memory dataset>"
+    return str(source)
+
+
+def score(
+    forecast: Source,
+    truth: Source,
+    references: Mapping[str, Source] | None = None,
+    *,
+    scores: Sequence[str | Score] | None = None,
+    regions: RegionsLike = None,
+    variables: Sequence[str] | None = None,
+    options: VerifyOptions | None = None,
+) -> xr.Dataset:
+    """Score an ensemble forecast (and any references) against a truth; write nothing.
+
+    `forecast` and each reference have dims `init_time` (datetime64), `lead_time`
+    (timedelta64; absent: lead 0), `member`, `latitude`, `longitude` (other tools' names are
+    mapped: cfgrib's `number`/`time`/`step`, WeatherBench2's `prediction_timedelta`, and
+    `options.forecast_renames`); `truth` has `time`, `latitude`, `longitude`, on the same grid,
+    with an analysis at every valid time `init_time + lead_time`. Each may be an in-memory or
+    dask-backed Dataset or a path (Zarr, netCDF, GRIB); a reference may also be the name
+    `"climatology"` or `"persistence"`, built from the truth (`REFERENCE_BUILDERS`).
+
+    `scores` picks entries of `scores.SCORES` by name or object (default all), `regions` picks
+    regions (`aggregation.REGIONS` names, `Region` objects or a mapping name -> Region;
+    default the four bands), `variables` the fields (default every variable that forecast and
+    truth share). Returns the scores dataset of `verification/__init__.py`: one variable per
+    score with dims `system` (`forecast`, then the references), `variable`, `region`,
+    `lead_time` and the score's own; means are area-weighted (cell areas) over a region, then
+    taken over init times, square roots last. The maps of the forecast's first init are
+    included unless `options.maps` is False.
+
+    Missing member values are refused (ScoreError naming the system, variable, init and lead);
+    so is misuse: a missing dimension, an unknown score, region or variable, another grid.
+
+    Example:
+        >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
+        >>> times = np.datetime64("2031-01-01") + np.arange(4) * np.timedelta64(6, "h")
+        >>> truth = xr.Dataset({"t": (("time", *grid), np.zeros((4, 2, 2)))},
+        ...                    coords={"time": times, **grid})
+        >>> members = np.stack([np.full((2, 2), -1.0), np.full((2, 2), 1.0)])
+        >>> forecast = xr.Dataset(
+        ...     {"t": (("init_time", "member", *grid), members[None])},
+        ...     coords={"init_time": times[:1], **grid})
+        >>> result = score(forecast, truth, scores=["rmse", "spread"], regions=["global"],
+        ...                options=VerifyOptions(maps=False))
+        >>> float(result.rmse.squeeze()), float(result.spread.squeeze())
+        (0.0, 1.4142135623730951)
+    """
+    options = VerifyOptions() if options is None else options
+    if not isinstance(options, VerifyOptions):
+        raise ScoreError(f"options must be a VerifyOptions, got {type(options).__name__}")
+    chosen = resolve_scores(scores)
+    named_regions = resolve_regions(regions)
+    if references is not None and not isinstance(references, Mapping):
+        raise ScoreError("references must map names to datasets, paths or builder names")
+    references = dict(references or {})
+    if "forecast" in references:
+        raise ScoreError("'forecast' names the forecast; give the reference another name")
+    opened_truth = _open(truth, "truth")
+    truth_ds = standardise(opened_truth, options.truth_renames, "truth", forecast=False)
+    truth_ds = truth_ds.chunk({LATITUDE: -1, LONGITUDE: -1})  # whole fields, however written
+    for region in named_regions.values():
+        region.weights(truth_ds[LATITUDE], truth_ds[LONGITUDE])  # on the grid? (ScoreError)
+    systems = {"forecast": forecast, **references}
+    stores = {}
+    for name, source in systems.items():
+        if _is_builder(source):
+            continue
+        label = f"{name} ({source})" if isinstance(source, str | Path) else name
+        ds = standardise(_open(source, label), options.forecast_renames, label, forecast=True)
+        check_same_grid(ds, truth_ds, label)
+        # Equal to rounding: the truth's labels, so that the two align exactly.
+        stores[name] = ds.assign_coords({dim: truth_ds[dim].values for dim in GRID})
+    if "forecast" not in stores:
+        raise ScoreError("the forecast must be a dataset or a path, not a reference name")
+    variables = choose_variables(stores["forecast"], truth_ds, variables)
+    for name in stores:
+        choose_variables(stores[name], truth_ds, variables)  # every system has them
+    for name, source in systems.items():
+        if _is_builder(source):
+            stores[name] = REFERENCE_BUILDERS[source](truth_ds[variables], stores["forecast"])
+    stores = {name: stores[name] for name in systems}  # in the order given
+    scored = [
+        _score_system_by_leads(ds, truth_ds, variables, named_regions, chosen, options, name)
+        for name, ds in stores.items()
+    ]
+    # Systems of other sizes have other rank axes (M + 1): the outer join pads them with NaN.
+    result = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
+    result.attrs = _provenance(systems, truth, variables, named_regions, chosen, options, stores)
+    # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
+    result.attrs["planet"] = opened_truth.attrs.get("planet", "earth")
+    if options.maps:
+        maps = _system_maps(stores["forecast"], truth_ds, variables, options)
+        result = xr.merge([result, maps], combine_attrs="override")
+        result.attrs["map_init_time"] = maps.attrs["map_init_time"]
+    return result
 
 
 def verify(
-    forecast_path: str | Path,
-    truth_path: str | Path,
+    forecast: Source,
+    truth: Source,
     out: str | Path,
-    references: Mapping[str, str | Path] | None = None,
+    references: Mapping[str, Source] | None = None,
+    *,
+    scores: Sequence[str | Score] | None = None,
+    regions: RegionsLike = None,
+    variables: Sequence[str] | None = None,
     options: VerifyOptions | None = None,
     overwrite: bool = False,
 ) -> xr.Dataset:
-    """Score the forecast (and any references) against the truth; write `out` (Zarr).
+    """`score`, then write the scores dataset to `out` (Zarr v3, consolidated); return it.
 
-    The store is written to `OUT.partial` and renamed when complete; an existing `out` is
-    replaced only with `overwrite`.
+    The store is written to `OUT.partial` and renamed when complete, so a failed run leaves
+    neither; an existing `out` is replaced only with `overwrite=True` (after scoring, so a
+    failure keeps it). Arguments as in `score`; paths and Datasets may be mixed.
+
+    Example:
+        >>> import tempfile
+        >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
+        >>> times = np.datetime64("2031-01-01") + np.arange(4) * np.timedelta64(6, "h")
+        >>> truth = xr.Dataset({"t": (("time", *grid), np.zeros((4, 2, 2)))},
+        ...                    coords={"time": times, **grid})
+        >>> forecast = xr.Dataset(
+        ...     {"t": (("init_time", "member", *grid), np.ones((1, 2, 2, 2)))},
+        ...     coords={"init_time": times[:1], **grid})
+        >>> out = Path(tempfile.mkdtemp()) / "scores.zarr"
+        >>> written = verify(forecast, truth, out, scores=["rmse"], regions=["global"],
+        ...                  options=VerifyOptions(maps=False))
+        >>> float(xr.open_zarr(out).rmse.squeeze())
+        1.0
     """
-    options = options or VerifyOptions()
     out = Path(out)
     if out.exists() and not overwrite:
-        raise VerificationError(f"{out} already exists; pass --overwrite to replace it")
-    truth = standardise(open_store(truth_path), options.truth_renames, "truth", forecast=False)
-    truth = truth.chunk({LATITUDE: -1, LONGITUDE: -1})  # whole fields, however it was written
-    systems = {"forecast": forecast_path, **(references or {})}
-    stores = {}
-    for name, path in systems.items():
-        if path in REFERENCE_BUILDERS:
-            continue
-        label = f"{name} ({path})"
-        stores[name] = standardise(open_store(path), options.forecast_renames, label, forecast=True)
-        check_same_grid(stores[name], truth, label)
-    variables = choose_variables(stores["forecast"], truth, options.variables)
-    for name, path in systems.items():
-        if path in REFERENCE_BUILDERS:
-            stores[name] = REFERENCE_BUILDERS[path](truth[variables], stores["forecast"])
-    scored = [score_system_by_leads(ds, truth, variables, options) for ds in stores.values()]
-    # Systems of other sizes have other rank axes (M + 1): the outer join pads them with NaN.
-    scores = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
-    scores.attrs = provenance(systems, truth_path, variables, options, stores)
-    # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
-    scores.attrs["planet"] = truth.attrs.get("planet", "earth")
-    maps = system_maps(stores["forecast"], truth, variables, options)
-    scores = xr.merge([scores, maps], combine_attrs="override")
-    scores.attrs["map_init_time"] = maps.attrs["map_init_time"]
-    write_scores(scores, out, overwrite)
-    return scores
+        raise ScoreError(f"{out} already exists; pass overwrite=True to replace it")
+    result = score(
+        forecast,
+        truth,
+        references,
+        scores=scores,
+        regions=regions,
+        variables=variables,
+        options=options,
+    )
+    _write_scores(result, out, overwrite)
+    return result
 
 
-def provenance(systems, truth_path, variables, options: VerifyOptions, stores) -> dict:
-    """Attributes of the scores dataset: inputs, options, members, package version."""
+def _provenance(
+    systems: Mapping[str, object],
+    truth: object,
+    variables: Sequence[str],
+    regions: Mapping[str, Region],
+    scores: Sequence[Score],
+    options: VerifyOptions,
+    stores: Mapping[str, xr.Dataset],
+) -> dict:
+    """Attributes of the scores dataset: inputs, scores, regions, options, members, version."""
     return {
-        "systems": json.dumps({name: str(path) for name, path in systems.items()}),
-        "truth": str(truth_path),
+        "systems": json.dumps({name: _describe(source) for name, source in systems.items()}),
+        "truth": _describe(truth),
         "members": json.dumps({name: ds.sizes[MEMBER] for name, ds in stores.items()}),
         "variables": json.dumps(list(variables)),
+        "scores": json.dumps([entry.name for entry in scores]),
+        "regions": json.dumps({name: repr(region) for name, region in regions.items()}),
         "options": json.dumps(
             {
-                "regions": list(options.regions),
+                "regions": list(regions),
                 "quantiles": list(options.quantiles),
                 "probability_bins": options.probability_bins,
                 "seed": options.seed,
@@ -535,23 +709,29 @@ def provenance(systems, truth_path, variables, options: VerifyOptions, stores) -
                 "climate_window_days": options.climate_window_days,
                 "forecast_renames": dict(options.forecast_renames),
                 "truth_renames": dict(options.truth_renames),
+                "maps": options.maps,
             }
         ),
         "wxens_version": version("wxens"),
     }
 
 
-def write_scores(scores: xr.Dataset, out: Path, overwrite: bool) -> None:
-    """Write to `OUT.partial`, then move it into place (replacing `out` only now)."""
+def _write_scores(scores: xr.Dataset, out: Path, overwrite: bool) -> None:
+    """Write to `OUT.partial`, then move it into place (replacing `out` only now); a failed
+    write leaves no `OUT.partial`."""
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     # Variable-length strings: zarr v3 has no stable spec for numpy's fixed-width unicode.
     labels = {name: c.astype(object) for name, c in scores.coords.items() if c.dtype.kind == "U"}
-    with warnings.catch_warnings():
-        # Consolidated metadata lets `xr.open_zarr(out)` open quietly; zarr warns it is not
-        # (yet) part of the v3 spec.
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        scores.assign_coords(labels).to_zarr(partial, mode="w", consolidated=True)
+    try:
+        with warnings.catch_warnings():
+            # Consolidated metadata lets `xr.open_zarr(out)` open quietly; zarr warns it is not
+            # (yet) part of the v3 spec.
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            scores.assign_coords(labels).to_zarr(partial, mode="w", consolidated=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists() and overwrite:
         shutil.rmtree(out)
     partial.rename(out)
