@@ -199,7 +199,16 @@ def set_root_attribute(path: Path, key: str, value: object) -> None:
 
 
 def open_analyses(path: str | Path) -> xr.Dataset:
-    """Open a complete analysis store lazily (dask); refuse a missing or incomplete one."""
+    """Open a complete analysis store lazily (dask); refuse a missing or incomplete one with
+    a one-line `StoreError`.
+
+    Example:
+        >>> import wxens
+        >>> wxens.open_analyses("no/such/truth.zarr")
+        Traceback (most recent call last):
+        ...
+        wxens.data_pipeline.analysis_store.StoreError: no/such/truth.zarr: no such store
+    """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store")

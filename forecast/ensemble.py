@@ -211,7 +211,7 @@ def run_ensemble(
     Example:
         >>> import wxens
         >>> members = wxens.load_members("checkpoints/default/sfno-seed1")
-        >>> truth = wxens.simulate_truth(days=2, spinup_days=10)
+        >>> truth = wxens.simulate_truth(days=1, spinup_days=1)
         >>> ensemble = wxens.run_ensemble(members, truth, truth.time[0], 2, "12h")
         >>> dict(ensemble.sizes)
         {'init_time': 1, 'lead_time': 3, 'member': 2, 'latitude': 33, 'longitude': 64}

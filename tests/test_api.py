@@ -221,3 +221,16 @@ def test_the_facade_exports_what_it_lists():
         assert getattr(wxens, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         wxens.nothing  # noqa: B018
+
+
+def test_loading_refuses_what_is_not_a_checkpoint_or_a_store(tmp_path):
+    with pytest.raises(wxens.CheckpointError, match="neither a checkpoint nor a folder of"):
+        wxens.load_members(tmp_path)
+    (tmp_path / "metadata.json").write_text("{not json")
+    with pytest.raises(wxens.CheckpointError, match=r"metadata\.json: corrupt metadata"):
+        wxens.load_members(tmp_path)
+    with pytest.raises(wxens.StoreError, match=r"no\.zarr: no such store"):
+        wxens.open_analyses(tmp_path / "no.zarr")
+    (tmp_path / "half.zarr").mkdir()
+    with pytest.raises(wxens.StoreError, match=r"half\.zarr: not a readable Zarr store"):
+        wxens.open_analyses(tmp_path / "half.zarr")

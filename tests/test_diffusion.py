@@ -120,7 +120,7 @@ def test_input_noise_perturbs_the_conditioning_state_not_the_target(diffusion_ch
     noisy = denoising_loss(diffusion, state, following, weights, torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(1)
     errors = diffusion.project(0.5 * diffusion.tendency_std * draw_noise(3, shape[1:], generator))
-    torch.testing.assert_close(diffusion.project(errors), errors, atol=1e-2, rtol=1e-5)
+    torch.testing.assert_close(diffusion.project(errors), errors, atol=1e-2, rtol=1e-4)
     diffusion.settings = diffusion.diffusion.model_copy(update={"input_noise": 0.0})
     moved = denoising_loss(diffusion, state + errors, following, weights, generator)
     clean = denoising_loss(diffusion, state, following, weights, torch.Generator().manual_seed(1))

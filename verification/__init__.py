@@ -74,37 +74,3 @@ Regions: `REGIONS` holds `global`, `nh_extratropics` (20-90N), `tropics` (20S-20
 are cell areas times its mask. Means are area-weighted over a region, then taken over init
 times; square roots are taken last.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "score": "wxens.verification.verify",
-    "VerifyOptions": "wxens.verification.verify",
-    "SCORES": "wxens.verification.scores",
-    "Score": "wxens.verification.scores",
-    "REGIONS": "wxens.verification.aggregation",
-    "Region": "wxens.verification.aggregation",
-    "LatitudeBand": "wxens.verification.aggregation",
-    "LatLonBox": "wxens.verification.aggregation",
-    "MaskRegion": "wxens.verification.aggregation",
-    "cell_area_weights": "wxens.verification.aggregation",
-    "ScoreError": "wxens.verification.errors",
-}
-"""Each public name and the module that defines it (loaded on first use: importing
-`wxens.verification.aggregation` alone stays light)."""
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'wxens.verification' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])

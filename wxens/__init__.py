@@ -12,13 +12,13 @@ the benchmarks call these same functions.
 - Errors, each a `ValueError` (or `RuntimeError` for a store) with a one-line message naming
   the culprit: `ConfigError`, `CheckpointError`, `StoreError`, `ForecastError`, `ScoreError`.
 
-Example (the same as `examples/quickstart.py`):
+Example (`examples/quickstart.py` adds bred-vector perturbations):
 
     import wxens
 
-    truth = wxens.simulate_truth(days=12, spinup_days=40)
+    truth = wxens.simulate_truth(days=6, spinup_days=25)
     members = wxens.load_members("checkpoints/default")
-    ensemble = wxens.run_ensemble(members, truth, truth.time[4], 20, "5D")
+    ensemble = wxens.run_ensemble(members, truth, truth.time[0], 20, "5D")
     scores = wxens.score(ensemble, truth, references={"persistence": "persistence"})
     wxens.report(scores, "report/")
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from wxens.verification.errors import ScoreError
     from wxens.verification.report import report
     from wxens.verification.scores import SCORES, Score
-    from wxens.verification.verify import score, verify
+    from wxens.verification.verify import VerifyOptions, score, verify
 
 _EXPORTS = {
     "simulate_truth": "wxens.data_pipeline.truth",
@@ -69,6 +69,7 @@ _EXPORTS = {
     "bred_vector_perturbation": "wxens.forecast.ensemble",
     "KINDS": "wxens.models.kinds",
     "score": "wxens.verification.verify",
+    "VerifyOptions": "wxens.verification.verify",
     "verify": "wxens.verification.verify",
     "report": "wxens.verification.report",
     "ScoreError": "wxens.verification.errors",
@@ -99,6 +100,7 @@ __all__ = [
     "Score",
     "ScoreError",
     "StoreError",
+    "VerifyOptions",
     "bred_vector_perturbation",
     "load_config",
     "load_members",
