@@ -13,10 +13,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m wxens.forecast.demo
 
+# Tests: one torch/OpenMP thread in each of the two pytest workers (the runner's tasks set
+# their own); two workers of several threads each would oversubscribe two cores.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

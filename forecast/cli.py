@@ -47,6 +47,7 @@ OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an e
 FLAG_HINTS = {
     "resume it or overwrite it": "--resume or --overwrite",
     "overwrite it to replace it": "--overwrite",
+    "choose another output folder": "another --out",
 }
 """The flags that answer a library error (whose messages name no flag)."""
 

@@ -396,7 +396,7 @@ class Trainer:
             if saved.get(key) != value:
                 raise CheckpointError(
                     f"{self.out}: holds a run with another {key.replace('_', ' ')};"
-                    " choose a new --out"
+                    " choose another output folder"
                 )
 
     def resume(self) -> None:
