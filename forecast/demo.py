@@ -53,15 +53,22 @@ def step(command: str, run: Callable[[], object]) -> None:
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def hindcast(model: str, out: Path) -> None:
+def hindcast(model: str, out: Path, truth: Path) -> None:
     inits = pd.date_range(INITS["start"], INITS["end"], freq=INITS["every"]).values
     options = RunOptions(out, overwrite=True, quiet=True, command="hindcast")
     step(
         f"hindcast --config {CONFIG} --model {model} --members {MEMBERS} --start {INITS['start']}"
-        f" --end {INITS['end']} --every {INITS['every']} --lead-days {LEAD_DAYS} --out {out}"
+        f" --end {INITS['end']} --every {INITS['every']} --lead-days {LEAD_DAYS}"
+        f" --analyses {truth} --out {out}"
         " --overwrite --quiet",
         lambda: run_configured_ensemble(
-            load_config(CONFIG), inits, MEMBERS, f"{LEAD_DAYS}D", options, model=model
+            load_config(CONFIG),
+            inits,
+            MEMBERS,
+            f"{LEAD_DAYS}D",
+            options,
+            model=model,
+            analyses=truth,
         ),
     )
 
@@ -127,8 +134,8 @@ def main() -> None:
         f"data truth --config {CONFIG} --years {years:.6f} --out {truth} --overwrite",
         lambda: write_truth(config, config.model_dump(mode="json"), years, truth, True),
     )
-    hindcast("sfno", sfno)
-    hindcast("nwp", nwp)
+    hindcast("sfno", sfno, truth)
+    hindcast("nwp", nwp, truth)
     references = {"nwp": nwp, "persistence": "persistence"}
     step(
         f"verify --forecast {sfno} --truth {truth} --out {scores_path}"

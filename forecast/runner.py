@@ -193,10 +193,12 @@ def prepare(
     if model not in KINDS:
         raise ForecastError(f"model {model!r}: expected one of {', '.join(KINDS)}")
     from_checkpoints = KINDS[model].from_checkpoints
-    found = find_checkpoints(checkpoints) if checkpoints and from_checkpoints else []
+    # A model built from the config still takes the checkpoints' statistics for its random
+    # fields (`perturbation_stats`), so that both ensembles start from the same perturbations.
+    found = find_checkpoints(checkpoints) if checkpoints else []
     if from_checkpoints and not found:
         raise ForecastError("no checkpoints: name them or set ensemble.checkpoints in the config")
-    paths = [str(p) for p in found]
+    paths = [str(p) for p in found] if from_checkpoints else []
     dataset = open_analyses(analyses)
     check_analyses(dataset, config.variables, model_grid(config))
     with single_threaded(device):
