@@ -3,7 +3,7 @@
 The docstrings head their doctests `Example:`. Google style knows `Examples:` as the section of
 `>>>` blocks and would render `Example:` as an admonition of plain Markdown, where `>>>` lines
 become nested block quotes. This extension renames the heading before the docstrings are
-parsed, so the examples render as Python sessions.
+parsed, so the examples render as interactive Python code.
 """
 
 from __future__ import annotations
