@@ -774,7 +774,7 @@ def run_configured_ensemble(
     spec = prepare(config, model, list(checkpoints or config.ensemble.checkpoints), store, device)
     steps = lead_steps_of(lead_time, forecaster_timestep(spec))
     run = spec_run(spec, recorded or {}, options.command)
-    return write_ensemble(run, np.asarray(init_times, "datetime64[ns]"), members, steps, options)
+    return write_ensemble(run, init_times, members, steps, options)
 
 
 def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> EnsembleRun:
