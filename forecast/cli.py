@@ -40,7 +40,13 @@ def options(
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="Experiment YAML.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-OutOption = Annotated[Path, typer.Option("--out", help="Output Zarr store.")]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Output Zarr store.")]
+ArchiveOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--archive", help="Append the inits to this archive instead (skips those it holds)."
+    ),
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 
 
@@ -314,7 +320,7 @@ def run_ensemble_command(
     init_times: list,
     members: int,
     lead_days: float,
-    out: Path,
+    out: Path | None,
     model: str,
     checkpoints: list[Path] | None,
     batch_size: int | None,
@@ -322,7 +328,7 @@ def run_ensemble_command(
     seed: int | None,
     analyses: Path | None,
     device: str | None,
-    flags: dict[str, bool],
+    flags: dict[str, object],
 ) -> None:
     """What `wxens forecast` and `wxens hindcast` share: prepare the config's ensemble, write
     it, print the summary."""
@@ -330,6 +336,10 @@ def run_ensemble_command(
     from wxens.forecast.runner import RunOptions, run_configured_ensemble
     from wxens.models.checkpoint import CheckpointError
 
+    if (out is None) == (flags["archive"] is None):
+        fail("name one output: --out STORE or --archive ARCHIVE")
+    if flags["archive"] is not None and (flags["overwrite"] or flags["resume"]):
+        fail("an archive is appended to, never overwritten, and always resumes")
     cfg, _ = read_config(config)
     if seed is not None:
         cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"seed": seed})})
@@ -342,7 +352,10 @@ def run_ensemble_command(
         "checkpoints": checkpoints or cfg.ensemble.checkpoints,
         "batch_size": batch_size,
     }
-    options = RunOptions(out, batch_size, scheduler, command=command, **flags)
+    archive = flags.pop("archive")
+    options = RunOptions(
+        archive or out, batch_size, scheduler, command=command, archive=archive is not None, **flags
+    )
     try:
         summary = run_configured_ensemble(
             cfg,
@@ -376,7 +389,8 @@ def forecast(
     init: Annotated[str, typer.Option("--init", help="Initial time, e.g. 2031-01-01T00.")],
     members: MembersOption,
     lead_days: LeadDaysOption,
-    out: OutOption,
+    out: OutOption = None,
+    archive: ArchiveOption = None,
     model: ModelOption = "sfno",
     checkpoints: CheckpointsOption = None,
     batch_size: BatchOption = None,
@@ -389,8 +403,10 @@ def forecast(
     dry_run: DryRunOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """One ensemble forecast from the analysis at INIT into a Zarr store."""
+    """One ensemble forecast from the analysis at INIT into a Zarr store (--out), or appended
+    to an archive (--archive; a no-op when the archive holds INIT)."""
     flags = {"overwrite": overwrite, "resume": resume, "dry_run": dry_run, "quiet": quiet}
+    flags["archive"] = archive
     run_ensemble_command(
         "forecast",
         config,
@@ -415,7 +431,8 @@ def hindcast(
     start: Annotated[str, typer.Option("--start", help="First init time.")],
     end: Annotated[str, typer.Option("--end", help="Last init time (included).")],
     members: MembersOption,
-    out: OutOption,
+    out: OutOption = None,
+    archive: ArchiveOption = None,
     every: Annotated[str, typer.Option("--every", help="Init spacing (e.g. 1D, 12h).")] = "1D",
     lead_days: LeadDaysOption = 10,
     model: ModelOption = "sfno",
@@ -431,7 +448,8 @@ def hindcast(
     quiet: QuietOption = False,
 ) -> None:
     """Ensembles from every init START, START + EVERY, ... up to END into one store;
-    resumable (--resume) after an interruption, and a no-op on a complete store."""
+    resumable (--resume) after an interruption, and a no-op on a complete store. With
+    --archive, the inits the archive lacks are appended to it (a backfill)."""
     import pandas as pd
 
     first, last = parse_time(start, "--start"), parse_time(end, "--end")
@@ -442,6 +460,7 @@ def hindcast(
     if not inits:
         fail(f"no init times from {start} to {end}")
     flags = {"overwrite": overwrite, "resume": resume, "dry_run": dry_run, "quiet": quiet}
+    flags["archive"] = archive
     run_ensemble_command(
         "hindcast",
         config,

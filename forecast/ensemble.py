@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.provenance import default_device, provenance
+from wxens.forecast.archive import open_archive
 from wxens.forecast.ensemble_store import FINGERPRINT
 from wxens.forecast.perturbations import (
     BredVectorPerturbation,
@@ -179,6 +180,7 @@ def run_ensemble(
     *,
     perturbation: Perturbation | Sequence[Perturbation] | None = None,
     store: str | Path | None = None,
+    archive: str | Path | None = None,
     scheduler: str = "threads",
     seed: int = 0,
     checkpoint_group: int = 1,
@@ -199,7 +201,10 @@ def run_ensemble(
 
     With `store=None` the ensemble comes back in memory; with a path it is written there as a
     resumable Zarr store (`resume` continues an interrupted run of the same ensemble,
-    `overwrite` replaces another) and returned opened. `scheduler` is `threads[:N]`,
+    `overwrite` replaces another) and returned opened. With `archive` a path, the inits the
+    archive there does not hold yet are appended to it (`forecast.archive`: idempotent,
+    atomic per init, one writer) and the whole archive is returned (`open_archive`).
+    `scheduler` is `threads[:N]`,
     `local-cluster:N` or a dask scheduler address. The result has dimensions
     `(init_time, lead_time, member, latitude, longitude)`, one float32 variable per field, and
     `valid_time`, `checkpoint` and `kind` coordinates.
@@ -284,6 +289,12 @@ def run_ensemble(
         identity=identity,
         attrs=attrs,
     )
+    if store is not None and archive is not None:
+        raise ForecastError("pass a store or an archive, not both")
+    if archive is not None:
+        options = RunOptions(Path(archive), batch_size, scheduler, quiet=quiet, archive=True)
+        write_ensemble(run, times, n_members, steps, options)
+        return open_archive(archive)
     if store is not None:
         options = RunOptions(Path(store), batch_size, scheduler, overwrite, resume, quiet=quiet)
         write_ensemble(run, times, n_members, steps, options)

@@ -163,7 +163,7 @@ class EnsembleStore:
     @cached_property
     def group(self) -> zarr.Group:
         try:
-            return zarr.open_group(self.path, mode="r+")
+            return zarr.open_group(self.path, mode="r+", use_consolidated=False)
         except Exception as exc:  # zarr raises many types for a missing or corrupt store
             raise StoreError(f"{self.path}: not a readable forecast store ({exc})") from None
 

@@ -15,6 +15,7 @@ whatever batch, task, worker or order computes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -54,6 +55,7 @@ from wxens.data_pipeline.training_data import (
     year_window,
 )
 from wxens.data_pipeline.truth import model_grid
+from wxens.forecast.archive import ARCHIVE_FLAG, Archive, Pending
 from wxens.forecast.ensemble_store import (
     FINGERPRINT,
     EnsembleStore,
@@ -535,6 +537,8 @@ class RunOptions:
     dry_run: bool = False
     quiet: bool = False
     command: str = "forecast"
+    archive: bool = False
+    """`out` is an archive that grows by the run's inits (`append_ensemble`)."""
 
 
 @dataclass
@@ -583,6 +587,32 @@ class RunSummary:
             f"wrote {self.out}: {self.plan} in {self.seconds:.1f} s"
             f" ({self.member_steps_per_second:.1f} member-steps/s)"
         )
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What an append to an archive did: the inits it wrote (an interrupted one first) and
+    those it found there already, and how fast."""
+
+    out: Path
+    written: list[np.datetime64]
+    skipped: list[np.datetime64]
+    member_steps: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    def __str__(self) -> str:
+        lines = [f"{self.out} holds init {t} already: skipped" for t in self.skipped]
+        inits = ", ".join(str(t)[:16] for t in self.written)
+        if self.dry_run and self.written:
+            lines.append(f"dry run: would append {inits} to {self.out}")
+        elif self.written:
+            rate = self.member_steps / self.seconds if self.seconds else math.nan
+            lines.append(
+                f"appended {inits} to {self.out} in {self.seconds:.1f} s"
+                f" ({rate:.1f} member-steps/s)"
+            )
+        return "\n".join(lines) or f"{self.out}: nothing to append"
 
 
 def partial_path(out: Path) -> Path:
@@ -662,21 +692,36 @@ def lead_steps_of(lead_time: object, timestep: np.timedelta64) -> int:
     return int(steps)
 
 
-def write_ensemble(
+def checked_run(
     run: EnsembleRun,
     init_times: np.ndarray,
     members: int,
     lead_steps: int,
     options: RunOptions,
-) -> RunSummary:
-    """Run (or resume, or plan with `dry_run`) the ensemble into `options.out`."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The init and lead times of a run, after refusing what cannot run (no member, a batch
+    size under 1, analyses the members cannot start from)."""
     if members < 1:
         raise ForecastError(f"the ensemble needs at least one member, got {members}")
     if options.batch_size is not None and options.batch_size < 1:
         raise ForecastError(f"the batch size must be >= 1, got {options.batch_size}")
     init_times = np.asarray(init_times, dtype="datetime64[ns]")
     check_analyses(run.dataset, run.variables, run.grid, init_times)
-    lead_times = np.arange(lead_steps + 1) * run.timestep.astype("timedelta64[ns]")
+    return init_times, np.arange(lead_steps + 1) * run.timestep.astype("timedelta64[ns]")
+
+
+def write_ensemble(
+    run: EnsembleRun,
+    init_times: np.ndarray,
+    members: int,
+    lead_steps: int,
+    options: RunOptions,
+) -> RunSummary | ArchiveSummary:
+    """Run (or resume, or plan with `dry_run`) the ensemble into `options.out`: a store of
+    its own, or the archive that `options.archive` names it (`append_ensemble`)."""
+    if options.archive:
+        return append_ensemble(run, init_times, members, lead_steps, options)
+    init_times, lead_times = checked_run(run, init_times, members, lead_steps, options)
     out = options.out
     lock = StoreLock(out)
     with task_executor(options.scheduler, run.device) as (executor, workers):
@@ -725,6 +770,71 @@ def write_ensemble(
     return RunSummary(out, plan, member_steps, seconds)
 
 
+def append_ensemble(
+    run: EnsembleRun,
+    init_times: np.ndarray,
+    members: int,
+    lead_steps: int,
+    options: RunOptions,
+) -> ArchiveSummary:
+    """Append to the archive at `options.out` each of `init_times` it does not hold yet
+    (`forecast.archive`), after finishing an init that an interrupted run left pending.
+
+    The archive's fingerprint is the run's without its init times: another model, member
+    count, lead time, perturbation or seed is refused."""
+    init_times, lead_times = checked_run(run, init_times, members, lead_steps, options)
+    archive, lock = Archive(options.out), StoreLock(options.out)
+    with task_executor(options.scheduler, run.device) as (executor, workers):
+        with single_threaded(run.device):
+            identity = run.identity(np.array([], dtype="datetime64[ns]"), lead_times, members)
+            lock.check()
+            archive.check(identity)
+            done_before = set(archive.complete_inits())
+            unique = list(dict.fromkeys(init_times))
+            skipped = [t for t in unique if t in done_before]
+            todo = [t for t in unique if t not in done_before]
+            batch = archive.batch_size() or options.batch_size
+            batch = batch or automatic_batch_size(run, members, 1, len(lead_times), workers)
+            like = StoreLayout(init_times[:1], lead_times, members, batch, run.variables, run.grid)
+            if options.dry_run:
+                return ArchiveSummary(options.out, todo, skipped, dry_run=True)
+
+            def create(path: Path, first: np.ndarray) -> None:
+                attrs = {**run.attrs(identity), "wxens_batch_size": batch, ARCHIVE_FLAG: True}
+                fields = field_attrs(run.dataset[list(run.variables)])
+                layout = dataclasses.replace(like, init_times=first)
+                checkpoint = run.checkpoint_of(range(members))
+                create_store(path, layout, fields, checkpoint, run.names, run.kinds, attrs)
+
+            def finish(pending: Pending) -> int:
+                archive.grow(pending, lead_times)
+                layout = Archive.layout(pending.path, like)
+                done = EnsembleStore(pending.path).done()[pending.index]
+                tasks = [(pending.index, b) for b in range(layout.batches) if not done[b]]
+                steps = sum(len(layout.member_range(b)) for _, b in tasks) * lead_steps
+                run_tasks(executor, run.source, layout, pending.path, tasks, steps, options)
+                archive.commit(pending)
+                return steps
+
+            lock.acquire()
+            try:
+                if isinstance(executor, ThreadPoolExecutor):
+                    resolved(run.source)  # load the checkpoints once, before the threads start
+                started, member_steps, written = time.perf_counter(), 0, []
+                interrupted = archive.interrupted()
+                if interrupted is not None:
+                    member_steps += finish(interrupted)
+                    written.append(interrupted.init_time)
+                for init_time in todo:
+                    if init_time not in written:
+                        member_steps += finish(archive.begin(init_time, create))
+                        written.append(init_time)
+                seconds = time.perf_counter() - started
+            finally:
+                lock.release()
+    return ArchiveSummary(options.out, written, skipped, member_steps, seconds)
+
+
 def run_tasks(
     executor: Executor,
     source: EnsembleSpec | MemberForecaster,
@@ -760,7 +870,7 @@ def run_configured_ensemble(
     analyses: Path | None = None,
     device: torch.device | str | None = None,
     recorded: dict[str, object] | None = None,
-) -> RunSummary:
+) -> RunSummary | ArchiveSummary:
     """The ensemble a config describes (`wxens forecast` and `wxens hindcast`), written into
     `options.out`: `model` "sfno" (the checkpoints, default `ensemble.checkpoints`, with the
     config's kinds and perturbations) or a kind built from the config (`nwp`, the NWP

@@ -83,19 +83,10 @@ REGION_CHOICE = [
 ]
 
 
-SPECTRA = ("power_members", "power_ensemble_mean", "power_truth")
-"""Equal to 1e-13 only: in one run in a few, a spectrum of the same fields differs in its last
-bit between two scorings (the cause is not pinned down; `power_spectrum` alone is bitwise
-reproducible over chunkings and dask schedulers)."""
-
-
 def assert_bitwise_equal(a: xr.Dataset, b: xr.Dataset) -> None:
     assert sorted(a.data_vars) == sorted(b.data_vars)
     for name in a.data_vars:
         assert a[name].dims == b[name].dims, name
-        if name in SPECTRA:
-            np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-13, err_msg=name)
-            continue
         assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
     for name in a.coords:
         np.testing.assert_array_equal(a[name].values, b[name].values)

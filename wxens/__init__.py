@@ -5,7 +5,8 @@ the benchmarks call these same functions.
 
 - The truth world and analyses: `simulate_truth`, `open_analyses`.
 - Members and ensembles: `load_members`, `run_ensemble`, `random_field_perturbation`,
-  `bred_vector_perturbation`; the member-kind registry `KINDS`.
+  `bred_vector_perturbation`; the member-kind registry `KINDS`; `open_archive` (an archive
+  that `run_ensemble(..., archive=...)` grows init by init).
 - Verification: `score` (pure), `verify` (score and write), `report` (HTML); the registries
   `SCORES` (of `Score`) and `REGIONS` (of `Region`: `LatitudeBand`, `LatLonBox`,
   `MaskRegion`).
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from wxens.data_pipeline.analysis_store import StoreError, open_analyses
     from wxens.data_pipeline.config import ConfigError, ExperimentConfig, load_config
     from wxens.data_pipeline.truth import simulate_truth
+    from wxens.forecast.archive import open_archive
     from wxens.forecast.ensemble import (
         bred_vector_perturbation,
         load_members,
@@ -63,6 +65,7 @@ _EXPORTS = {
     "CheckpointError": "wxens.models.checkpoint",
     "Perturbation": "wxens.forecast.perturbations",
     "ForecastError": "wxens.forecast.runner",
+    "open_archive": "wxens.forecast.archive",
     "load_members": "wxens.forecast.ensemble",
     "run_ensemble": "wxens.forecast.ensemble",
     "random_field_perturbation": "wxens.forecast.ensemble",
@@ -105,6 +108,7 @@ __all__ = [
     "load_config",
     "load_members",
     "open_analyses",
+    "open_archive",
     "random_field_perturbation",
     "report",
     "run_ensemble",
