@@ -92,11 +92,12 @@ def calendar_window(
     """
     days = truth[time_dim].values.astype("datetime64[D]")
     centres = np.atleast_1d(np.asarray(dates, dtype="datetime64[D]")).ravel()
-    return truth.isel({time_dim: _calendar_distance(days, centres).min(axis=1) <= half_width_days})
+    return truth.isel({time_dim: calendar_distance(days, centres).min(axis=1) <= half_width_days})
 
 
-def _calendar_distance(days: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """|day - centre| in days, with the centre moved to the day's year or a neighbouring one."""
+def calendar_distance(days: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """|day - centre| in days, `(day, centre)`, with the centre moved to the day's year or a
+    neighbouring one (the distance between days of the year, wrapping the year)."""
     day_of_year = centres - centres.astype("datetime64[Y]").astype("datetime64[D]")
     year = days.astype("datetime64[Y]")[:, None]
     moved = [(year + shift).astype("datetime64[D]") + day_of_year for shift in (-1, 0, 1)]

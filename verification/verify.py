@@ -36,7 +36,7 @@ from wxens.verification.aggregation import (
     resolve_regions,
 )
 from wxens.verification.errors import ScoreError
-from wxens.verification.extremes import calendar_window, efi, model_climate
+from wxens.verification.extremes import calendar_distance, efi, model_climate
 from wxens.verification.metrics import ensemble_summary
 from wxens.verification.scores import Score, ScoringContext, resolve_scores, score_variable
 
@@ -293,17 +293,40 @@ def choose_variables(
 
 
 def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int) -> xr.DataArray:
-    """The analyses within +-`half_width_days` of the init dates' calendar days (all of them
-    when that leaves fewer than 100), as one dask chunk in time."""
-    window = calendar_window(truth, inits.values, half_width_days, TIME)
-    if window.sizes[TIME] < 100:
-        window = truth
-    if window.sizes[TIME] < 100:
+    """Each init's climate sample: the analyses within +-`half_width_days` of its calendar day,
+    any year (all of them when that leaves fewer than 100), dims `(init_time, time)`, padded
+    with NaN to the longest, one dask chunk per init.
+
+    A climate of the init's own date, not of the whole set of inits scored together: so an
+    init's scores do not depend on which other inits are verified with it, and statistics kept
+    night by night (`verification.statistics`) add up to a batch verify's.
+
+    Example:
+        >>> times = np.arange("2030-01-01", "2032-01-01", dtype="datetime64[D]")
+        >>> truth = xr.DataArray(np.arange(times.size, dtype=float), dims="time",
+        ...                      coords={"time": times}, name="t")
+        >>> inits = xr.DataArray(np.array(["2031-01-01", "2031-07-01"], dtype="datetime64[ns]"),
+        ...                      dims="init_time")
+        >>> sample = truth_climate(truth, inits, 60)
+        >>> sample.count("time").values.tolist()  # 121 days a year, two years
+        [242, 242]
+    """
+    days = truth[TIME].values.astype("datetime64[D]")
+    centres = np.asarray(inits.values, dtype="datetime64[D]")
+    inside = calendar_distance(days, centres) <= half_width_days  # (time, init)
+    counts = inside.sum(axis=0)
+    if (counts < 100).any():
+        inside[:, counts < 100] = True
+        counts = inside.sum(axis=0)
+    if counts.min() < 100:
         warnings.warn(
-            f"the climate of {truth.name} rests on only {window.sizes[TIME]} analyses",
-            stacklevel=2,
+            f"the climate of {truth.name} rests on only {counts.min()} analyses", stacklevel=2
         )
-    return window.chunk({TIME: -1})
+    order = np.argsort(~inside, axis=0, kind="stable")[: counts.max()].T  # (init, sample)
+    valid = np.arange(counts.max()) < counts[:, None]
+    picks = xr.DataArray(np.where(valid, order, 0), dims=(INIT, TIME))
+    sample = truth.drop_vars(TIME).isel({TIME: picks}).where(xr.DataArray(valid, dims=(INIT, TIME)))
+    return sample.assign_coords({INIT: inits.values}).chunk({INIT: 1, TIME: -1})
 
 
 LEAD_GROUP_BYTES = 512 * 2**20
@@ -445,7 +468,8 @@ def _system_maps(
         data = forecast[name].isel({INIT: [0]}).chunk({MEMBER: -1})
         observed = truth_at_valid_times(truth[name], data)
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
-        per_variable.append(_map_fields(data, observed, model_climate(climate_sample, TIME)))
+        climate = model_climate(climate_sample, TIME).isel({INIT: 0}, drop=True)
+        per_variable.append(_map_fields(data, observed, climate))
     maps = xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
     return maps.compute().assign_attrs(map_init_time=str(forecast[INIT].values[0]))
 
