@@ -361,8 +361,8 @@ def test_boxes_wrap_and_masks_weight_every_grid_point(calibrated):
         np.random.default_rng(2).integers(0, 4, truth.shape), dims=truth.dims, coords=truth.coords
     )
 
-    def count(dims):
-        return metrics.rank_counts(ranks, 3, dims)
+    def count(dims, weights):
+        return metrics.rank_counts(ranks, 3, dims, weights)
 
     counts = aggregation.regional_sums(count, truth.latitude, truth.longitude, [box, "global"])
     normalised = area / area.mean()

@@ -398,38 +398,45 @@ def regional_means(
     return _in_order(parts, named)
 
 
+Counter = Callable[[tuple[str, ...], "xr.DataArray | None"], xr.DataArray]
+"""`count(dims, weights)`: something counted (rank counts, contingency tables) and summed over
+`dims`, each point weighted by `weights` (None: 1)."""
+
+
 def regional_sums(
-    reduce: Callable[[tuple[str, ...]], xr.DataArray],
+    count: Counter,
     latitude: xr.DataArray,
     longitude: xr.DataArray,
     regions: RegionsLike = None,
-    time_dim: str = "init_time",
+    time_dim: str | None = "init_time",
 ) -> xr.DataArray:
     """Area-weighted sums per region of counts: `sum_j w_j n_j` (new dimension `region`).
 
-    `reduce(dims)` sums something (rank counts, contingency tables) over `dims`: it is called
-    with `(time_dim, longitude)` for the bands, whose weights then act on its latitudes, and with
-    `(time_dim,)` when boxes or masks need every grid point. The counts are weighted by cell
-    area (normalised to mean 1 over the globe), not normalised to sum 1.
+    For the bands, `count` is called once over `(time_dim, longitude)`, and the regions'
+    weights then act on its latitudes; for each box or mask, over `(time_dim, latitude,
+    longitude)` with the region's weights (`time_dim` None: kept, not summed). The counts are
+    weighted by cell area (normalised to mean 1 over the globe), not normalised to sum 1.
 
     Example:
         >>> ones = xr.DataArray(
         ...     np.ones((1, 2, 2)), dims=("init_time", "latitude", "longitude"),
         ...     coords={"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]})
-        >>> sums = regional_sums(ones.sum, ones.latitude, ones.longitude, ["global"])
-        >>> sums.values.tolist()  # 4 points of mean weight 1
+        >>> def count(dims, weights):
+        ...     return (ones if weights is None else ones * weights).sum(dims)
+        >>> regional_sums(count, ones.latitude, ones.longitude, ["global"]).values.tolist()
         [4.0]
     """
     named = resolve_regions(regions)
     zonal, others = _split(named)
     parts = []
+    summed = (time_dim,) if time_dim is not None else ()
     if zonal:
-        counts = reduce((time_dim, LONGITUDE))
+        counts = count((*summed, LONGITUDE), None)
         parts.append((counts * regional_weights(latitude, zonal)).sum(LATITUDE))
-    if others:
-        counts = reduce((time_dim,))
-        weights = regional_weights(latitude, others, longitude)
-        parts.append((counts * weights).sum((LATITUDE, LONGITUDE)))
+    for name, region in others.items():
+        weights = region.weights(latitude, longitude)
+        counts = count((*summed, LATITUDE, LONGITUDE), weights)
+        parts.append(counts.expand_dims({REGION: [name]}))
     return _in_order(parts, named)
 
 

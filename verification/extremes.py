@@ -284,6 +284,43 @@ def extreme_event_scores(
         (1.0, 0.0)
     """
     members = forecast.sizes[member_dim] if member_dim in forecast.dims else 0
+    tables = extreme_event_tables(
+        forecast, truth, climate, levels, regions, efi_climate, time_dim, member_dim, quantile_dim
+    )
+    return event_scores_from_tables(tables.sum(time_dim), members, bins)
+
+
+EFI_CATEGORY = "efi_category"
+
+
+def extreme_event_tables(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    climate: xr.DataArray,
+    levels: Sequence[float] = EXTREME_LEVELS,
+    regions: RegionsLike = None,
+    efi_climate: xr.DataArray | None = None,
+    time_dim: str = "init_time",
+    member_dim: str = "member",
+    quantile_dim: str = QUANTILE,
+) -> xr.Dataset:
+    """The area-weighted contingency tables behind `extreme_event_scores`, per `time_dim`:
+    `event_table` (`value` k = members above the climate's q-quantile, 0..M; `outcome` 0/1 the
+    truth above it) and `efi_table` (`efi_category`, the EFI in EFI_CATEGORIES bins; `outcome`),
+    along `region` and `quantile` = `levels`. Counts add up over `time_dim`: the tables of any
+    set of init times are the sums of theirs.
+
+    Example:
+        >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
+        >>> truth = xr.DataArray(np.arange(8.0).reshape(2, 2, 2), dims=["init_time", *grid],
+        ...                      coords=grid)
+        >>> forecast = xr.concat([truth - 0.5, truth + 0.5], dim="member")
+        >>> climate = model_climate(truth, "init_time")
+        >>> tables = extreme_event_tables(forecast, truth, climate, [0.5], ["global"])
+        >>> tables.event_table.sum(("value", "outcome")).values.ravel().tolist()  # 4 points each
+        [4.0, 4.0]
+    """
+    members = forecast.sizes[member_dim] if member_dim in forecast.dims else 0
     if members < 1:
         raise ScoreError(f"forecast has no {member_dim!r} dimension (it has {forecast.dims})")
     thresholds = climate_at(climate, list(levels), quantile_dim)
@@ -292,20 +329,42 @@ def extreme_event_scores(
     efi_category = np.floor((index + 1) / 2 * EFI_CATEGORIES).clip(0, EFI_CATEGORIES - 1)
 
     def regional_table(category: xr.DataArray, values: int) -> xr.DataArray:
-        def count(dims: tuple[str, ...]) -> xr.DataArray:
-            return contingency_table(category, event, values, dims)
+        def count(dims: tuple[str, ...], weights: xr.DataArray | None) -> xr.DataArray:
+            return contingency_table(category, event, values, dims, weights)
 
-        return regional_sums(count, truth[LATITUDE], truth[LONGITUDE], regions, time_dim)
+        return regional_sums(count, truth[LATITUDE], truth[LONGITUDE], regions, None)
 
     table = regional_table(members_above(forecast, thresholds, member_dim), members + 1)
+    efi_table = regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)
+    return xr.Dataset(
+        {
+            "event_table": table,
+            "efi_table": efi_table.rename({VALUE: EFI_CATEGORY}),
+        }
+    )
+
+
+def event_scores_from_tables(
+    tables: xr.Dataset, members: int, bins: int | Sequence[float] = 10
+) -> xr.Dataset:
+    """`brier_score`, `roc_auc`, `efi_roc_auc` and the reliability diagram of an ensemble of
+    `members` from its `extreme_event_tables` (summed over the init times to score).
+
+    Example:
+        >>> table = xr.DataArray([[2.0, 0.0], [0.0, 0.0], [0.0, 2.0]], dims=("value", "outcome"))
+        >>> tables = xr.Dataset({"event_table": table,
+        ...                      "efi_table": table.rename(value="efi_category")})
+        >>> float(event_scores_from_tables(tables, 2)["brier_score"])
+        0.0
+    """
+    table = tables["event_table"].isel({VALUE: slice(0, members + 1)})
     probabilities = xr.DataArray(np.arange(members + 1) / members, dims=[VALUE])
     reliability = reliability_from_table(table, probabilities, bins)
-    efi_table = regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)
     return xr.Dataset(
         {
             "brier_score": brier_score_from_table(table, probabilities),
             "roc_auc": roc_auc_from_table(table),
-            "efi_roc_auc": roc_auc_from_table(efi_table),
+            "efi_roc_auc": roc_auc_from_table(tables["efi_table"].rename({EFI_CATEGORY: VALUE})),
             **{f"reliability_{name}": score for name, score in reliability.items()},
         }
     )

@@ -94,21 +94,29 @@ def _bin_edges(bins: int | Sequence[float]) -> np.ndarray:
     return edges
 
 
-def _joint_counts(index: np.ndarray, event: np.ndarray, values: int) -> np.ndarray:
-    """n(value, outcome) over the last axis, for every leading index; skips NaN events."""
-    index, event = np.broadcast_arrays(index, event)
+def _joint_counts(
+    index: np.ndarray, event: np.ndarray, weights: np.ndarray, values: int
+) -> np.ndarray:
+    """Weighted n(value, outcome) over the last axis, for every leading index; skips NaN
+    events."""
+    index, event, weights = np.broadcast_arrays(index, event, weights)
     rows = int(np.prod(index.shape[:-1]))
     valid = ~np.isnan(event) & (index >= 0) & (index < values)
     row = np.arange(rows).reshape(index.shape[:-1])[..., None]
     code = (row * values + index) * 2 + np.nan_to_num(event).astype(np.int64)
-    counts = np.bincount(code[valid], minlength=rows * values * 2)
+    counts = np.bincount(code[valid], weights=weights[valid], minlength=rows * values * 2)
     return counts.reshape(*index.shape[:-1], values, 2).astype(np.float64)
 
 
 def contingency_table(
-    index: xr.DataArray, event: xr.DataArray, values: int, dims: Sequence[Hashable]
+    index: xr.DataArray,
+    event: xr.DataArray,
+    values: int,
+    dims: Sequence[Hashable],
+    weights: xr.DataArray | None = None,
 ) -> xr.DataArray:
-    """`n(v, o) = #{points over dims: index = v, event = o}`, dimensions `value` and `outcome`.
+    """`n(v, o) = #{points over dims: index = v, event = o}`, dimensions `value` and `outcome`;
+    with `weights` (broadcast against `index`), the sum of the points' weights instead.
 
     `index` is an integer forecast category in 0..values-1 (e.g. `members_above`; other values,
     such as -1 for missing members, are left out); `event` is 1/0 (NaN: left out). Counted
@@ -132,12 +140,16 @@ def contingency_table(
             index = data
         else:
             event = data
+    weights = xr.DataArray(1.0) if weights is None else weights
+    if inner not in weights.dims:
+        weights = weights.expand_dims({inner: index.sizes[inner]})
     table = xr.apply_ufunc(
         _joint_counts,
         index,
         event,
+        weights,
         kwargs={"values": values},
-        input_core_dims=[[inner], [inner]],
+        input_core_dims=[[inner], [inner], [inner]],
         output_core_dims=[[VALUE, OUTCOME]],
         dask="parallelized",
         output_dtypes=[np.float64],

@@ -34,7 +34,12 @@ from wxens.verification.aggregation import (
     resolve_regions,
 )
 from wxens.verification.errors import ScoreError
-from wxens.verification.extremes import by_tail, extreme_event_scores, model_climate
+from wxens.verification.extremes import (
+    by_tail,
+    event_scores_from_tables,
+    extreme_event_tables,
+    model_climate,
+)
 from wxens.verification.spectra import ensemble_spectra
 
 if TYPE_CHECKING:
@@ -80,8 +85,8 @@ class ScoringContext:
         self.fair = self.members > 1  # one member: a deterministic forecast, CRPS = MAE
 
     def mean(self, per_point: xr.DataArray) -> xr.DataArray:
-        """Area mean per region, then the mean over init times (`aggregation.regional_means`)."""
-        return regional_means(per_point, self.regions)
+        """Area mean per region, per init time (`aggregation.regional_means`)."""
+        return regional_means(per_point, self.regions, None)
 
     @cached_property
     def summary(self) -> xr.Dataset:
@@ -90,7 +95,7 @@ class ScoringContext:
 
     @cached_property
     def variance(self) -> xr.DataArray:
-        """Mean ensemble variance (ddof 1) per region, units squared."""
+        """Mean ensemble variance (ddof 1) per region and init, units squared."""
         return self.mean(self.summary["variance"])
 
     @cached_property
@@ -100,24 +105,19 @@ class ScoringContext:
 
     @cached_property
     def squared_error(self) -> xr.DataArray:
-        """Mean squared error of the ensemble mean per region, units squared."""
+        """Mean squared error of the ensemble mean per region and init, units squared."""
         return self.mean(self.squared_error_of_mean)
 
     @cached_property
     def climate(self) -> xr.DataArray:
-        """The truth's climate as 101 quantiles (`extremes.model_climate`)."""
+        """The truth's climate as 101 quantiles (`extremes.model_climate`), per init."""
         return model_climate(self.climate_sample, TIME)
 
     @cached_property
-    def events(self) -> xr.Dataset:
-        """`extremes.extreme_event_scores` at the options' quantiles."""
-        return extreme_event_scores(
-            self.forecast,
-            self.truth,
-            self.climate,
-            self.options.quantiles,
-            self.regions,
-            self.options.probability_bins,
+    def tables(self) -> xr.Dataset:
+        """`extremes.extreme_event_tables` at the options' quantiles, per init."""
+        return extreme_event_tables(
+            self.forecast, self.truth, self.climate, self.options.quantiles, self.regions
         )
 
     def missing_members(self) -> xr.DataArray:
@@ -133,145 +133,215 @@ Outputs = Mapping[str, xr.DataArray]
 
 @dataclass(frozen=True)
 class Score:
-    """A named entry of `SCORES`: `compute(context)` gives the variables `outputs` of the
-    scores dataset for one variable of one system, lazily.
+    """A named entry of `SCORES`, in two steps:
+
+    - `statistics(context)` gives, for one variable of one system, the score's sufficient
+      statistics per init time (dims `init_time`, `region`, `lead_time` and its own): area
+      means or area-weighted counts that any set of inits merges exactly (means by the mean
+      over inits, counts by the sum), kept night by night in a statistics store
+      (`verification.statistics`);
+    - `finalize(statistics, members, options)` turns those of a set of inits into the
+      variables `outputs` of the scores dataset.
+
+    `compute(context)` is the two in a row: what `wxens verify` does over all its inits.
 
     Example:
-        >>> SCORES["rmse"].outputs
-        ('rmse',)
+        >>> SCORES["rmse"].outputs, SCORES["rmse"].statistics_names
+        (('rmse',), ('squared_error',))
     """
 
     name: str
     outputs: tuple[str, ...]
-    compute: Callable[[ScoringContext], Outputs]
+    statistics: Callable[[ScoringContext], Outputs]
+    finalize: Callable[[xr.Dataset, int, VerifyOptions], Outputs]
+    statistics_names: tuple[str, ...]
+
+    def compute(self, context: ScoringContext) -> Outputs:
+        stats = xr.Dataset(dict(self.statistics(context)))
+        return self.finalize(stats, context.members, context.options)
 
 
-def _crps(context: ScoringContext) -> Outputs:
+def _over_inits(stats: xr.Dataset, name: str) -> xr.DataArray:
+    """Statistic `name` merged over the init times: the mean of per-init means."""
+    return stats[name].mean(INIT)
+
+
+def _crps_stats(context: ScoringContext) -> Outputs:
+    per_point = context.summary["crps_fair" if context.fair else "crps_ecdf"]
+    return {"crps": context.mean(per_point)}
+
+
+def _crps(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """CRPS of the ensemble, field units: fair for M > 1 (`crps_fair` of the kernel), the ECDF
     form for one member (its mean absolute error). `crps` is its area and init-time mean per
     region; `crps_by_init` keeps the init times (for the scorecards' bootstrap)."""
-    per_point = context.summary["crps_fair" if context.fair else "crps_ecdf"]
-    by_init = regional_means(per_point, context.regions, None)
-    return {"crps": by_init.mean(INIT), "crps_by_init": by_init}
+    return {"crps": _over_inits(stats, "crps"), "crps_by_init": stats["crps"]}
 
 
-def _crps_ecdf(context: ScoringContext) -> Outputs:
-    """CRPS of the members' ECDF, `mean_i |x_i - y| - S / (2 M^2)`, field units (equals
-    properscoring's), area and init-time mean."""
+def _crps_ecdf_stats(context: ScoringContext) -> Outputs:
     return {"crps_ecdf": context.mean(context.summary["crps_ecdf"])}
 
 
-def _rmse(context: ScoringContext) -> Outputs:
+def _crps_ecdf(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """CRPS of the members' ECDF, `mean_i |x_i - y| - S / (2 M^2)`, field units (equals
+    properscoring's), area and init-time mean."""
+    return {"crps_ecdf": _over_inits(stats, "crps_ecdf")}
+
+
+def _squared_error_stats(context: ScoringContext) -> Outputs:
+    return {"squared_error": context.squared_error}
+
+
+def _rmse(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """RMSE of the ensemble mean, `sqrt(mean (xbar - y)^2)`, field units (square root last)."""
-    return {"rmse": np.sqrt(context.squared_error)}
+    return {"rmse": np.sqrt(_over_inits(stats, "squared_error"))}
 
 
-def _spread(context: ScoringContext) -> Outputs:
+def _variance_stats(context: ScoringContext) -> Outputs:
+    return {"variance": context.variance}
+
+
+def _spread(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """Ensemble spread, `sqrt(mean s^2)` with `s^2` the ensemble variance (ddof 1), field units
     (square root last)."""
-    return {"spread": np.sqrt(context.variance)}
+    return {"spread": np.sqrt(_over_inits(stats, "variance"))}
 
 
-def _spread_skill_ratio(context: ScoringContext) -> Outputs:
+def _spread_skill_stats(context: ScoringContext) -> Outputs:
+    return {**_variance_stats(context), **_squared_error_stats(context)}
+
+
+def _spread_skill_ratio(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """`sqrt((M + 1) / M) * spread / RMSE`, unitless; 1 when calibrated
     (`metrics.spread_skill_ratio`)."""
-    ratio = metrics.spread_skill_ratio(context.variance, context.squared_error, context.members)
-    return {"spread_skill_ratio": ratio}
+    variance, squared_error = (_over_inits(stats, n) for n in ("variance", "squared_error"))
+    return {"spread_skill_ratio": metrics.spread_skill_ratio(variance, squared_error, members)}
 
 
-def _spread_skill_ratio_debiased(context: ScoringContext) -> Outputs:
+def _debiased_stats(context: ScoringContext) -> Outputs:
+    unbiased = context.squared_error_of_mean - context.summary["variance"] / context.members
+    return {**_variance_stats(context), "unbiased_squared_error": context.mean(unbiased)}
+
+
+def _spread_skill_ratio_debiased(
+    stats: xr.Dataset, members: int, options: VerifyOptions
+) -> Outputs:
     """`sqrt(mean s^2 / mean((xbar - y)^2 - s^2 / M))`, unitless; WeatherBench-X's unbiased
     ratio (`metrics.spread_skill_ratio_debiased`)."""
-    summary = context.summary
-    unbiased = context.mean(context.squared_error_of_mean - summary["variance"] / context.members)
-    ratio = metrics.spread_skill_ratio_debiased(context.variance, unbiased)
-    return {"spread_skill_ratio_debiased": ratio}
+    variance, unbiased = (_over_inits(stats, n) for n in ("variance", "unbiased_squared_error"))
+    return {"spread_skill_ratio_debiased": metrics.spread_skill_ratio_debiased(variance, unbiased)}
 
 
-def _outlier_fraction(context: ScoringContext) -> Outputs:
+def _outlier_stats(context: ScoringContext) -> Outputs:
+    return {"outside": context.mean(context.summary["outside"])}
+
+
+def _outlier_fraction(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """Fraction of cases with the truth outside the ensemble range, unitless; 2/(M+1) for a
     calibrated ensemble."""
-    return {"outlier_fraction": context.mean(context.summary["outside"])}
+    return {"outlier_fraction": _over_inits(stats, "outside")}
 
 
-def _acc(context: ScoringContext) -> Outputs:
-    """Anomaly correlation of the ensemble mean against the truth's climatology (the mean of
-    the climate sample), per init time over each region, then the mean over init times;
-    unitless (`metrics.anomaly_correlation`)."""
+def _acc_stats(context: ScoringContext) -> Outputs:
     climatology = context.climate_sample.mean(TIME)
     mean = context.summary["mean"]
 
     def by_region(region: Region) -> xr.DataArray:
         return metrics.anomaly_correlation(mean, context.truth, climatology, region)
 
-    return {"acc": per_region(by_region, context.regions).mean(INIT)}
+    return {"acc": per_region(by_region, context.regions)}
 
 
-def _energy_score(context: ScoringContext) -> Outputs:
-    """Energy score over the grid points of each region (area-weighted norm), field units, per
-    init time then averaged (`metrics.energy_score`; fair for M > 1)."""
+def _acc(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Anomaly correlation of the ensemble mean against the truth's climatology (the mean of
+    each init's climate sample), per init time over each region, then the mean over init
+    times; unitless (`metrics.anomaly_correlation`)."""
+    return {"acc": _over_inits(stats, "acc")}
 
+
+def _energy_stats(context: ScoringContext) -> Outputs:
     def by_region(region: Region) -> xr.DataArray:
         return metrics.energy_score(context.forecast, context.truth, region, fair=context.fair)
 
-    return {"energy_score": per_region(by_region, context.regions).mean(INIT)}
+    return {"energy_score": per_region(by_region, context.regions)}
 
 
-def _rank_histogram(context: ScoringContext) -> Outputs:
-    """Frequency of each rank 0..M of the truth among the members (ties broken at random),
-    area-weighted, summing to 1 (dimension `rank`; `metrics.rank_counts`)."""
+def _energy_score(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Energy score over the grid points of each region (area-weighted norm), field units, per
+    init time then averaged (`metrics.energy_score`; fair for M > 1)."""
+    return {"energy_score": _over_inits(stats, "energy_score")}
+
+
+def _rank_stats(context: ScoringContext) -> Outputs:
     ranks = context.summary["rank"]
 
-    def count(dims: tuple[str, ...]) -> xr.DataArray:
-        return metrics.rank_counts(ranks, context.members, dims)
+    def count(dims: tuple[str, ...], weights: xr.DataArray | None) -> xr.DataArray:
+        return metrics.rank_counts(ranks, context.members, dims, weights)
 
     truth = context.truth
-    counts = regional_sums(count, truth[LATITUDE], truth[LONGITUDE], context.regions)
+    counts = regional_sums(count, truth[LATITUDE], truth[LONGITUDE], context.regions, None)
+    return {"rank_counts": counts}
+
+
+def _rank_histogram(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Frequency of each rank 0..M of the truth among the members (ties broken at random),
+    area-weighted, summing to 1 (dimension `rank`; `metrics.rank_counts`)."""
+    counts = stats["rank_counts"].isel(rank=slice(0, members + 1)).sum(INIT)
     return {"rank_histogram": counts / counts.sum("rank")}
 
 
-def _event_score(name: str) -> Callable[[ScoringContext], Outputs]:
-    def compute(context: ScoringContext) -> Outputs:
-        return {name: context.events[name]}
+def _table_stats(context: ScoringContext) -> Outputs:
+    return dict(context.tables.data_vars)
 
-    compute.__doc__ = (
-        f"`{name}` of `extremes.extreme_event_scores`: events 'truth above the climate's "
-        "q-quantile' (dimension `quantile`), unitless."
+
+def _event_scores(stats: xr.Dataset, members: int, options: VerifyOptions) -> xr.Dataset:
+    tables = stats[list(EVENT_TABLES)].sum(INIT)
+    return event_scores_from_tables(tables, members, options.probability_bins)
+
+
+EVENT_TABLES = ("event_table", "efi_table")
+
+
+def _event_score(name: str) -> Callable[[xr.Dataset, int, VerifyOptions], Outputs]:
+    def finalize(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+        return {name: _event_scores(stats, members, options)[name]}
+
+    finalize.__doc__ = (
+        f"`{name}` of `extremes.event_scores_from_tables`: events 'truth above the climate's "
+        "q-quantile' (dimension `quantile`), from the tables summed over the inits, unitless."
     )
-    return compute
+    return finalize
 
 
-def _reliability(context: ScoringContext) -> Outputs:
+def _reliability(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """The reliability diagram of the events (dims `quantile`, `probability_bin`):
     `reliability_forecast_probability`, `reliability_observed_frequency` (unitless) and
     `reliability_count` (area-weighted cases)."""
-    events = context.events
+    events = _event_scores(stats, members, options)
     return {name: events[name] for name in RELIABILITY}
 
 
 RELIABILITY = tuple(
     f"reliability_{name}" for name in ("forecast_probability", "observed_frequency", "count")
 )
+TAIL_STATISTICS = ("tail_low", "tail_high", "reach_low", "reach_high")
 
 
-def _tails(context: ScoringContext) -> Outputs:
+def _tail_stats(context: ScoringContext) -> Outputs:
+    return {name: context.mean(context.summary[name]) for name in TAIL_STATISTICS}
+
+
+def _tails(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """`tail_fraction`: truth under the members' 1st / over their 99th percentile; `tail_reach`:
     `(xbar - min) / s` and `(max - xbar) / s`; both along `tail` (low, high), unitless."""
-    summary = context.summary
-    return {
-        "tail_fraction": context.mean(by_tail(summary["tail_low"], summary["tail_high"])),
-        "tail_reach": context.mean(by_tail(summary["reach_low"], summary["reach_high"])),
-    }
+    low, high, reach_low, reach_high = (_over_inits(stats, n) for n in TAIL_STATISTICS)
+    return {"tail_fraction": by_tail(low, high), "tail_reach": by_tail(reach_low, reach_high)}
 
 
 SPECTRA = ("power_members", "power_ensemble_mean", "power_truth")
 
 
-def _spectra(context: ScoringContext) -> Outputs:
-    """Total-wavenumber power spectra (field units squared, dimension `wavenumber`, no
-    `region`) of the members (mean over members), of the ensemble mean and of the truth,
-    averaged over init times (`spectra.ensemble_spectra`); none, with a warning, on a grid
-    that is not global."""
+def _spectra_stats(context: ScoringContext) -> Outputs:
     try:
         power = ensemble_spectra(
             context.forecast, context.truth, MEMBER, truncation=context.options.truncation
@@ -279,32 +349,57 @@ def _spectra(context: ScoringContext) -> Outputs:
     except ValueError as exc:
         warnings.warn(f"no spectra: {exc}", stacklevel=2)
         return {}
-    return {name: power[name].mean(INIT) for name in SPECTRA}
+    return {name: power[name] for name in SPECTRA}
+
+
+def _spectra(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Total-wavenumber power spectra (field units squared, dimension `wavenumber`, no
+    `region`) of the members (mean over members), of the ensemble mean and of the truth,
+    averaged over init times (`spectra.ensemble_spectra`); none, with a warning, on a grid
+    that is not global."""
+    return {name: _over_inits(stats, name) for name in SPECTRA if name in stats}
 
 
 SCORES: dict[str, Score] = {
     score.name: score
     for score in (
-        Score("crps", ("crps", "crps_by_init"), _crps),
-        Score("crps_ecdf", ("crps_ecdf",), _crps_ecdf),
-        Score("rmse", ("rmse",), _rmse),
-        Score("spread", ("spread",), _spread),
-        Score("spread_skill_ratio", ("spread_skill_ratio",), _spread_skill_ratio),
+        Score("crps", ("crps", "crps_by_init"), _crps_stats, _crps, ("crps",)),
+        Score("crps_ecdf", ("crps_ecdf",), _crps_ecdf_stats, _crps_ecdf, ("crps_ecdf",)),
+        Score("rmse", ("rmse",), _squared_error_stats, _rmse, ("squared_error",)),
+        Score("spread", ("spread",), _variance_stats, _spread, ("variance",)),
+        Score(
+            "spread_skill_ratio",
+            ("spread_skill_ratio",),
+            _spread_skill_stats,
+            _spread_skill_ratio,
+            ("variance", "squared_error"),
+        ),
         Score(
             "spread_skill_ratio_debiased",
             ("spread_skill_ratio_debiased",),
+            _debiased_stats,
             _spread_skill_ratio_debiased,
+            ("variance", "unbiased_squared_error"),
         ),
-        Score("outlier_fraction", ("outlier_fraction",), _outlier_fraction),
-        Score("acc", ("acc",), _acc),
-        Score("energy_score", ("energy_score",), _energy_score),
-        Score("rank_histogram", ("rank_histogram",), _rank_histogram),
-        Score("brier_score", ("brier_score",), _event_score("brier_score")),
-        Score("roc_auc", ("roc_auc",), _event_score("roc_auc")),
-        Score("efi_roc_auc", ("efi_roc_auc",), _event_score("efi_roc_auc")),
-        Score("reliability", RELIABILITY, _reliability),
-        Score("tails", ("tail_fraction", "tail_reach"), _tails),
-        Score("spectra", SPECTRA, _spectra),
+        Score(
+            "outlier_fraction",
+            ("outlier_fraction",),
+            _outlier_stats,
+            _outlier_fraction,
+            ("outside",),
+        ),
+        Score("acc", ("acc",), _acc_stats, _acc, ("acc",)),
+        Score("energy_score", ("energy_score",), _energy_stats, _energy_score, ("energy_score",)),
+        Score(
+            "rank_histogram", ("rank_histogram",), _rank_stats, _rank_histogram, ("rank_counts",)
+        ),
+        *(
+            Score(name, (name,), _table_stats, _event_score(name), EVENT_TABLES)
+            for name in ("brier_score", "roc_auc", "efi_roc_auc")
+        ),
+        Score("reliability", RELIABILITY, _table_stats, _reliability, EVENT_TABLES),
+        Score("tails", ("tail_fraction", "tail_reach"), _tail_stats, _tails, TAIL_STATISTICS),
+        Score("spectra", SPECTRA, _spectra_stats, _spectra, SPECTRA),
     )
 }
 """Every score `wxens verify` computes, by name, in the order of the scores dataset."""
@@ -337,10 +432,52 @@ def resolve_scores(scores: Sequence[str | Score] | str | Score | None = None) ->
     return list(chosen.values())
 
 
+def variable_statistics(context: ScoringContext, scores: Sequence[Score]) -> xr.Dataset:
+    """The sufficient statistics of the chosen scores (`Score.statistics`) for one variable of
+    one system, lazily, merged into one Dataset (each statistic once), plus `missing_members`
+    (NaN member values per init and lead, for the caller's check)."""
+    stats: dict[str, xr.DataArray] = {}
+    for entry in scores:
+        computed = dict(entry.statistics(context))
+        unexpected = set(computed) - set(entry.statistics_names)
+        if unexpected:
+            raise ScoreError(
+                f"score {entry.name!r} gave undeclared statistics {sorted(unexpected)}"
+            )
+        for name, value in computed.items():
+            stats.setdefault(name, value)
+    stats["missing_members"] = context.missing_members()
+    return xr.Dataset(stats)
+
+
+def finalize_statistics(
+    stats: xr.Dataset, scores: Sequence[Score], members: int, options: VerifyOptions
+) -> xr.Dataset:
+    """The chosen scores from the statistics of a set of inits (`variable_statistics`, or a
+    statistics store's selection), for an ensemble of `members`: one Dataset with dims
+    `region`, `lead_time` and each score's own.
+
+    Example:
+        >>> stats = xr.Dataset({"squared_error": ("init_time", [1.0, 3.0])})
+        >>> from wxens.verification.verify import VerifyOptions
+        >>> float(finalize_statistics(stats, resolve_scores(["rmse"]), 2, VerifyOptions()).rmse)
+        1.4142135623730951
+    """
+    outputs = []
+    for entry in scores:
+        if not set(entry.statistics_names) & set(stats.data_vars):
+            continue  # a score with nothing to show here (spectra off a global grid)
+        computed = dict(entry.finalize(stats, members, options))
+        unexpected = set(computed) - set(entry.outputs)
+        if unexpected:
+            raise ScoreError(f"score {entry.name!r} gave undeclared outputs {sorted(unexpected)}")
+        outputs.append(computed)
+    return xr.merge(outputs, compat="no_conflicts", join="exact")
+
+
 def score_variable(context: ScoringContext, scores: Sequence[Score]) -> xr.Dataset:
-    """The chosen scores of one variable of one system, lazily, merged into one Dataset
-    (dims `region`, `lead_time` and each score's own), plus `missing_members` (NaN member
-    values per init and lead, for the caller's check).
+    """The chosen scores of one variable of one system over all its inits: its statistics,
+    finalized, plus `missing_members`.
 
     Example:
         >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
@@ -353,12 +490,6 @@ def score_variable(context: ScoringContext, scores: Sequence[Score]) -> xr.Datas
         >>> float(score_variable(context, resolve_scores(["rmse"]))["rmse"].squeeze())
         1.0
     """
-    outputs = []
-    for entry in scores:
-        computed = dict(entry.compute(context))
-        unexpected = set(computed) - set(entry.outputs)
-        if unexpected:
-            raise ScoreError(f"score {entry.name!r} gave undeclared outputs {sorted(unexpected)}")
-        outputs.append(computed)
-    outputs.append({"missing_members": context.missing_members()})
-    return xr.merge(outputs, compat="no_conflicts", join="exact")
+    stats = variable_statistics(context, scores)
+    scored = finalize_statistics(stats, scores, context.members, context.options)
+    return scored.assign(missing_members=stats["missing_members"])

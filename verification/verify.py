@@ -38,7 +38,13 @@ from wxens.verification.aggregation import (
 from wxens.verification.errors import ScoreError
 from wxens.verification.extremes import calendar_distance, efi, model_climate
 from wxens.verification.metrics import ensemble_summary
-from wxens.verification.scores import Score, ScoringContext, resolve_scores, score_variable
+from wxens.verification.scores import (
+    Score,
+    ScoringContext,
+    finalize_statistics,
+    resolve_scores,
+    variable_statistics,
+)
 
 __all__ = [
     "REFERENCE_BUILDERS",
@@ -346,7 +352,7 @@ def score_chunks(forecast: xr.DataArray) -> dict[str, int]:
     return {INIT: inits, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1}
 
 
-def _score_system(
+def _system_statistics(
     forecast: xr.Dataset,
     truth: xr.Dataset,
     variables: Sequence[str],
@@ -354,8 +360,8 @@ def _score_system(
     scores: Sequence[Score],
     options: VerifyOptions,
 ) -> xr.Dataset:
-    """The chosen scores of one system, lazily, with a `variable` dimension (and the
-    `missing_members` count of `scores.score_variable`)."""
+    """The chosen scores' statistics of one system per init, lazily, with a `variable`
+    dimension (and the `missing_members` count of `scores.variable_statistics`)."""
     per_variable = []
     for name in variables:
         chunks = score_chunks(forecast[name])
@@ -365,11 +371,11 @@ def _score_system(
         )
         climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
         context = ScoringContext(data, observed, climate_sample, regions, options)
-        per_variable.append(score_variable(context, scores))
+        per_variable.append(variable_statistics(context, scores))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
 
 
-def _score_system_by_leads(
+def system_statistics(
     forecast: xr.Dataset,
     truth: xr.Dataset,
     variables: Sequence[str],
@@ -378,9 +384,9 @@ def _score_system_by_leads(
     options: VerifyOptions,
     label: str = "forecast",
 ) -> xr.Dataset:
-    """`_score_system`, computed a few lead times at a time: about LEAD_GROUP_BYTES of forecasts
-    each, so peak memory stays flat however many leads there are. Refuses missing members
-    (ScoreError naming `label`) as soon as a group shows some.
+    """`_system_statistics`, computed a few lead times at a time: about LEAD_GROUP_BYTES of
+    forecasts each, so peak memory stays flat however many leads there are. Refuses missing
+    members (ScoreError naming `label`) as soon as a group shows some.
 
     Each group's graph is built from its own leads: a compute call materialises and culls the
     whole graph it is given, and one graph of every system and lead, sliced per group, cost the
@@ -397,10 +403,26 @@ def _score_system_by_leads(
         warnings.simplefilter("ignore", RuntimeWarning)
         for first in range(0, forecast.sizes[LEAD], group):
             leads = forecast.isel({LEAD: slice(first, first + group)})
-            part = _score_system(leads, truth, variables, regions, scores, options).compute()
+            part = _system_statistics(leads, truth, variables, regions, scores, options).compute()
             refuse_missing(part["missing_members"], label)
             by_lead.append(part.drop_vars("missing_members"))
     return xr.concat(by_lead, dim=LEAD, data_vars="all", coords="minimal", compat="override")
+
+
+def _score_system_by_leads(
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    variables: Sequence[str],
+    regions: Mapping[str, Region],
+    scores: Sequence[Score],
+    options: VerifyOptions,
+    label: str = "forecast",
+) -> xr.Dataset:
+    """The chosen scores of one system: its `system_statistics`, finalized."""
+    stats = system_statistics(forecast, truth, variables, regions, scores, options, label)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return finalize_statistics(stats, scores, forecast.sizes[MEMBER], options)
 
 
 def refuse_missing(missing: xr.DataArray, label: str) -> None:
