@@ -85,17 +85,20 @@ def _per_point(
     member_dim: str,
     dtype: np.dtype | type,
     statistics: int = 0,
+    extra: Sequence[xr.DataArray] = (),
     **kwargs: object,
 ) -> xr.DataArray:
     """`kernel(members, [truth,] **kwargs)` at every point, lazily under dask.
 
     With `statistics` > 0 the kernel returns that many values per point, on a new last
-    dimension `statistic`. A member dimension split across dask chunks is first rechunked to
-    one chunk.
+    dimension `statistic`. `extra` inputs follow the truth (dims among the forecast's, less
+    the member one). A member dimension split across dask chunks is first rechunked to one
+    chunk.
     """
     if len(forecast.chunksizes.get(member_dim, ())) > 1:
         forecast = forecast.chunk({member_dim: -1})
     inputs = [forecast] if truth is None else [forecast, truth]
+    inputs += list(extra)
     return xr.apply_ufunc(
         _member_blocks,
         functools.partial(kernel, **kwargs),
@@ -120,10 +123,59 @@ def _sorted_deviations(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return deviations
 
 
-def _break_ties(below: np.ndarray, ties: np.ndarray | int, seed: int) -> np.ndarray:
-    """`below + floor(U (ties + 1))`, U uniform on [0, 1) from `seed`: a rank 0..M per point."""
-    share = np.random.default_rng(seed).random(np.shape(below))
+def _break_ties(
+    below: np.ndarray, ties: np.ndarray | int, keys: np.ndarray | None, seed: int
+) -> np.ndarray:
+    """`below + floor(U (ties + 1))`, a rank 0..M per point, U uniform on [0, 1) drawn from
+    the point's key (`point_keys`) and `seed`, so that a point's rank is the same however the
+    data are chunked, selected or split into inits."""
+    if np.ndim(ties) == 0 and ties == 0:
+        return below
+    keys = np.zeros(np.shape(below), np.uint64) if keys is None else keys
+    share = _uniform(_mix(keys ^ _mix(np.uint64(seed))))
     return below + np.floor(share * (ties + 1)).astype(np.int32)
+
+
+def _mix(z: np.ndarray | np.uint64) -> np.ndarray:
+    """SplitMix64's output function (Steele, Lea and Flood 2014): a bijection of uint64 that
+    spreads every input bit over the output. Written here: numpy's generators draw by position
+    in an array, and a point's draw must follow the point, not its position."""
+    with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the point
+        z = np.asarray(z, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _uniform(z: np.ndarray) -> np.ndarray:
+    """The top 53 bits of uint64 `z` as a float on [0, 1)."""
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def point_keys(field: xr.DataArray) -> xr.DataArray:
+    """A uint64 per point of `field` from its coordinate values (positions where a dimension
+    has no coordinate), mixed dimension by dimension (`_mix`): equal for the same point in any
+    selection or chunking of the data. Lazy, chunked as `field`, when it is dask-backed.
+
+    Example:
+        >>> field = xr.DataArray(np.zeros((2, 3)), dims=("x", "y"), coords={"x": [5.0, 7.0]})
+        >>> keys = point_keys(field)
+        >>> bool(keys[1, 2] == point_keys(field.isel(x=[1]))[0, 2])
+        True
+    """
+    key = xr.DataArray(np.uint64(0))
+    for dim in field.dims:
+        values = field[dim].values if dim in field.coords else np.arange(field.sizes[dim])
+        if values.dtype.kind in "mM":
+            values = values.astype("datetime64[ns]" if values.dtype.kind == "M" else "m8[ns]")
+        bits = np.ascontiguousarray(values).astype(
+            np.float64 if values.dtype.kind == "f" else values.dtype
+        )
+        coordinate = xr.DataArray(_mix(bits.view(np.uint64)), dims=dim)
+        if dim in field.chunksizes:
+            coordinate = coordinate.chunk({dim: field.chunksizes[dim]})
+        key = xr.apply_ufunc(_mix, key ^ coordinate, dask="allowed")
+    return key.transpose(*field.dims)
 
 
 SUMMARY = (
@@ -147,6 +199,7 @@ _MOMENTS = {"crps_fair", "crps_ecdf", "mean", "variance", "reach_low", "reach_hi
 def _summary_block(
     members: np.ndarray,
     truth: np.ndarray,
+    keys: np.ndarray | None = None,
     seed: int = 0,
     tail_level: float = 0.01,
     names: Sequence[str] = SUMMARY,
@@ -176,7 +229,7 @@ def _summary_block(
         below = (deviations < 0).sum(axis=-1, dtype=np.int32)
         zero = deviations == 0
         ties = zero.sum(axis=-1, dtype=np.int32) if zero.any() else 0  # ties are rare
-        scores["rank"] = _break_ties(below, ties, seed)
+        scores["rank"] = _break_ties(below, ties, keys, seed)
     if "outside" in wanted:
         scores["outside"] = (lowest > 0) | (highest < 0)
     if "tail_low" in wanted:
@@ -254,8 +307,8 @@ def ensemble_summary(
       different sizes compare fairly) and of the members' ECDF (= `properscoring`'s). O(M log M)
       time, O(M) memory; the M x M matrix is never built;
     - `mean` (`xbar`) and `variance` (`s^2 = sum_i (x_i - xbar)^2 / (M - 1)`, units squared);
-    - `rank`: `#{x_i < y} + U`, with U uniform on `0..#{x_i = y}` drawn from `seed` (Hamill
-      2001), 0..M; -1 where data are missing;
+    - `rank`: `#{x_i < y} + U`, with U uniform on `0..#{x_i = y}` drawn from `seed` and the
+      point's coordinates (`point_keys`; Hamill 2001), 0..M; -1 where data are missing;
     - `outside`: 1 where y lies outside [x(1), x(M)], else 0; its mean is the outlier fraction,
       2/(M+1) for a calibrated ensemble;
     - `tail_low`, `tail_high`: 1 where y < Q_x(tail_level), y > Q_x(1 - tail_level) (linearly
@@ -289,6 +342,7 @@ def ensemble_summary(
         member_dim,
         np.float64,
         len(statistics),
+        extra=[point_keys(truth)] if "rank" in statistics else [],
         seed=seed,
         tail_level=tail_level,
         names=statistics,
