@@ -12,6 +12,7 @@ DOCUMENTED = (
     "wxens.data_pipeline.training_data",
     "wxens.data_pipeline.truth",
     "wxens.models.kinds",
+    "wxens.forecast.archive",
     "wxens.forecast.ensemble",
     *(
         f"wxens.verification.{name}"
@@ -25,6 +26,7 @@ DOCUMENTED = (
             "scheduler",
             "scores",
             "spectra",
+            "stats_store",
             "verify",
         )
     ),

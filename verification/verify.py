@@ -98,6 +98,16 @@ class VerifyOptions:
     truth_renames: Mapping[str, str] = field(default_factory=dict)
     maps: bool = True
     """Also the report's maps of the forecast's first init (`map_*` variables)."""
+    climate_period: tuple[str, str] | None = None
+    """The truth times (first, last, included) the climates draw on; None: all the truth's.
+    A statistics store fixes it, so that an init's climate stays put while the truth grows."""
+
+    def climate_truth(self, truth: xr.DataArray) -> xr.DataArray:
+        """The part of `truth` the climates draw on (`climate_period`)."""
+        if self.climate_period is None:
+            return truth
+        first, last = (np.datetime64(t, "ns") for t in self.climate_period)
+        return truth.sel({TIME: slice(first, last)})
 
     def __post_init__(self) -> None:
         quantiles = np.asarray(self.quantiles, dtype=float)
@@ -137,10 +147,13 @@ def open_store(path: str | Path) -> xr.Dataset:
     else:
         kind, opener = "netCDF file", lambda: xr.open_dataset(path, chunks={})
     try:
-        return opener()
+        opened = opener()
     except Exception as exc:  # any reader's failure: cfgrib raises EOFError, others OSError...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ScoreError(f"{path} is not a readable {kind}: {reason}") from None
+    if INIT in opened.indexes and not opened.indexes[INIT].is_monotonic_increasing:
+        opened = opened.sortby(INIT)  # an archive keeps its inits in the order they came
+    return opened
 
 
 def _consolidated(store: Path) -> bool | None:
@@ -335,6 +348,9 @@ def truth_climate(truth: xr.DataArray, inits: xr.DataArray, half_width_days: int
     return sample.assign_coords({INIT: inits.values}).chunk({INIT: 1, TIME: -1})
 
 
+IN_MEMORY_BYTES = 8 * 2**20
+"""Forecasts smaller than this are scored in memory, without dask."""
+
 LEAD_GROUP_BYTES = 512 * 2**20
 """Forecast bytes (all variables of one system) that one compute call of `verify` scores."""
 
@@ -360,8 +376,11 @@ def _system_statistics(
     scores: Sequence[Score],
     options: VerifyOptions,
 ) -> xr.Dataset:
-    """The chosen scores' statistics of one system per init, lazily, with a `variable`
-    dimension (and the `missing_members` count of `scores.variable_statistics`)."""
+    """The chosen scores' statistics of one system per init, with a `variable` dimension (and
+    the `missing_members` count of `scores.variable_statistics`): lazily, or in memory when
+    the forecast is smaller than IN_MEMORY_BYTES (a nightly update's few new pairs, which
+    dask's graphs would cost more than they compute)."""
+    in_memory = sum(forecast[name].nbytes for name in variables) < IN_MEMORY_BYTES
     per_variable = []
     for name in variables:
         chunks = score_chunks(forecast[name])
@@ -369,7 +388,11 @@ def _system_statistics(
         observed = truth_at_valid_times(truth[name], data).chunk(
             {dim: size for dim, size in chunks.items() if dim != MEMBER}
         )
-        climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
+        climate_sample = truth_climate(
+            options.climate_truth(truth[name]), data[INIT], options.climate_window_days
+        )
+        if in_memory:
+            data, observed, climate_sample = (x.compute() for x in (data, observed, climate_sample))
         context = ScoringContext(data, observed, climate_sample, regions, options)
         per_variable.append(variable_statistics(context, scores))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
@@ -489,7 +512,9 @@ def _system_maps(
     for name in variables:
         data = forecast[name].isel({INIT: [0]}).chunk({MEMBER: -1})
         observed = truth_at_valid_times(truth[name], data)
-        climate_sample = truth_climate(truth[name], data[INIT], options.climate_window_days)
+        climate_sample = truth_climate(
+            options.climate_truth(truth[name]), data[INIT], options.climate_window_days
+        )
         climate = model_climate(climate_sample, TIME).isel({INIT: 0}, drop=True)
         per_variable.append(_map_fields(data, observed, climate))
     maps = xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
@@ -629,6 +654,64 @@ def score(
         >>> float(result.rmse.squeeze()), float(result.spread.squeeze())
         (0.0, 1.4142135623730951)
     """
+    inputs = prepare_inputs(forecast, truth, references, scores, regions, variables, options)
+    options = inputs.options
+    scored = [
+        _score_system_by_leads(
+            ds, inputs.truth, inputs.variables, inputs.regions, inputs.scores, options, name
+        )
+        for name, ds in inputs.stores.items()
+    ]
+    # Systems of other sizes have other rank axes (M + 1): the outer join pads them with NaN.
+    result = xr.concat(scored, dim=xr.DataArray(list(inputs.stores), dims=["system"]), join="outer")
+    result.attrs = inputs.provenance()
+    if options.maps:
+        maps = _system_maps(inputs.stores["forecast"], inputs.truth, inputs.variables, options)
+        result = xr.merge([result, maps], combine_attrs="override")
+        result.attrs["map_init_time"] = maps.attrs["map_init_time"]
+    return result
+
+
+@dataclass
+class Inputs:
+    """What `score` and the statistics store score: the systems (the forecast first, then
+    the references, each on the truth's grid labels), the truth, and the choices."""
+
+    stores: dict[str, xr.Dataset]
+    truth: xr.Dataset
+    variables: list[str]
+    regions: dict[str, Region]
+    scores: list[Score]
+    options: VerifyOptions
+    sources: dict[str, object]
+    truth_source: object
+    planet: str
+
+    def provenance(self) -> dict:
+        attrs = _provenance(
+            self.sources,
+            self.truth_source,
+            self.variables,
+            self.regions,
+            self.scores,
+            self.options,
+            self.stores,
+        )
+        # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
+        return {**attrs, "planet": self.planet}
+
+
+def prepare_inputs(
+    forecast: Source,
+    truth: Source,
+    references: Mapping[str, Source] | None = None,
+    scores: Sequence[str | Score] | None = None,
+    regions: RegionsLike = None,
+    variables: Sequence[str] | None = None,
+    options: VerifyOptions | None = None,
+) -> Inputs:
+    """Open, check and standardise what `score` is given (arguments as there); build the
+    named references from the truth. Raises ScoreError with one line on misuse."""
     options = VerifyOptions() if options is None else options
     if not isinstance(options, VerifyOptions):
         raise ScoreError(f"options must be a VerifyOptions, got {type(options).__name__}")
@@ -650,7 +733,9 @@ def score(
         if _is_builder(source):
             continue
         label = f"{name} ({source})" if isinstance(source, str | Path) else name
-        ds = standardise(_open(source, label), options.forecast_renames, label, forecast=True)
+        opened = _open(source, label)
+        ds = standardise(opened, options.forecast_renames, label, forecast=True)
+        ds = ds.assign_attrs(opened.attrs)  # a store's provenance and fingerprint
         check_same_grid(ds, truth_ds, label)
         # Equal to rounding: the truth's labels, so that the two align exactly.
         stores[name] = ds.assign_coords({dim: truth_ds[dim].values for dim in GRID})
@@ -662,21 +747,17 @@ def score(
     for name, source in systems.items():
         if _is_builder(source):
             stores[name] = REFERENCE_BUILDERS[source](truth_ds[variables], stores["forecast"])
-    stores = {name: stores[name] for name in systems}  # in the order given
-    scored = [
-        _score_system_by_leads(ds, truth_ds, variables, named_regions, chosen, options, name)
-        for name, ds in stores.items()
-    ]
-    # Systems of other sizes have other rank axes (M + 1): the outer join pads them with NaN.
-    result = xr.concat(scored, dim=xr.DataArray(list(stores), dims=["system"]), join="outer")
-    result.attrs = _provenance(systems, truth, variables, named_regions, chosen, options, stores)
-    # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
-    result.attrs["planet"] = opened_truth.attrs.get("planet", "earth")
-    if options.maps:
-        maps = _system_maps(stores["forecast"], truth_ds, variables, options)
-        result = xr.merge([result, maps], combine_attrs="override")
-        result.attrs["map_init_time"] = maps.attrs["map_init_time"]
-    return result
+    return Inputs(
+        stores={name: stores[name] for name in systems},  # in the order given
+        truth=truth_ds,
+        variables=list(variables),
+        regions=named_regions,
+        scores=chosen,
+        options=options,
+        sources=systems,
+        truth_source=truth,
+        planet=opened_truth.attrs.get("planet", "earth"),
+    )
 
 
 def verify(
@@ -756,6 +837,7 @@ def _provenance(
                 "forecast_renames": dict(options.forecast_renames),
                 "truth_renames": dict(options.truth_renames),
                 "maps": options.maps,
+                "climate_period": options.climate_period and list(options.climate_period),
             }
         ),
         "wxens_version": version("wxens"),
