@@ -40,7 +40,8 @@ def options(
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="Experiment YAML.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-OutOption = Annotated[Path | None, typer.Option("--out", help="Output Zarr store.")]
+OutOption = Annotated[Path, typer.Option("--out", help="Output Zarr store.")]
+OptionalOutOption = Annotated[Path | None, typer.Option("--out", help="Output Zarr store.")]
 ArchiveOption = Annotated[
     Path | None,
     typer.Option(
@@ -389,7 +390,7 @@ def forecast(
     init: Annotated[str, typer.Option("--init", help="Initial time, e.g. 2031-01-01T00.")],
     members: MembersOption,
     lead_days: LeadDaysOption,
-    out: OutOption = None,
+    out: OptionalOutOption = None,
     archive: ArchiveOption = None,
     model: ModelOption = "sfno",
     checkpoints: CheckpointsOption = None,
@@ -431,7 +432,7 @@ def hindcast(
     start: Annotated[str, typer.Option("--start", help="First init time.")],
     end: Annotated[str, typer.Option("--end", help="Last init time (included).")],
     members: MembersOption,
-    out: OutOption = None,
+    out: OptionalOutOption = None,
     archive: ArchiveOption = None,
     every: Annotated[str, typer.Option("--every", help="Init spacing (e.g. 1D, 12h).")] = "1D",
     lead_days: LeadDaysOption = 10,
@@ -524,7 +525,7 @@ def verify(
         Path, typer.Option("--forecast", help="Ensemble store (Zarr/netCDF/GRIB).")
     ],
     truth: Annotated[Path, typer.Option("--truth", help="Truth store: analyses by time.")],
-    out: OutOption,
+    out: OptionalOutOption = None,
     reference: Annotated[
         list[str],
         typer.Option("--reference", help="[NAME=]PATH, climatology or persistence."),
@@ -560,22 +561,34 @@ def verify(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write an HTML report here.")
     ] = None,
+    stats: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats",
+            help="Keep mergeable statistics here, computing only the (init, lead) pairs it lacks.",
+        ),
+    ] = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Score an ensemble (and references) against a truth store: CRPS, spread-skill, ranks,
-    reliability, extremes, spectra; by variable, region and lead time."""
+    reliability, extremes, spectra; by variable, region and lead time. With --stats, update
+    a statistics store instead (a nightly run: only the pairs whose truth is new), and with
+    --out as well, write the scores of all its inits."""
     from wxens.verification.errors import ScoreError
     from wxens.verification.report import report as write_report
     from wxens.verification.report import summary_table
     from wxens.verification.scheduler import dask_scheduler
-    from wxens.verification.verify import VerifyOptions
+    from wxens.verification.stats_store import finalize, update_statistics
+    from wxens.verification.verify import VerifyOptions, write_scores
     from wxens.verification.verify import verify as run_verify
 
     def listed(text: str | None) -> list[str] | None:
         return [item.strip() for item in text.split(",") if item.strip()] if text else None
 
-    if out.exists() and not overwrite:
+    if out is None and stats is None:
+        fail("name an output: --out SCORES or --stats STATS")
+    if out is not None and out.exists() and not overwrite:
         fail(f"{out} already exists; pass --overwrite to replace it")
     name_maps = read_names(names)
     try:
@@ -595,20 +608,63 @@ def verify(
         for entry in reference:
             name, sep, path = entry.rpartition("=")
             references[name if sep else Path(path).stem] = path
+        choices = {
+            "scores": listed(scores),
+            "regions": listed(regions),
+            "variables": listed(variables),
+            "options": options,
+        }
         with dask_scheduler(scheduler, progress=not quiet):
-            result = run_verify(
-                forecast,
-                truth,
-                out,
-                references,
-                scores=listed(scores),
-                regions=listed(regions),
-                variables=listed(variables),
-                options=options,
-                overwrite=overwrite,
-            )
+            if stats is None:
+                result = run_verify(
+                    forecast, truth, out, references, **choices, overwrite=overwrite
+                )
+            else:
+                typer.echo(update_statistics(stats, forecast, truth, references, **choices))
+                if out is None:
+                    return
+                result = finalize(stats)
+                write_scores(result, out, overwrite)
         if report is not None:
             write_report(result, report)  # scorecards against the first reference
+    except (ScoreError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    typer.echo(summary_table(result))
+    typer.echo(f"wrote {out}" + (f" and {report}" if report else ""), err=True)
+
+
+@app.command("finalize")
+def finalize_scores(
+    stats: Annotated[
+        Path, typer.Option("--stats", help="Statistics store (wxens verify --stats).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Scores store to write.")],
+    last: Annotated[int | None, typer.Option("--last", help="Only the last N inits.")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="First init time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last init time (included).")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write an HTML report here.")
+    ] = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """The scores of a set of a statistics store's inits (all, the last N, or START to END),
+    as `wxens verify` writes them, without reading a forecast."""
+    from wxens.verification.errors import ScoreError
+    from wxens.verification.report import report as write_report
+    from wxens.verification.report import summary_table
+    from wxens.verification.stats_store import finalize
+    from wxens.verification.verify import write_scores
+
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
+    if last is not None and (start or end):
+        fail("choose the inits with --last N or with --start/--end, not both")
+    inits = last if last is not None else (slice(start, end) if start or end else None)
+    try:
+        result = finalize(stats, inits)
+        write_scores(result, out, overwrite)
+        if report is not None:
+            write_report(result, report)
     except (ScoreError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
     typer.echo(summary_table(result))

@@ -228,3 +228,42 @@ def test_a_full_disk_leaves_the_archive_readable_and_the_next_run_finishes(tmp_p
     assert "error: [Errno 28] No space left on device" in result.stdout, result.stdout
     assert "inits after the failure: 1" in result.stdout
     assert_same_fields(wxens.open_archive(out), reference.sel(init_time=np.sort(INITS[:2])))
+
+
+def test_the_commands_grow_an_archive_and_its_statistics(tiny_world, wxens, tmp_path):
+    """`wxens forecast --archive`, `wxens hindcast --archive` (a backfill), `wxens verify
+    --stats` and `wxens finalize`; misuse gets one line and exit 1 and changes nothing."""
+    config, truth = tiny_world
+    archive, stats = tmp_path / "archive.zarr", tmp_path / "stats.zarr"
+    common = ["--config", config, "--model", "nwp", "--members", 4, "--lead-days", 1, "--quiet"]
+    code, output = wxens("forecast", *common, "--init", "2027-01-03", "--archive", archive)
+    assert code == 0 and "appended 2027-01-03T00:00" in output, output
+    code, output = wxens("forecast", *common, "--init", "2027-01-03", "--archive", archive)
+    assert code == 0 and "holds init 2027-01-03T00:00:00.000000000 already" in output, output
+    backfill = ["--start", "2027-01-01", "--end", "2027-01-03", "--every", "1D"]
+    code, output = wxens("hindcast", *common, *backfill, "--archive", archive)
+    assert code == 0 and "appended 2027-01-01T00:00, 2027-01-02T00:00" in output, output
+    assert wxens_inits(archive) == ["2027-01-01", "2027-01-02", "2027-01-03"]
+    listing = sorted(archive.rglob("*"))
+    for bad, message in (
+        (["--members", 5], "archives another ensemble"),
+        (["--overwrite"], "never overwritten"),
+        (["--out", tmp_path / "x.zarr"], "name one output"),
+    ):
+        code, output = wxens(
+            "forecast", *common, "--init", "2027-01-04", *bad, "--archive", archive
+        )
+        assert code == 1 and message in output and len(output.strip().splitlines()) == 1, output
+    assert sorted(archive.rglob("*")) == listing
+    verify = ["verify", "--forecast", archive, "--truth", truth, "--reference", "persistence"]
+    code, output = wxens(*verify, "--stats", stats, "--regions", "global", "--quiet")
+    assert code == 0 and "pairs: forecast 15, persistence 15" in output, output
+    code, output = wxens(*verify, "--stats", stats, "--regions", "global", "--quiet")
+    assert code == 0 and "forecast 0, persistence 0" in output, output
+    code, output = wxens("finalize", "--stats", stats, "--out", tmp_path / "s.zarr", "--last", 2)
+    assert code == 0, output
+    assert xr.open_zarr(tmp_path / "s.zarr").crps_by_init.sizes["init_time"] == 2
+
+
+def wxens_inits(archive: Path) -> list[str]:
+    return [str(t)[:10] for t in wxens.open_archive(archive).init_time.values]

@@ -805,7 +805,7 @@ def verify(
         variables=variables,
         options=options,
     )
-    _write_scores(result, out, overwrite)
+    write_scores(result, out, overwrite)
     return result
 
 
@@ -844,7 +844,7 @@ def _provenance(
     }
 
 
-def _write_scores(scores: xr.Dataset, out: Path, overwrite: bool) -> None:
+def write_scores(scores: xr.Dataset, out: Path, overwrite: bool) -> None:
     """Write to `OUT.partial`, then move it into place (replacing `out` only now); a failed
     write leaves no `OUT.partial`."""
     partial = out.with_name(out.name + ".partial")

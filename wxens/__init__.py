@@ -7,7 +7,9 @@ the benchmarks call these same functions.
 - Members and ensembles: `load_members`, `run_ensemble`, `random_field_perturbation`,
   `bred_vector_perturbation`; the member-kind registry `KINDS`; `open_archive` (an archive
   that `run_ensemble(..., archive=...)` grows init by init).
-- Verification: `score` (pure), `verify` (score and write), `report` (HTML); the registries
+- Verification: `score` (pure), `verify` (score and write), `report` (HTML);
+  `update_statistics` and `finalize` (a statistics store that grows night by night and scores
+  any set of its inits); the registries
   `SCORES` (of `Score`) and `REGIONS` (of `Region`: `LatitudeBand`, `LatLonBox`,
   `MaskRegion`).
 - Errors, each a `ValueError` (or `RuntimeError` for a store) with a one-line message naming
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from wxens.verification.errors import ScoreError
     from wxens.verification.report import report
     from wxens.verification.scores import SCORES, Score
+    from wxens.verification.stats_store import finalize, update_statistics
     from wxens.verification.verify import VerifyOptions, score, verify
 
 _EXPORTS = {
@@ -75,6 +78,8 @@ _EXPORTS = {
     "VerifyOptions": "wxens.verification.verify",
     "verify": "wxens.verification.verify",
     "report": "wxens.verification.report",
+    "update_statistics": "wxens.verification.stats_store",
+    "finalize": "wxens.verification.stats_store",
     "ScoreError": "wxens.verification.errors",
     "SCORES": "wxens.verification.scores",
     "Score": "wxens.verification.scores",
@@ -105,6 +110,7 @@ __all__ = [
     "StoreError",
     "VerifyOptions",
     "bred_vector_perturbation",
+    "finalize",
     "load_config",
     "load_members",
     "open_analyses",
@@ -114,6 +120,7 @@ __all__ = [
     "run_ensemble",
     "score",
     "simulate_truth",
+    "update_statistics",
     "verify",
 ]
 
