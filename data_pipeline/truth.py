@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from wxens.data_pipeline.analysis_store import TIME_CHUNK, AnalysisStoreWriter, analysis_dataset
+import zarr
+from wxens.data_pipeline.analysis_store import (
+    TIME_CHUNK,
+    AnalysisStoreWriter,
+    StoreError,
+    StoreLock,
+    analysis_dataset,
+)
 from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.progress import progress_bar
 from wxens.data_pipeline.provenance import default_device, provenance
@@ -89,8 +96,20 @@ def truth_trajectory(
     model = truth_model(config, device)
     generator = torch.Generator().manual_seed(config.seed)
     q = spun_up_state(model, config, 1, generator, quiet)
+    for block, fields, _ in trajectory_from(model, q, analysis_times(config, years), config, quiet):
+        yield block, fields
+
+
+def trajectory_from(
+    model: TwoLayerQG,
+    q: torch.Tensor,
+    times: pd.DatetimeIndex,
+    config: ExperimentConfig,
+    quiet: bool = False,
+) -> Iterator[tuple[pd.DatetimeIndex, dict[str, np.ndarray], torch.Tensor]]:
+    """From the model state `q` at `times[0]`, yield blocks of `(times, {field: (time, lat,
+    lon)}, q)` on the model grid, `q` the state at the time after the block's last."""
     grid, truncation = model_grid(config), config.grid.truncation
-    times = analysis_times(config, years)
     steps = steps_per(config, config.truth.output_interval_hours)
     with progress_bar(len(times), "truth", quiet) as advance:
         for start in range(0, len(times), TIME_CHUNK):
@@ -103,14 +122,12 @@ def truth_trajectory(
             stacked = np.stack(snapshots)
             if not np.isfinite(stacked).all():
                 raise FloatingPointError(f"truth model blew up before {block[-1]}")
-            yield (
-                block,
-                {
-                    name: stacked[:, layer]
-                    for name, layer in LAYER_OF_FIELD.items()
-                    if name in config.variables
-                },
-            )
+            fields = {
+                name: stacked[:, layer]
+                for name, layer in LAYER_OF_FIELD.items()
+                if name in config.variables
+            }
+            yield block, fields, q
 
 
 def truth_attributes(config: ExperimentConfig) -> dict[str, object]:
@@ -178,7 +195,8 @@ def write_truth(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Run the truth world for `years` years and write the analysis store at `out`."""
+    """Run the truth world for `years` years and write the analysis store at `out`, with the
+    model's state after its last analysis (`extend_truth` continues from it)."""
     if years <= 0:
         raise ValueError(f"the truth needs a positive number of years, got {years}")
     attrs = {
@@ -186,10 +204,80 @@ def write_truth(
         **provenance(config_dict, "wxens data truth", years=years, out=out),
     }
     grid = model_grid(config)
+    model = truth_model(config)
+    start = spun_up_state(model, config, 1, torch.Generator().manual_seed(config.seed), quiet)
+    times = analysis_times(config, years)
     with AnalysisStoreWriter(out, attrs, overwrite=overwrite) as writer:
-        for times, fields in truth_trajectory(config, years, quiet):
-            writer.append(analysis_dataset(fields, times.values, grid, TRUTH_FIELDS))
+        state = start
+        for block, fields, after in trajectory_from(model, start, times, config, quiet):
+            writer.append(analysis_dataset(fields, block.values, grid, TRUTH_FIELDS))
+            state = after
+        _save_state(writer.partial, state, times[-1] + _interval(config))
     return out
+
+
+MODEL_STATE = "model_state/q"
+"""The truth model's state after the last analysis, in a child group that xarray does not
+show: one float64 array, `[hours since 1970 of the next analysis, *q as (real, imaginary)
+pairs]`, written in one piece (one file)."""
+
+
+def _interval(config: ExperimentConfig) -> pd.Timedelta:
+    return pd.Timedelta(hours=config.truth.output_interval_hours)
+
+
+def _hours(time: object) -> int:
+    return int((pd.Timestamp(time) - pd.Timestamp("1970-01-01")) // pd.Timedelta(hours=1))
+
+
+def _save_state(store: Path, q: torch.Tensor, next_time: pd.Timestamp) -> None:
+    values = np.concatenate([[float(_hours(next_time))], torch.view_as_real(q).numpy().ravel()])
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    if MODEL_STATE not in group:
+        group.create_array(MODEL_STATE, shape=values.shape, dtype="float64", chunks=values.shape)
+        group[MODEL_STATE].attrs["q_shape"] = list(torch.view_as_real(q).shape)
+    group[MODEL_STATE][:] = values
+
+
+def extend_truth(config: ExperimentConfig, store: Path, until: object, quiet: bool = True) -> int:
+    """Extend the truth store at `store` (from `write_truth`) with the analyses up to `until`
+    (included), continuing the model from its saved state; return how many were added.
+
+    Resumable: rows are written first and the state after them, so a run killed halfway is
+    continued from the last saved state by the next, which writes the same numbers again (a
+    continued truth is bitwise the truth run in one go). One writer at a time (`STORE.lock`).
+    """
+    lock = StoreLock(Path(store))
+    lock.check()
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    if MODEL_STATE not in group:
+        raise StoreError(f"{store}: no saved model state to continue from; rewrite the truth")
+    saved = group[MODEL_STATE][:]
+    next_time = pd.Timestamp("1970-01-01") + pd.Timedelta(hours=float(saved[0]))
+    times = pd.date_range(next_time, pd.Timestamp(until), freq=_interval(config))
+    if not len(times):
+        return 0
+    first = pd.Timestamp("1970-01-01") + pd.Timedelta(hours=int(group["time"][0]))
+    index = int((next_time - first) / _interval(config))
+    shape = group[MODEL_STATE].attrs["q_shape"]
+    # A copy: q's complex values need their own 16-byte aligned memory, not a view at offset 8.
+    start = torch.view_as_complex(torch.from_numpy(saved[1:].reshape(shape).copy()))
+    lock.acquire()
+    try:
+        model = truth_model(config)
+        for block, fields, q in trajectory_from(model, start, times, config, quiet):
+            end = index + len(block)
+            for name in (*fields, "time"):
+                if group[name].shape[0] < end:
+                    group[name].resize((end, *group[name].shape[1:]))
+            for name, values in fields.items():
+                group[name][index:end] = values
+            group["time"][index:end] = [_hours(t) for t in block]
+            _save_state(Path(store), q, block[-1] + _interval(config))
+            index = end
+    finally:
+        lock.release()
+    return len(times)
 
 
 def simulated_years_per_minute(model: TwoLayerQG, steps: int, seconds: float) -> float:
