@@ -273,7 +273,7 @@ def located(error: dict[str, Any], section: str) -> dict[str, Any]:
     return {**located, **({"ctx": error["ctx"]} if "ctx" in error else {})}
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+def describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
     location = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, error["loc"][:-1])
@@ -307,7 +307,8 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc.errors()[0], ExperimentConfig)}") from None
+        reason = describe_error(exc.errors()[0], ExperimentConfig)
+        raise ConfigError(f"{source}: {reason}") from None
 
 
 def read_yaml(path: Path) -> Any:

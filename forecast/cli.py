@@ -692,6 +692,43 @@ def report(
     typer.echo(str(index.resolve()))
 
 
+@app.command("nightly")
+def nightly(
+    config: Annotated[Path, typer.Option("--config", help="The ops config (ops.yaml).")],
+    date: Annotated[
+        str | None, typer.Option("--date", help="The night's date (default: today, UTC).")
+    ] = None,
+) -> None:
+    """One night of operations: extend the truth, append the init to the archive, update the
+    statistics, write the scores (and reports). Each step is skipped when done already.
+
+    Exit codes: 0 done; 1 bad input (nothing changed); 4 another run is writing; 5 a step
+    failed (a full disk): rerun to resume."""
+    import datetime as dt
+
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.forecast.nightly import load_nightly_settings, run_night, timestamped
+    from wxens.models.checkpoint import CheckpointError
+
+    try:
+        settings = load_nightly_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    log = timestamped(settings.log, typer.echo)
+    night = date or dt.datetime.now(dt.UTC).date().isoformat()
+    try:
+        run_night(settings, night, log)
+    except StoreError as exc:
+        log(f"{night} error: {str(exc).splitlines()[0]}")
+        raise typer.Exit(code=4 if "being written by another run" in str(exc) else 1) from None
+    except (ConfigError, CheckpointError, ValueError) as exc:
+        log(f"{night} error: {str(exc).splitlines()[0]}")
+        raise typer.Exit(code=1) from None
+    except OSError as exc:
+        log(f"{night} error: {str(exc).splitlines()[0]}")
+        raise typer.Exit(code=5) from None
+
+
 def main() -> None:  # pragma: no cover - console entry
     keep_freed_memory()
     app(prog_name="wxens")

@@ -266,6 +266,7 @@ class MemberForecaster:
         device: torch.device | str = "cpu",
         weight_noise: ParameterPerturbation | None = None,
         seeds: SeedStates | None = None,
+        reopen: Callable[[], xr.Dataset] | None = None,
     ):
         self.models = list(models)
         self.emulators = [FixedBatchEmulator(m, micro_batch) for m in self.models]
@@ -277,6 +278,9 @@ class MemberForecaster:
         self.device = torch.device(device)
         self.weight_noise = weight_noise
         self.seeds = seeds
+        self.reopen = reopen
+        """Opens the analyses again, when an init time is newer than those they held (a
+        process that keeps its members between runs, on a truth that grows night by night)."""
 
     @classmethod
     def from_spec(cls, spec: EnsembleSpec) -> MemberForecaster:
@@ -310,10 +314,13 @@ class MemberForecaster:
             device=device,
             weight_noise=ParameterPerturbation(sigma) if sigma > 0 else None,
             seeds=seed_states(spec),
+            reopen=functools.partial(open_analyses, spec.analyses),
         )
 
     def analysis(self, init_time: np.datetime64) -> torch.Tensor:
         """The analysis at `init_time`, `(channel, lat, lon)` float32 on the device."""
+        if init_time not in self.dataset.get_index("time") and self.reopen is not None:
+            self.dataset = self.reopen()
         index = self.dataset.get_index("time").get_loc(init_time)
         return analysis_states(self.dataset, self.variables, index)[0].to(self.device)
 

@@ -403,6 +403,37 @@ Counter = Callable[[tuple[str, ...], "xr.DataArray | None"], xr.DataArray]
 `dims`, each point weighted by `weights` (None: 1)."""
 
 
+def ordered_sum(data: xr.DataArray, dim: str) -> xr.DataArray:
+    """The sum along `dim` added in index order, NaNs counted as 0.
+
+    `.sum` adds pairwise in an order that follows the array's memory layout and chunks, so the
+    same numbers laid out another way can differ in the last bit; the running sum
+    (`np.nancumsum`, whose last element this is) adds one after the other whatever the layout:
+    the tables of a set of inits come out bit for bit the same in a batch verify and from a
+    statistics store.
+
+    Example:
+        >>> data = xr.DataArray([[0.1, 0.2, 0.3]], dims=("x", "y"))
+        >>> float(ordered_sum(data, "y")) == (0.1 + 0.2) + 0.3
+        True
+    """
+    if len(data.chunksizes.get(dim, ())) > 1:
+        data = data.chunk({dim: -1})
+    return xr.apply_ufunc(
+        _running_total,
+        data,
+        input_core_dims=[[dim]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+
+
+def _running_total(values: np.ndarray) -> np.ndarray:
+    if values.shape[-1] == 0:
+        return np.zeros(values.shape[:-1])
+    return np.nancumsum(values, axis=-1, dtype=np.float64)[..., -1]
+
+
 def regional_sums(
     count: Counter,
     latitude: xr.DataArray,
@@ -432,7 +463,7 @@ def regional_sums(
     summed = (time_dim,) if time_dim is not None else ()
     if zonal:
         counts = count((*summed, LONGITUDE), None)
-        parts.append((counts * regional_weights(latitude, zonal)).sum(LATITUDE))
+        parts.append(ordered_sum(counts * regional_weights(latitude, zonal), LATITUDE))
     for name, region in others.items():
         weights = region.weights(latitude, longitude)
         counts = count((*summed, LATITUDE, LONGITUDE), weights)

@@ -22,6 +22,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
+from wxens.verification.aggregation import ordered_sum
 from wxens.verification.errors import ScoreError
 
 Dims = Hashable | Sequence[Hashable]
@@ -82,7 +83,41 @@ def climatological_thresholds(
     Reference: Hyndman, R. J. and Fan, Y. (1996). Sample quantiles in statistical packages.
     The American Statistician, 50(4), 361-365.
     """
-    return truth.quantile(quantiles, dim=dim)
+    if not isinstance(dim, str):
+        return truth.quantile(quantiles, dim=dim)
+    levels = np.atleast_1d(np.asarray(quantiles, dtype=float))
+    if len(truth.chunksizes.get(dim, ())) > 1:
+        truth = truth.chunk({dim: -1})
+    thresholds = xr.apply_ufunc(
+        _nan_quantiles,
+        truth,
+        input_core_dims=[[dim]],
+        output_core_dims=[["quantile"]],
+        kwargs={"levels": levels},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"quantile": levels.size}},
+    )
+    thresholds = thresholds.assign_coords(quantile=levels).transpose("quantile", ...)
+    return thresholds.squeeze("quantile", drop=False) if np.ndim(quantiles) == 0 else thresholds
+
+
+def _nan_quantiles(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """numpy's linear (type 7) quantiles over the last axis, NaNs skipped: one sort of all
+    rows, then each row's own count. Written here because `np.nanquantile` falls back to a
+    Python loop over the rows as soon as one row holds a NaN (per-init climate samples are
+    padded with NaN), hundreds of times slower; the interpolation is numpy's `_lerp`."""
+    ordered = np.sort(values, axis=-1)  # NaNs last
+    count = np.count_nonzero(~np.isnan(values), axis=-1)[..., None]
+    position = (count - 1) * levels
+    low = np.clip(np.floor(position), 0, None).astype(np.intp)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0))
+    below = np.take_along_axis(ordered, low, axis=-1)
+    above = np.take_along_axis(ordered, high, axis=-1)
+    weight = position - low
+    step = above - below
+    result = np.where(weight >= 0.5, above - step * (1 - weight), below + step * weight)
+    return np.where(count > 0, result, np.nan)
 
 
 def _bin_edges(bins: int | Sequence[float]) -> np.ndarray:
@@ -155,7 +190,9 @@ def contingency_table(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {VALUE: values, OUTCOME: 2}},
     )
-    return table.sum(outer) if outer else table
+    for dim in outer:
+        table = ordered_sum(table, dim)
+    return table
 
 
 def brier_score_from_table(table: xr.DataArray, probabilities: xr.DataArray) -> xr.DataArray:

@@ -28,6 +28,7 @@ from wxens.verification.aggregation import (
     LATITUDE,
     LONGITUDE,
     Region,
+    ordered_sum,
     per_region,
     regional_means,
     regional_sums,
@@ -286,7 +287,7 @@ def _rank_stats(context: ScoringContext) -> Outputs:
 def _rank_histogram(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """Frequency of each rank 0..M of the truth among the members (ties broken at random),
     area-weighted, summing to 1 (dimension `rank`; `metrics.rank_counts`)."""
-    counts = stats["rank_counts"].isel(rank=slice(0, members + 1)).sum(INIT)
+    counts = ordered_sum(stats["rank_counts"].isel(rank=slice(0, members + 1)), INIT)
     return {"rank_histogram": counts / counts.sum("rank")}
 
 
@@ -295,7 +296,7 @@ def _table_stats(context: ScoringContext) -> Outputs:
 
 
 def _event_scores(stats: xr.Dataset, members: int, options: VerifyOptions) -> xr.Dataset:
-    tables = stats[list(EVENT_TABLES)].sum(INIT)
+    tables = xr.Dataset({name: ordered_sum(stats[name], INIT) for name in EVENT_TABLES})
     return event_scores_from_tables(tables, members, options.probability_bins)
 
 

@@ -140,7 +140,8 @@ def update_statistics(
                     part, inputs.truth, inputs.variables, regions, chosen, options, name
                 )
                 store.write(name, computed, ds[LEAD].values)
-        store.publish()
+        if any(pairs.values()) or store.stale():
+            store.publish()
     finally:
         lock.release()
     return StatisticsUpdate(store.path, pairs, len(store.inits()))
@@ -167,9 +168,8 @@ def finalize(
     members = json.loads(attrs["members"])
     scored = []
     for name in members:
-        data = store.system(name)
-        data = data.where(data[COMPUTED] == 1).drop_vars(COMPUTED).sortby(INIT)
-        data = _select(data, inits, store.path)
+        data = _select(store.system(name).sortby(INIT), inits, store.path).load()  # small
+        data = data.where(data[COMPUTED] == 1).drop_vars(COMPUTED)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN scores: no events, no inits
             scored.append(finalize_statistics(data, chosen, members[name], options))
@@ -355,6 +355,20 @@ class StatisticsStore:
                 known.append(value)
             positions.append(known.index(value))
         return positions
+
+    def stale(self) -> bool:
+        """Whether readers' (consolidated) view lacks rows written since (a killed update)."""
+        if not self.exists():
+            return False
+        try:
+            published = zarr.open_group(self.path, mode="r", use_consolidated=True)
+        except ValueError:  # never consolidated
+            return True
+        actual = self._root()
+        for name, group in actual.groups():
+            if name not in published or published[name][COMPUTED].shape != group[COMPUTED].shape:
+                return True
+        return False
 
     def publish(self) -> None:
         """Consolidate: readers now see this update's rows and flags."""
