@@ -390,7 +390,7 @@ def _system_statistics(
         )
         climate_sample = truth_climate(
             options.climate_truth(truth[name]), data[INIT], options.climate_window_days
-        )
+        ).chunk({INIT: chunks[INIT]})  # as the forecast: mismatched chunks split every task
         if in_memory:
             data, observed, climate_sample = (x.compute() for x in (data, observed, climate_sample))
         context = ScoringContext(data, observed, climate_sample, regions, options)
