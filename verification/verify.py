@@ -432,22 +432,6 @@ def system_statistics(
     return xr.concat(by_lead, dim=LEAD, data_vars="all", coords="minimal", compat="override")
 
 
-def _score_system_by_leads(
-    forecast: xr.Dataset,
-    truth: xr.Dataset,
-    variables: Sequence[str],
-    regions: Mapping[str, Region],
-    scores: Sequence[Score],
-    options: VerifyOptions,
-    label: str = "forecast",
-) -> xr.Dataset:
-    """The chosen scores of one system: its `system_statistics`, finalized."""
-    stats = system_statistics(forecast, truth, variables, regions, scores, options, label)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return finalize_statistics(stats, scores, forecast.sizes[MEMBER], options)
-
-
 def refuse_missing(missing: xr.DataArray, label: str) -> None:
     """Raise ScoreError at the first (variable, init, lead) that has NaN member values.
 
@@ -656,12 +640,14 @@ def score(
     """
     inputs = prepare_inputs(forecast, truth, references, scores, regions, variables, options)
     options = inputs.options
-    scored = [
-        _score_system_by_leads(
+    scored = []
+    for name, ds in inputs.stores.items():
+        stats = system_statistics(
             ds, inputs.truth, inputs.variables, inputs.regions, inputs.scores, options, name
         )
-        for name, ds in inputs.stores.items()
-    ]
+        with warnings.catch_warnings():  # NaN scores: no events in a region, ...
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scored.append(finalize_statistics(stats, inputs.scores, ds.sizes[MEMBER], options))
     # Systems of other sizes have other rank axes (M + 1): the outer join pads them with NaN.
     result = xr.concat(scored, dim=xr.DataArray(list(inputs.stores), dims=["system"]), join="outer")
     result.attrs = inputs.provenance()
