@@ -84,10 +84,11 @@ class NightlyError(ValueError):
 
 @dataclass
 class NightReport:
-    """What each step of a night did ("done ..." or "skipped ...")."""
+    """What each step of a night did ("done ..." or "skipped ...") and its wall time."""
 
     date: str
     steps: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return "\n".join(f"{self.date} {step}: {what}" for step, what in self.steps.items())
@@ -106,7 +107,7 @@ def run_night(settings: NightlySettings, date: object, log=print) -> NightReport
     def record(step: str, what: str) -> None:
         nonlocal started
         seconds, started = time.perf_counter() - started, time.perf_counter()
-        report.steps[step] = what
+        report.steps[step], report.seconds[step] = what, seconds
         log(f"{report.date} {step}: {what} ({seconds:.1f} s)")
 
     interval = np.timedelta64(config.truth.output_interval_hours, "h")
