@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -193,7 +194,9 @@ def _scores(settings: NightlySettings, refresh: bool) -> str:
     )
 
 
-def timestamped(log_file: Path | None, echo) -> callable:
+def timestamped(
+    log_file: Path | None, echo: Callable[[str], object]
+) -> Callable[[str], None]:
     """A `log(line)` that echoes `line` and appends it, with a UTC timestamp, to `log_file`."""
 
     def log(line: str) -> None:
