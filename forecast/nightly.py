@@ -194,9 +194,7 @@ def _scores(settings: NightlySettings, refresh: bool) -> str:
     )
 
 
-def timestamped(
-    log_file: Path | None, echo: Callable[[str], object]
-) -> Callable[[str], None]:
+def timestamped(log_file: Path | None, echo: Callable[[str], object]) -> Callable[[str], None]:
     """A `log(line)` that echoes `line` and appends it, with a UTC timestamp, to `log_file`."""
 
     def log(line: str) -> None:
