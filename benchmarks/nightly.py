@@ -30,26 +30,15 @@ from wxens.forecast.nightly import load_nightly_settings, run_night
 
 import wxens
 
-TINY_WORLD = {
-    "name": "tiny",
-    "seed": 11,
-    "truth": {"truncation": 10, "spinup_days": 20, "timestep_minutes": 180},
-    "grid": {"nlat": 9, "nlon": 16, "truncation": 4},
-    "periods": {
-        "start": "2025-01-01",
-        "train": {"first": 2025, "last": 2025},
-        "validation": {"first": 2026, "last": 2026},
-        "test": {"first": 2027, "last": 2027},
-    },
-}
-"""The truth world of the tests (tests/conftest.py): a run of a night takes seconds."""
+TINY_WORLD = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+"""The truth world of the tests: a run of a night takes seconds."""
 
 
 def setup(folder: Path, members: int, lead_days: float) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     truth = folder / "truth.zarr"
-    data = {**TINY_WORLD, "analyses": str(truth)}
+    data = {**yaml.safe_load(TINY_WORLD.read_text()), "analyses": str(truth)}
     write_truth(parse_config(data), data, 2, truth, quiet=True)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(data))
     ops = {

@@ -13,7 +13,6 @@ The truth world and the reanalysis readers both write it through `AnalysisStoreW
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,12 +21,12 @@ import numpy as np
 import xarray as xr
 from wxens.data_pipeline.sphere import LatLonGrid
 
+from wxens.stores import StoreBusyError as StoreBusyError  # re-exported for the readers
+from wxens.stores import StoreError as StoreError
+from wxens.stores import StoreLock as StoreLock
+
 COMPLETE_FLAG = "wxens_complete"
 TIME_CHUNK = 120  # 30 days of 6-hourly analyses per chunk
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be written or read; the message names the path."""
 
 
 def analysis_dataset(
@@ -59,64 +58,6 @@ def analysis_dataset(
         for name, values in fields.items()
     }
     return xr.Dataset(data_vars, coords=coords)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class StoreLock:
-    """`PATH.lock`, holding the pid of the one run that writes the store at `PATH`.
-
-    `acquire` creates it atomically (`O_EXCL`), so of two runs starting together only one gets
-    it; a lock left by a dead process is taken over. Same-host only: the pid is checked with
-    `kill(pid, 0)`.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = path.with_name(path.name + ".lock")
-
-    def holder(self) -> int | None:
-        """The pid of another live process holding the lock, else None."""
-        try:
-            text = self.file.read_text().strip()
-        except FileNotFoundError:
-            return None
-        pid = int(text) if text.isdigit() else 0
-        if pid == os.getpid():
-            return None
-        if pid == 0:  # just created by a run that has not written its pid yet
-            return -1
-        return pid if _pid_alive(pid) else None
-
-    def check(self) -> None:
-        """Refuse the store if another live run holds its lock."""
-        pid = self.holder()
-        if pid is not None:
-            raise StoreError(f"{self.path} is being written by another run (pid {pid})")
-
-    def acquire(self) -> None:
-        for _ in range(3):
-            try:
-                descriptor = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                self.check()
-                self.file.unlink(missing_ok=True)  # a dead run's (or our own) lock
-                continue
-            os.write(descriptor, str(os.getpid()).encode())
-            os.close(descriptor)
-            return
-        raise StoreError(f"{self.path}: cannot take the lock {self.file}")
-
-    def release(self) -> None:
-        self.file.unlink(missing_ok=True)
 
 
 class AnalysisStoreWriter:

@@ -25,6 +25,8 @@ from wxens.data_pipeline.provenance import default_device, provenance
 from wxens.data_pipeline.qg import TwoLayerQG
 from wxens.data_pipeline.sphere import LatLonGrid
 
+from wxens.stores import hours_since_epoch, times_from_hours
+
 TRUTH_FIELDS: dict[str, dict[str, str]] = {
     "psi_upper": {
         "long_name": "upper-layer streamfunction",
@@ -226,12 +228,13 @@ def _interval(config: ExperimentConfig) -> pd.Timedelta:
     return pd.Timedelta(hours=config.truth.output_interval_hours)
 
 
-def _hours(time: object) -> int:
-    return int((pd.Timestamp(time) - pd.Timestamp("1970-01-01")) // pd.Timedelta(hours=1))
-
-
 def _save_state(store: Path, q: torch.Tensor, next_time: pd.Timestamp) -> None:
-    values = np.concatenate([[float(_hours(next_time))], torch.view_as_real(q).numpy().ravel()])
+    values = np.concatenate(
+        [
+            [float(hours_since_epoch(next_time.to_datetime64()))],
+            torch.view_as_real(q).numpy().ravel(),
+        ]
+    )
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     if MODEL_STATE not in group:
         group.create_array(MODEL_STATE, shape=values.shape, dtype="float64", chunks=values.shape)
@@ -253,11 +256,11 @@ def extend_truth(config: ExperimentConfig, store: Path, until: object, quiet: bo
     if MODEL_STATE not in group:
         raise StoreError(f"{store}: no saved model state to continue from; rewrite the truth")
     saved = group[MODEL_STATE][:]
-    next_time = pd.Timestamp("1970-01-01") + pd.Timedelta(hours=float(saved[0]))
+    next_time = pd.Timestamp(times_from_hours(saved[0]))
     times = pd.date_range(next_time, pd.Timestamp(until), freq=_interval(config))
     if not len(times):
         return 0
-    first = pd.Timestamp("1970-01-01") + pd.Timedelta(hours=int(group["time"][0]))
+    first = pd.Timestamp(times_from_hours(group["time"][0]))
     index = int((next_time - first) / _interval(config))
     shape = group[MODEL_STATE].attrs["q_shape"]
     # A copy: q's complex values need their own 16-byte aligned memory, not a view at offset 8.
@@ -272,7 +275,7 @@ def extend_truth(config: ExperimentConfig, store: Path, until: object, quiet: bo
                     group[name].resize((end, *group[name].shape[1:]))
             for name, values in fields.items():
                 group[name][index:end] = values
-            group["time"][index:end] = [_hours(t) for t in block]
+            group["time"][index:end] = hours_since_epoch(block.values)
             _save_state(Path(store), q, block[-1] + _interval(config))
             index = end
     finally:

@@ -39,10 +39,10 @@ import zarr
 from wxens.data_pipeline.analysis_store import COMPLETE_FLAG, StoreError
 from wxens.forecast.ensemble_store import DONE, FINGERPRINT, INIT, EnsembleStore, StoreLayout
 
+from wxens.stores import HOUR, hours_since_epoch, times_from_hours
+
 ARCHIVE_FLAG = "wxens_archive"
 PENDING = "pending"
-EPOCH = np.datetime64("1970-01-01", "ns")
-HOUR = np.timedelta64(1, "h")
 
 
 def open_archive(path: str | Path) -> xr.Dataset:
@@ -148,7 +148,7 @@ class Archive:
         for array in [*along_init, group[DONE]]:  # the task flags last: they give the length
             if array.shape[0] <= pending.index:
                 array.resize((pending.index + 1, *array.shape[1:]))
-        hours = (np.datetime64(pending.init_time, "ns") - EPOCH) // HOUR
+        hours = hours_since_epoch(pending.init_time)
         group[INIT][pending.index] = hours
         group["valid_time"][pending.index] = hours + lead_times // HOUR
 
@@ -156,7 +156,7 @@ class Archive:
     def layout(path: Path, like: StoreLayout) -> StoreLayout:
         """`like` with the init times of the store at `path` (pending ones included)."""
         hours = zarr.open_group(path, mode="r", use_consolidated=False)[INIT][:]
-        init_times = EPOCH + hours.astype(np.int64) * HOUR
+        init_times = times_from_hours(hours)
         return dataclasses.replace(like, init_times=init_times)
 
     def commit(self, pending: Pending) -> None:

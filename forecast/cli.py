@@ -706,9 +706,10 @@ def nightly(
     failed (a full disk): rerun to resume."""
     import datetime as dt
 
-    from wxens.data_pipeline.analysis_store import StoreError
     from wxens.forecast.nightly import load_nightly_settings, run_night, timestamped
     from wxens.models.checkpoint import CheckpointError
+
+    from wxens.stores import StoreBusyError, StoreError
 
     try:
         settings = load_nightly_settings(config)
@@ -718,10 +719,10 @@ def nightly(
     night = date or dt.datetime.now(dt.UTC).date().isoformat()
     try:
         run_night(settings, night, log)
-    except StoreError as exc:
+    except StoreBusyError as exc:
         log(f"{night} error: {str(exc).splitlines()[0]}")
-        raise typer.Exit(code=4 if "being written by another run" in str(exc) else 1) from None
-    except (ConfigError, CheckpointError, ValueError) as exc:
+        raise typer.Exit(code=4) from None
+    except (StoreError, ConfigError, CheckpointError, ValueError) as exc:
         log(f"{night} error: {str(exc).splitlines()[0]}")
         raise typer.Exit(code=1) from None
     except OSError as exc:

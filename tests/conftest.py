@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyproj  # noqa: F401 - before any test loads eccodes (cfgrib); see verification.verify
 import pytest
+import yaml
 
 
 @pytest.fixture(scope="session")
@@ -22,29 +23,8 @@ def sample_data() -> Path:
     return path
 
 
-TINY_WORLD = {
-    "name": "tiny",
-    "seed": 11,
-    "truth": {"truncation": 10, "spinup_days": 20, "timestep_minutes": 180},
-    "grid": {"nlat": 9, "nlon": 16, "truncation": 4},
-    "periods": {
-        "start": "2025-01-01",
-        "train": {"first": 2025, "last": 2025},
-        "validation": {"first": 2026, "last": 2026},
-        "test": {"first": 2027, "last": 2027},
-    },
-    "sfno": {"embed_dim": 8, "num_layers": 2},
-    "training": {
-        "batch_size": 16,
-        "epochs": 2,
-        "samples_per_epoch": 96,
-        "learning_rate": 3e-3,
-        "warmup_steps": 2,
-        "rollout_schedule": {1: 2},
-        "validation_inits": 8,
-        "validation_lead_steps": 2,
-    },
-}
+TINY_WORLD = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+"""The tiny world: a T10 truth on a 9 x 16 grid (`configs/tiny.yaml`)."""
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
-from wxens.data_pipeline.analysis_store import StoreLock
 from wxens.verification.aggregation import RegionsLike
 from wxens.verification.errors import ScoreError
 from wxens.verification.scores import Score, finalize_statistics, resolve_scores
@@ -49,15 +48,16 @@ from wxens.verification.verify import (
     INIT,
     LEAD,
     TIME,
+    Inputs,
     Source,
     VerifyOptions,
     prepare_inputs,
     system_statistics,
 )
 
+from wxens.stores import StoreLock, hours_since_epoch
+
 COMPUTED = "computed"
-EPOCH = np.datetime64("1970-01-01", "ns")
-HOUR = np.timedelta64(1, "h")
 STATISTICS_FLAG = "wxens_statistics"
 
 
@@ -111,40 +111,86 @@ def update_statistics(
         >>> float(finalize(path).rmse.sel(lead_time="6h").squeeze())
         1.0
     """
-    store = StatisticsStore(Path(stats))
-    options = VerifyOptions() if options is None else options
     inputs = prepare_inputs(forecast, truth, references, scores, regions, variables, options)
-    if options.climate_period is None:
-        recorded = store.recorded_options()
-        period = recorded.get("climate_period") if recorded else None
-        if period is None:
-            times = inputs.truth[TIME].values
-            period = [str(times.min()), str(times.max())]
-        options = dataclasses.replace(options, climate_period=tuple(period))
-        inputs.options = options
-    identity = _identity(inputs)
-    lock = StoreLock(store.path)
-    lock.check()
-    store.check(identity)
-    lock.acquire()
-    try:
-        store.create(identity, inputs.provenance())
-        pairs, chosen, regions = {}, inputs.scores, inputs.regions
+    with StatisticsWriter(stats, inputs) as writer:
         for name, ds in inputs.stores.items():
-            ds = ds.sortby(INIT)
-            pending = store.pending(name, ds, inputs.truth[TIME].values)
-            pairs[name] = int(pending.sum())
-            for inits, leads in _groups(pending):
-                part = ds.isel({INIT: inits, LEAD: leads})
-                computed = system_statistics(
-                    part, inputs.truth, inputs.variables, regions, chosen, options, name
-                )
-                store.write(name, computed, ds[LEAD].values)
-        if any(pairs.values()) or store.stale():
-            store.publish()
-    finally:
-        lock.release()
-    return StatisticsUpdate(store.path, pairs, len(store.inits()))
+            writer.add(name, ds)
+    return writer.update
+
+
+class StatisticsWriter:
+    """One update of the statistics store at `path` with `inputs` (`verify.prepare_inputs`):
+    refuses, with one line, a store of another forecast or other choices, or one another run
+    is writing; holds its lock while open; publishes what `add` wrote on a clean exit.
+
+    `inputs.options.climate_period` is fixed here: the recorded one, else the truth's span.
+    """
+
+    def __init__(self, path: str | Path, inputs: Inputs):
+        self.store = StatisticsStore(Path(path))
+        if inputs.options.climate_period is None:
+            recorded = self.store.recorded_options()
+            period = recorded.get("climate_period") if recorded else None
+            if period is None:
+                times = inputs.truth[TIME].values
+                period = [str(times.min()), str(times.max())]
+            inputs.options = dataclasses.replace(inputs.options, climate_period=tuple(period))
+        self.inputs = inputs
+        self.identity = _identity(inputs)
+        self.lock = StoreLock(self.store.path)
+        self.pairs = dict.fromkeys(inputs.stores, 0)
+
+    def __enter__(self) -> StatisticsWriter:
+        self.lock.check()
+        self.store.check(self.identity)
+        self.lock.acquire()
+        try:
+            self.store.create(self.identity, self.inputs.provenance())
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None and (any(self.pairs.values()) or self.store.stale()):
+                self.store.publish()
+        finally:
+            self.lock.release()
+
+    def pending(
+        self, name: str, ds: xr.Dataset, lead_times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(init, lead) booleans of `ds` (some of the system's `lead_times`, default all of
+        `ds`'s): valid time in the truth, statistics not yet computed."""
+        lead_times = ds[LEAD].values if lead_times is None else lead_times
+        return self.store.pending(name, ds, self.inputs.truth[TIME].values, lead_times)
+
+    def add(self, name: str, ds: xr.Dataset, lead_times: np.ndarray | None = None) -> int:
+        """Compute and write the pending (init, lead) pairs of system `name` in `ds`, whose
+        leads are some of the system's `lead_times` (default: all of `ds`'s); return how many."""
+        lead_times = ds[LEAD].values if lead_times is None else lead_times
+        ds = ds.sortby(INIT)
+        pending = self.pending(name, ds, lead_times)
+        inputs = self.inputs
+        for inits, leads in _groups(pending):
+            part = ds.isel({INIT: inits, LEAD: leads})
+            computed = system_statistics(
+                part,
+                inputs.truth,
+                inputs.variables,
+                inputs.regions,
+                inputs.scores,
+                inputs.options,
+                name,
+            )
+            self.store.write(name, computed, lead_times)
+        self.pairs[name] += int(pending.sum())
+        return int(pending.sum())
+
+    @property
+    def update(self) -> StatisticsUpdate:
+        return StatisticsUpdate(self.store.path, dict(self.pairs), len(self.store.inits()))
 
 
 def finalize(
@@ -282,22 +328,23 @@ class StatisticsStore:
         """The statistics of one system, lazily, as last published."""
         return xr.open_zarr(self.path, group=name, consolidated=True)
 
-    def pending(self, name: str, forecast: xr.Dataset, truth_times: np.ndarray) -> np.ndarray:
-        """(init, lead) booleans over `forecast`'s inits: valid time in the truth, not yet
-        computed."""
+    def pending(
+        self, name: str, forecast: xr.Dataset, truth_times: np.ndarray, lead_times: np.ndarray
+    ) -> np.ndarray:
+        """(init, lead) booleans over `forecast`'s inits and leads (some of the system's
+        `lead_times`): valid time in the truth, not yet computed."""
         valid = forecast[INIT].values[:, None] + forecast[LEAD].values[None, :]
         available = np.isin(valid, truth_times)
         if name not in self._root():
             return available
         flags = xr.open_zarr(self.path, group=name, consolidated=False)[COMPUTED]
-        known = flags[INIT].values
-        found = np.isin(forecast[INIT].values, known)
+        if not np.array_equal(flags[LEAD].values, lead_times):
+            raise ScoreError(f"{self.path}: the forecast's lead times are not the store's")
+        found = np.isin(forecast[INIT].values, flags[INIT].values)
         done = np.zeros_like(available)
         if found.any():
-            rows = flags.sel({INIT: forecast[INIT].values[found]}).values.astype(bool)
-            if rows.shape[1] != done.shape[1]:
-                raise ScoreError(f"{self.path}: the forecast's lead times are not the store's")
-            done[found] = rows
+            rows = flags.sel({INIT: forecast[INIT].values[found]})
+            done[found] = rows.sel({LEAD: forecast[LEAD].values}).values.astype(bool)
         return available & ~done
 
     def write(self, name: str, computed: xr.Dataset, lead_times: np.ndarray) -> None:
@@ -344,16 +391,15 @@ class StatisticsStore:
 
     def _init_index(self, group: zarr.Group, inits: np.ndarray) -> list[int]:
         """The row of each of `inits`, adding rows (NaN, not computed) for new ones."""
-        hours = ((inits.astype("datetime64[ns]") - EPOCH) // HOUR).astype(np.int64)
-        known = group[INIT][:].tolist()
+        known = {hours: row for row, hours in enumerate(group[INIT][:].tolist())}
         positions = []
-        for value in hours.tolist():
+        for value in hours_since_epoch(inits).tolist():
             if value not in known:
                 for array in self._along_init(group):
                     array.resize((len(known) + 1, *array.shape[1:]))
                 group[INIT][len(known)] = value
-                known.append(value)
-            positions.append(known.index(value))
+                known[value] = len(known)
+            positions.append(known[value])
         return positions
 
     def stale(self) -> bool:

@@ -102,12 +102,13 @@ class VerifyOptions:
     """The truth times (first, last, included) the climates draw on; None: all the truth's.
     A statistics store fixes it, so that an init's climate stays put while the truth grows."""
 
-    def climate_truth(self, truth: xr.DataArray) -> xr.DataArray:
-        """The part of `truth` the climates draw on (`climate_period`)."""
-        if self.climate_period is None:
-            return truth
-        first, last = (np.datetime64(t, "ns") for t in self.climate_period)
-        return truth.sel({TIME: slice(first, last)})
+    def climate_sample(self, truth: xr.DataArray, inits: xr.DataArray) -> xr.DataArray:
+        """Each init's climate sample (`truth_climate`): the truth of its calendar window
+        (`climate_window_days`) within `climate_period`."""
+        if self.climate_period is not None:
+            first, last = (np.datetime64(t, "ns") for t in self.climate_period)
+            truth = truth.sel({TIME: slice(first, last)})
+        return truth_climate(truth, inits, self.climate_window_days)
 
     def __post_init__(self) -> None:
         quantiles = np.asarray(self.quantiles, dtype=float)
@@ -388,9 +389,9 @@ def _system_statistics(
         observed = truth_at_valid_times(truth[name], data).chunk(
             {dim: size for dim, size in chunks.items() if dim != MEMBER}
         )
-        climate_sample = truth_climate(
-            options.climate_truth(truth[name]), data[INIT], options.climate_window_days
-        ).chunk({INIT: chunks[INIT]})  # as the forecast: mismatched chunks split every task
+        climate_sample = options.climate_sample(truth[name], data[INIT]).chunk(
+            {INIT: chunks[INIT]}
+        )  # as the forecast: mismatched chunks split every task
         if in_memory:
             data, observed, climate_sample = (x.compute() for x in (data, observed, climate_sample))
         context = ScoringContext(data, observed, climate_sample, regions, options)
@@ -496,9 +497,7 @@ def _system_maps(
     for name in variables:
         data = forecast[name].isel({INIT: [0]}).chunk({MEMBER: -1})
         observed = truth_at_valid_times(truth[name], data)
-        climate_sample = truth_climate(
-            options.climate_truth(truth[name]), data[INIT], options.climate_window_days
-        )
+        climate_sample = options.climate_sample(truth[name], data[INIT])
         climate = model_climate(climate_sample, TIME).isel({INIT: 0}, drop=True)
         per_variable.append(_map_fields(data, observed, climate))
     maps = xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))
