@@ -49,6 +49,29 @@ ArchiveOption = Annotated[
     ),
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
+ReferencesOption = Annotated[
+    list[str], typer.Option("--reference", help="[NAME=]PATH, climatology or persistence.")
+]
+ScoreAgainstOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--score-against",
+        help="Score the members against this truth as they are made (needs --stats).",
+    ),
+]
+StatsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--stats",
+        help="Keep mergeable statistics here, computing only the (init, lead) pairs it lacks.",
+    ),
+]
+KeepOption = Annotated[
+    str,
+    typer.Option(
+        "--keep", help="With --score-against: keep none, the mean or N members (in --archive)."
+    ),
+]
 
 
 FLAG_HINTS = {
@@ -337,7 +360,10 @@ def run_ensemble_command(
     from wxens.forecast.runner import RunOptions, run_configured_ensemble
     from wxens.models.checkpoint import CheckpointError
 
-    if (out is None) == (flags["archive"] is None):
+    online = flags.pop("online")
+    if online["truth"] is not None or online["stats"] is not None:
+        check_online_flags(online, out, flags)
+    elif (out is None) == (flags["archive"] is None):
         fail("name one output: --out STORE or --archive ARCHIVE")
     if flags["archive"] is not None and (flags["overwrite"] or flags["resume"]):
         fail("an archive is appended to, never overwritten, and always resumes")
@@ -353,26 +379,63 @@ def run_ensemble_command(
         "checkpoints": checkpoints or cfg.ensemble.checkpoints,
         "batch_size": batch_size,
     }
+    chosen = {"model": model, "checkpoints": checkpoints, "analyses": analyses}
+    chosen |= {"device": pick_device(device), "recorded": recorded}
     archive = flags.pop("archive")
     options = RunOptions(
         archive or out, batch_size, scheduler, command=command, archive=archive is not None, **flags
     )
     try:
-        summary = run_configured_ensemble(
-            cfg,
-            init_times,
-            members,
-            f"{lead_days * 24}h",
-            options,
-            model=model,
-            checkpoints=checkpoints,
-            analyses=analyses,
-            device=pick_device(device),
-            recorded=recorded,
-        )
+        if online["truth"] is not None:
+            summary = run_online(cfg, init_times, members, lead_days, options, online, **chosen)
+        else:
+            summary = run_configured_ensemble(
+                cfg, init_times, members, f"{lead_days * 24}h", options, **chosen
+            )
     except (StoreError, CheckpointError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
     typer.echo(summary)
+
+
+def check_online_flags(online: dict, out: Path | None, flags: dict[str, object]) -> None:
+    """Refuse a misuse of --score-against, --stats, --keep and --archive, in one line."""
+    if online["truth"] is None or online["stats"] is None:
+        fail("online scoring needs both --score-against TRUTH and --stats STATS")
+    if out is not None or flags["overwrite"] or flags["resume"] or flags["dry_run"]:
+        fail("online scoring stores no ensemble (--out) and always resumes; keep with --archive")
+    if (online["keep"].strip().lower() == "none") != (flags["archive"] is None):
+        fail("--keep mean or --keep N stores into --archive; --keep none needs no --archive")
+
+
+def run_online(cfg, init_times, members, lead_days, options, online, **chosen):
+    """`wxens forecast/hindcast --score-against`: `forecast.online.score_online`."""
+    from wxens.forecast.online import score_online
+    from wxens.forecast.runner import configured_run, lead_steps_of
+
+    run = configured_run(cfg, **chosen, command=options.command)
+    steps = lead_steps_of(f"{lead_days * 24}h", run.timestep)
+    keep = online["keep"] if online["keep"].strip().lower() != "none" else None
+    references = parse_references(online["refs"])
+    return score_online(
+        run,
+        init_times,
+        members,
+        steps,
+        options,
+        online["truth"],
+        online["stats"],
+        keep=keep,
+        references=references,
+    )
+
+
+def parse_references(entries: list[str]) -> dict[str, str]:
+    """`--reference [NAME=]PATH` entries: NAME (default the path's stem) -> PATH or builder."""
+    references = {}
+    for entry in entries:
+        name, sep, path = entry.rpartition("=")
+        references[name if sep else Path(path).stem] = path
+    return references
 
 
 def parse_time(text: str, option: str):
@@ -403,11 +466,17 @@ def forecast(
     resume: ResumeOption = False,
     dry_run: DryRunOption = False,
     quiet: QuietOption = False,
+    score_against: ScoreAgainstOption = None,
+    stats: StatsOption = None,
+    keep: KeepOption = "none",
+    reference: ReferencesOption = [],  # noqa: B006 - typer needs a literal default
 ) -> None:
     """One ensemble forecast from the analysis at INIT into a Zarr store (--out), or appended
-    to an archive (--archive; a no-op when the archive holds INIT)."""
+    to an archive (--archive; a no-op when the archive holds INIT). With --score-against,
+    its statistics go to --stats as the members are made, and only --keep is stored."""
     flags = {"overwrite": overwrite, "resume": resume, "dry_run": dry_run, "quiet": quiet}
     flags["archive"] = archive
+    flags["online"] = {"truth": score_against, "stats": stats, "keep": keep, "refs": reference}
     run_ensemble_command(
         "forecast",
         config,
@@ -447,10 +516,16 @@ def hindcast(
     resume: ResumeOption = False,
     dry_run: DryRunOption = False,
     quiet: QuietOption = False,
+    score_against: ScoreAgainstOption = None,
+    stats: StatsOption = None,
+    keep: KeepOption = "none",
+    reference: ReferencesOption = [],  # noqa: B006 - typer needs a literal default
 ) -> None:
     """Ensembles from every init START, START + EVERY, ... up to END into one store;
     resumable (--resume) after an interruption, and a no-op on a complete store. With
-    --archive, the inits the archive lacks are appended to it (a backfill)."""
+    --archive, the inits the archive lacks are appended to it (a backfill). With
+    --score-against, their statistics go to --stats as the members are made (a reforecast
+    campaign that stores no member), and only --keep is stored."""
     import pandas as pd
 
     first, last = parse_time(start, "--start"), parse_time(end, "--end")
@@ -462,6 +537,7 @@ def hindcast(
         fail(f"no init times from {start} to {end}")
     flags = {"overwrite": overwrite, "resume": resume, "dry_run": dry_run, "quiet": quiet}
     flags["archive"] = archive
+    flags["online"] = {"truth": score_against, "stats": stats, "keep": keep, "refs": reference}
     run_ensemble_command(
         "hindcast",
         config,
@@ -526,10 +602,7 @@ def verify(
     ],
     truth: Annotated[Path, typer.Option("--truth", help="Truth store: analyses by time.")],
     out: OptionalOutOption = None,
-    reference: Annotated[
-        list[str],
-        typer.Option("--reference", help="[NAME=]PATH, climatology or persistence."),
-    ] = [],  # noqa: B006 - typer needs a literal default
+    reference: ReferencesOption = [],  # noqa: B006 - typer needs a literal default
     variables: Annotated[str | None, typer.Option("--variables", help="Comma-separated.")] = None,
     scores: Annotated[
         str | None,
@@ -561,13 +634,7 @@ def verify(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write an HTML report here.")
     ] = None,
-    stats: Annotated[
-        Path | None,
-        typer.Option(
-            "--stats",
-            help="Keep mergeable statistics here, computing only the (init, lead) pairs it lacks.",
-        ),
-    ] = None,
+    stats: StatsOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -604,10 +671,7 @@ def verify(
                 **parse_pairs(rename_truth, "--rename-truth"),
             },
         )
-        references = {}
-        for entry in reference:
-            name, sep, path = entry.rpartition("=")
-            references[name if sep else Path(path).stem] = path
+        references = parse_references(reference)
         choices = {
             "scores": listed(scores),
             "regions": listed(regions),

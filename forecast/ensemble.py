@@ -171,6 +171,84 @@ def _perturbations(perturbation: object, count: int) -> list[Perturbation]:
     return listed
 
 
+def ensemble_run(
+    members: Emulator | Sequence[Emulator] | str | Path | Sequence[str | Path],
+    analyses: xr.Dataset,
+    perturbation: Perturbation | Sequence[Perturbation] | None,
+    seed: int,
+    checkpoint_group: int,
+    recorded: Mapping[str, object],
+    command: str = "wxens.run_ensemble",
+) -> EnsembleRun:
+    """The `EnsembleRun` of `run_ensemble`'s arguments (there), checked; `recorded` goes
+    into the provenance of what it writes."""
+    if isinstance(members, str | Path) or (
+        isinstance(members, Sequence) and members and isinstance(members[0], str | Path)
+    ):
+        members = load_members(members)
+    models = [members] if isinstance(members, Emulator) else list(members)
+    _check_members(models)
+    if not isinstance(analyses, xr.Dataset):
+        raise ForecastError(f"analyses must be an xarray Dataset, got {type(analyses).__name__}")
+    first = models[0]
+    if checkpoint_group < 1:
+        raise ForecastError(f"checkpoint_group must be >= 1, got {checkpoint_group}")
+
+    def checkpoint_of(ids: range) -> np.ndarray:
+        return assign_checkpoints(ids, len(models), checkpoint_group)
+
+    forecaster = MemberForecaster(
+        models,
+        _perturbations(perturbation, len(models)),
+        analyses,
+        seed=seed,
+        checkpoint_of=checkpoint_of,
+        micro_batch=MICRO_BATCH,
+        device=_device_of(first),
+    )
+    names = [getattr(m, "name", f"{type(m).__name__}-{i}") for i, m in enumerate(models)]
+    kinds = [getattr(m, "kind", type(m).__name__.lower()) for m in models]
+    weights = [_weights_digest(m) for m in models]
+    variables = tuple(first.input_variables)
+
+    def identity(inits: np.ndarray, lead_times: np.ndarray, count: int) -> str:
+        start = analyses[list(variables)].sel(time=inits).to_array().values
+        return sha256_json(
+            {
+                "weights": weights,
+                "perturbations": [type(p).__qualname__ for p in forecaster.perturbations],
+                "seed": seed,
+                "checkpoint_group": checkpoint_group,
+                "analyses_sha256": hashlib.sha256(start.tobytes()).hexdigest(),
+                **run_identity(inits, lead_times, count),
+            }
+        )
+
+    def attrs(fingerprint: str) -> dict[str, object]:
+        return {
+            **provenance({}, command, **recorded),
+            "wxens_checkpoints_sha256": json.dumps(dict(zip(names, weights, strict=True))),
+            "wxens_seed": seed,
+            "wxens_variables": json.dumps(list(variables)),
+            FINGERPRINT: fingerprint,
+        }
+
+    return EnsembleRun(
+        source=forecaster,
+        dataset=analyses,
+        variables=variables,
+        grid=first.grid,
+        timestep=np.timedelta64(first.timestep, "ns"),
+        device=forecaster.device,
+        micro_batch=MICRO_BATCH,
+        names=names,
+        kinds=kinds,
+        checkpoint_of=checkpoint_of,
+        identity=identity,
+        attrs=attrs,
+    )
+
+
 def run_ensemble(
     members: Emulator | Sequence[Emulator] | str | Path | Sequence[str | Path],
     analyses: xr.Dataset,
@@ -221,74 +299,10 @@ def run_ensemble(
         >>> dict(ensemble.sizes)
         {'init_time': 1, 'lead_time': 3, 'member': 2, 'latitude': 33, 'longitude': 64}
     """
-    if isinstance(members, str | Path) or (
-        isinstance(members, Sequence) and members and isinstance(members[0], str | Path)
-    ):
-        members = load_members(members)
-    models = [members] if isinstance(members, Emulator) else list(members)
-    _check_members(models)
-    if not isinstance(analyses, xr.Dataset):
-        raise ForecastError(f"analyses must be an xarray Dataset, got {type(analyses).__name__}")
     times = np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]"))
-    first = models[0]
-    steps = lead_steps_of(lead_time, np.timedelta64(first.timestep, "ns"))
-    if checkpoint_group < 1:
-        raise ForecastError(f"checkpoint_group must be >= 1, got {checkpoint_group}")
-
-    def checkpoint_of(ids: range) -> np.ndarray:
-        return assign_checkpoints(ids, len(models), checkpoint_group)
-
-    forecaster = MemberForecaster(
-        models,
-        _perturbations(perturbation, len(models)),
-        analyses,
-        seed=seed,
-        checkpoint_of=checkpoint_of,
-        micro_batch=MICRO_BATCH,
-        device=_device_of(first),
-    )
-    names = [getattr(m, "name", f"{type(m).__name__}-{i}") for i, m in enumerate(models)]
-    kinds = [getattr(m, "kind", type(m).__name__.lower()) for m in models]
-    weights = [_weights_digest(m) for m in models]
-    variables = tuple(first.input_variables)
-
-    def identity(inits: np.ndarray, lead_times: np.ndarray, count: int) -> str:
-        start = analyses[list(variables)].sel(time=inits).to_array().values
-        return sha256_json(
-            {
-                "weights": weights,
-                "perturbations": [type(p).__qualname__ for p in forecaster.perturbations],
-                "seed": seed,
-                "checkpoint_group": checkpoint_group,
-                "analyses_sha256": hashlib.sha256(start.tobytes()).hexdigest(),
-                **run_identity(inits, lead_times, count),
-            }
-        )
-
-    def attrs(fingerprint: str) -> dict[str, object]:
-        recorded = {"members": n_members, "lead_time": str(lead_time), "seed": seed}
-        return {
-            **provenance({}, "wxens.run_ensemble", **recorded),
-            "wxens_checkpoints_sha256": json.dumps(dict(zip(names, weights, strict=True))),
-            "wxens_seed": seed,
-            "wxens_variables": json.dumps(list(variables)),
-            FINGERPRINT: fingerprint,
-        }
-
-    run = EnsembleRun(
-        source=forecaster,
-        dataset=analyses,
-        variables=variables,
-        grid=first.grid,
-        timestep=np.timedelta64(first.timestep, "ns"),
-        device=forecaster.device,
-        micro_batch=MICRO_BATCH,
-        names=names,
-        kinds=kinds,
-        checkpoint_of=checkpoint_of,
-        identity=identity,
-        attrs=attrs,
-    )
+    recorded = {"members": n_members, "lead_time": str(lead_time), "seed": seed}
+    run = ensemble_run(members, analyses, perturbation, seed, checkpoint_group, recorded)
+    steps = lead_steps_of(lead_time, run.timestep)
     if store is not None and archive is not None:
         raise ForecastError("pass a store or an archive, not both")
     if archive is not None:
@@ -303,3 +317,64 @@ def run_ensemble(
         options = RunOptions(Path(folder) / "ensemble.zarr", batch_size, scheduler, quiet=quiet)
         write_ensemble(run, times, n_members, steps, options)
         return xr.open_zarr(options.out).load()
+
+
+def score_ensemble_online(
+    members: Emulator | Sequence[Emulator] | str | Path | Sequence[str | Path],
+    analyses: xr.Dataset,
+    init_times: object,
+    n_members: int,
+    lead_time: object,
+    *,
+    truth: xr.Dataset | str | Path,
+    stats: str | Path,
+    keep: int | str | None = None,
+    archive: str | Path | None = None,
+    references: Mapping[str, object] | None = None,
+    perturbation: Perturbation | Sequence[Perturbation] | None = None,
+    seed: int = 0,
+    checkpoint_group: int = 1,
+    scheduler: str = "threads",
+    scores: Sequence[str] | None = None,
+    regions: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """The ensemble of `run_ensemble` (same arguments), scored against `truth` as its members
+    are made, storing none of them (`forecast.online`): its statistics (and the
+    `references`') go to the statistics store `stats`, and the scores of every init there
+    come back (`finalize`). `keep` N members or `"mean"` into `archive` (None: nothing).
+
+    Example:
+        >>> import tempfile, wxens
+        >>> members = wxens.load_members("checkpoints/default/sfno-seed1")
+        >>> truth = wxens.simulate_truth(days=2, spinup_days=1)
+        >>> stats = Path(tempfile.mkdtemp()) / "stats.zarr"
+        >>> scores = wxens.score_ensemble_online(
+        ...     members, truth, truth.time[0], 4, "12h", truth=truth, stats=stats,
+        ...     scores=["crps"], regions=["global"])
+        >>> scores.crps.sizes["lead_time"]
+        3
+    """
+    from wxens.forecast.online import score_online
+    from wxens.verification.stats_store import finalize
+
+    if (keep is None) != (archive is None):
+        raise ForecastError("keep N members or the mean into an archive: pass both, or neither")
+    times = np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]"))
+    recorded = {"members": n_members, "lead_time": str(lead_time), "seed": seed}
+    run = ensemble_run(members, analyses, perturbation, seed, checkpoint_group, recorded)
+    steps = lead_steps_of(lead_time, run.timestep)
+    options = RunOptions(Path(archive) if archive is not None else None, scheduler=scheduler)
+    score_online(
+        run,
+        times,
+        n_members,
+        steps,
+        options,
+        truth,
+        stats,
+        keep=keep,
+        references=references,
+        scores=scores,
+        regions=regions,
+    )
+    return finalize(stats)

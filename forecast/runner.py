@@ -884,14 +884,28 @@ def run_configured_ensemble(
     baseline), from the `analyses` store
     (default: the config's), `lead_time` a whole number of time steps. `recorded` are the
     options kept in the store's attributes beside the config."""
+    run = configured_run(config, model, checkpoints, analyses, device, recorded, options.command)
+    steps = lead_steps_of(lead_time, run.timestep)
+    return write_ensemble(run, init_times, members, steps, options)
+
+
+def configured_run(
+    config: ExperimentConfig,
+    model: str = "sfno",
+    checkpoints: Sequence[Path] | None = None,
+    analyses: Path | None = None,
+    device: torch.device | str | None = None,
+    recorded: dict[str, object] | None = None,
+    command: str = "forecast",
+) -> EnsembleRun:
+    """The `EnsembleRun` of the ensemble a config describes (arguments as in
+    `run_configured_ensemble`)."""
     store = analyses or config.analyses
     if store is None:
         raise ForecastError("no analysis store: name one or set `analyses:` in the config")
     device = torch.device(device) if device is not None else default_device()
     spec = prepare(config, model, list(checkpoints or config.ensemble.checkpoints), store, device)
-    steps = lead_steps_of(lead_time, forecaster_timestep(spec))
-    run = spec_run(spec, recorded or {}, options.command)
-    return write_ensemble(run, init_times, members, steps, options)
+    return spec_run(spec, recorded or {}, command)
 
 
 def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> EnsembleRun:

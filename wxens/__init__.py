@@ -6,7 +6,8 @@ the benchmarks call these same functions.
 - The truth world and analyses: `simulate_truth`, `open_analyses`.
 - Members and ensembles: `load_members`, `run_ensemble`, `random_field_perturbation`,
   `bred_vector_perturbation`; the member-kind registry `KINDS`; `open_archive` (an archive
-  that `run_ensemble(..., archive=...)` grows init by init).
+  that `run_ensemble(..., archive=...)` grows init by init); `score_ensemble_online` (members
+  scored as they are made, into a statistics store, none of them stored).
 - Verification: `score` (pure), `verify` (score and write), `report` (HTML);
   `update_statistics` and `finalize` (a statistics store that grows night by night and scores
   any set of its inits); the registries
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         load_members,
         random_field_perturbation,
         run_ensemble,
+        score_ensemble_online,
     )
     from wxens.forecast.perturbations import Perturbation
     from wxens.forecast.runner import ForecastError
@@ -71,6 +73,7 @@ _EXPORTS = {
     "open_archive": "wxens.forecast.archive",
     "load_members": "wxens.forecast.ensemble",
     "run_ensemble": "wxens.forecast.ensemble",
+    "score_ensemble_online": "wxens.forecast.ensemble",
     "random_field_perturbation": "wxens.forecast.ensemble",
     "bred_vector_perturbation": "wxens.forecast.ensemble",
     "KINDS": "wxens.models.kinds",
@@ -119,6 +122,7 @@ __all__ = [
     "report",
     "run_ensemble",
     "score",
+    "score_ensemble_online",
     "simulate_truth",
     "update_statistics",
     "verify",
