@@ -148,7 +148,7 @@ def open_analyses(path: str | Path) -> xr.Dataset:
         >>> wxens.open_analyses("no/such/truth.zarr")
         Traceback (most recent call last):
         ...
-        wxens.data_pipeline.analysis_store.StoreError: no/such/truth.zarr: no such store
+        wxens.stores.StoreError: no/such/truth.zarr: no such store
     """
     path = Path(path)
     if not path.exists():

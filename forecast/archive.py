@@ -36,10 +36,10 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 import zarr
-from wxens.data_pipeline.analysis_store import COMPLETE_FLAG, StoreError
+from wxens.data_pipeline.analysis_store import COMPLETE_FLAG
 from wxens.forecast.ensemble_store import DONE, FINGERPRINT, INIT, EnsembleStore, StoreLayout
 
-from wxens.stores import HOUR, hours_since_epoch, times_from_hours
+from wxens.stores import HOUR, StoreError, hours_since_epoch, times_from_hours
 
 ARCHIVE_FLAG = "wxens_archive"
 PENDING = "pending"
@@ -52,7 +52,7 @@ def open_archive(path: str | Path) -> xr.Dataset:
         >>> open_archive("/nonexistent/archive.zarr")
         Traceback (most recent call last):
         ...
-        wxens.data_pipeline.analysis_store.StoreError: /nonexistent/archive.zarr is not an archive
+        wxens.stores.StoreError: /nonexistent/archive.zarr is not an archive
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():

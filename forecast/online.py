@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -318,7 +319,7 @@ def options_workers(options: RunOptions, device: torch.device) -> int:
         )
     if count:
         return int(count)
-    return (torch.get_num_threads() or 1) if device.type == "cpu" else 1
+    return (os.cpu_count() or 1) if device.type == "cpu" else 1
 
 
 def _check_truth_covers(times: np.ndarray, init_times: np.ndarray, lead_times: np.ndarray):

@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 DOCUMENTED = (
+    "wxens.stores",
     "wxens.data_pipeline.analysis_store",
     "wxens.data_pipeline.training_data",
     "wxens.data_pipeline.truth",

@@ -329,6 +329,32 @@ def regional_weights(
         ('region', 'latitude')
     """
     named = resolve_regions(regions)
+    try:  # regions of numbers are hashable (not a MaskRegion, which holds a DataArray)
+        key = (tuple(named.items()), _grid_key(latitude), _grid_key(longitude))
+        hash(key)
+    except TypeError:
+        return _stacked_weights(named, latitude, longitude)
+    if key not in _WEIGHTS:
+        if len(_WEIGHTS) > 64:
+            _WEIGHTS.clear()
+        _WEIGHTS[key] = _stacked_weights(named, latitude, longitude)
+    return _WEIGHTS[key]
+
+
+_WEIGHTS: dict[tuple, xr.DataArray] = {}
+"""`regional_weights` already computed, by regions and grid: every score of every update
+needs the same few (the same regions on the same grid), at 30 ms each."""
+
+
+def _grid_key(coordinate: xr.DataArray | None) -> tuple | None:
+    if coordinate is None:
+        return None
+    return (coordinate.dims, coordinate.values.tobytes(), str(coordinate.dtype))
+
+
+def _stacked_weights(
+    named: Mapping[str, Region], latitude: xr.DataArray, longitude: xr.DataArray | None
+) -> xr.DataArray:
     weights = [region.weights(latitude, longitude) for region in named.values()]
     return xr.concat(
         weights, dim=xr.DataArray(list(named), dims=[REGION], name=REGION), join="exact"

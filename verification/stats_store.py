@@ -359,13 +359,17 @@ class StatisticsStore:
         index = self._init_index(group, computed[INIT].values)
         leads = np.searchsorted(lead_times, computed[LEAD].values)
         span = slice(int(leads[0]), int(leads[-1]) + 1)
-        for variable in computed.data_vars:
+        contiguous = index == list(range(index[0], index[0] + len(index)))
+        rows = [slice(index[0], index[-1] + 1)] if contiguous else index
+        parts = [slice(None)] if contiguous else range(len(index))  # one write per block
+        for variable in [*computed.data_vars, COMPUTED]:  # the flags last
             array = group[variable]
-            values = computed[variable].transpose(*array.metadata.dimension_names).values
-            for row, position in enumerate(index):
-                array[position, span] = values[row]
-        for position in index:
-            group[COMPUTED][position, span] = 1
+            if variable == COMPUTED:
+                values = np.ones((len(index), span.stop - span.start), "u1")
+            else:
+                values = computed[variable].transpose(*array.metadata.dimension_names).values
+            for row, part in zip(rows, parts, strict=True):
+                array[row, span] = values[part]
 
     def _create_system(self, name: str, computed: xr.Dataset, lead_times: np.ndarray) -> None:
         """An empty group for system `name`: `computed`'s variables with all `lead_times`, no
@@ -394,15 +398,14 @@ class StatisticsStore:
     def _init_index(self, group: zarr.Group, inits: np.ndarray) -> list[int]:
         """The row of each of `inits`, adding rows (NaN, not computed) for new ones."""
         known = {hours: row for row, hours in enumerate(group[INIT][:].tolist())}
-        positions = []
+        start = len(known)
         for value in hours_since_epoch(inits).tolist():
-            if value not in known:
-                for array in self._along_init(group):
-                    array.resize((len(known) + 1, *array.shape[1:]))
-                group[INIT][len(known)] = value
-                known[value] = len(known)
-            positions.append(known[value])
-        return positions
+            known.setdefault(value, len(known))
+        if len(known) > start:  # all new rows at once: one resize of each array
+            for array in self._along_init(group):
+                array.resize((len(known), *array.shape[1:]))
+            group[INIT][start:] = list(known)[start:]
+        return [known[value] for value in hours_since_epoch(inits).tolist()]
 
     def stale(self) -> bool:
         """Whether readers' (consolidated) view lacks rows written since (a killed update)."""

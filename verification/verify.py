@@ -384,16 +384,19 @@ def _system_statistics(
     in_memory = sum(forecast[name].nbytes for name in variables) < IN_MEMORY_BYTES
     per_variable = []
     for name in variables:
-        chunks = score_chunks(forecast[name])
-        data = forecast[name].chunk(chunks)
-        observed = truth_at_valid_times(truth[name], data).chunk(
-            {dim: size for dim, size in chunks.items() if dim != MEMBER}
-        )
-        climate_sample = options.climate_sample(truth[name], data[INIT]).chunk(
-            {INIT: chunks[INIT]}
-        )  # as the forecast: mismatched chunks split every task
         if in_memory:
-            data, observed, climate_sample = (x.compute() for x in (data, observed, climate_sample))
+            data = forecast[name].compute()
+            observed = truth_at_valid_times(truth[name], data).compute()
+            climate_sample = options.climate_sample(truth[name], data[INIT]).compute()
+        else:
+            chunks = score_chunks(forecast[name])
+            data = forecast[name].chunk(chunks)
+            observed = truth_at_valid_times(truth[name], data).chunk(
+                {dim: size for dim, size in chunks.items() if dim != MEMBER}
+            )
+            climate_sample = options.climate_sample(truth[name], data[INIT]).chunk(
+                {INIT: chunks[INIT]}
+            )  # as the forecast: mismatched chunks split every task
         context = ScoringContext(data, observed, climate_sample, regions, options)
         per_variable.append(variable_statistics(context, scores))
     return xr.concat(per_variable, dim=xr.DataArray(list(variables), dims=["variable"]))

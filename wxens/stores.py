@@ -25,8 +25,8 @@ def hours_since_epoch(times: object) -> np.ndarray:
     """Whole hours since 1970-01-01 of datetime64 `times`, int64 (floored).
 
     Example:
-        >>> hours_since_epoch(np.array(["1970-01-02T06"], dtype="datetime64[h]"))
-        array([30])
+        >>> hours_since_epoch(np.array(["1970-01-02T06"], dtype="datetime64[h]")).tolist()
+        [30]
     """
     return (np.asarray(times, dtype="datetime64[ns]") - EPOCH) // HOUR
 
