@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 from wxens.data_pipeline.sphere import LatLonGrid
 
 from wxens.stores import StoreBusyError as StoreBusyError  # re-exported for the readers
 from wxens.stores import StoreError as StoreError
 from wxens.stores import StoreLock as StoreLock
+from wxens.stores import hours_since_epoch
 
 COMPLETE_FLAG = "wxens_complete"
 TIME_CHUNK = 120  # 30 days of 6-hourly analyses per chunk
@@ -116,6 +118,22 @@ class AnalysisStoreWriter:
         if not self._started:
             raise StoreError(f"{self.path}: nothing was written")
         finalise_store(self.partial, self.path)
+
+
+def write_rows(
+    group: zarr.Group, index: int, times: np.ndarray, fields: Mapping[str, np.ndarray]
+) -> None:
+    """Write analyses `fields` `{name: (time, lat, lon)}` at `times` into rows `index`, ...
+    of an analysis store's open group, growing its arrays first (a store that grows in
+    place: `truth.extend_truth`, `reanalysis.extend_analyses`). Rewriting the same rows with
+    the same numbers, after a kill, does no harm."""
+    end = index + len(times)
+    for name in (*fields, "time"):
+        if group[name].shape[0] < end:
+            group[name].resize((end, *group[name].shape[1:]))
+    for name, values in fields.items():
+        group[name][index:end] = values
+    group["time"][index:end] = hours_since_epoch(times)
 
 
 def finalise_store(partial: Path, path: Path) -> None:

@@ -28,7 +28,14 @@ from typing import Literal
 import numpy as np
 import torch
 import xarray as xr
-from wxens.data_pipeline.analysis_store import AnalysisStoreWriter, analysis_dataset
+import zarr
+from wxens.data_pipeline.analysis_store import (
+    AnalysisStoreWriter,
+    StoreLock,
+    analysis_dataset,
+    open_analyses,
+    write_rows,
+)
 from wxens.data_pipeline.config import ExperimentConfig, SourceField
 from wxens.data_pipeline.progress import progress_bar
 from wxens.data_pipeline.provenance import default_device, provenance
@@ -473,3 +480,63 @@ def _concatenate(parts: list[xr.Dataset], sources: list[Path]) -> xr.Dataset:
         when = np.datetime_as_string(times[repeated[0]], unit="h")
         raise IngestError(f"analysis time {when} appears twice: in {first} and in {second}")
     return combined.isel(time=order)
+
+
+def extend_analyses(
+    config: ExperimentConfig, store: Path, sources: list[Path], until: object
+) -> int:
+    """Append to the analysis store `store` (from `ingest`) the analyses of `sources` newer
+    than its last and up to `until` (included), read via `config.ingest`; return how many.
+    The nightly run's step for real data: a night's new ERA5 files, matched by a pattern.
+
+    Files that hold only analyses the store has are skipped unread beyond their times, so
+    a rerun adds nothing. Everything is read, checked and regridded before the first write:
+    a bad file, or new analyses that do not continue the store at its own spacing (a gap), is
+    refused with one line (`IngestError`) and leaves the store as it was. One writer at a
+    time (`STORE.lock`).
+    """
+    if config.ingest is None:
+        raise IngestError(f"config {config.name!r} has no `ingest` section")
+    lock = StoreLock(Path(store))
+    lock.check()
+    times = open_analyses(store).get_index("time").values
+    spacing = (
+        times[1] - times[0]
+        if len(times) > 1
+        else np.timedelta64(config.truth.output_interval_hours, "h")
+    )
+    fields = {name: config.ingest[name] for name in config.variables}
+    until = np.datetime64(until, "ns")
+    parts, used = [], []
+    for source in sorted(Path(s) for s in sources):
+        dataset = read_source(source, fields)
+        try:
+            new = np.flatnonzero(
+                (dataset["time"].values > times[-1]) & (dataset["time"].values <= until)
+            )
+            if new.size:
+                part = dataset.isel(time=new)
+                parts.append(
+                    regrid_dataset(part, model_grid(config), config.grid.truncation, str(source))
+                )
+                used.append(source)
+        finally:
+            dataset.close()
+    if not parts:
+        return 0
+    added = _concatenate(parts, used)
+    new_times = added["time"].values
+    expected = times[-1] + spacing * np.arange(1, len(new_times) + 1)
+    if not np.array_equal(new_times, expected):
+        missing = np.datetime_as_string(expected[np.argmax(new_times != expected)], unit="h")
+        raise IngestError(
+            f"{used[0]}: the new analyses skip {missing} (a gap after the store's last)"
+        )
+    lock.acquire()
+    try:
+        group = zarr.open_group(store, mode="r+", use_consolidated=False)
+        values = {name: added[name].values.astype(np.float32) for name in fields}
+        write_rows(group, len(times), new_times, values)
+    finally:
+        lock.release()
+    return len(new_times)

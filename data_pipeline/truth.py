@@ -18,6 +18,7 @@ from wxens.data_pipeline.analysis_store import (
     StoreError,
     StoreLock,
     analysis_dataset,
+    write_rows,
 )
 from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.progress import progress_bar
@@ -269,15 +270,9 @@ def extend_truth(config: ExperimentConfig, store: Path, until: object, quiet: bo
     try:
         model = truth_model(config)
         for block, fields, q in trajectory_from(model, start, times, config, quiet):
-            end = index + len(block)
-            for name in (*fields, "time"):
-                if group[name].shape[0] < end:
-                    group[name].resize((end, *group[name].shape[1:]))
-            for name, values in fields.items():
-                group[name][index:end] = values
-            group["time"][index:end] = hours_since_epoch(block.values)
+            write_rows(group, index, block.values, fields)
             _save_state(Path(store), q, block[-1] + _interval(config))
-            index = end
+            index += len(block)
     finally:
         lock.release()
     return len(times)

@@ -1,6 +1,7 @@
 """One night of operations (`wxens nightly --config ops.yaml [--date D]`, `run_night`).
 
-1. truth: extend the truth store to the night's init time (`truth.extend_truth`);
+1. truth: extend the truth store to the night's init time (`truth.extend_truth`), or, for
+   real analyses, ingest the new files matched by `sources` (`reanalysis.extend_analyses`);
 2. forecast: append the init to the archive (`runner.append_ensemble`);
 3. statistics: add the (init, lead) pairs whose valid time the truth now holds
    (`verification.stats_store.update_statistics`);
@@ -17,6 +18,7 @@ Exit codes of the command, for a scheduler to alert on (`EXIT_CODES`).
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import time
 from collections.abc import Callable
@@ -48,7 +50,12 @@ class NightlySettings(BaseModel):
     config: Path
     """The experiment config: the truth world, the members' settings."""
     truth: Path
-    """The analysis store, extended each night (`wxens data truth` makes the first one)."""
+    """The analysis store, extended each night (`wxens data truth` or, for real analyses,
+    `wxens data ingest` makes the first one)."""
+    sources: str | None = None
+    """Real analyses: a glob pattern of reanalysis files (GRIB, netCDF, Zarr) that the
+    config's `ingest` section reads; each night appends those newer than the store's last
+    (`reanalysis.extend_analyses`). None: the embedded truth world, run on by its model."""
     archive: Path
     stats: Path
     scores: Path
@@ -98,8 +105,6 @@ class NightReport:
 def run_night(settings: NightlySettings, date: object, log=print) -> NightReport:
     """Run the night of `date` (its init at `init_hour`), step by step, skipping what is done;
     `log(line)` gets each step's outcome as it ends."""
-    from wxens.data_pipeline.truth import extend_truth
-
     config = load_config(settings.config)
     init = pd.Timestamp(date).normalize() + pd.Timedelta(hours=settings.init_hour)
     report = NightReport(str(init)[:16])
@@ -111,10 +116,9 @@ def run_night(settings: NightlySettings, date: object, log=print) -> NightReport
         report.steps[step], report.seconds[step] = what, seconds
         log(f"{report.date} {step}: {what} ({seconds:.1f} s)")
 
-    interval = np.timedelta64(config.truth.output_interval_hours, "h")
-    check_truth(settings.truth, interval)
-    added = extend_truth(config, settings.truth, init)
-    check_truth(settings.truth, interval)
+    check_truth(settings.truth)
+    added = update_analyses(settings, config, init)
+    check_truth(settings.truth)
     record("truth", f"done, {added} analyses added" if added else "skipped, up to date")
     record("forecast", _forecast(settings, config, init))
     changed = _statistics(settings)
@@ -123,13 +127,28 @@ def run_night(settings: NightlySettings, date: object, log=print) -> NightReport
     return report
 
 
-def check_truth(path: Path, interval: np.timedelta64) -> None:
-    """Refuse a truth whose times go backwards or skip an analysis."""
+def update_analyses(settings: NightlySettings, config, init: pd.Timestamp) -> int:
+    """Bring the analyses up to the night's init: the truth world's model runs on
+    (`truth.extend_truth`), or the new files of `settings.sources` are ingested
+    (`reanalysis.extend_analyses`); return how many analyses were added."""
+    if settings.sources is None:
+        from wxens.data_pipeline.truth import extend_truth
+
+        return extend_truth(config, settings.truth, init)
+    from wxens.data_pipeline.reanalysis import extend_analyses
+
+    files = [Path(p) for p in sorted(glob.glob(settings.sources))]
+    return extend_analyses(config, settings.truth, files, init)
+
+
+def check_truth(path: Path) -> None:
+    """Refuse a truth whose times go backwards or skip an analysis (its steps must all be
+    its first step)."""
     from wxens.data_pipeline.analysis_store import open_analyses
 
     times = open_analyses(path).get_index("time").values
     steps = np.diff(times)
-    bad = np.flatnonzero(steps != interval)
+    bad = np.flatnonzero(steps != steps[0]) if steps.size else steps
     if bad.size:
         kind = "goes backwards" if steps[bad[0]] <= np.timedelta64(0) else "has a gap"
         raise NightlyError(f"{path}: the truth {kind} after {str(times[bad[0]])[:16]}")

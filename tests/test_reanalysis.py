@@ -347,3 +347,41 @@ def test_ingest_of_a_corrupt_or_false_grib_fails_in_one_line(sample_data, tmp_pa
     assert result.exit_code == 1
     assert result.output == f"error: {false}: not a GRIB file (it does not start with 'GRIB')\n"
     assert not out.exists() and not out.with_name("era5.zarr.partial").exists()
+
+
+def test_a_night_ingests_the_new_era5_files_only(eda_grib: Path, tmp_path: Path) -> None:
+    """`wxens nightly` on real analyses (`sources`): a night appends the analyses of the new
+    files, bitwise as if all were ingested in one go; a rerun adds nothing; a gap or a bad file
+    is refused in one line and leaves the store as it was."""
+    from wxens.data_pipeline.reanalysis import extend_analyses
+    from wxens.forecast.nightly import NightlySettings, update_analyses
+
+    with open_grib(eda_grib) as grib:  # the sample's 4 analyses as 3 files of CDS netCDF
+        for name, times in (("2017-01-01a", [0, 1]), ("2017-01-02b", [2, 3]), ("late", [3])):
+            grib.isel(time=times).to_netcdf(tmp_path / f"era5-{name}.nc")
+    config = load_config(REPO / "configs" / "era5.yaml")
+    settings = {"config": REPO / "configs" / "era5.yaml", "truth": tmp_path / "era5.zarr"}
+    settings |= {name: tmp_path / name for name in ("archive", "stats", "scores")}
+    settings |= {"members": 2, "lead_days": 1, "sources": str(tmp_path / "era5-2017-*.nc")}
+    settings = NightlySettings(**settings)
+    first = tmp_path / "era5-2017-01-01a.nc"
+    ingest(config, {}, [first], settings.truth, quiet=True)
+    night = np.datetime64("2017-01-02T12", "ns")
+    assert update_analyses(settings, config, night) == 2
+    whole = ingest(config, {}, [eda_grib], tmp_path / "whole.zarr", quiet=True)
+    grown, expected = open_analyses(settings.truth), open_analyses(whole)
+    np.testing.assert_array_equal(grown["time"].values, expected["time"].values)
+    for name in config.variables:
+        assert np.array_equal(grown[name].values, expected[name].values), name
+    listing = {p: p.stat().st_mtime_ns for p in settings.truth.rglob("*")}
+    assert update_analyses(settings, config, night) == 0
+    # A store of the first file only, then a file that skips 2017-01-02T00: refused.
+    gapped = tmp_path / "gapped.zarr"
+    ingest(config, {}, [first], gapped, quiet=True)
+    with pytest.raises(IngestError, match="skip 2017-01-02T00"):
+        extend_analyses(config, gapped, [tmp_path / "era5-late.nc"], night)
+    (tmp_path / "bad.nc").write_text("not a netCDF file")
+    with pytest.raises(IngestError, match=r"bad\.nc: cannot read"):
+        extend_analyses(config, gapped, [tmp_path / "bad.nc"], night)
+    assert open_analyses(gapped).sizes["time"] == 2
+    assert {p: p.stat().st_mtime_ns for p in settings.truth.rglob("*")} == listing
