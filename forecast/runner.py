@@ -365,12 +365,25 @@ class MemberForecaster:
         if self.seeds is not None:
             start = list(self.seeds.states(init_time, members).to(self.device))
         yield from start
-        state = start[-1]
+        channels = len(self.variables)
+        state = self.with_hidden_channels(start[-1])
         for _ in range(lead_steps + 1 - len(start)):
             state = state.clone()
             for positions, emulator, generators in groups:
                 state[positions] = emulator.step(state[positions], generator=generators)
-            yield state
+            yield state[:, :channels]
+
+    def with_hidden_channels(self, state: torch.Tensor) -> torch.Tensor:
+        """`state` with the zero channels its models keep their own state in between steps
+        (an emulator's optional `hidden_channels`, such as the truth model's full-resolution
+        state; the runner writes only the fields)."""
+        hidden = {getattr(model, "hidden_channels", 0) for model in self.models}
+        if len(hidden) > 1:
+            raise ForecastError("members with and without hidden state channels cannot mix")
+        (count,) = hidden
+        if not count:
+            return state
+        return torch.cat([state, state.new_zeros((state.shape[0], count, *state.shape[2:]))], 1)
 
 
 def seed_states(spec: EnsembleSpec) -> SeedStates | None:

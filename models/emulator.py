@@ -27,6 +27,10 @@ class Emulator(Protocol):
     `state` is `(batch, channel, latitude, longitude)` in physical units, channels in
     `input_variables` order, on `grid`; `step` returns the state one `timestep` later in the same
     layout. A stochastic emulator draws its noise only from `generator` (`Generators`).
+
+    Optional: `hidden_channels: int`, extra channels after the fields in which the emulator
+    keeps its own state from one step to the next (the truth model's full-resolution state);
+    the runner appends them, zero, to the first state it steps, and stores only the fields.
     """
 
     input_variables: tuple[str, ...]
@@ -60,6 +64,7 @@ class FixedBatchEmulator:
         self.input_variables = emulator.input_variables
         self.grid = emulator.grid
         self.timestep = emulator.timestep
+        self.hidden_channels = getattr(emulator, "hidden_channels", 0)
 
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """Step `state`; with one generator per member, each pass gets its members' generators

@@ -43,6 +43,7 @@ BUILTIN = (
     "wxens.models.vae",
     "wxens.models.diffusion",
     "wxens.models.nwp",
+    "wxens.models.limit",
 )
 """The modules of the built-in kinds, in the order the registry lists them."""
 
@@ -115,7 +116,7 @@ class KindRegistry(Mapping[str, EmulatorKind]):
     Example:
         >>> from wxens.models.kinds import KINDS
         >>> list(KINDS)
-        ['sfno', 'fgn', 'vae', 'diffusion', 'nwp']
+        ['sfno', 'fgn', 'vae', 'diffusion', 'nwp', 'truth']
         >>> fgn = KINDS["fgn"]
         >>> fgn.emulator.__name__, fgn.settings.__name__, fgn.member_settings, fgn.starts_from
         ('FGNEmulator', 'FGNConfig', ('noise_scale',), ('sfno',))
