@@ -18,6 +18,7 @@ from wxens.data_pipeline.config import load_config
 from wxens.data_pipeline.truth import MODEL_STATE, extend_truth
 from wxens.models.kinds import KINDS
 from wxens.models.limit import PerfectModelEmulator
+from wxens.verification.report import gap_closed
 
 
 def test_from_the_truths_full_state_the_member_is_the_truth(tiny_world, tmp_path):
@@ -73,6 +74,16 @@ def test_the_limit_from_the_nwp_ensembles_states_beats_it(tiny_world, wxens, tmp
     nwp_ds, limit_ds = xr.open_zarr(nwp), xr.open_zarr(limit)
     for name in ("psi_upper", "psi_lower"):
         assert np.array_equal(limit_ds[name].isel(lead_time=0), nwp_ds[name].isel(lead_time=0))
-    scores = api.score(nwp_ds, truth, {"limit": limit_ds}, scores=["crps"], regions=["global"])
+    references = {"limit": limit_ds, "persistence": "persistence"}
+    scores = api.score(nwp_ds, truth, references, scores=["crps"], regions=["global"])
     crps = scores.crps.isel(lead_time=slice(1, None)).squeeze("region")
     assert (crps.sel(system="limit") < crps.sel(system="forecast")).all(), crps.values
+    # The report's gap: how much of the way from the baseline to the limit a system goes.
+    gap = gap_closed(scores, "crps", baseline="forecast").isel(lead_time=slice(1, None))
+    by_hand = (crps.sel(system="forecast") - crps.sel(system="persistence")) / (
+        crps.sel(system="forecast") - crps.sel(system="limit")
+    )
+    np.testing.assert_allclose(gap.sel(system="persistence").squeeze("region"), by_hand)
+    assert list(gap.system.values) == ["persistence"]
+    page = api.report(scores, tmp_path / "report", reference="forecast").read_text()
+    assert "CRPS gap closed from forecast to the limit" in page

@@ -111,6 +111,22 @@ def plot_spread_skill(
     return save_figure(figure, path)
 
 
+def plot_gap_closed(
+    gap: xr.DataArray, variable: str, region: str = "global", path: str | Path | None = None
+) -> Figure:
+    """The fraction of the gap between a baseline and the predictability limit that each
+    system closes (`report.gap_closed`), by lead time: 1 at the limit, 0 at the baseline."""
+    values = gap.sel(variable=variable, region=region)
+    figure, ax = _single_axes()
+    _plot_by_system(ax, values, LEAD_TIME)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    baseline, score = gap.attrs.get("baseline", "baseline"), gap.attrs.get("score", "score")
+    title = f"{score} gap closed from {baseline} to the limit: {variable}, {region}"
+    _decorate(ax, title, "lead time (days)", "fraction of the gap closed")
+    return save_figure(figure, path)
+
+
 def plot_rank_histogram(
     scores: xr.Dataset,
     variable: str,

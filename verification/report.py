@@ -25,6 +25,7 @@ from wxens.verification.plots import (
     cartopy_data_dir,
     coastline_data_available,
     lead_label,
+    plot_gap_closed,
     plot_maps,
     plot_rank_histogram,
     plot_reliability,
@@ -86,6 +87,39 @@ def percent_difference(scores: xr.Dataset, score: str, reference: str) -> xr.Dat
 
     difference = _against_reference(scores, score, reference, difference_of)
     return difference.rename(f"{score}_percent_difference").assign_attrs(units="%")
+
+
+LIMIT = "limit"
+"""The system name of the predictability limit (`--reference limit=STORE`, member kind
+`truth`): the report shows how much of the gap to it each ensemble closes."""
+
+
+def gap_closed(
+    scores: xr.Dataset, score: str = "crps", baseline: str = "nwp", limit: str = LIMIT
+) -> xr.DataArray:
+    """The fraction of the gap between `baseline` and the predictability `limit` that each
+    other system closes: `(S_baseline - S) / (S_baseline - S_limit)`.
+
+    1 means the system scores as well as the limit (as well as any forecast from those initial
+    states can), 0 as the baseline, negative worse than the baseline. Unitless; NaN where the
+    baseline equals the limit. Keeps every dimension of `scores[score]` but `system`'s two.
+
+    Example:
+        >>> scores = xr.Dataset(
+        ...     {"crps": (("system", "lead_time"), [[3.0, 5.0], [4.0, 6.0], [2.0, 2.0]])},
+        ...     coords={"system": ["sfno", "nwp", "limit"], "lead_time": [1, 2]})
+        >>> gap_closed(scores).values.round(2).tolist()
+        [[0.5, 0.25]]
+    """
+    _check_system(scores, limit)
+
+    def closed(values: xr.DataArray, baseline_values: xr.DataArray) -> xr.DataArray:
+        limit_values = values.sel({SYSTEM: limit})
+        return (baseline_values - values) / (baseline_values - limit_values)
+
+    gap = _against_reference(scores, score, baseline, closed).drop_sel({SYSTEM: limit})
+    attrs = {"long_name": f"{score} gap closed from {baseline} to {limit}", "units": "1"}
+    return gap.rename(f"{score}_gap_closed").assign_attrs(attrs, baseline=baseline, score=score)
 
 
 def _against_reference(
@@ -312,6 +346,7 @@ def report(
     for heading, figures in (
         ("Scores by lead time", _by_lead_figures(scores)),
         ("Scorecards", _scorecard_figures(scores, reference)),
+        ("The predictability limit", _gap_figures(scores, reference)),
         ("Rank histograms", _rank_histogram_figures(scores)),
         ("Reliability", _reliability_figures(scores)),
         ("Spectra", _spectra_figures(scores)),
@@ -421,6 +456,20 @@ def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
         for value in scores[dim].values:
             chosen = scores.sel({dim: value})
             yield f"{score} scorecard, {dim} {value}", partial(scorecard, chosen, reference, score)
+
+
+def _gap_figures(scores: xr.Dataset, reference: str | None) -> Figures:
+    """With a `limit` system and another reference: the CRPS gap each ensemble closes."""
+    systems = _values(scores, SYSTEM) if SYSTEM in scores.coords else []
+    if LIMIT not in systems or reference in (None, LIMIT) or "crps" not in scores.data_vars:
+        return
+    gap = gap_closed(scores, "crps", reference)
+    region = _main_region(scores)
+    for variable in _values(scores, "variable"):
+        yield (
+            f"CRPS gap closed from {reference} to the limit: {variable}, {region}",
+            partial(plot_gap_closed, gap, variable, region),
+        )
 
 
 def _scorecard_leads(scores: xr.Dataset) -> np.ndarray:
