@@ -9,8 +9,10 @@ Each kind steps `--members` members of the default world in fixed passes of
 `ensemble.micro_batch` (`nwp.micro_batch` for the NWP baseline), every member with its own
 noise generator, on one torch thread (the runner's setting on a CPU: one task per core). Kinds:
 the SFNO, the FGN and the VAE (SFNOs with noise layers: the overhead of sampling), the
-diffusion model (its sampler's 2N - 1 denoiser calls a step) and the NWP baseline of
-configs/demo.yaml (the T21 QG model in single precision, 90 min steps). The median over
+diffusion model (its sampler's 2N - 1 denoiser calls a step), the NWP baseline of
+configs/demo.yaml (the T21 QG model in single precision, 90 min steps) and the predictability
+limit (`truth`: the truth's T42 QG model in double precision, 30 min steps, its full state in
+hidden channels). The median over
 `--repeats` timed calls after one warm-up call; CPU always, CUDA too when present (whole batch
 at once there).
 """
@@ -27,14 +29,16 @@ from wxens.data_pipeline.config import load_config
 from wxens.forecast.runner import micro_batch
 from wxens.models.checkpoint import load_checkpoint
 from wxens.models.emulator import Emulator, FixedBatchEmulator
-from wxens.models.nwp import QGEmulator
+from wxens.models.kinds import KINDS
 
 
 def rate(emulator: Emulator, size: int, members: int, repeats: int, device: torch.device) -> float:
     """Member-steps/s of `emulator` in passes of `size` on `members` random states."""
     grid = emulator.grid
-    state = torch.randn(members, len(emulator.input_variables), grid.nlat, grid.nlon)
+    channels = len(emulator.input_variables) + getattr(emulator, "hidden_channels", 0)
+    state = torch.randn(members, channels, grid.nlat, grid.nlon)
     state = (state * 1e7).to(device)  # streamfunction-sized values (m2 s-1)
+    state[:, len(emulator.input_variables) :] = 0  # hidden channels: none carried yet
     stepper = FixedBatchEmulator(emulator, size)
     seconds = []
     for repeat in range(repeats + 1):
@@ -65,18 +69,18 @@ def main() -> None:
     print(f"{'kind':10}{'device':>8}{'pass':>6}{'member-steps/s':>16}")
     for device in devices:
         kinds = {"sfno": args.sfno, "fgn": args.fgn, "vae": args.vae}
-        kinds |= {"diffusion": args.diffusion, "nwp": None}
+        kinds |= {"diffusion": args.diffusion, "nwp": None, "truth": None}
         for kind, checkpoint in kinds.items():
             if checkpoint is not None and not Path(checkpoint).exists():
                 print(f"{kind:10}{device.type:>8}{'':>6}{'(no ' + checkpoint + ')':>16}")
                 continue
             with torch.no_grad():
                 emulator = (
-                    QGEmulator(config, device)
+                    KINDS[kind].build(config, None, device)
                     if checkpoint is None
                     else load_checkpoint(checkpoint, device=device)
                 )
-                size = micro_batch(config, "nwp" if checkpoint is None else "sfno")
+                size = micro_batch(config, kind if checkpoint is None else "sfno")
                 speed = rate(emulator, size, args.members, args.repeats, device)
             print(f"{kind:10}{device.type:>8}{size:>6}{speed:>16.1f}")
 

@@ -317,7 +317,11 @@ LeadDaysOption = Annotated[
     float, typer.Option("--lead-days", help="Forecast length, a multiple of the time step.")
 ]
 ModelOption = Annotated[
-    str, typer.Option("--model", help="sfno (the checkpoints) or nwp (the NWP baseline).")
+    str,
+    typer.Option(
+        "--model",
+        help="sfno (the checkpoints), nwp (the NWP baseline) or truth (the predictability limit).",
+    ),
 ]
 CheckpointsOption = Annotated[
     list[Path] | None,
