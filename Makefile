@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint truth checkpoints fgn-checkpoint vae-checkpoint diffusion-checkpoint
+.PHONY: demo limit test lint truth checkpoints fgn-checkpoint vae-checkpoint diffusion-checkpoint
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m wxens.forecast.demo
+
+# The predictability limit of the demo's SFNO ensemble, after `make demo`: 16 members of the
+# truth's own T42 model (member kind `truth`) from the SFNO members' own perturbed analyses
+# (configs/demo-limit.yaml), verified with the SFNO, NWP and persistence into out/demo/limit/.
+limit: $(STAMP)
+	$(VENV)/bin/python -m wxens.forecast.demo --limit
 
 # Tests: one torch/OpenMP thread in each of the two pytest workers (the runner's tasks set
 # their own); two workers of several threads each would oversubscribe two cores.

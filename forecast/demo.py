@@ -14,10 +14,17 @@ imports: torch, torch-harmonics, xarray, dask):
 
 It then prints the headline numbers (also in `out/demo/summary.json`) and the report's path.
 Nothing is trained; every store is rewritten (`--overwrite`).
+
+`make limit` (`--limit`), after the demo: the predictability limit of its SFNO ensemble, the
+truth's own model (member kind `truth`) from the SFNO members' own perturbed analyses
+(configs/demo-limit.yaml, 16 members), verified with the SFNO, NWP and persistence; its report
+shows the CRPS gap between the NWP baseline and the limit that the SFNO ensemble closes
+(`out/demo/limit/`, numbers in `out/demo/limit/summary.json`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable
@@ -39,6 +46,9 @@ CONFIG = Path("configs/demo.yaml")
 OUT = Path("out/demo")
 INITS = {"start": "2031-01-16", "end": "2031-02-20", "every": "5D"}  # 8 init dates
 MEMBERS = 100
+LIMIT_CONFIG = Path("configs/demo-limit.yaml")
+LIMIT_MEMBERS = 16
+"""Two forward passes of 8: fair CRPS lets the limit use fewer members than the SFNO's 100."""
 LEAD_DAYS = 10
 SUMMARY_DAYS = (1, 3, 5, 10)
 
@@ -53,18 +63,20 @@ def step(command: str, run: Callable[[], object]) -> None:
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def hindcast(model: str, out: Path, truth: Path) -> None:
+def hindcast(
+    model: str, out: Path, truth: Path, config: Path = CONFIG, members: int = MEMBERS
+) -> None:
     inits = pd.date_range(INITS["start"], INITS["end"], freq=INITS["every"]).values
     options = RunOptions(out, overwrite=True, quiet=True, command="hindcast")
     step(
-        f"hindcast --config {CONFIG} --model {model} --members {MEMBERS} --start {INITS['start']}"
+        f"hindcast --config {config} --model {model} --members {members} --start {INITS['start']}"
         f" --end {INITS['end']} --every {INITS['every']} --lead-days {LEAD_DAYS}"
         f" --analyses {truth} --out {out}"
         " --overwrite --quiet",
         lambda: run_configured_ensemble(
-            load_config(CONFIG),
+            load_config(config),
             inits,
-            MEMBERS,
+            members,
             f"{LEAD_DAYS}D",
             options,
             model=model,
@@ -94,21 +106,9 @@ def summary(scores: xr.Dataset) -> dict:
     crps = scores.crps.where((days >= 1) & (days <= LEAD_DAYS), drop=True)
     beats = (crps.sel(system="forecast") < crps.sel(system="nwp")).values
     members = json.loads(scores.attrs["members"])
-    by_day = {day: at_day(scores, day) for day in SUMMARY_DAYS}
-
-    def per_day(values: dict) -> dict:
-        return {f"day {day}": values[day] for day in SUMMARY_DAYS}
 
     def by_system(score: str, **labels: object) -> dict:
-        return {
-            system: per_day(
-                {
-                    d: round(float(s[score].sel(system=system, **labels).mean()), 3)
-                    for d, s in by_day.items()
-                }
-            )
-            for system in ("forecast", "nwp")
-        }
+        return mean_by_day(scores, score, ("forecast", "nwp"), **labels)
 
     return {
         "sfno_crps_beats_nwp_fraction": round(float(beats.mean()), 3),
@@ -120,6 +120,67 @@ def summary(scores: xr.Dataset) -> dict:
         },
         "efi_roc_auc_q95": by_system("efi_roc_auc", quantile=0.95),
     }
+
+
+def mean_by_day(scores: xr.Dataset, score: str, systems: tuple[str, ...], **labels: object) -> dict:
+    """`score` of each system at SUMMARY_DAYS, the mean over the other dimensions (variables)."""
+    return {
+        system: {
+            f"day {day}": round(
+                float(at_day(scores, day)[score].sel(system=system, **labels).mean()), 3
+            )
+            for day in SUMMARY_DAYS
+        }
+        for system in systems
+    }
+
+
+def limit_summary(scores: xr.Dataset) -> dict:
+    """The limit's headline numbers, global means over the variables at SUMMARY_DAYS: each
+    system's CRPS over the limit's, the share of the NWP-to-limit CRPS gap the SFNO ensemble
+    closes (`report.gap_closed`), and the spread-skill ratios."""
+    from wxens.verification.report import gap_closed
+
+    scores = scores.sel(region="global")
+    ratio = (scores.crps / scores.crps.sel(system="limit")).to_dataset(name="ratio")
+    gap = gap_closed(scores, "crps", "nwp").to_dataset(name="gap")
+    systems = ("forecast", "nwp", "limit")
+    return {
+        "crps_over_limit": mean_by_day(ratio, "ratio", ("forecast", "nwp")),
+        "sfno_share_of_nwp_to_limit_gap_closed": mean_by_day(gap, "gap", ("forecast",)),
+        "spread_skill_ratio": mean_by_day(scores, "spread_skill_ratio", systems),
+        "members": json.loads(scores.attrs["members"]),
+    }
+
+
+def limit_main() -> None:
+    """`make limit`: the limit from the demo's SFNO states, verified, reported, summarised."""
+    started = time.perf_counter()
+    keep_freed_memory()
+    truth, sfno, nwp = OUT / "truth.zarr", OUT / "sfno.zarr", OUT / "nwp.zarr"
+    missing = [path for path in (truth, sfno, nwp) if not path.exists()]
+    if missing:
+        raise SystemExit(f"make limit runs after make demo: {missing[0]} is missing")
+    folder = OUT / "limit"
+    limit, scores_path, report = folder / "limit.zarr", folder / "scores.zarr", folder / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    hindcast("truth", limit, truth, LIMIT_CONFIG, LIMIT_MEMBERS)
+    references = {"nwp": nwp, "limit": limit, "persistence": "persistence"}
+    step(
+        f"verify --forecast {sfno} --truth {truth} --out {scores_path} --reference nwp={nwp}"
+        f" --reference limit={limit} --reference persistence --overwrite --quiet",
+        lambda: summary_table(wxens.verify(sfno, truth, scores_path, references, overwrite=True)),
+    )
+    step(
+        f"report {scores_path} --out {report} --reference nwp",
+        lambda: wxens.report(scores_path, report, reference="nwp"),
+    )
+    numbers = limit_summary(xr.open_zarr(scores_path).load())
+    (folder / "summary.json").write_text(json.dumps(numbers, indent=2))
+    print("\nwxens limit: SFNO (forecast) and NWP (nwp) against the predictability limit (limit)")
+    print(json.dumps(numbers, indent=2))
+    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min; the report:")
+    print((report / "index.html").resolve())
 
 
 def main() -> None:
@@ -155,4 +216,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="make demo, or with --limit make limit")
+    parser.add_argument("--limit", action="store_true", help="the predictability limit")
+    limit_main() if parser.parse_args().limit else main()

@@ -31,7 +31,7 @@ from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.data_pipeline.truth import steps_per, truth_model
 from wxens.models.emulator import Generators
 from wxens.models.kinds import EmulatorKind, register_kind
-from wxens.models.nwp import QGEmulator, nwp_micro_batch
+from wxens.models.nwp import QGEmulator
 
 
 class PerfectModelEmulator(QGEmulator):
@@ -111,7 +111,6 @@ TRUTH = register_kind(
         title="truth model",
         emulator=PerfectModelEmulator,
         build=PerfectModelEmulator.from_config,
-        micro_batch=nwp_micro_batch,
         use_member_settings=PerfectModelEmulator.use_member_settings,
     )
 )
