@@ -206,9 +206,8 @@ def prepare(
     with single_threaded(device):
         models = load_models(model, paths, config, device)
         stats = perturbation_stats(found, config, dataset)
-        fixed = config.perturbation.bred_rmse_48h
         rmse = [
-            fixed
+            fixed_bred_rmse_48h(config, m.kind)
             or measured_rmse_48h(
                 FixedBatchEmulator(m, micro_batch(config, model)), dataset, config, device
             )
@@ -225,6 +224,14 @@ def prepare(
         json.dumps(stats.to_dict()),
         json.dumps(rmse),
     )
+
+
+def fixed_bred_rmse_48h(config: ExperimentConfig, kind: str) -> dict[str, float] | None:
+    """The 48 h RMSE per variable that sizes `kind`'s bred vectors, when the config fixes
+    it: the kind's own (a `bred_rmse_48h` in its config section, such as `nwp:`'s: the NWP
+    baseline bred to its own error), else `perturbation.bred_rmse_48h`; None: measured."""
+    section = getattr(config, kind, None) if KINDS[kind].settings is not None else None
+    return getattr(section, "bred_rmse_48h", None) or config.perturbation.bred_rmse_48h
 
 
 def micro_batch(config: ExperimentConfig, model: str) -> int:

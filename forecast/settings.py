@@ -156,3 +156,7 @@ class NWPConfig(Strict):
     dtype: Literal["float32", "float64"] = "float64"
     micro_batch: int = Field(8, ge=1)
     timestep_minutes: PositiveFloat | None = None
+    bred_rmse_48h: dict[str, PositiveFloat] | None = None
+    """The baseline's own 48 h RMSE per variable, which sizes its bred vectors as each
+    emulator's own sizes theirs (a fair baseline); null: `perturbation.bred_rmse_48h`, else
+    measured on the baseline itself."""

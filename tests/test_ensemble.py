@@ -207,7 +207,7 @@ def test_hindcast_resumes_after_sigkill_and_is_idempotent(ensemble, wxens, tmp_p
     assert np.array_equal(fields(out), fields(reference))
     digest = tree_digest(out)
     code, output = wxens(*command[3:])
-    assert code == 0 and "complete: nothing to do" in output
+    assert code == 0 and "complete: nothing to do" in output, output
     assert tree_digest(out) == digest
 
 

@@ -1,7 +1,8 @@
 """The predictability limit (`models.limit`, member kind `truth`): the truth's own model at
 the truth's resolution. Started from the truth's full state it reproduces the truth store bit
 for bit, through the hidden channels that carry that state between steps; started from the
-coarse analyses it beats the NWP baseline from the same perturbed states."""
+coarse analyses it beats the NWP baseline from the same perturbed states. The NWP baseline
+itself breeds to its own error (a fair baseline)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,24 @@ def test_the_limit_from_the_nwp_ensembles_states_beats_it(tiny_world, wxens, tmp
     assert list(gap.system.values) == ["persistence"]
     page = api.report(scores, tmp_path / "report", reference="forecast").read_text()
     assert "CRPS gap closed from forecast to the limit" in page
+
+
+def test_the_nwp_baseline_breeds_to_its_own_error(tiny_world):
+    """A fair baseline: `nwp.bred_rmse_48h` sizes the NWP members' bred vectors, the shared
+    `perturbation.bred_rmse_48h` the emulators'."""
+    import json
+
+    from wxens.data_pipeline.config import parse_config
+    from wxens.forecast.runner import fixed_bred_rmse_48h, prepare
+
+    config_path, truth = tiny_world
+    own, shared = {"psi_upper": 2e6, "psi_lower": 1e6}, {"psi_upper": 1e6, "psi_lower": 5e5}
+    data = yaml.safe_load(config_path.read_text())
+    data["perturbation"] = {"initial": "bred_vector", "bred_rmse_48h": shared}
+    data["nwp"] = {"bred_rmse_48h": own}
+    config = parse_config(data)
+    assert fixed_bred_rmse_48h(config, "nwp") == own
+    assert fixed_bred_rmse_48h(config, "sfno") == shared
+    assert fixed_bred_rmse_48h(config, "truth") == shared
+    spec = prepare(config, "nwp", [], truth, torch.device("cpu"))
+    assert json.loads(spec.bred_rmse_48h_json) == [own]
