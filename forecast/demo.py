@@ -162,25 +162,46 @@ def limit_main() -> None:
     if missing:
         raise SystemExit(f"make limit runs after make demo: {missing[0]} is missing")
     folder = OUT / "limit"
-    limit, scores_path, report = folder / "limit.zarr", folder / "scores.zarr", folder / "report"
+    limit = folder / "limit.zarr"
     folder.mkdir(parents=True, exist_ok=True)
     hindcast("truth", limit, truth, LIMIT_CONFIG, LIMIT_MEMBERS)
     references = {"nwp": nwp, "limit": limit, "persistence": "persistence"}
+    headline = "SFNO (forecast) and NWP (nwp) against the predictability limit (limit)"
+    verify_and_report(sfno, truth, references, folder, limit_summary, f"wxens limit: {headline}")
+    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min; the report:")
+    print((folder / "report" / "index.html").resolve())
+
+
+def verify_and_report(
+    forecast: Path,
+    truth: Path,
+    references: dict[str, object],
+    folder: Path,
+    summarise: Callable[[xr.Dataset], dict],
+    headline: str,
+) -> None:
+    """`wxens verify` into `folder/scores.zarr`, `wxens report` into `folder/report` (against
+    the NWP baseline), and the headline numbers `summarise` makes into `folder/summary.json`."""
+    scores_path, report = folder / "scores.zarr", folder / "report"
+    flags = " ".join(
+        f"--reference {name}" if name == source else f"--reference {name}={source}"
+        for name, source in references.items()
+    )
     step(
-        f"verify --forecast {sfno} --truth {truth} --out {scores_path} --reference nwp={nwp}"
-        f" --reference limit={limit} --reference persistence --overwrite --quiet",
-        lambda: summary_table(wxens.verify(sfno, truth, scores_path, references, overwrite=True)),
+        f"verify --forecast {forecast} --truth {truth} --out {scores_path} {flags}"
+        " --overwrite --quiet",
+        lambda: summary_table(
+            wxens.verify(forecast, truth, scores_path, references, overwrite=True)
+        ),
     )
     step(
         f"report {scores_path} --out {report} --reference nwp",
         lambda: wxens.report(scores_path, report, reference="nwp"),
     )
-    numbers = limit_summary(xr.open_zarr(scores_path).load())
+    numbers = summarise(xr.open_zarr(scores_path).load())
     (folder / "summary.json").write_text(json.dumps(numbers, indent=2))
-    print("\nwxens limit: SFNO (forecast) and NWP (nwp) against the predictability limit (limit)")
+    print(f"\n{headline}")
     print(json.dumps(numbers, indent=2))
-    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min; the report:")
-    print((report / "index.html").resolve())
 
 
 def main() -> None:
@@ -188,7 +209,6 @@ def main() -> None:
     keep_freed_memory()  # as the `wxens` entry point does
     OUT.mkdir(parents=True, exist_ok=True)
     truth, sfno, nwp = OUT / "truth.zarr", OUT / "sfno.zarr", OUT / "nwp.zarr"
-    scores_path, report = OUT / "scores.zarr", OUT / "report"
     years = truth_days() / 365.25
     config = load_config(CONFIG)
     step(
@@ -198,21 +218,10 @@ def main() -> None:
     hindcast("sfno", sfno, truth)
     hindcast("nwp", nwp, truth)
     references = {"nwp": nwp, "persistence": "persistence"}
-    step(
-        f"verify --forecast {sfno} --truth {truth} --out {scores_path}"
-        f" --reference nwp={nwp} --reference persistence --overwrite --quiet",
-        lambda: summary_table(wxens.verify(sfno, truth, scores_path, references, overwrite=True)),
-    )
-    step(
-        f"report {scores_path} --out {report} --reference nwp",
-        lambda: wxens.report(scores_path, report, reference="nwp"),
-    )
-    numbers = summary(xr.open_zarr(scores_path).load())
-    (OUT / "summary.json").write_text(json.dumps(numbers, indent=2))
-    print("\nwxens demo: SFNO ensemble (forecast) against the NWP baseline ensemble (nwp)")
-    print(json.dumps(numbers, indent=2))
+    headline = "wxens demo: SFNO ensemble (forecast) against the NWP baseline ensemble (nwp)"
+    verify_and_report(sfno, truth, references, OUT, summary, headline)
     print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min; the report:")
-    print((report / "index.html").resolve())
+    print((OUT / "report" / "index.html").resolve())
 
 
 if __name__ == "__main__":

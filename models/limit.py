@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from wxens.data_pipeline.config import ExperimentConfig, MemberKind
 from wxens.data_pipeline.sphere import analysis
-from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.data_pipeline.truth import steps_per, truth_model
 from wxens.models.emulator import Generators
 from wxens.models.kinds import EmulatorKind, register_kind
@@ -48,16 +47,6 @@ class PerfectModelEmulator(QGEmulator):
         words = 2 * 2 * n * n * (2 if self.model.real_dtype == torch.float64 else 1)
         self.hidden_channels = math.ceil(words / (self.grid.nlat * self.grid.nlon))
         """Extra state channels that carry the T42 state between steps (float32 words)."""
-
-    @classmethod
-    def from_config(
-        cls,
-        config: ExperimentConfig,
-        stats: NormalisationStats | None = None,
-        device: torch.device | str = "cpu",
-    ) -> PerfectModelEmulator:
-        """The truth model of `config` on `device` (it needs no normalisation, `stats`)."""
-        return cls(config, device)
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
