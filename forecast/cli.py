@@ -701,6 +701,64 @@ def verify(
     typer.echo(f"wrote {out}" + (f" and {report}" if report else ""), err=True)
 
 
+@app.command("calibrate")
+def calibrate_command(
+    config: ConfigOption,
+    knob: Annotated[
+        str,
+        typer.Option(
+            "--knob",
+            help="bred_fraction, random_field_fraction, noise_scale or parameter_sigma.",
+        ),
+    ],
+    start: Annotated[str, typer.Option("--start", help="First calibration init.")],
+    end: Annotated[str, typer.Option("--end", help="Last calibration init (included).")],
+    out: Annotated[Path, typer.Option("--out", help="The calibrated config to write.")],
+    model: ModelOption = "sfno",
+    every: Annotated[str, typer.Option("--every", help="Init spacing (e.g. 5D).")] = "5D",
+    members: Annotated[int, typer.Option("--members", help="Members of each try.")] = 8,
+    lead_days: LeadDaysOption = 10,
+    rounds: Annotated[int, typer.Option("--rounds", help="Golden-section rounds.")] = 6,
+    low: Annotated[float | None, typer.Option("--low", help="Lowest value tried.")] = None,
+    high: Annotated[float | None, typer.Option("--high", help="Highest value tried.")] = None,
+    analyses: AnalysesOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Tune one dispersion knob of one member kind on calibration inits that never overlap
+    the test period: golden-section search for the lowest fair CRPS with the spread-skill
+    ratio held in [0.9, 1.1] over days 2-10; writes a config with the chosen value and the
+    table of what it tried (--config itself is never changed)."""
+    import pandas as pd
+    from wxens.data_pipeline.analysis_store import StoreError
+    from wxens.forecast.calibrate import KNOBS, calibrate, write_calibrated
+    from wxens.models.checkpoint import CheckpointError
+
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
+    if out.resolve() == config.resolve():
+        fail("--out must not be --config: the calibrated config goes beside it")
+    read_config(config)
+    inits = pd.date_range(parse_time(start, "--start"), parse_time(end, "--end"), freq=every)
+    try:
+        result = calibrate(
+            config,
+            model,
+            knob,
+            inits.values,
+            members,
+            lead_days,
+            analyses=analyses,
+            rounds=rounds,
+            low=low,
+            high=high,
+        )
+    except (StoreError, CheckpointError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    write_calibrated(result, config, out, KNOBS[knob])
+    typer.echo(result.table())
+    typer.echo(f"chose {knob} = {result.best[0]:.4g}; wrote {out}")
+
+
 @app.command("finalize")
 def finalize_scores(
     stats: Annotated[

@@ -14,6 +14,7 @@ DOCUMENTED = (
     "wxens.data_pipeline.truth",
     "wxens.models.kinds",
     "wxens.forecast.archive",
+    "wxens.forecast.calibrate",
     "wxens.forecast.ensemble",
     *(
         f"wxens.verification.{name}"

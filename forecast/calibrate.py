@@ -1,0 +1,268 @@
+"""Calibration as a command (`wxens calibrate`, `calibrate`): one dispersion knob of one member
+kind tuned on a calibration period, written into a new config with the table of what it
+tried.
+
+The search: golden-section search (Kiefer 1953) on the knob's logarithm over `[low, high]`,
+each round one new ensemble (the first round two). Each try runs the kind's ensemble from the
+calibration inits and scores it against the analyses; its objective is
+
+    J = mean_{variable, lead} CRPS / sigma_clim  x  (1 + 10 mean_{variable, lead} e),
+    e = max(0, |spread-skill ratio - 1| - 0.1)
+
+over the leads of days 2 to 10 (those of the run), `sigma_clim` each variable's area-mean
+temporal standard deviation over the calibration period: the fair CRPS, made unitless, and a
+penalty that is zero while the spread-skill ratio stays within [0.9, 1.1]. Golden-section
+search assumes J unimodal in the knob, which a dispersion knob gives (CRPS falls, then rises,
+as the spread passes the error); `rounds` rounds shrink the bracket by 0.618^rounds.
+
+Refused in one line, with no config written: a calibration period that overlaps the test
+period, a knob the kind does not have, fewer than `MIN_INITS` inits.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+from wxens.data_pipeline.config import ExperimentConfig, load_config
+from wxens.forecast.runner import ForecastError, RunOptions, run_configured_ensemble
+from wxens.models.kinds import KINDS
+
+MIN_INITS = 8
+"""Fewest calibration inits: the spread-skill ratio of N independent inits has a standard
+error of about 1/sqrt(2N), 0.25 at N = 8; fewer would leave it wider than twice the [0.9, 1.1]
+band the search holds it to."""
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A dispersion setting: where it lives in the config, which kinds read it, its range."""
+
+    name: str
+    path: tuple[str, ...]
+    """Keys into the config; `{kind}` stands for the member kind."""
+    applies: Callable[[ExperimentConfig, str], str | None]
+    """`(config, kind) -> None`, or why the kind does not have the knob."""
+    low: float
+    high: float
+
+    def setting(self, kind: str, value: float) -> dict:
+        """The config fragment that sets the knob to `value` for `kind`."""
+        keys = [key.format(kind=kind) for key in self.path]
+        fragment: dict = {keys[-1]: float(value)}
+        for key in reversed(keys[:-1]):
+            fragment = {key: fragment}
+        return fragment
+
+
+def _breeds(config: ExperimentConfig, kind: str) -> str | None:
+    if config.initial_perturbation(kind) != "bred_vector":
+        return f"kind {kind} does not start from bred vectors (perturbation.initial)"
+    return None
+
+
+def _random_field(config: ExperimentConfig, kind: str) -> str | None:
+    if config.initial_perturbation(kind) != "random_field":
+        return f"kind {kind} does not start from random fields (perturbation.initial)"
+    return None
+
+
+def _noisy(config: ExperimentConfig, kind: str) -> str | None:
+    if "noise_scale" not in KINDS[kind].member_settings:
+        return f"kind {kind} draws no noise"
+    return None
+
+
+def _weights(config: ExperimentConfig, kind: str) -> str | None:
+    if not KINDS[kind].from_checkpoints:
+        return f"kind {kind} has no network weights to perturb"
+    return None
+
+
+KNOBS = {
+    knob.name: knob
+    for knob in (
+        Knob("bred_fraction", ("perturbation", "bred_fraction"), _breeds, 0.05, 2.0),
+        Knob(
+            "random_field_fraction",
+            ("perturbation", "random_field_fraction"),
+            _random_field,
+            0.01,
+            1.0,
+        ),
+        Knob("noise_scale", ("ensemble", "kinds", "{kind}", "noise_scale"), _noisy, 0.25, 8.0),
+        Knob("parameter_sigma", ("perturbation", "parameter_sigma"), _weights, 1e-4, 0.1),
+    )
+}
+"""The knobs `wxens calibrate --knob` searches, by name."""
+
+
+@dataclass
+class Calibration:
+    """What a calibration tried (`tries`: knob value, objective J, mean normalised CRPS, mean
+    spread-skill ratio) and the value it chose."""
+
+    knob: str
+    kind: str
+    tries: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    @property
+    def best(self) -> tuple[float, float, float, float]:
+        return min(self.tries, key=lambda row: row[1])
+
+    def table(self) -> str:
+        lines = [f"| {self.knob} | J | CRPS / sigma_clim | spread-skill ratio |"]
+        lines.append("| --- | --- | --- | --- |")
+        lines += [f"| {v:.4g} | {j:.4f} | {c:.4f} | {r:.3f} |" for v, j, c, r in self.tries]
+        return "\n".join(lines)
+
+
+def golden_section(
+    objective: Callable[[float], float], low: float, high: float, rounds: int
+) -> float:
+    """The minimiser of a unimodal `objective` on `[low, high]`, to a bracket of
+    `(high - low) 0.618^rounds`: `rounds + 1` evaluations (each round one, the first two).
+
+    Example:
+        >>> round(golden_section(lambda x: (x - 0.3) ** 2, 0.0, 1.0, 20), 3)
+        0.3
+    """
+    a, b = low, high
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    fc, fd = objective(c), objective(d)
+    for _ in range(rounds - 1):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - GOLDEN * (b - a)
+            fc = objective(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + GOLDEN * (b - a)
+            fd = objective(d)
+    return c if fc <= fd else d
+
+
+def check_request(config: ExperimentConfig, kind: str, knob: str, init_times: np.ndarray) -> Knob:
+    """Refuse, with one line, a knob the kind lacks, too few inits, or inits in the test
+    period; return the knob."""
+    if knob not in KNOBS:
+        raise ForecastError(f"knob {knob!r}: expected one of {', '.join(KNOBS)}")
+    if kind not in KINDS:
+        raise ForecastError(f"model {kind!r}: expected one of {', '.join(KINDS)}")
+    reason = KNOBS[knob].applies(config, kind)
+    if reason is not None:
+        raise ForecastError(f"knob {knob}: {reason}")
+    if len(init_times) < MIN_INITS:
+        raise ForecastError(
+            f"calibration needs at least {MIN_INITS} inits to estimate the spread-skill ratio,"
+            f" got {len(init_times)}"
+        )
+    test = config.periods.test
+    years = pd.DatetimeIndex(init_times).year
+    if ((years >= test.first) & (years <= test.last)).any():
+        raise ForecastError(
+            f"the calibration inits ({str(init_times[0])[:10]} to {str(init_times[-1])[:10]})"
+            f" overlap the test period {test.first}-{test.last}"
+        )
+    return KNOBS[knob]
+
+
+def calibrate(
+    config_path: Path,
+    kind: str,
+    knob: str,
+    init_times: np.ndarray,
+    members: int,
+    lead_days: float,
+    *,
+    analyses: Path | None = None,
+    rounds: int = 6,
+    low: float | None = None,
+    high: float | None = None,
+) -> Calibration:
+    """Tune `knob` of `kind`'s members on `init_times` (see the module); return the tries."""
+    from wxens.verification.verify import VerifyOptions, score
+
+    config = load_config(config_path)
+    init_times = np.sort(np.asarray(init_times, dtype="datetime64[ns]"))
+    chosen = check_request(config, kind, knob, init_times)
+    low = chosen.low if low is None else low
+    high = chosen.high if high is None else high
+    if rounds < 1:
+        raise ForecastError(f"the search needs at least 1 round, got {rounds}")
+    if not 0 < low < high:
+        raise ForecastError(f"the search range needs 0 < low < high, got {low} and {high}")
+    source = Path(analyses or config.analyses)
+    truth = xr.open_zarr(source)
+    result = Calibration(knob, kind)
+
+    def objective(log_value: float) -> float:
+        value = math.exp(log_value)
+        trial = _with_setting(config, chosen.setting(kind, value))
+        with tempfile.TemporaryDirectory(prefix="wxens-calibrate-") as folder:
+            out = Path(folder) / "ensemble.zarr"
+            options = RunOptions(out, quiet=True, command="calibrate")
+            run_configured_ensemble(
+                trial,
+                init_times,
+                members,
+                f"{lead_days * 24}h",
+                options,
+                model=kind,
+                analyses=source,
+            )
+            scores = score(
+                xr.open_zarr(out),
+                truth,
+                scores=["crps", "spread_skill_ratio"],
+                regions=["global"],
+                options=VerifyOptions(maps=False),
+            ).squeeze("region", drop=True)
+        days = scores.lead_time / np.timedelta64(1, "D")
+        scores = scores.where((days >= 2) & (days <= 10), drop=True)
+        period = truth.sel(time=slice(init_times[0], init_times[-1]))
+        sigma = period[list(scores.variable.values)].std("time").mean(("latitude", "longitude"))
+        sigma = sigma.to_array("variable")
+        crps = float((scores.crps.sel(system="forecast") / sigma).mean())
+        ratio = scores.spread_skill_ratio.sel(system="forecast")
+        excess = float(np.maximum(0.0, abs(ratio - 1) - 0.1).mean())
+        j = crps * (1 + 10 * excess)
+        result.tries.append((value, j, crps, float(ratio.mean())))
+        return j
+
+    golden_section(objective, math.log(low), math.log(high), rounds)
+    return result
+
+
+def _with_setting(config: ExperimentConfig, fragment: dict) -> ExperimentConfig:
+    """`config` with the knob's fragment laid over it (validated again)."""
+    from wxens.data_pipeline.config import merged, parse_config
+
+    return parse_config(merged(config.model_dump(mode="json"), fragment, depth=4))
+
+
+def write_calibrated(calibration: Calibration, config_path: Path, out: Path, knob: Knob) -> None:
+    """A config at `out` that is `config_path` with the chosen value, the table as comments."""
+    value = calibration.best[0]
+    relative = Path(config_path).resolve()
+    try:
+        relative = relative.relative_to(Path(out).resolve().parent)
+    except ValueError:
+        pass
+    header = [
+        f"# wxens calibrate: {calibration.knob} of kind {calibration.kind} (golden-section",
+        "# search; J = mean CRPS / sigma_clim x (1 + 10 x mean excess of |ratio - 1| over 0.1),",
+        "# leads of days 2-10). What it tried:",
+        *[f"# {line}" for line in calibration.table().splitlines()],
+    ]
+    body = {"base": str(relative), **knob.setting(calibration.kind, round(value, 6))}
+    Path(out).write_text("\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))

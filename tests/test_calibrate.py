@@ -1,0 +1,55 @@
+"""`wxens calibrate` (`forecast.calibrate`): the golden-section search against scipy's, and a
+real calibration of the NWP baseline's bred fraction on the tiny world, with its refusals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+from wxens.data_pipeline.config import load_config
+from wxens.forecast.calibrate import golden_section
+
+
+def test_golden_section_finds_scipys_minimum_in_rounds_plus_one_calls():
+    calls = []
+
+    def objective(x: float) -> float:
+        calls.append(x)
+        return math.exp(x) - 3 * x  # minimum at log 3
+
+    found = golden_section(objective, 0.0, 3.0, 30)
+    reference = minimize_scalar(lambda x: math.exp(x) - 3 * x, bracket=(0.0, 3.0), method="golden")
+    assert found == pytest.approx(reference.x, abs=1e-5)
+    assert found == pytest.approx(math.log(3), abs=1e-5)
+    assert len(calls) == 31
+
+
+def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_path):
+    config, _ = tiny_world
+    out = tmp_path / "calibrated.yaml"
+    common = ["--config", config, "--model", "nwp", "--members", 8, "--lead-days", 2]
+    period = ["--start", "2026-03-01", "--end", "2026-04-05", "--every", "5D"]
+    code, output = wxens(
+        "calibrate", *common, *period, "--knob", "bred_fraction", "--rounds", 2, "--out", out
+    )
+    assert code == 0, output
+    rows = [line for line in output.splitlines() if line.startswith("| 0.")]
+    values = [float(row.split("|")[1]) for row in rows]
+    objectives = [float(row.split("|")[2]) for row in rows]
+    assert len(rows) == 3 and all(0.05 <= v <= 2.0 for v in values)
+    chosen = values[int(np.argmin(objectives))]
+    assert load_config(out).perturbation.bred_fraction == pytest.approx(chosen, rel=1e-3)
+    assert f"| {values[0]:.4g} |" in out.read_text()  # the table, as comments
+    before = config.read_text()
+    for bad, message in (
+        (["--start", "2027-03-01", "--end", "2027-04-05"], "overlap the test period 2027-2027"),
+        (["--start", "2026-03-01", "--end", "2026-03-16"], "at least 8 inits"),
+        ([*period, "--knob", "noise_scale"], "kind nwp draws no noise"),
+        ([*period, "--knob", "spread"], "knob 'spread': expected one of"),
+    ):
+        knob = [] if "--knob" in bad else ["--knob", "bred_fraction"]
+        code, output = wxens("calibrate", *common, *bad, *knob, "--out", tmp_path / "x.yaml")
+        assert code == 1 and message in output and len(output.strip().splitlines()) == 1, output
+    assert not (tmp_path / "x.yaml").exists() and config.read_text() == before
