@@ -117,10 +117,13 @@ def plot_gap_closed(
     """The fraction of the gap between a baseline and the predictability limit that each
     system closes (`report.gap_closed`), by lead time: 1 at the limit, 0 at the baseline."""
     values = gap.sel(variable=variable, region=region)
+    values = values.where(values[LEAD_TIME] > np.timedelta64(0), drop=True)  # all start equal
     figure, ax = _single_axes()
     _plot_by_system(ax, values, LEAD_TIME)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    lowest = float(values.min()) if np.isfinite(values).any() else 0.0
+    ax.set_ylim(max(-1.0, min(0.0, lowest) - 0.05), 1.1)  # far below the baseline: off the chart
     baseline, score = gap.attrs.get("baseline", "baseline"), gap.attrs.get("score", "score")
     title = f"{score} gap closed from {baseline} to the limit: {variable}, {region}"
     _decorate(ax, title, "lead time (days)", "fraction of the gap closed")
