@@ -22,6 +22,7 @@ period, a knob the kind does not have, fewer than `MIN_INITS` inits.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import yaml
+from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import ExperimentConfig, load_config
 from wxens.forecast.runner import ForecastError, RunOptions, run_configured_ensemble
 from wxens.models.kinds import KINDS
@@ -202,7 +204,7 @@ def calibrate(
     if not 0 < low < high:
         raise ForecastError(f"the search range needs 0 < low < high, got {low} and {high}")
     source = Path(analyses or config.analyses)
-    truth = xr.open_zarr(source)
+    truth = open_analyses(source)
     result = Calibration(knob, kind)
 
     def objective(log_value: float) -> float:
@@ -253,11 +255,7 @@ def _with_setting(config: ExperimentConfig, fragment: dict) -> ExperimentConfig:
 def write_calibrated(calibration: Calibration, config_path: Path, out: Path, knob: Knob) -> None:
     """A config at `out` that is `config_path` with the chosen value, the table as comments."""
     value = calibration.best[0]
-    relative = Path(config_path).resolve()
-    try:
-        relative = relative.relative_to(Path(out).resolve().parent)
-    except ValueError:
-        pass
+    relative = os.path.relpath(Path(config_path).resolve(), Path(out).resolve().parent)
     header = [
         f"# wxens calibrate: {calibration.knob} of kind {calibration.kind} (golden-section",
         "# search; J = mean CRPS / sigma_clim x (1 + 10 x mean excess of |ratio - 1| over 0.1),",
