@@ -58,7 +58,11 @@ class Knob:
     high: float
 
     def setting(self, kind: str, value: float) -> dict:
-        """The config fragment that sets the knob to `value` for `kind`."""
+        """The config fragment that sets the knob to `value` for `kind`: in the kind's own
+        config section where it has the setting (`nwp.bred_fraction`), else at `path`."""
+        settings = KINDS[kind].settings
+        if settings is not None and self.path[-1] in settings.model_fields:
+            return {kind: {self.path[-1]: float(value)}}
         keys = [key.format(kind=kind) for key in self.path]
         fragment: dict = {keys[-1]: float(value)}
         for key in reversed(keys[:-1]):

@@ -141,8 +141,20 @@ def member_checkpoints(
 
 
 def perturbation_settings(config: ExperimentConfig, kind: str) -> PerturbationConfig:
-    """`perturbation`, its `initial` the one of `kind`'s members (`MemberKind.initial`)."""
-    return config.perturbation.model_copy(update={"initial": config.initial_perturbation(kind)})
+    """`perturbation`, its `initial` the one of `kind`'s members (`MemberKind.initial`) and
+    its `bred_fraction` the kind's own where its config section sets one (`nwp:`)."""
+    update: dict[str, object] = {"initial": config.initial_perturbation(kind)}
+    own = kind_setting(config, kind, "bred_fraction")
+    if own is not None:
+        update["bred_fraction"] = own
+    return config.perturbation.model_copy(update=update)
+
+
+def kind_setting(config: ExperimentConfig, kind: str, name: str) -> object | None:
+    """The setting `name` of `kind`'s own config section (such as `nwp.bred_fraction`), or
+    None where the section lacks it or leaves it unset."""
+    section = getattr(config, kind, None) if KINDS[kind].settings is not None else None
+    return getattr(section, name, None)
 
 
 def measured_rmse_48h(
@@ -230,8 +242,7 @@ def fixed_bred_rmse_48h(config: ExperimentConfig, kind: str) -> dict[str, float]
     """The 48 h RMSE per variable that sizes `kind`'s bred vectors, when the config fixes
     it: the kind's own (a `bred_rmse_48h` in its config section, such as `nwp:`'s: the NWP
     baseline bred to its own error), else `perturbation.bred_rmse_48h`; None: measured."""
-    section = getattr(config, kind, None) if KINDS[kind].settings is not None else None
-    return getattr(section, "bred_rmse_48h", None) or config.perturbation.bred_rmse_48h
+    return kind_setting(config, kind, "bred_rmse_48h") or config.perturbation.bred_rmse_48h
 
 
 def micro_batch(config: ExperimentConfig, model: str) -> int:

@@ -160,3 +160,6 @@ class NWPConfig(Strict):
     """The baseline's own 48 h RMSE per variable, which sizes its bred vectors as each
     emulator's own sizes theirs (a fair baseline); null: `perturbation.bred_rmse_48h`, else
     measured on the baseline itself."""
+    bred_fraction: PositiveFloat | None = None
+    """The baseline's own bred fraction (`wxens calibrate --model nwp --knob bred_fraction`
+    writes it); null: `perturbation.bred_fraction`."""

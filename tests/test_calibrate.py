@@ -40,7 +40,9 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
     objectives = [float(row.split("|")[2]) for row in rows]
     assert len(rows) == 3 and all(0.05 <= v <= 2.0 for v in values)
     chosen = values[int(np.argmin(objectives))]
-    assert load_config(out).perturbation.bred_fraction == pytest.approx(chosen, rel=1e-3)
+    calibrated = load_config(out)  # the baseline's own bred fraction: the emulators' is kept
+    assert calibrated.nwp.bred_fraction == pytest.approx(chosen, rel=1e-3)
+    assert calibrated.perturbation.bred_fraction == load_config(config).perturbation.bred_fraction
     assert f"| {values[0]:.4g} |" in out.read_text()  # the table, as comments
     before = config.read_text()
     for bad, message in (

@@ -96,7 +96,7 @@ def test_the_nwp_baseline_breeds_to_its_own_error(tiny_world):
     import json
 
     from wxens.data_pipeline.config import parse_config
-    from wxens.forecast.runner import fixed_bred_rmse_48h, prepare
+    from wxens.forecast.runner import fixed_bred_rmse_48h, perturbation_settings, prepare
 
     config_path, truth = tiny_world
     own, shared = {"psi_upper": 2e6, "psi_lower": 1e6}, {"psi_upper": 1e6, "psi_lower": 5e5}
@@ -109,3 +109,7 @@ def test_the_nwp_baseline_breeds_to_its_own_error(tiny_world):
     assert fixed_bred_rmse_48h(config, "truth") == shared
     spec = prepare(config, "nwp", [], truth, torch.device("cpu"))
     assert json.loads(spec.bred_rmse_48h_json) == [own]
+    data["nwp"]["bred_fraction"] = 1.5
+    config = parse_config(data)
+    assert perturbation_settings(config, "nwp").bred_fraction == 1.5
+    assert perturbation_settings(config, "sfno").bred_fraction == config.perturbation.bred_fraction
