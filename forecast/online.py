@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +57,7 @@ from wxens.forecast.runner import (
     resolved,
     sha256_json,
     single_threaded,
+    thread_count,
 )
 
 from wxens.stores import StoreLock
@@ -312,14 +312,11 @@ def score_online(
 def options_workers(options: RunOptions, device: torch.device) -> int:
     """Threads that step an init's members: `threads` (the CPU count on a CPU, 1 on a GPU)
     or `threads:N`; the dask schedulers are refused (members are joined in this process)."""
-    name, _, count = options.scheduler.partition(":")
-    if name != "threads" or (count and not (count.isdigit() and int(count) > 0)):
+    if options.scheduler.partition(":")[0] != "threads":
         raise ForecastError(
             f"scheduler {options.scheduler!r}: online scoring runs on threads or threads:N"
         )
-    if count:
-        return int(count)
-    return (os.cpu_count() or 1) if device.type == "cpu" else 1
+    return thread_count(options.scheduler, device)
 
 
 def _check_truth_covers(times: np.ndarray, init_times: np.ndarray, lead_times: np.ndarray):

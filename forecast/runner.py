@@ -464,6 +464,15 @@ def run_task(
     return len(members) * steps
 
 
+def thread_count(scheduler: str, device: torch.device) -> int:
+    """The threads of a `threads` or `threads:N` scheduler: N, by default the CPU count on a
+    CPU and 1 on a GPU; ForecastError for another N than a positive integer."""
+    _, _, count = scheduler.partition(":")
+    if count and not (count.isdigit() and int(count) > 0):
+        raise ForecastError(f"scheduler {scheduler!r}: expected threads:N with N >= 1")
+    return int(count) if count else ((os.cpu_count() or 1) if device.type == "cpu" else 1)
+
+
 @contextlib.contextmanager
 def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Executor, int]]:
     """The executor named by `--scheduler`, and how many tasks it runs at once:
@@ -476,10 +485,7 @@ def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Execut
     """
     name, _, count = scheduler.partition(":")
     if name == "threads":
-        if count and not (count.isdigit() and int(count) > 0):
-            raise ValueError(f"scheduler {scheduler!r}: expected threads:N with N >= 1")
-        default = (os.cpu_count() or 1) if device.type == "cpu" else 1
-        workers = int(count) if count else default
+        workers = thread_count(scheduler, device)
         with ThreadPoolExecutor(workers) as pool:
             yield pool, workers
         return
