@@ -25,9 +25,8 @@ import math
 
 import numpy as np
 import torch
-from wxens.data_pipeline.config import ExperimentConfig, MemberKind
+from wxens.data_pipeline.config import ExperimentConfig
 from wxens.data_pipeline.sphere import analysis
-from wxens.data_pipeline.truth import steps_per, truth_model
 from wxens.models.emulator import Generators
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.nwp import QGEmulator
@@ -40,13 +39,17 @@ class PerfectModelEmulator(QGEmulator):
 
     def __init__(self, config: ExperimentConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
-        self.model = truth_model(config, torch.device(device))
-        self.steps = steps_per(config, config.truth.output_interval_hours)
         self.fine_truncation = config.truth.truncation
         n = self.fine_truncation + 1
-        words = 2 * 2 * n * n * (2 if self.model.real_dtype == torch.float64 else 1)
-        self.hidden_channels = math.ceil(words / (self.grid.nlat * self.grid.nlon))
-        """Extra state channels that carry the T42 state between steps (float32 words)."""
+        self.words = 2 * 2 * n * n * (2 if self.model.real_dtype == torch.float64 else 1)
+        """float32 words of the T42 state: 2 layers x n x n complex coefficients."""
+        self.hidden_channels = math.ceil(self.words / (self.grid.nlat * self.grid.nlon))
+        """Extra state channels that carry the T42 state between steps."""
+
+    @staticmethod
+    def dynamics(config: ExperimentConfig) -> ExperimentConfig:
+        """The truth's own model: `config` as it is."""
+        return config
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
@@ -85,13 +88,9 @@ class PerfectModelEmulator(QGEmulator):
         """The PV coefficients `pack` stored (the inverse of `pack`, bit for bit)."""
         n = self.fine_truncation + 1
         batch = hidden.shape[0]
-        words = 2 * 2 * n * n * (2 if self.model.real_dtype == torch.float64 else 1)
-        flat = hidden.to(torch.float32).reshape(batch, -1)[:, :words].contiguous()
+        flat = hidden.to(torch.float32).reshape(batch, -1)[:, : self.words].contiguous()
         real = flat.view(self.model.real_dtype).reshape(batch, 2, n, n, 2)
         return torch.view_as_complex(real.contiguous())
-
-    def use_member_settings(self, members: MemberKind) -> None:
-        """The truth model reads no forecast-time member settings."""
 
 
 TRUTH = register_kind(

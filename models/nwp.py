@@ -29,17 +29,23 @@ class QGEmulator(torch.nn.Module):
                 f"the NWP baseline needs variables {sorted(LAYER_OF_FIELD)},"
                 f" the config has {config.variables}"
             )
-        truth = {"truncation": config.grid.truncation, "dtype": config.nwp.dtype}
-        if config.nwp.timestep_minutes is not None:
-            truth["timestep_minutes"] = config.nwp.timestep_minutes
-        coarse = config.model_copy(update={"truth": config.truth.model_copy(update=truth)})
-        self.model = truth_model(coarse, torch.device(device))
+        dynamics = self.dynamics(config)
+        self.model = truth_model(dynamics, torch.device(device))
         self.grid = model_grid(config)
         self.truncation = config.grid.truncation
         self.input_variables = tuple(config.variables)
         self.layers = [LAYER_OF_FIELD[name] for name in config.variables]
-        self.steps = steps_per(coarse, config.truth.output_interval_hours)
+        self.steps = steps_per(dynamics, config.truth.output_interval_hours)
         self.timestep = np.timedelta64(config.truth.output_interval_hours, "h")
+
+    @staticmethod
+    def dynamics(config: ExperimentConfig) -> ExperimentConfig:
+        """The config whose `truth:` section is the model this emulator integrates: the truth's
+        at the model grid's truncation, with `nwp:`'s precision and time step."""
+        truth = {"truncation": config.grid.truncation, "dtype": config.nwp.dtype}
+        if config.nwp.timestep_minutes is not None:
+            truth["timestep_minutes"] = config.nwp.timestep_minutes
+        return config.model_copy(update={"truth": config.truth.model_copy(update=truth)})
 
     @classmethod
     def from_config(
