@@ -413,6 +413,14 @@ def _check_finite(values: np.ndarray, times: np.ndarray, what: str) -> None:
         raise IngestError(f"{what} has {bad.sum()} NaN or infinite value(s), first at {first}")
 
 
+def ingest_fields(config: ExperimentConfig) -> dict[str, SourceField]:
+    """Each of `config.variables` with its `SourceField` (the config's `ingest:` section);
+    IngestError without that section."""
+    if config.ingest is None:
+        raise IngestError(f"config {config.name!r} has no `ingest` section")
+    return {name: config.ingest[name] for name in config.variables}
+
+
 def ingest(
     config: ExperimentConfig,
     config_dict: dict,
@@ -428,8 +436,7 @@ def ingest(
     sorted by time (a time found twice is refused), are written only after all of that has
     succeeded: a bad input leaves `out`, existing or not, untouched.
     """
-    if config.ingest is None:
-        raise IngestError(f"config {config.name!r} has no `ingest` section")
+    fields = ingest_fields(config)
     if not sources:
         raise IngestError("no source files given")
     sources = [Path(source) for source in sources]
@@ -443,7 +450,6 @@ def ingest(
         ),
     }
     writer = AnalysisStoreWriter(out, attrs, overwrite=overwrite)  # refuses an existing `out` now
-    fields = {name: config.ingest[name] for name in config.variables}
     datasets: list[xr.Dataset] = []
     try:
         for source in sources:
@@ -495,8 +501,7 @@ def extend_analyses(
     refused with one line (`IngestError`) and leaves the store as it was. One writer at a
     time (`STORE.lock`).
     """
-    if config.ingest is None:
-        raise IngestError(f"config {config.name!r} has no `ingest` section")
+    fields = ingest_fields(config)
     lock = StoreLock(Path(store))
     lock.check()
     times = open_analyses(store).get_index("time").values
@@ -505,7 +510,6 @@ def extend_analyses(
         if len(times) > 1
         else np.timedelta64(config.truth.output_interval_hours, "h")
     )
-    fields = {name: config.ingest[name] for name in config.variables}
     until = np.datetime64(until, "ns")
     parts, used = [], []
     for source in sorted(Path(s) for s in sources):

@@ -418,8 +418,6 @@ def run_online(cfg, init_times, members, lead_days, options, online, **chosen):
 
     run = configured_run(cfg, **chosen, command=options.command)
     steps = lead_steps_of(f"{lead_days * 24}h", run.timestep)
-    keep = online["keep"] if online["keep"].strip().lower() != "none" else None
-    references = parse_references(online["refs"])
     return score_online(
         run,
         init_times,
@@ -428,8 +426,8 @@ def run_online(cfg, init_times, members, lead_days, options, online, **chosen):
         options,
         online["truth"],
         online["stats"],
-        keep=keep,
-        references=references,
+        keep=online["keep"],  # "none", "mean" or N: score_online parses it
+        references=parse_references(online["refs"]),
     )
 
 

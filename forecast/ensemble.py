@@ -249,6 +249,23 @@ def ensemble_run(
     )
 
 
+def _planned(
+    members: Emulator | Sequence[Emulator] | str | Path | Sequence[str | Path],
+    analyses: xr.Dataset,
+    init_times: object,
+    n_members: int,
+    lead_time: object,
+    perturbation: Perturbation | Sequence[Perturbation] | None,
+    seed: int,
+    checkpoint_group: int,
+) -> tuple[EnsembleRun, np.ndarray, int]:
+    """`run_ensemble`'s arguments as the run, its init times and its number of lead steps."""
+    recorded = {"members": n_members, "lead_time": str(lead_time), "seed": seed}
+    run = ensemble_run(members, analyses, perturbation, seed, checkpoint_group, recorded)
+    times = np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]"))
+    return run, times, lead_steps_of(lead_time, run.timestep)
+
+
 def run_ensemble(
     members: Emulator | Sequence[Emulator] | str | Path | Sequence[str | Path],
     analyses: xr.Dataset,
@@ -299,10 +316,9 @@ def run_ensemble(
         >>> dict(ensemble.sizes)
         {'init_time': 1, 'lead_time': 3, 'member': 2, 'latitude': 33, 'longitude': 64}
     """
-    times = np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]"))
-    recorded = {"members": n_members, "lead_time": str(lead_time), "seed": seed}
-    run = ensemble_run(members, analyses, perturbation, seed, checkpoint_group, recorded)
-    steps = lead_steps_of(lead_time, run.timestep)
+    run, times, steps = _planned(
+        members, analyses, init_times, n_members, lead_time, perturbation, seed, checkpoint_group
+    )
     if store is not None and archive is not None:
         raise ForecastError("pass a store or an archive, not both")
     if archive is not None:
@@ -359,10 +375,9 @@ def score_ensemble_online(
 
     if (keep is None) != (archive is None):
         raise ForecastError("keep N members or the mean into an archive: pass both, or neither")
-    times = np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]"))
-    recorded = {"members": n_members, "lead_time": str(lead_time), "seed": seed}
-    run = ensemble_run(members, analyses, perturbation, seed, checkpoint_group, recorded)
-    steps = lead_steps_of(lead_time, run.timestep)
+    run, times, steps = _planned(
+        members, analyses, init_times, n_members, lead_time, perturbation, seed, checkpoint_group
+    )
     options = RunOptions(Path(archive) if archive is not None else None, scheduler=scheduler)
     score_online(
         run,

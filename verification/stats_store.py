@@ -185,8 +185,9 @@ class StatisticsWriter:
                 name,
             )
             self.store.write(name, computed, lead_times)
-        self.pairs[name] += int(pending.sum())
-        return int(pending.sum())
+        count = int(pending.sum())
+        self.pairs[name] += count
+        return count
 
     @property
     def update(self) -> StatisticsUpdate:
@@ -399,13 +400,14 @@ class StatisticsStore:
         """The row of each of `inits`, adding rows (NaN, not computed) for new ones."""
         known = {hours: row for row, hours in enumerate(group[INIT][:].tolist())}
         start = len(known)
-        for value in hours_since_epoch(inits).tolist():
+        wanted = hours_since_epoch(inits).tolist()
+        for value in wanted:
             known.setdefault(value, len(known))
         if len(known) > start:  # all new rows at once: one resize of each array
             for array in self._along_init(group):
                 array.resize((len(known), *array.shape[1:]))
             group[INIT][start:] = list(known)[start:]
-        return [known[value] for value in hours_since_epoch(inits).tolist()]
+        return [known[value] for value in wanted]
 
     def stale(self) -> bool:
         """Whether readers' (consolidated) view lacks rows written since (a killed update)."""
