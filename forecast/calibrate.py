@@ -209,6 +209,8 @@ def calibrate(
         raise ForecastError(f"the search range needs 0 < low < high, got {low} and {high}")
     source = Path(analyses or config.analyses)
     truth = open_analyses(source)
+    period = truth[list(config.variables)].sel(time=slice(init_times[0], init_times[-1]))
+    sigma = period.std("time").mean(("latitude", "longitude")).to_array("variable").compute()
     result = Calibration(knob, kind)
 
     def objective(log_value: float) -> float:
@@ -235,9 +237,6 @@ def calibrate(
             ).squeeze("region", drop=True)
         days = scores.lead_time / np.timedelta64(1, "D")
         scores = scores.where((days >= 2) & (days <= 10), drop=True)
-        period = truth.sel(time=slice(init_times[0], init_times[-1]))
-        sigma = period[list(scores.variable.values)].std("time").mean(("latitude", "longitude"))
-        sigma = sigma.to_array("variable")
         crps = float((scores.crps.sel(system="forecast") / sigma).mean())
         ratio = scores.spread_skill_ratio.sel(system="forecast")
         excess = float(np.maximum(0.0, abs(ratio - 1) - 0.1).mean())
