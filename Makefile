@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo limit test lint truth checkpoints fgn-checkpoint vae-checkpoint diffusion-checkpoint
+.PHONY: demo limit targets test lint truth checkpoints fgn-checkpoint vae-checkpoint diffusion-checkpoint
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 # (configs/demo-limit.yaml), verified with the SFNO, NWP and persistence into out/demo/limit/.
 limit: $(STAMP)
 	$(VENV)/bin/python -m wxens.forecast.demo --limit
+
+# The targets of a trustworthy ensemble on 32 inits (forecast/acceptance.py): each kind's
+# 100-member hindcast (the limit's 16) on the demo's truth run on to 182 days, its statistics
+# store, and the table with block-bootstrap intervals (out/targets/targets.md). Hours of CPU:
+# each step resumes where it stopped; SYSTEMS=nwp,sfno,limit runs some of them.
+SYSTEMS ?= nwp,sfno,limit,fgn,vae,mixed,diffusion
+targets: $(STAMP)
+	$(VENV)/bin/python -m wxens.forecast.acceptance --systems $(SYSTEMS)
 
 # Tests: one torch/OpenMP thread in each of the two pytest workers (the runner's tasks set
 # their own); two workers of several threads each would oversubscribe two cores.

@@ -757,6 +757,57 @@ def calibrate_command(
     typer.echo(f"chose {knob} = {result.best[0]:.4g}; wrote {out}")
 
 
+@app.command("targets")
+def targets_command(
+    stats: Annotated[
+        list[str],
+        typer.Option(
+            "--stats",
+            help="Statistics store (wxens verify --stats), or NAME=STORE once per system:"
+            " each store's forecast as system NAME.",
+        ),
+    ],
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="The system every other must beat on CRPS.")
+    ] = "nwp",
+    limit: Annotated[
+        str, typer.Option("--limit", help="The predictability limit's system.")
+    ] = "limit",
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 500,
+    block: Annotated[
+        int | None, typer.Option("--block", help="Inits a bootstrap block spans.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the table as JSON here.")
+    ] = None,
+) -> None:
+    """The targets of a trustworthy ensemble for every system of a statistics store:
+    spread-skill ratio on days 2-10, outlier fraction, fair CRPS against the baseline and the
+    limit, day-10 small-scale power, EFI ROC area and the rank test, with moving-block
+    bootstrap intervals over the inits (verification/targets.py)."""
+    from wxens.verification.errors import ScoreError
+    from wxens.verification.targets import bootstrap_targets, targets_summary, targets_table
+
+    if resamples < 1:
+        fail(f"--resamples must be at least 1, got {resamples}")
+    named = [entry for entry in stats if "=" in entry]
+    if len(stats) > 1 and len(named) != len(stats):
+        fail("give --stats STORE once, or --stats NAME=STORE for every system")
+    stores = parse_pairs(named, "--stats") if named else stats[0]
+    try:
+        values = bootstrap_targets(stores, baseline, limit, resamples=resamples, block=block)
+    except (ScoreError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    typer.echo(targets_table(values))
+    attrs = values.attrs
+    typer.echo(
+        f"{attrs['inits']} inits; {attrs['confidence']:.0%} intervals from {attrs['resamples']}"
+        f" moving-block resamples of {attrs['block']} inits"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(targets_summary(values), indent=2))
+
+
 @app.command("finalize")
 def finalize_scores(
     stats: Annotated[

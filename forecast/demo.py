@@ -100,7 +100,9 @@ def at_day(scores: xr.Dataset, day: float) -> xr.Dataset:
 def summary(scores: xr.Dataset) -> dict:
     """The headline numbers, global means: where the SFNO ensemble's fair CRPS beats the NWP
     baseline's (every variable x 6-hourly lead of days 1-10), spread-skill ratios and outlier
-    fractions by lead, and the EFI's ROC area for events above the climate's 95th percentile."""
+    fractions by lead, the EFI's ROC area for events above the climate's 95th percentile, and
+    the targets table of both (`verification.targets`; 8 inits: no bootstrap intervals)."""
+    targets = demo_targets(scores, ["forecast", "nwp"], limit=None)
     scores = scores.sel(region="global")
     days = scores.lead_time / np.timedelta64(1, "D")
     crps = scores.crps.where((days >= 1) & (days <= LEAD_DAYS), drop=True)
@@ -119,7 +121,15 @@ def summary(scores: xr.Dataset) -> dict:
             system: round(2 / (members[system] + 1), 4) for system in ("forecast", "nwp")
         },
         "efi_roc_auc_q95": by_system("efi_roc_auc", quantile=0.95),
+        "targets": targets,
     }
+
+
+def demo_targets(scores: xr.Dataset, systems: list[str], limit: str | None) -> dict:
+    """`verification.targets` of `systems` against the NWP baseline (and `limit`)."""
+    from wxens.verification.targets import target_values, targets_summary
+
+    return targets_summary(target_values(scores.sel(system=systems), "nwp", limit))
 
 
 def mean_by_day(scores: xr.Dataset, score: str, systems: tuple[str, ...], **labels: object) -> dict:
@@ -138,9 +148,10 @@ def mean_by_day(scores: xr.Dataset, score: str, systems: tuple[str, ...], **labe
 def limit_summary(scores: xr.Dataset) -> dict:
     """The limit's headline numbers, global means over the variables at SUMMARY_DAYS: each
     system's CRPS over the limit's, the share of the NWP-to-limit CRPS gap the SFNO ensemble
-    closes (`report.gap_closed`), and the spread-skill ratios."""
+    closes (`report.gap_closed`), the spread-skill ratios, and the targets table."""
     from wxens.verification.report import gap_closed
 
+    targets = demo_targets(scores, ["forecast", "nwp", "limit"], limit="limit")
     scores = scores.sel(region="global")
     ratio = (scores.crps / scores.crps.sel(system="limit")).to_dataset(name="ratio")
     gap = gap_closed(scores, "crps", "nwp").to_dataset(name="gap")
@@ -150,6 +161,7 @@ def limit_summary(scores: xr.Dataset) -> dict:
         "sfno_share_of_nwp_to_limit_gap_closed": mean_by_day(gap, "gap", ("forecast",)),
         "spread_skill_ratio": mean_by_day(scores, "spread_skill_ratio", systems),
         "members": json.loads(scores.attrs["members"]),
+        "targets": targets,
     }
 
 

@@ -29,6 +29,7 @@ DOCUMENTED = (
             "scores",
             "spectra",
             "stats_store",
+            "targets",
             "verify",
         )
     ),

@@ -204,26 +204,62 @@ def finalize(
     times, or an int N for the last N inits. Each lead averages the inits that have it
     computed. `scores` picks among the store's scores (default all of them).
     """
+    stored = read_statistics(stats, inits)
+    return stored.finalized(stored.chosen(scores))
+
+
+@dataclass
+class StoredStatistics:
+    """A statistics store's per-init statistics of a set of inits, in memory: one Dataset per
+    system (dims `init_time`, `lead_time`, ...; NaN where not computed), and what finalizes
+    them."""
+
+    path: Path
+    systems: dict[str, xr.Dataset]
+    members: dict[str, int]
+    options: VerifyOptions
+    attrs: dict[str, object]
+
+    def chosen(self, scores: Sequence[str | Score] | None = None) -> list[Score]:
+        """`scores` (default all the store keeps), refused if the store keeps no statistics
+        of one of them."""
+        recorded = json.loads(self.attrs["scores"])
+        chosen = resolve_scores(scores if scores is not None else recorded)
+        missing = [entry.name for entry in chosen if entry.name not in recorded]
+        if missing:
+            raise ScoreError(f"{self.path} keeps no statistics of {missing}; it has {recorded}")
+        return chosen
+
+    def finalized(self, scores: Sequence[Score], picks: np.ndarray | None = None) -> xr.Dataset:
+        """The scores of the inits at positions `picks` (default all; repeats count twice,
+        as a bootstrap resample needs), as `verify.score` returns them without maps."""
+        scored = []
+        for name, data in self.systems.items():
+            data = data if picks is None else data.isel({INIT: picks})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # NaN scores: no events
+                scored.append(finalize_statistics(data, scores, self.members[name], self.options))
+        result = xr.concat(
+            scored, dim=xr.DataArray(list(self.systems), dims=["system"]), join="outer"
+        )
+        result.attrs = {key: value for key, value in self.attrs.items() if key != STATISTICS_FLAG}
+        result.attrs["scores"] = json.dumps([entry.name for entry in scores])
+        return result
+
+
+def read_statistics(
+    stats: str | Path, inits: slice | Sequence[object] | int | None = None
+) -> StoredStatistics:
+    """The statistics of a set of the store's inits (as in `finalize`), read into memory."""
     store = StatisticsStore(Path(stats))
     attrs = store.attributes()
-    recorded = json.loads(attrs["scores"])
-    chosen = resolve_scores(scores if scores is not None else recorded)
-    missing = [entry.name for entry in chosen if entry.name not in recorded]
-    if missing:
-        raise ScoreError(f"{store.path} keeps no statistics of {missing}; it has {recorded}")
-    options = VerifyOptions(**_options_fields(json.loads(attrs["options"])))
     members = json.loads(attrs["members"])
-    scored = []
+    systems = {}
     for name in members:
         data = _select(store.system(name).sortby(INIT), inits, store.path).load()  # small
-        data = data.where(data[COMPUTED] == 1).drop_vars(COMPUTED)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # NaN scores: no events, no inits
-            scored.append(finalize_statistics(data, chosen, members[name], options))
-    result = xr.concat(scored, dim=xr.DataArray(list(members), dims=["system"]), join="outer")
-    result.attrs = {key: value for key, value in attrs.items() if key != STATISTICS_FLAG}
-    result.attrs["scores"] = json.dumps([entry.name for entry in chosen])
-    return result
+        systems[name] = data.where(data[COMPUTED] == 1).drop_vars(COMPUTED)
+    options = VerifyOptions(**_options_fields(json.loads(attrs["options"])))
+    return StoredStatistics(store.path, systems, members, options, attrs)
 
 
 def _select(data: xr.Dataset, inits: object, path: Path) -> xr.Dataset:

@@ -10,7 +10,8 @@ the benchmarks call these same functions.
   scored as they are made, into a statistics store, none of them stored).
 - Verification: `score` (pure), `verify` (score and write), `report` (HTML);
   `update_statistics` and `finalize` (a statistics store that grows night by night and scores
-  any set of its inits); the registries
+  any set of its inits); `bootstrap_targets` (the targets of a trustworthy ensemble, with
+  block-bootstrap intervals over the inits of statistics stores); the registries
   `SCORES` (of `Score`) and `REGIONS` (of `Region`: `LatitudeBand`, `LatLonBox`,
   `MaskRegion`).
 - Errors, each a `ValueError` (or `RuntimeError` for a store) with a one-line message naming
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from wxens.verification.report import report
     from wxens.verification.scores import SCORES, Score
     from wxens.verification.stats_store import finalize, update_statistics
+    from wxens.verification.targets import bootstrap_targets
     from wxens.verification.verify import VerifyOptions, score, verify
 
 _EXPORTS = {
@@ -83,6 +85,7 @@ _EXPORTS = {
     "report": "wxens.verification.report",
     "update_statistics": "wxens.verification.stats_store",
     "finalize": "wxens.verification.stats_store",
+    "bootstrap_targets": "wxens.verification.targets",
     "ScoreError": "wxens.verification.errors",
     "SCORES": "wxens.verification.scores",
     "Score": "wxens.verification.scores",
@@ -112,6 +115,7 @@ __all__ = [
     "ScoreError",
     "StoreError",
     "VerifyOptions",
+    "bootstrap_targets",
     "bred_vector_perturbation",
     "finalize",
     "load_config",
