@@ -77,13 +77,13 @@ def run_system(name: str, system: System, members: int, truth: Path) -> Path:
     dates = f"--start {str(INITS[0])[:10]} --end {str(INITS[-1])[:10]} --every 5D"
     step(
         f"hindcast --config {system.config} --model {system.model} --members {members} {dates}"
-        f" --lead-days {LEAD_DAYS} --analyses {truth} --out {out} --quiet",
+        f" --lead-days {LEAD_DAYS} --analyses {truth} --out {out} --resume --quiet",
         lambda: run_configured_ensemble(
             load_config(system.config),
             INITS,
             members,
             f"{LEAD_DAYS}D",
-            RunOptions(out, quiet=True, command="hindcast"),
+            RunOptions(out, resume=True, quiet=True, command="hindcast"),
             model=system.model,
             analyses=truth,
         ),
