@@ -162,6 +162,8 @@ def test_the_bootstrap_brackets_the_values_of_separate_stores(scores, stores):
         assert (bounds.sel(bound="high") >= values[name] - 1e-12).all()
     summary = targets_summary(values)
     assert summary["forecast"]["passed"]["spread_skill_in_band"] is True
+    assert summary["forecast"]["passed"]["beats_baseline"] is True
+    assert "beats_baseline" not in summary["wide"]["passed"]
     assert summary["bootstrap"] == {"inits": 8, "resamples": 40, "block": 2, "confidence": 0.9}
     json.dumps(summary)
     table = targets_table(values)
