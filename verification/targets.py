@@ -113,7 +113,9 @@ def target_values(
     members = json.loads(scores.attrs["members"])
     allowed = [targets.outlier_factor * 2 / (members[str(s)] + 1) for s in scores.system.values]
     values = {
-        "spread_skill_ratio": _by_day(scores.spread_skill_ratio, targets.ratio_days, "ratio_day"),
+        "spread_skill_ratio": _by_day(
+            scores.spread_skill_ratio.mean("variable"), targets.ratio_days, "ratio_day"
+        ),
         "outlier_fraction": scored.outlier_fraction.mean(("variable", LEAD)),
         "outlier_fraction_allowed": ("system", allowed),
     }
@@ -125,7 +127,7 @@ def target_values(
         )
     if limit in systems:
         over = scores.crps / scores.crps.sel(system=limit)
-        values["crps_over_limit"] = _by_day(over, targets.limit_days, "limit_day")
+        values["crps_over_limit"] = _by_day(over.mean("variable"), targets.limit_days, "limit_day")
     if "power_members" in scores:
         values["power_ratio"] = _power_ratio(scores, targets)
     if "efi_roc_auc" in scores:
@@ -138,9 +140,9 @@ def _at_day(data: xr.DataArray, day: float) -> xr.DataArray:
     return data.sel({LEAD: np.timedelta64(round(day * 24), "h")}).drop_vars(LEAD)
 
 
-def _by_day(data: xr.DataArray, days: tuple[int, ...], dim: str) -> xr.DataArray:
-    """`data` at lead = each of `days`, mean over variables, along a new dimension `dim`."""
-    picked = [_at_day(data, day).mean("variable") for day in days]
+def _by_day(data: xr.DataArray | xr.Dataset, days: tuple[int, ...], dim: str):
+    """`data` at lead = each of `days`, along a new dimension `dim`."""
+    picked = [_at_day(data, day) for day in days]
     return xr.concat(picked, dim=xr.DataArray(list(days), dims=[dim]))
 
 
@@ -212,12 +214,9 @@ def bootstrap_targets(
     recorded = json.loads(stored.attrs["scores"])
     chosen = stored.chosen([name for name in TARGET_SCORES if name in recorded])
     stored.systems = {name: data.sel(region=["global"]) for name, data in stored.systems.items()}
-    inits = next(iter(stored.systems.values()))[INIT].values
-    block = (
-        default_block(inits, next(iter(stored.systems.values()))[LEAD].values)
-        if block is None
-        else block
-    )
+    first = next(iter(stored.systems.values()))
+    inits = first[INIT].values
+    block = default_block(inits, first[LEAD].values) if block is None else block
     if len(inits) < 2 * block:
         raise ScoreError(
             f"{len(inits)} inits are fewer than two blocks of {block}; the bootstrap"
@@ -243,16 +242,20 @@ def bootstrap_targets(
             warnings.simplefilter("ignore", RuntimeWarning)
             bounds = stacked.quantile([tail, 1 - tail], dim="resample").rename(quantile="bound")
         values[f"{name}_interval"] = bounds.assign_coords(bound=list(BOUNDS))
-    tests = [
-        _rank_days(rank_test(data["rank_counts"], stored.members[name], targets.rank_bins), targets)
+    tests = {
+        name: _by_day(
+            rank_test(data["rank_counts"], stored.members[name], targets.rank_bins),
+            targets.rank_days,
+            "rank_day",
+        )
         for name, data in stored.systems.items()
         if "rank_counts" in data
-    ]
+    }
     if tests:
-        systems = xr.DataArray(
-            [n for n, d in stored.systems.items() if "rank_counts" in d], dims=["system"]
+        systems = xr.DataArray(list(tests), dims=["system"])
+        values = values.merge(
+            xr.concat(list(tests.values()), dim=systems).squeeze("region", drop=True)
         )
-        values = values.merge(xr.concat(tests, dim=systems).squeeze("region", drop=True))
     values.attrs.update(resamples=resamples, block=block, confidence=confidence, inits=len(inits))
     return values
 
@@ -281,11 +284,6 @@ def read_systems(stats: str | Path | Mapping[str, str | Path]) -> StoredStatisti
     systems = {name: part.systems["forecast"] for name, part in parts.items()}
     attrs = {**first.attrs, "members": json.dumps(members)}
     return StoredStatistics(first.path, systems, members, first.options, attrs)
-
-
-def _rank_days(test: xr.Dataset, targets: Targets) -> xr.Dataset:
-    picked = [_at_day(test, day) for day in targets.rank_days]
-    return xr.concat(picked, dim=xr.DataArray(list(targets.rank_days), dims=["rank_day"]))
 
 
 def default_block(inits: np.ndarray, leads: np.ndarray) -> int:
