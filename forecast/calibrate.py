@@ -88,6 +88,12 @@ def _noisy(config: ExperimentConfig, kind: str) -> str | None:
     return None
 
 
+def _perturbed_tendency(config: ExperimentConfig, kind: str) -> str | None:
+    if "tendency_sigma" not in KINDS[kind].member_settings:
+        return f"kind {kind} has no deterministic tendency to perturb"
+    return None
+
+
 def _weights(config: ExperimentConfig, kind: str) -> str | None:
     if not KINDS[kind].from_checkpoints:
         return f"kind {kind} has no network weights to perturb"
@@ -107,6 +113,13 @@ KNOBS = {
         ),
         Knob("noise_scale", ("ensemble", "kinds", "{kind}", "noise_scale"), _noisy, 0.25, 8.0),
         Knob("parameter_sigma", ("perturbation", "parameter_sigma"), _weights, 1e-4, 0.1),
+        Knob(
+            "tendency_sigma",
+            ("ensemble", "kinds", "{kind}", "tendency_sigma"),
+            _perturbed_tendency,
+            0.05,
+            2.0,
+        ),
     )
 }
 """The knobs `wxens calibrate --knob` searches, by name."""

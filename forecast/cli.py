@@ -706,7 +706,10 @@ def calibrate_command(
         str,
         typer.Option(
             "--knob",
-            help="bred_fraction, random_field_fraction, noise_scale or parameter_sigma.",
+            help=(
+                "bred_fraction, random_field_fraction, noise_scale, parameter_sigma or"
+                " tendency_sigma."
+            ),
         ),
     ],
     start: Annotated[str, typer.Option("--start", help="First calibration init.")],

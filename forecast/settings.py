@@ -60,6 +60,10 @@ class MemberKind(Strict):
     inflation calibrated on analyses the model never saw); deterministic kinds draw none.
     `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
     as trained): more levels cost more denoiser calls and bias the spread less.
+    `tendency_sigma` perturbs a deterministic SFNO member's tendencies step by step, with a
+    pattern of its own correlated over `tendency_length_km` (`models.sfno`, SPPT; 0: none):
+    model uncertainty that grows the spread with the lead, where initial perturbations alone
+    leave the late leads under-dispersive.
 
     `share` and `initial` apply to every kind; each of `FORECAST_SETTINGS` only to the kinds
     that read it (`models.kinds.EmulatorKind.member_settings`): set away from its default for
@@ -69,6 +73,8 @@ class MemberKind(Strict):
     FORECAST_SETTINGS: ClassVar[dict[str, str]] = {
         "noise_scale": "draw no noise",
         "sampler_steps": "have no sampler levels",
+        "tendency_sigma": "have no deterministic tendency to perturb",
+        "tendency_length_km": "have no deterministic tendency to perturb",
     }
     """The settings that only some kinds read, and what the others lack (for the error)."""
 
@@ -76,6 +82,8 @@ class MemberKind(Strict):
     initial: InitialPerturbation | None = None
     noise_scale: PositiveFloat = 1.0
     sampler_steps: int | None = Field(None, ge=2)
+    tendency_sigma: float = Field(0.0, ge=0)
+    tendency_length_km: PositiveFloat = 2000.0
 
     def forecast_settings(self) -> list[str]:
         """The names of the `FORECAST_SETTINGS` set away from their defaults."""

@@ -6,7 +6,7 @@ runner and the skill evaluation never need to know which one they drive.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -18,6 +18,22 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 per member (member k's noise from `generator[k]` alone, whatever else shares its batch). With
 None it steps deterministically (an FGN with zero noise), as bred-vector breeding and skill
 scores need. Deterministic emulators ignore it."""
+
+
+def member_draws(
+    batch: int,
+    shape: tuple[int, ...],
+    generator: torch.Generator | Sequence[torch.Generator],
+    draw: Callable[[tuple[int, ...], torch.Generator], torch.Tensor],
+) -> torch.Tensor:
+    """`(batch, *shape, ...)` random numbers, `draw(shape, g)` for one member: the whole batch
+    from one generator, or row k from `generator[k]` alone (so that a member's draws do not
+    depend on the batch it is stepped in)."""
+    if isinstance(generator, torch.Generator):
+        return draw((batch, *shape), generator)
+    if len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for a batch of {batch} members")
+    return torch.stack([draw(shape, g) for g in generator])
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel
 from wxens.data_pipeline.sphere import LatLonGrid
 from wxens.data_pipeline.training_data import NormalisationStats
-from wxens.models.emulator import Generators
+from wxens.models.emulator import Generators, member_draws
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.losses import fair_crps
 from wxens.models.settings import FGNConfig, SFNOConfig
@@ -79,17 +79,17 @@ def add_conditional_norms(network: torch.nn.Module, channels: int, dim: int) -> 
 
 def draw_noise(batch: int, shape: int | Sequence[int], generator: Generators) -> torch.Tensor:
     """`(batch, *shape)` standard normal noise on the CPU (the same numbers on any device):
-    from one generator for the batch, or row k from `generator[k]` alone; zeros for None.
-    `shape` is one member's noise: `noise_dim` for an FGN, latent maps for a VAE, the initial
-    noise of the state for a diffusion member."""
+    from one generator for the batch, or row k from `generator[k]` alone (`member_draws`);
+    zeros for None. `shape` is one member's noise: `noise_dim` for an FGN, latent maps for a
+    VAE, the initial noise of the state for a diffusion member."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if generator is None:
         return torch.zeros(batch, *shape)
-    if isinstance(generator, torch.Generator):
-        return torch.randn(batch, *shape, generator=generator)
-    if len(generator) != batch:
-        raise ValueError(f"{len(generator)} generators for a batch of {batch} members")
-    return torch.stack([torch.randn(shape, generator=g) for g in generator])
+    return member_draws(batch, shape, generator, _standard_normal)
+
+
+def _standard_normal(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator)
 
 
 class NoisyEmulator(SFNOEmulator):

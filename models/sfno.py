@@ -11,6 +11,19 @@ it, `mu_tend`, `sigma_tend` the mean and std of the 6 h tendency (`Normalisation
 `grad z` the exact spectral gradient on the unit sphere (with `sfno.gradient_features`; scaled
 by 1/T to order one) and `P_T` the projection onto spherical harmonics of degree <= T (the
 model grid's truncation), so that a step never adds scales the analyses cannot hold.
+
+Stochastically perturbed tendencies (`ensemble.kinds.sfno.tendency_sigma`, forecasts only): a
+member's step multiplies the tendency by a random pattern of its own,
+
+    x(t + dt) = x(t) + P_T[ (1 + clip(s r, -1, 1)) * tendency ],
+
+`r` a random field of zero mean and unit area-mean variance, correlated over a Gaussian width
+`tendency_length_km`, drawn afresh each step from the member's noise stream and shared by
+every channel (`tendency_pattern`); the clip keeps `1 + s r` in [0, 2]. This is ECMWF's SPPT
+(Buizza et al. 1999, QJRMS 125, 2887; Palmer et al. 2009, ECMWF TM 598) with one pattern
+white in time over the 6 h step: it stands for the error the emulator makes in each step,
+which the initial perturbations alone leave out, so that the members' spread grows with the
+error.
 """
 
 from __future__ import annotations
@@ -22,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch_harmonics.examples.models import SphericalFourierNeuralOperator
-from wxens.data_pipeline.sphere import LatLonGrid, SpectralTransforms
+from wxens.data_pipeline.sphere import LatLonGrid, SpectralTransforms, gaussian_random_field
 from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.data_pipeline.truth import model_grid
-from wxens.models.emulator import Generators
+from wxens.models.emulator import Generators, member_draws
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.losses import rollout_loss, rollout_validation
 from wxens.models.settings import SFNOConfig
@@ -69,6 +82,10 @@ class SFNOEmulator(torch.nn.Module):
     """A deterministic SFNO member (see the module docstring for the step)."""
 
     kind = "sfno"
+    tendency_sigma = 0.0
+    """`s` of the perturbed tendencies (`MemberKind.tendency_sigma`; 0: none, as trained)."""
+    tendency_length_km = 2000.0
+    """The correlation width of their pattern (`MemberKind.tendency_length_km`), in km."""
 
     def __init__(
         self,
@@ -100,11 +117,30 @@ class SFNOEmulator(torch.nn.Module):
         """The next state, differentiable (training); `state` is `(batch, channel, lat, lon)`."""
         return self.advance(state, self.network(self.features(state)))
 
-    def advance(self, state: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def advance(
+        self, state: torch.Tensor, residual: torch.Tensor, pattern: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`x + P_T[sigma_tend * residual + mu_tend]`: the state after the normalised
-        tendency `residual` (the network's target)."""
+        tendency `residual` (the network's target), the tendency times `pattern` where given
+        (`(batch, 1, lat, lon)`, `tendency_pattern`)."""
         tendency = residual * self.tendency_std + self.tendency_mean
+        if pattern is not None:
+            tendency = tendency * pattern
         return state + self.project(tendency).to(state.dtype)
+
+    def tendency_pattern(self, batch: int, generator: Generators) -> torch.Tensor | None:
+        """`1 + clip(s r, -1, 1)`, `(batch, 1, lat, lon)` float32 on the CPU: one random field
+        `r` per member from its generator (`member_draws`; see the module docstring); None
+        without perturbed tendencies or without a generator (a deterministic step)."""
+        if self.tendency_sigma == 0 or generator is None:
+            return None
+        length_m = self.tendency_length_km * 1e3
+
+        def draw(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+            return gaussian_random_field(shape, self.truncation, length_m, g, torch.float32)
+
+        r = self.transforms.to_grid(member_draws(batch, (1,), generator, draw).cpu())
+        return 1 + (self.tendency_sigma * r).clamp(-1, 1)
 
     def project(self, field: torch.Tensor) -> torch.Tensor:
         """`P_T[field]`: the grid `field` (float32) without its degrees above the truncation."""
@@ -124,14 +160,21 @@ class SFNOEmulator(torch.nn.Module):
         return torch.cat([normalised, gradient.flatten(1, 2) / self.truncation], dim=1)
 
     def use_member_settings(self, members: MemberKind) -> None:
-        """Forecast with this kind's settings of `ensemble.kinds`: a deterministic SFNO reads
-        none of them (`share` and `initial` are the runner's)."""
+        """Forecast with this kind's settings of `ensemble.kinds`: its perturbed tendencies
+        (`share` and `initial` are the runner's)."""
+        self.tendency_sigma = members.tendency_sigma
+        self.tendency_length_km = members.tendency_length_km
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
-        """One step; deterministic, so `generator` is unused."""
+        """One step; deterministic unless its tendencies are perturbed, their pattern then
+        drawn from `generator` only."""
+        pattern = self.tendency_pattern(len(state), generator)
         with self._precision(state.device):
-            return self.forward(state)
+            residual = self.network(self.features(state))
+        if pattern is not None:
+            pattern = pattern.to(state.device)
+        return self.advance(state, residual, pattern)
 
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:
@@ -206,6 +249,7 @@ SFNO = register_kind(
         loss=rollout_loss,
         validation=rollout_validation,
         score="rmse",
+        member_settings=("tendency_sigma", "tendency_length_km"),
         use_member_settings=SFNOEmulator.use_member_settings,
     )
 )

@@ -21,6 +21,7 @@ from wxens.data_pipeline.sphere import LatLonGrid, analysis, power_spectrum, syn
 from wxens.data_pipeline.training_data import AnalysisPairs, area_weights, compute_normalisation
 from wxens.data_pipeline.truth import model_grid, write_truth
 from wxens.forecast.cli import app
+from wxens.forecast.settings import MemberKind
 from wxens.models.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
 from wxens.models.emulator import Emulator
 from wxens.models.nwp import QGEmulator
@@ -86,6 +87,39 @@ def test_emulator_protocol_and_the_step_formula(world):
     torch.testing.assert_close(
         emulator.step(state), expected, rtol=0, atol=1e-6 * state.abs().max()
     )
+
+
+def test_perturbed_tendencies_multiply_the_step_by_the_members_pattern(world):
+    """SPPT (`tendency_sigma` s): with the network's output zeroed, a step adds
+    `P_T[p mu_tend]`, p = 1 + s r the member's pattern, whose area-mean of (p - 1)^2 is s^2
+    (no clipping at s = 0.05: it would take |r| > 20); member k's pattern comes from its own
+    generator, the same alone as in a batch; without a generator, or at s = 0, the step is
+    the deterministic one."""
+    _, store, config = world
+    emulator = emulator_of(config, store)
+    torch.nn.init.zeros_(emulator.network.decoder[-1].weight)
+    state = first_states(store)
+    deterministic = emulator.step(state)
+    emulator.use_member_settings(MemberKind(tendency_sigma=0.05))
+
+    def generators():
+        return [torch.Generator().manual_seed(k) for k in range(len(state))]
+
+    stepped = emulator.step(state, generator=generators())
+    pattern = emulator.tendency_pattern(len(state), generators())  # (member, 1, lat, lon)
+    change = emulator.project(pattern * emulator.tendency_mean)
+    torch.testing.assert_close(stepped - state, change, rtol=0, atol=1e-6 * state.abs().max())
+    grid, truncation = model_grid(config), config.grid.truncation
+    variance = power_spectrum(pattern[:, 0].double() - 1, grid, truncation).sum(-1)
+    torch.testing.assert_close(
+        variance, torch.full((len(state),), 0.05**2, dtype=torch.float64), rtol=2e-3, atol=0
+    )
+    assert (pattern[1:] - pattern[:-1]).abs().max() > 0.01  # the members' own patterns
+    alone = emulator.step(state[2:3], generator=generators()[2:3])
+    torch.testing.assert_close(alone, stepped[2:3], rtol=0, atol=1e-6 * state.abs().max())
+    assert torch.equal(emulator.step(state), deterministic)
+    emulator.use_member_settings(MemberKind())
+    assert torch.equal(emulator.step(state, generator=generators()), deterministic)
 
 
 def test_step_adds_no_scale_beyond_the_model_truncation(world):
