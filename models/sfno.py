@@ -15,15 +15,20 @@ model grid's truncation), so that a step never adds scales the analyses cannot h
 Stochastically perturbed tendencies (`ensemble.kinds.sfno.tendency_sigma`, forecasts only): a
 member's step multiplies the tendency by a random pattern of its own,
 
-    x(t + dt) = x(t) + P_T[ (1 + clip(s r, -1, 1)) * tendency ],
+    x(t + dt) = x(t) + P_T[ (1 + clip(s r(t), -1, 1)) * tendency ],
+    r(t + dt) = phi r(t) + sqrt(1 - phi^2) eps(t),   phi = exp(-dt / tau),
 
-`r` a random field of zero mean and unit area-mean variance, correlated over a Gaussian width
-`tendency_length_km`, drawn afresh each step from the member's noise stream and shared by
-every channel (`tendency_pattern`); the clip keeps `1 + s r` in [0, 2]. This is ECMWF's SPPT
-(Buizza et al. 1999, QJRMS 125, 2887; Palmer et al. 2009, ECMWF TM 598) with one pattern
-white in time over the 6 h step: it stands for the error the emulator makes in each step,
-which the initial perturbations alone leave out, so that the members' spread grows with the
-error.
+`r` a random field of zero mean and unit area-mean variance shared by every channel,
+correlated over a Gaussian width `tendency_length_km` in space and over `tau`
+(`tendency_hours`) in time, `eps` a fresh such field from the member's noise stream each step
+(`next_pattern`); the first step's `r` is itself a fresh draw (stationary from the start), and
+the clip keeps `1 + s r` in [0, 2]. This is ECMWF's SPPT (Buizza et al. 1999, QJRMS 125, 2887;
+Palmer et al. 2009, ECMWF TM 598) with one pattern: it stands for the error the emulator makes
+in each step, which the initial perturbations alone leave out. A pattern that persists for
+days grows the members apart about linearly with the lead, as the emulator's own error grows,
+where a pattern white in time (tau -> 0) would grow it as the square root. The pattern travels
+from step to step in one hidden channel of the state (`hidden_channels`; the runner keeps it
+and stores only the fields); a caller that keeps none gets a fresh pattern each step.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class SFNOEmulator(torch.nn.Module):
     """`s` of the perturbed tendencies (`MemberKind.tendency_sigma`; 0: none, as trained)."""
     tendency_length_km = 2000.0
     """The correlation width of their pattern (`MemberKind.tendency_length_km`), in km."""
+    tendency_hours = 72.0
+    """Its decorrelation time tau (`MemberKind.tendency_hours`), in hours."""
 
     def __init__(
         self,
@@ -122,25 +129,34 @@ class SFNOEmulator(torch.nn.Module):
     ) -> torch.Tensor:
         """`x + P_T[sigma_tend * residual + mu_tend]`: the state after the normalised
         tendency `residual` (the network's target), the tendency times `pattern` where given
-        (`(batch, 1, lat, lon)`, `tendency_pattern`)."""
+        (`(batch, 1, lat, lon)`, `1 + clip(s r, -1, 1)`)."""
         tendency = residual * self.tendency_std + self.tendency_mean
         if pattern is not None:
             tendency = tendency * pattern
         return state + self.project(tendency).to(state.dtype)
 
-    def tendency_pattern(self, batch: int, generator: Generators) -> torch.Tensor | None:
-        """`1 + clip(s r, -1, 1)`, `(batch, 1, lat, lon)` float32 on the CPU: one random field
-        `r` per member from its generator (`member_draws`; see the module docstring); None
-        without perturbed tendencies or without a generator (a deterministic step)."""
-        if self.tendency_sigma == 0 or generator is None:
-            return None
+    @property
+    def hidden_channels(self) -> int:
+        """One hidden state channel, the pattern `r`, while the tendencies are perturbed."""
+        return 1 if self.tendency_sigma > 0 else 0
+
+    def next_pattern(self, previous: torch.Tensor, generator: Generators) -> torch.Tensor:
+        """`r(t + dt)`, `(batch, 1, lat, lon)` float32 on the CPU, from `previous` `r(t)`
+        (zero where a member has none yet; no channel: none at all): `phi r + sqrt(1 - phi^2)
+        eps`, or `eps` itself where `r` is unknown, one field `eps` per member from its
+        generator (`member_draws`; see the module docstring)."""
         length_m = self.tendency_length_km * 1e3
 
         def draw(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
             return gaussian_random_field(shape, self.truncation, length_m, g, torch.float32)
 
-        r = self.transforms.to_grid(member_draws(batch, (1,), generator, draw).cpu())
-        return 1 + (self.tendency_sigma * r).clamp(-1, 1)
+        eps = self.transforms.to_grid(member_draws(len(previous), (1,), generator, draw).cpu())
+        if previous.shape[1] == 0:
+            return eps
+        previous = previous.float().cpu()
+        phi = float(np.exp(-self.timestep / np.timedelta64(1, "h") / self.tendency_hours))
+        known = (previous != 0).flatten(1).any(1)[:, None, None, None]
+        return torch.where(known, phi * previous + np.sqrt(1 - phi**2) * eps, eps)
 
     def project(self, field: torch.Tensor) -> torch.Tensor:
         """`P_T[field]`: the grid `field` (float32) without its degrees above the truncation."""
@@ -164,17 +180,25 @@ class SFNOEmulator(torch.nn.Module):
         (`share` and `initial` are the runner's)."""
         self.tendency_sigma = members.tendency_sigma
         self.tendency_length_km = members.tendency_length_km
+        self.tendency_hours = members.tendency_hours
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One step; deterministic unless its tendencies are perturbed, their pattern then
-        drawn from `generator` only."""
-        pattern = self.tendency_pattern(len(state), generator)
+        drawn from `generator` only and carried in the state's hidden channel where it has
+        one (see the module docstring)."""
+        channels = len(self.input_variables)
+        fields, hidden = state[:, :channels], state[:, channels:]
         with self._precision(state.device):
-            residual = self.network(self.features(state))
-        if pattern is not None:
-            pattern = pattern.to(state.device)
-        return self.advance(state, residual, pattern)
+            residual = self.network(self.features(fields))
+        if self.tendency_sigma == 0 or generator is None:
+            return torch.cat([self.advance(fields, residual), hidden], 1)
+        pattern = self.next_pattern(hidden, generator)
+        multiplier = 1 + (self.tendency_sigma * pattern).clamp(-1, 1)
+        stepped = self.advance(fields, residual, multiplier.to(state.device))
+        if hidden.shape[1] == 0:
+            return stepped
+        return torch.cat([stepped, pattern.to(hidden)], 1)
 
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:
@@ -249,7 +273,7 @@ SFNO = register_kind(
         loss=rollout_loss,
         validation=rollout_validation,
         score="rmse",
-        member_settings=("tendency_sigma", "tendency_length_km"),
+        member_settings=("tendency_sigma", "tendency_length_km", "tendency_hours"),
         use_member_settings=SFNOEmulator.use_member_settings,
     )
 )

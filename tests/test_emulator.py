@@ -90,36 +90,42 @@ def test_emulator_protocol_and_the_step_formula(world):
 
 
 def test_perturbed_tendencies_multiply_the_step_by_the_members_pattern(world):
-    """SPPT (`tendency_sigma` s): with the network's output zeroed, a step adds
-    `P_T[p mu_tend]`, p = 1 + s r the member's pattern, whose area-mean of (p - 1)^2 is s^2
-    (no clipping at s = 0.05: it would take |r| > 20); member k's pattern comes from its own
-    generator, the same alone as in a batch; without a generator, or at s = 0, the step is
-    the deterministic one."""
+    """SPPT (`tendency_sigma` s, `tendency_hours` tau): with the network's output zeroed, a
+    step adds `P_T[(1 + s r) mu_tend]` (no clipping at s = 0.05: it would take |r| > 20) and
+    carries r in its hidden channel. Each fresh draw has area-mean variance exactly 1: the
+    first step's r, and eps = (r2 - phi r1) / sqrt(1 - phi^2) of the second, phi =
+    exp(-6 h / tau). Member k's pattern comes from its own generator, the same alone as in a
+    batch; without a generator, or at s = 0, the step is the deterministic one."""
     _, store, config = world
     emulator = emulator_of(config, store)
     torch.nn.init.zeros_(emulator.network.decoder[-1].weight)
-    state = first_states(store)
-    deterministic = emulator.step(state)
-    emulator.use_member_settings(MemberKind(tendency_sigma=0.05))
-
-    def generators():
-        return [torch.Generator().manual_seed(k) for k in range(len(state))]
-
-    stepped = emulator.step(state, generator=generators())
-    pattern = emulator.tendency_pattern(len(state), generators())  # (member, 1, lat, lon)
-    change = emulator.project(pattern * emulator.tendency_mean)
-    torch.testing.assert_close(stepped - state, change, rtol=0, atol=1e-6 * state.abs().max())
+    fields = first_states(store)
+    deterministic = emulator.step(fields)
+    emulator.use_member_settings(MemberKind(tendency_sigma=0.05, tendency_hours=24))
+    assert emulator.hidden_channels == 1
+    state = torch.cat([fields, torch.zeros_like(fields[:, :1])], 1)
+    generators = [torch.Generator().manual_seed(k) for k in range(len(state))]
+    first = emulator.step(state, generator=generators)
+    second = emulator.step(first, generator=generators)
     grid, truncation = model_grid(config), config.grid.truncation
-    variance = power_spectrum(pattern[:, 0].double() - 1, grid, truncation).sum(-1)
-    torch.testing.assert_close(
-        variance, torch.full((len(state),), 0.05**2, dtype=torch.float64), rtol=2e-3, atol=0
-    )
-    assert (pattern[1:] - pattern[:-1]).abs().max() > 0.01  # the members' own patterns
-    alone = emulator.step(state[2:3], generator=generators()[2:3])
-    torch.testing.assert_close(alone, stepped[2:3], rtol=0, atol=1e-6 * state.abs().max())
-    assert torch.equal(emulator.step(state), deterministic)
+
+    def unit_variance(field):
+        variance = power_spectrum(field[:, 0].double(), grid, truncation).sum(-1)
+        torch.testing.assert_close(variance, torch.ones_like(variance), rtol=2e-3, atol=0)
+
+    for before, after in ((state, first), (first, second)):
+        change = emulator.project((1 + 0.05 * after[:, 2:]) * emulator.tendency_mean)
+        scale = before.abs().max()
+        torch.testing.assert_close(after[:, :2] - before[:, :2], change, rtol=0, atol=1e-6 * scale)
+    phi = np.exp(-6 / 24)
+    unit_variance(first[:, 2:])
+    unit_variance((second[:, 2:] - phi * first[:, 2:]) / np.sqrt(1 - phi**2))
+    assert (first[1:, 2] - first[:-1, 2]).abs().max() > 0.1  # the members' own patterns
+    alone = emulator.step(state[2:3], generator=[torch.Generator().manual_seed(2)])
+    torch.testing.assert_close(alone, first[2:3], rtol=0, atol=1e-6 * fields.abs().max())
+    assert torch.equal(emulator.step(fields), deterministic)
     emulator.use_member_settings(MemberKind())
-    assert torch.equal(emulator.step(state, generator=generators()), deterministic)
+    assert torch.equal(emulator.step(fields, generator=generators), deterministic)
 
 
 def test_step_adds_no_scale_beyond_the_model_truncation(world):
