@@ -372,33 +372,33 @@ class MemberForecaster:
             return member_generator(self.seed, init_time, k)
 
         groups = []
+        channels = len(self.variables)
         for c in np.unique(checkpoint):
             positions = torch.from_numpy(np.flatnonzero(checkpoint == c))
             ids = [members[p] for p in positions]
             state[positions] = self.perturbations[c](analysis, ids, generator_for)
+            width = channels + getattr(self.models[c], "hidden_channels", 0)
             for rows, emulator in self.steppers(c, ids, init_time):
                 generators = [noise[p] for p in positions[rows].tolist()]
-                groups.append((positions[rows], emulator, generators))
+                groups.append((positions[rows], width, emulator, generators))
         start = [state]  # lead 0, or with seeds their states up to their lead
         if self.seeds is not None:
             start = list(self.seeds.states(init_time, members).to(self.device))
         yield from start
-        channels = len(self.variables)
         state = self.with_hidden_channels(start[-1])
         for _ in range(lead_steps + 1 - len(start)):
             state = state.clone()
-            for positions, emulator, generators in groups:
-                state[positions] = emulator.step(state[positions], generator=generators)
+            for positions, width, emulator, generators in groups:
+                stepped = emulator.step(state[positions, :width], generator=generators)
+                state[positions, :width] = stepped
             yield state[:, :channels]
 
     def with_hidden_channels(self, state: torch.Tensor) -> torch.Tensor:
         """`state` with the zero channels its models keep their own state in between steps
         (an emulator's optional `hidden_channels`, such as the truth model's full-resolution
-        state; the runner writes only the fields)."""
-        hidden = {getattr(model, "hidden_channels", 0) for model in self.models}
-        if len(hidden) > 1:
-            raise ForecastError("members with and without hidden state channels cannot mix")
-        (count,) = hidden
+        state or a perturbed-tendency SFNO's pattern; as many as the model with most needs,
+        each model stepping its own; the runner writes only the fields)."""
+        count = max(getattr(model, "hidden_channels", 0) for model in self.models)
         if not count:
             return state
         return torch.cat([state, state.new_zeros((state.shape[0], count, *state.shape[2:]))], 1)

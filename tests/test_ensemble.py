@@ -144,14 +144,27 @@ def test_members_are_bitwise_the_same_whatever_batch_worker_or_company(ensemble,
 
 
 def test_a_member_alone_equals_the_member_among_a_thousand(ensemble, wxens, tmp_path):
+    """Random-field starts and perturbed tendencies (SPPT, each member's pattern from its own
+    noise stream, carried in a hidden channel): members 0-2 of 1000 are bitwise those of 3;
+    the tendencies' perturbations really act."""
     path, _, checkpoints = ensemble
     config = config_with(tmp_path, path, initial="random_field")
+    plain = config.read_text()
+    data = yaml.safe_load(plain)
+    data["ensemble"] = {**data.get("ensemble", {}), "kinds": {"sfno": {"tendency_sigma": 0.3}}}
+    config.write_text(yaml.safe_dump(data))
     code, output = forecast(wxens, config, checkpoints, tmp_path / "big.zarr", members=1000)
     assert code == 0, output
     big = fields(tmp_path / "big.zarr")
     code, output = forecast(wxens, config, checkpoints, tmp_path / "small.zarr", members=3)
     assert code == 0, output
     assert np.array_equal(fields(tmp_path / "small.zarr"), big[:, :, :, :3])
+    config.write_text(plain)
+    code, output = forecast(wxens, config, checkpoints, tmp_path / "plain.zarr", members=3)
+    assert code == 0, output
+    unperturbed = fields(tmp_path / "plain.zarr")
+    assert np.array_equal(unperturbed[:, :, 0], big[:, :, 0, :3])  # the same starts
+    assert not np.array_equal(unperturbed[:, :, -1], big[:, :, -1, :3])
 
 
 def test_nwp_baseline_gets_the_same_perturbations_and_layout(ensemble, wxens, tmp_path):
