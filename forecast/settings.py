@@ -61,8 +61,8 @@ class MemberKind(Strict):
     `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
     as trained): more levels cost more denoiser calls and bias the spread less.
     `tendency_sigma` perturbs a deterministic SFNO member's tendencies step by step, with a
-    pattern of its own correlated over `tendency_length_km` and `tendency_hours`
-    (`models.sfno`, SPPT; 0: none): model uncertainty that grows the spread with the lead,
+    pattern of its own correlated over `tendency_length_km` and `tendency_hours` (0: white in
+    time) (`models.sfno`, SPPT; 0: none): model uncertainty that grows the spread with the lead,
     where initial perturbations alone leave the late leads under-dispersive.
 
     `share` and `initial` apply to every kind; each of `FORECAST_SETTINGS` only to the kinds
@@ -85,7 +85,7 @@ class MemberKind(Strict):
     sampler_steps: int | None = Field(None, ge=2)
     tendency_sigma: float = Field(0.0, ge=0)
     tendency_length_km: PositiveFloat = 2000.0
-    tendency_hours: PositiveFloat = 72.0
+    tendency_hours: float = Field(0.0, ge=0)
 
     def forecast_settings(self) -> list[str]:
         """The names of the `FORECAST_SETTINGS` set away from their defaults."""

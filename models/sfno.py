@@ -22,13 +22,13 @@ member's step multiplies the tendency by a random pattern of its own,
 correlated over a Gaussian width `tendency_length_km` in space and over `tau`
 (`tendency_hours`) in time, `eps` a fresh such field from the member's noise stream each step
 (`next_pattern`); the first step's `r` is itself a fresh draw (stationary from the start), and
-the clip keeps `1 + s r` in [0, 2]. This is ECMWF's SPPT (Buizza et al. 1999, QJRMS 125, 2887;
+the clip keeps `1 + s r` in [0, 2]. At tau = 0 (the default) each step's pattern is a fresh
+draw, white in time. This is ECMWF's SPPT (Buizza et al. 1999, QJRMS 125, 2887;
 Palmer et al. 2009, ECMWF TM 598) with one pattern: it stands for the error the emulator makes
-in each step, which the initial perturbations alone leave out. A pattern that persists for
-days grows the members apart about linearly with the lead, as the emulator's own error grows,
-where a pattern white in time (tau -> 0) would grow it as the square root. The pattern travels
-from step to step in one hidden channel of the state (`hidden_channels`; the runner keeps it
-and stores only the fields); a caller that keeps none gets a fresh pattern each step.
+in each step, which the initial perturbations alone leave out. A pattern that persists
+(tau > 0) travels from step to step in one hidden channel of the state (`hidden_channels`; the
+runner keeps it and stores only the fields); a caller that keeps none gets a fresh pattern
+each step.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ class SFNOEmulator(torch.nn.Module):
     """`s` of the perturbed tendencies (`MemberKind.tendency_sigma`; 0: none, as trained)."""
     tendency_length_km = 2000.0
     """The correlation width of their pattern (`MemberKind.tendency_length_km`), in km."""
-    tendency_hours = 72.0
-    """Its decorrelation time tau (`MemberKind.tendency_hours`), in hours."""
+    tendency_hours = 0.0
+    """Its decorrelation time tau (`MemberKind.tendency_hours`), in hours (0: white in time,
+    a fresh pattern each step)."""
 
     def __init__(
         self,
@@ -137,8 +138,9 @@ class SFNOEmulator(torch.nn.Module):
 
     @property
     def hidden_channels(self) -> int:
-        """One hidden state channel, the pattern `r`, while the tendencies are perturbed."""
-        return 1 if self.tendency_sigma > 0 else 0
+        """One hidden state channel, the pattern `r`, while the tendencies are perturbed by a
+        pattern that persists (tau > 0)."""
+        return 1 if self.tendency_sigma > 0 and self.tendency_hours > 0 else 0
 
     def next_pattern(self, previous: torch.Tensor, generator: Generators) -> torch.Tensor:
         """`r(t + dt)`, `(batch, 1, lat, lon)` float32 on the CPU, from `previous` `r(t)`
@@ -151,7 +153,7 @@ class SFNOEmulator(torch.nn.Module):
             return gaussian_random_field(shape, self.truncation, length_m, g, torch.float32)
 
         eps = self.transforms.to_grid(member_draws(len(previous), (1,), generator, draw).cpu())
-        if previous.shape[1] == 0:
+        if previous.shape[1] == 0 or self.tendency_hours == 0:
             return eps
         previous = previous.float().cpu()
         phi = float(np.exp(-self.timestep / np.timedelta64(1, "h") / self.tendency_hours))

@@ -95,7 +95,8 @@ def test_perturbed_tendencies_multiply_the_step_by_the_members_pattern(world):
     carries r in its hidden channel. Each fresh draw has area-mean variance exactly 1: the
     first step's r, and eps = (r2 - phi r1) / sqrt(1 - phi^2) of the second, phi =
     exp(-6 h / tau). Member k's pattern comes from its own generator, the same alone as in a
-    batch; without a generator, or at s = 0, the step is the deterministic one."""
+    batch; at tau = 0 each step draws a fresh pattern and keeps none; without a generator, or
+    at s = 0, the step is the deterministic one."""
     _, store, config = world
     emulator = emulator_of(config, store)
     torch.nn.init.zeros_(emulator.network.decoder[-1].weight)
@@ -124,6 +125,10 @@ def test_perturbed_tendencies_multiply_the_step_by_the_members_pattern(world):
     alone = emulator.step(state[2:3], generator=[torch.Generator().manual_seed(2)])
     torch.testing.assert_close(alone, first[2:3], rtol=0, atol=1e-6 * fields.abs().max())
     assert torch.equal(emulator.step(fields), deterministic)
+    emulator.use_member_settings(MemberKind(tendency_sigma=0.05))  # tau 0: white in time
+    assert emulator.hidden_channels == 0
+    white = emulator.step(fields, generator=[torch.Generator().manual_seed(k) for k in range(4)])
+    torch.testing.assert_close(white, first[:, :2], rtol=0, atol=1e-6 * fields.abs().max())
     emulator.use_member_settings(MemberKind())
     assert torch.equal(emulator.step(fields, generator=generators), deterministic)
 

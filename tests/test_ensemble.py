@@ -151,7 +151,10 @@ def test_a_member_alone_equals_the_member_among_a_thousand(ensemble, wxens, tmp_
     config = config_with(tmp_path, path, initial="random_field")
     plain = config.read_text()
     data = yaml.safe_load(plain)
-    data["ensemble"] = {**data.get("ensemble", {}), "kinds": {"sfno": {"tendency_sigma": 0.3}}}
+    data["ensemble"] = {
+        **data.get("ensemble", {}),
+        "kinds": {"sfno": {"tendency_sigma": 0.3, "tendency_hours": 24}},
+    }
     config.write_text(yaml.safe_dump(data))
     code, output = forecast(wxens, config, checkpoints, tmp_path / "big.zarr", members=1000)
     assert code == 0, output
