@@ -194,11 +194,12 @@ class SFNOEmulator(torch.nn.Module):
         with self._precision(state.device):
             residual = self.network(self.features(fields))
         if self.tendency_sigma == 0 or generator is None:
-            return torch.cat([self.advance(fields, residual), hidden], 1)
-        pattern = self.next_pattern(hidden, generator)
-        multiplier = 1 + (self.tendency_sigma * pattern).clamp(-1, 1)
-        stepped = self.advance(fields, residual, multiplier.to(state.device))
-        if hidden.shape[1] == 0:
+            stepped, pattern = self.advance(fields, residual), hidden
+        else:
+            pattern = self.next_pattern(hidden, generator)
+            multiplier = 1 + (self.tendency_sigma * pattern).clamp(-1, 1)
+            stepped = self.advance(fields, residual, multiplier.to(state.device))
+        if hidden.shape[1] == 0:  # no copy on the plain path
             return stepped
         return torch.cat([stepped, pattern.to(hidden)], 1)
 
