@@ -82,16 +82,14 @@ def _random_field(config: ExperimentConfig, kind: str) -> str | None:
     return None
 
 
-def _noisy(config: ExperimentConfig, kind: str) -> str | None:
-    if "noise_scale" not in KINDS[kind].member_settings:
-        return f"kind {kind} draws no noise"
-    return None
+def _kind_reads(setting: str, lacks: str) -> Callable[[ExperimentConfig, str], str | None]:
+    """The check of a knob that is one of a kind's `member_settings`: kinds that do not read
+    `setting` are refused with "kind K " + `lacks`."""
 
+    def check(config: ExperimentConfig, kind: str) -> str | None:
+        return None if setting in KINDS[kind].member_settings else f"kind {kind} {lacks}"
 
-def _perturbed_tendency(config: ExperimentConfig, kind: str) -> str | None:
-    if "tendency_sigma" not in KINDS[kind].member_settings:
-        return f"kind {kind} has no deterministic tendency to perturb"
-    return None
+    return check
 
 
 def _weights(config: ExperimentConfig, kind: str) -> str | None:
@@ -111,12 +109,18 @@ KNOBS = {
             0.01,
             1.0,
         ),
-        Knob("noise_scale", ("ensemble", "kinds", "{kind}", "noise_scale"), _noisy, 0.25, 8.0),
+        Knob(
+            "noise_scale",
+            ("ensemble", "kinds", "{kind}", "noise_scale"),
+            _kind_reads("noise_scale", "draws no noise"),
+            0.25,
+            8.0,
+        ),
         Knob("parameter_sigma", ("perturbation", "parameter_sigma"), _weights, 1e-4, 0.1),
         Knob(
             "tendency_sigma",
             ("ensemble", "kinds", "{kind}", "tendency_sigma"),
-            _perturbed_tendency,
+            _kind_reads("tendency_sigma", "has no deterministic tendency to perturb"),
             0.05,
             2.0,
         ),
