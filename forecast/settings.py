@@ -63,7 +63,8 @@ class MemberKind(Strict):
     `tendency_sigma` perturbs a deterministic SFNO member's tendencies step by step, with a
     pattern of its own correlated over `tendency_length_km` and `tendency_hours` (0: white in
     time) (`models.sfno`, SPPT; 0: none): model uncertainty that grows the spread with the lead,
-    where initial perturbations alone leave the late leads under-dispersive.
+    where initial perturbations alone leave the late leads under-dispersive. Its amplitude
+    ramps up linearly over the member's first `tendency_ramp_hours` (0: none).
 
     `share` and `initial` apply to every kind; each of `FORECAST_SETTINGS` only to the kinds
     that read it (`models.kinds.EmulatorKind.member_settings`): set away from its default for
@@ -76,6 +77,7 @@ class MemberKind(Strict):
         "tendency_sigma": "have no deterministic tendency to perturb",
         "tendency_length_km": "have no deterministic tendency to perturb",
         "tendency_hours": "have no deterministic tendency to perturb",
+        "tendency_ramp_hours": "have no deterministic tendency to perturb",
     }
     """The settings that only some kinds read, and what the others lack (for the error)."""
 
@@ -86,6 +88,7 @@ class MemberKind(Strict):
     tendency_sigma: float = Field(0.0, ge=0)
     tendency_length_km: PositiveFloat = 2000.0
     tendency_hours: float = Field(0.0, ge=0)
+    tendency_ramp_hours: float = Field(0.0, ge=0)
 
     def forecast_settings(self) -> list[str]:
         """The names of the `FORECAST_SETTINGS` set away from their defaults."""

@@ -29,6 +29,12 @@ in each step, which the initial perturbations alone leave out. A pattern that pe
 (tau > 0) travels from step to step in one hidden channel of the state (`hidden_channels`; the
 runner keeps it and stores only the fields); a caller that keeps none gets a fresh pattern
 each step.
+
+With a ramp (`tendency_ramp_hours` R > 0), the amplitude grows with the hours `h` the member
+has stepped, `s(h) = s min(1, h / R)` (`h` = 6 h at the first step): the emulator's own error
+is smallest just after the analysis and grows as its rollout drifts, so a constant `s` that
+is right late makes the early spread too large. The hours travel in a hidden channel of their
+own (zero at the start, as the runner pads).
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ class SFNOEmulator(torch.nn.Module):
     tendency_hours = 0.0
     """Its decorrelation time tau (`MemberKind.tendency_hours`), in hours (0: white in time,
     a fresh pattern each step)."""
+    tendency_ramp_hours = 0.0
+    """R of the amplitude's ramp `s min(1, h / R)` (`MemberKind.tendency_ramp_hours`), in hours
+    (0: `s` from the first step)."""
 
     def __init__(
         self,
@@ -138,9 +147,11 @@ class SFNOEmulator(torch.nn.Module):
 
     @property
     def hidden_channels(self) -> int:
-        """One hidden state channel, the pattern `r`, while the tendencies are perturbed by a
-        pattern that persists (tau > 0)."""
-        return 1 if self.tendency_sigma > 0 and self.tendency_hours > 0 else 0
+        """The hidden state channels of perturbed tendencies: the pattern `r` where it
+        persists (tau > 0), then the hours stepped where the amplitude ramps (R > 0)."""
+        if self.tendency_sigma == 0:
+            return 0
+        return int(self.tendency_hours > 0) + int(self.tendency_ramp_hours > 0)
 
     def next_pattern(self, previous: torch.Tensor, generator: Generators) -> torch.Tensor:
         """`r(t + dt)`, `(batch, 1, lat, lon)` float32 on the CPU, from `previous` `r(t)`
@@ -183,6 +194,7 @@ class SFNOEmulator(torch.nn.Module):
         self.tendency_sigma = members.tendency_sigma
         self.tendency_length_km = members.tendency_length_km
         self.tendency_hours = members.tendency_hours
+        self.tendency_ramp_hours = members.tendency_ramp_hours
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
@@ -194,14 +206,25 @@ class SFNOEmulator(torch.nn.Module):
         with self._precision(state.device):
             residual = self.network(self.features(fields))
         if self.tendency_sigma == 0 or generator is None:
-            stepped, pattern = self.advance(fields, residual), hidden
+            stepped, hidden_after = self.advance(fields, residual), hidden
         else:
-            pattern = self.next_pattern(hidden, generator)
-            multiplier = 1 + (self.tendency_sigma * pattern).clamp(-1, 1)
-            stepped = self.advance(fields, residual, multiplier.to(state.device))
+            persists = int(self.tendency_hours > 0)
+            pattern = self.next_pattern(hidden[:, :persists], generator).to(state.device)
+            hours = hidden[:, persists:] + self.timestep / np.timedelta64(1, "h")
+            multiplier = 1 + (self.amplitude(hours) * pattern).clamp(-1, 1)
+            stepped = self.advance(fields, residual, multiplier)
+            kept = [pattern.to(hidden)] if persists else []
+            hidden_after = torch.cat([*kept, hours], 1)[:, : hidden.shape[1]]
         if hidden.shape[1] == 0:  # no copy on the plain path
             return stepped
-        return torch.cat([stepped, pattern.to(hidden)], 1)
+        return torch.cat([stepped, hidden_after], 1)
+
+    def amplitude(self, hours: torch.Tensor) -> torch.Tensor | float:
+        """`s min(1, h / R)` for the hours `h` stepped, `(batch, 1, lat, lon)` (no channel:
+        no ramp), or `s` itself without a ramp (R = 0)."""
+        if self.tendency_ramp_hours == 0 or hours.shape[1] == 0:
+            return self.tendency_sigma
+        return self.tendency_sigma * (hours / self.tendency_ramp_hours).clamp(max=1)
 
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:
@@ -276,7 +299,12 @@ SFNO = register_kind(
         loss=rollout_loss,
         validation=rollout_validation,
         score="rmse",
-        member_settings=("tendency_sigma", "tendency_length_km", "tendency_hours"),
+        member_settings=(
+            "tendency_sigma",
+            "tendency_length_km",
+            "tendency_hours",
+            "tendency_ramp_hours",
+        ),
         use_member_settings=SFNOEmulator.use_member_settings,
     )
 )

@@ -133,6 +133,41 @@ def test_perturbed_tendencies_multiply_the_step_by_the_members_pattern(world):
     assert torch.equal(emulator.step(fields, generator=generators), deterministic)
 
 
+def test_the_ramp_scales_the_perturbed_tendency_by_the_hours_stepped(world):
+    """`tendency_ramp_hours` R: the amplitude is s min(1, h / R) after h hours, carried in a
+    hidden channel. With R = 12 h and no clipping, the first step's departure from the
+    deterministic step is exactly half the unramped one with the same draws, the second's
+    and third's whole; with a persistent pattern the hours follow it in a second channel."""
+    _, store, config = world
+    emulator = emulator_of(config, store)
+    torch.nn.init.zeros_(emulator.network.decoder[-1].weight)
+    fields = first_states(store)
+    atol = 1e-6 * fields.abs().max()
+
+    def departures(settings: MemberKind, state: torch.Tensor) -> list[torch.Tensor]:
+        emulator.use_member_settings(settings)
+        generators = [torch.Generator().manual_seed(k) for k in range(len(state))]
+        steps = []
+        for _ in range(3):
+            plain = state[:, :2] + emulator.project(emulator.tendency_mean.expand_as(state[:, :2]))
+            state = emulator.step(state, generator=generators)
+            steps.append((state[:, :2] - plain, state[:, 2:]))
+        return steps
+
+    flat = departures(MemberKind(tendency_sigma=0.05), fields)
+    hours = torch.zeros_like(fields[:, :1])
+    ramp = MemberKind(tendency_sigma=0.05, tendency_ramp_hours=12)
+    ramped = departures(ramp, torch.cat([fields, hours], 1))
+    assert emulator.hidden_channels == 1
+    for n, ((full, _), (part, clock)) in enumerate(zip(flat, ramped, strict=True), 1):
+        torch.testing.assert_close(part, min(1, n / 2) * full, rtol=0, atol=atol)
+        assert torch.equal(clock, torch.full_like(clock, 6.0 * n))
+    both = MemberKind(tendency_sigma=0.05, tendency_hours=24, tendency_ramp_hours=12)
+    persistent = departures(both, torch.cat([fields, hours, hours], 1))
+    assert emulator.hidden_channels == 2
+    assert persistent[-1][1][:, 0].abs().max() > 0.1 and (persistent[-1][1][:, 1] == 18).all()
+
+
 def test_step_adds_no_scale_beyond_the_model_truncation(world):
     """The change of a step is band-limited to T4: projecting it again leaves it unchanged,
     while the raw network output is not band-limited."""
