@@ -187,9 +187,9 @@ def test_nwp_baseline_gets_the_same_perturbations_and_layout(ensemble, wxens, tm
     assert not np.array_equal(nwp["psi_upper"].values, sfno["psi_upper"].values)
 
 
-def hindcast_command(config, checkpoints, out):
+def hindcast_command(config, checkpoints, out, end="2027-01-12"):
     command = [sys.executable, "-m", "wxens.forecast.cli", "hindcast", "--config", str(config)]
-    command += ["--checkpoints", str(checkpoints), "--start", "2027-01-01", "--end", "2027-01-12"]
+    command += ["--checkpoints", str(checkpoints), "--start", "2027-01-01", "--end", end]
     command += ["--every", "1D", "--members", "16", "--lead-days", "3", "--batch-size", "4"]
     return [*command, "--scheduler", "threads:1", "--out", str(out), "--resume", "--quiet"]
 
@@ -197,13 +197,14 @@ def hindcast_command(config, checkpoints, out):
 def test_hindcast_resumes_after_sigkill_and_is_idempotent(ensemble, wxens, tmp_path):
     path, _, checkpoints = ensemble
     reference = tmp_path / "reference.zarr"
+    end = "2027-01-06"  # 6 inits x 4 batches: 24 tasks
     done = subprocess.run(
-        hindcast_command(path, checkpoints, reference), capture_output=True, text=True
+        hindcast_command(path, checkpoints, reference, end), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
 
     out = tmp_path / "hind.zarr"
-    command = hindcast_command(path, checkpoints, out)
+    command = hindcast_command(path, checkpoints, out, end)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     flags = out.with_name("hind.zarr.partial") / "tasks" / "done" / "c"
     deadline = time.time() + 300
