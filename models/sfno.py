@@ -210,11 +210,10 @@ class SFNOEmulator(torch.nn.Module):
         else:
             persists = int(self.tendency_hours > 0)
             pattern = self.next_pattern(hidden[:, :persists], generator).to(state.device)
-            hours = hidden[:, persists:] + self.timestep / np.timedelta64(1, "h")
+            hours = hidden[:, persists : persists + 1] + self.timestep / np.timedelta64(1, "h")
             multiplier = 1 + (self.amplitude(hours) * pattern).clamp(-1, 1)
             stepped = self.advance(fields, residual, multiplier)
-            kept = [pattern.to(hidden)] if persists else []
-            hidden_after = torch.cat([*kept, hours], 1)[:, : hidden.shape[1]]
+            hidden_after = torch.cat([pattern[:, :persists].to(hidden), hours], 1)
         if hidden.shape[1] == 0:  # no copy on the plain path
             return stepped
         return torch.cat([stepped, hidden_after], 1)

@@ -144,7 +144,7 @@ def test_the_ramp_scales_the_perturbed_tendency_by_the_hours_stepped(world):
     fields = first_states(store)
     atol = 1e-6 * fields.abs().max()
 
-    def departures(settings: MemberKind, state: torch.Tensor) -> list[torch.Tensor]:
+    def departures(settings: MemberKind, state: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         emulator.use_member_settings(settings)
         generators = [torch.Generator().manual_seed(k) for k in range(len(state))]
         steps = []

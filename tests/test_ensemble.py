@@ -145,15 +145,15 @@ def test_members_are_bitwise_the_same_whatever_batch_worker_or_company(ensemble,
 
 def test_a_member_alone_equals_the_member_among_a_thousand(ensemble, wxens, tmp_path):
     """Random-field starts and perturbed tendencies (SPPT, each member's pattern from its own
-    noise stream, carried in a hidden channel): members 0-2 of 1000 are bitwise those of 3;
-    the tendencies' perturbations really act."""
+    noise stream, carried in a hidden channel, its amplitude ramped by the hours in another):
+    members 0-2 of 1000 are bitwise those of 3; the tendencies' perturbations really act."""
     path, _, checkpoints = ensemble
     config = config_with(tmp_path, path, initial="random_field")
     plain = config.read_text()
     data = yaml.safe_load(plain)
     data["ensemble"] = {
         **data.get("ensemble", {}),
-        "kinds": {"sfno": {"tendency_sigma": 0.3, "tendency_hours": 24}},
+        "kinds": {"sfno": {"tendency_sigma": 0.3, "tendency_hours": 24, "tendency_ramp_hours": 12}},
     }
     config.write_text(yaml.safe_dump(data))
     code, output = forecast(wxens, config, checkpoints, tmp_path / "big.zarr", members=1000)
