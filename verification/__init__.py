@@ -56,6 +56,11 @@ that computes each is in brackets where its name differs:
 | `energy_score` | | multivariate over the grid points of the region |
 | `rank_histogram` | `rank` (0..M) | frequencies, summing to 1 |
 | `brier_score`, `roc_auc` | `quantile` | events "truth above the climate's q-quantile" |
+| `brier_score_fair` | `quantile` | Ferro's fair Brier score of those events |
+| `twcrps` | `quantile` | CRPS of the values above the climate's q-quantile, field units |
+| `relative_economic_value` | `quantile`, `cost_loss_ratio` | 1 perfect, 0 the climate's |
+| `corp_*` [corp] | `quantile`, `forecast_probability` | CORP reliability (below) |
+| `pit_histogram`, `pit_alpha` [pit] | `pit_bin` | PIT of the members' ECDF (alpha: to uniform) |
 | `efi_roc_auc` | `quantile` | ROC area of the EFI as a predictor of those events |
 | `tail_fraction` [tails] | `tail` (low, high) | truth under the members' 1st, over their 99th pct |
 | `tail_reach` [tails] | `tail` (low, high) | (mean - min) / std and (max - mean) / std |
@@ -65,6 +70,13 @@ that computes each is in brackets where its name differs:
 
 The reliability diagram is `reliability_forecast_probability`, `reliability_observed_frequency`
 and `reliability_count` (the area-weighted number of cases in each probability bin).
+
+The CORP reliability diagram (Dimitriadis et al. 2021) is `corp_observed_frequency` (the
+isotonic regression of the events on the forecast probabilities k/M, NaN where no case) with
+its 90 % consistency band `corp_band_low`/`corp_band_high`, and the Brier score's exact
+decomposition `corp_miscalibration - corp_discrimination + corp_uncertainty` (dims `quantile`
+only). The PIT, REV and CORP scores are finished from the rank counts and event tables, so
+they merge over inits like the rest.
 
 The climate (thresholds, EFI model climate, ACC climatology) is the truth's analyses within
 15 days of the init dates' calendar days, or all of them when that leaves fewer than 100.

@@ -30,6 +30,7 @@ from wxens.verification.metrics import ensemble_summary
 from wxens.verification.probability import (
     VALUE,
     Dims,
+    brier_score_fair_from_table,
     brier_score_from_table,
     climatological_thresholds,
     contingency_table,
@@ -347,8 +348,9 @@ def extreme_event_tables(
 def event_scores_from_tables(
     tables: xr.Dataset, members: int, bins: int | Sequence[float] = 10
 ) -> xr.Dataset:
-    """`brier_score`, `roc_auc`, `efi_roc_auc` and the reliability diagram of an ensemble of
-    `members` from its `extreme_event_tables` (summed over the init times to score).
+    """`brier_score`, `brier_score_fair`, `roc_auc`, `efi_roc_auc` and the reliability diagram
+    of an ensemble of `members` from its `extreme_event_tables` (summed over the init times to
+    score).
 
     Example:
         >>> table = xr.DataArray([[2.0, 0.0], [0.0, 0.0], [0.0, 2.0]], dims=("value", "outcome"))
@@ -363,6 +365,7 @@ def event_scores_from_tables(
     return xr.Dataset(
         {
             "brier_score": brier_score_from_table(table, probabilities),
+            "brier_score_fair": brier_score_fair_from_table(table, members),
             "roc_auc": roc_auc_from_table(table),
             "efi_roc_auc": roc_auc_from_table(tables["efi_table"].rename({EFI_CATEGORY: VALUE})),
             **{f"reliability_{name}": score for name, score in reliability.items()},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import dask.array
 import numpy as np
@@ -378,6 +378,79 @@ def crps_ensemble(
     return ensemble_summary(forecast, truth, member_dim, statistics=(name,))[name]
 
 
+def weighted_mean(
+    data: xr.DataArray,
+    reduce_dims: Hashable | Sequence[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """`data` averaged over `reduce_dims` (None: every dimension), `sum_j w_j d_j / sum_j w_j`
+    with `weights` (e.g. `aggregation.cell_area_weights`), a plain mean without; NaNs
+    skipped. The `reduce_dims`/`weights` arguments of the `scores` package.
+
+    Example:
+        >>> data = xr.DataArray([[1.0, 3.0], [5.0, 7.0]], dims=("init_time", "point"))
+        >>> weighted_mean(data, "point", xr.DataArray([3.0, 1.0], dims="point")).values.tolist()
+        [1.5, 5.5]
+    """
+    if reduce_dims is None:
+        dims = list(data.dims)
+    elif isinstance(reduce_dims, str) or not isinstance(reduce_dims, Sequence):
+        dims = [reduce_dims]
+    else:
+        dims = list(reduce_dims)
+    return data.mean(dims) if weights is None else data.weighted(weights).mean(dims)
+
+
+CHAINING = {"upper": np.maximum, "lower": np.minimum}
+"""The chaining functions of the tail weights: v(z) = max(z, t) weights the values above t,
+v(z) = min(z, t) those below."""
+
+
+def crps_threshold_weighted(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    threshold: float | xr.DataArray,
+    tail: str = "upper",
+    member_dim: str = MEMBER,
+    fair: bool = True,
+    reduce_dims: Hashable | Sequence[Hashable] | None = (),
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Threshold-weighted CRPS of an ensemble: the CRPS of the values beyond a threshold t
+    only, in the field's units (0 when the truth and every member lie on the other side).
+
+    .. math::
+        \\mathrm{twCRPS}(F, y) = \\int (F(z) - \\mathbb{1}[y \\le z])^2 w(z)\\,dz
+        = \\mathrm{CRPS}(v(X), v(y))
+
+    with the weight w(z) = 1[z > t] and its chaining function v(z) = max(z, t) for
+    `tail="upper"` (w(z) = 1[z < t], v(z) = min(z, t) for "lower"): the CRPS of the members
+    and the truth sent through v, fair (default) or ECDF as in `crps_ensemble`. `threshold`
+    broadcasts (a `quantile` dimension of climate thresholds gives one score per level).
+    Per point by default (`reduce_dims=()`); `reduce_dims` None averages over every
+    dimension, with `weights` as in `weighted_mean`.
+
+    Reference: Allen, S., Ginsbourger, D. and Ziegel, J. (2023). Evaluating forecasts for
+    high-impact events using transformed kernel scores. SIAM/ASA Journal on Uncertainty
+    Quantification, 11(3), 906-940 (the chaining function); Gneiting, T. and Ranjan, R. (2011),
+    Journal of Business and Economic Statistics, 29(3), 411-422 (the weighted CRPS).
+
+    Example:
+        >>> members = xr.DataArray([[0.0, 2.0, 4.0]], dims=("point", "member"))
+        >>> truth = xr.DataArray([3.0], dims="point")
+        >>> # max(x, 1) = 1, 2, 4 against 3: mean |x - y| 4/3, less 12 / (2 * 3 * 2)
+        >>> round(float(crps_threshold_weighted(members, truth, 1.0)[0]), 12)
+        0.333333333333
+    """
+    if tail not in CHAINING:
+        raise ScoreError(f"tail must be one of {list(CHAINING)}, got {tail!r}")
+    chain = CHAINING[tail]
+    per_point = crps_ensemble(
+        chain(forecast, threshold), chain(truth, threshold), member_dim, fair=fair
+    )
+    return per_point if reduce_dims == () else weighted_mean(per_point, reduce_dims, weights)
+
+
 def _crps_sorted(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
     """`crps_ensemble`'s kernel on numpy arrays, members on the last axis, as float64."""
     name = "crps_fair" if fair else "crps_ecdf"
@@ -518,6 +591,79 @@ def rank_counts(
         dask="allowed",
     )
     return counts.assign_coords(rank=np.arange(members + 1))
+
+
+PIT_BIN = "pit_bin"
+
+
+def _signed_square(z: xr.DataArray) -> xr.DataArray:
+    return z * abs(z)
+
+
+def pit_from_rank_histogram(
+    frequencies: xr.DataArray, bins: int = 10, rank_dim: str = "rank"
+) -> xr.Dataset:
+    """The probability integral transform (PIT) of an ensemble, from its rank histogram.
+
+    Under the members' ECDF the truth's PIT is k/M, with k its rank (the members below it),
+    so the PIT distribution of a set of cases puts the rank frequency f_k (`rank_counts`
+    over their sum) at k/M:
+
+    .. math:: F(u) = \\sum_{k \\le u M} f_k
+
+    Returns, unitless:
+
+    - `pit_histogram` along `pit_bin` (coordinate: the bin centres): F's mass in the bins
+      [0, 1/B], (1/B, 2/B], ..., (1 - 1/B, 1] (the `scores` package's
+      `Pit.hist_values(B, right=True)`);
+    - `pit_alpha`: the distance from uniform, `int_0^1 |F(u) - u| du` (Renard et al. 2010's
+      alpha score, negative orientation: 0 to 0.5, 0 for a uniform PIT);
+    - `pit_mean`, `sum_k f_k k / M`: 0.5 when unbiased, larger when the truth lies above the
+      members; `pit_variance`: 1/12 for a uniform PIT, larger when the ensemble is
+      under-dispersive.
+
+    A finite ensemble's PIT is never exactly uniform: a calibrated ensemble of M members has
+    f_k = 1 / (M + 1) at the M + 1 points k/M. Ties (a truth equal to members) are broken at
+    random in the ranks, where `scores` spreads them uniformly: the same in expectation.
+
+    Reference: Gneiting, T., Balabdaoui, F. and Raftery, A. E. (2007). Probabilistic forecasts,
+    calibration and sharpness. JRSS B, 69(2), 243-268; Renard, B. et al. (2010), Water Resources
+    Research, 46(5), W05521 (the alpha score).
+
+    Example:
+        >>> ranks = xr.DataArray([0.5, 0.0, 0.5], dims="rank")  # half the truths below all
+        >>> pit = pit_from_rank_histogram(ranks, bins=2)
+        >>> pit["pit_histogram"].values.tolist(), float(pit["pit_alpha"])
+        ([0.5, 0.5], 0.25)
+    """
+    members = frequencies.sizes[rank_dim] - 1
+    if members < 1 or bins < 1:
+        raise ScoreError(f"a PIT needs 1+ members and 1+ bins, got {members=}, {bins=}")
+    f = frequencies / frequencies.sum(rank_dim)
+    k = xr.DataArray(np.arange(members + 1), dims=[rank_dim])
+    # F at the bin edges j / B, in integers: k / M <= j / B when k B <= j M.
+    edges = xr.DataArray(np.arange(bins + 1), dims=[PIT_BIN])
+    cdf = f.where(k * bins <= edges * members, 0.0).sum(rank_dim)
+    first = xr.DataArray(np.arange(bins) == 0, dims=[PIT_BIN])  # [0, 1/B] holds F(0) too
+    below = cdf.isel({PIT_BIN: slice(0, -1)}).where(~first, 0.0)
+    histogram = (cdf.isel({PIT_BIN: slice(1, None)}) - below).assign_coords(
+        {PIT_BIN: (np.arange(bins) + 0.5) / bins}
+    )
+    # F is the constant C_k = f_0 + ... + f_k on [k/M, (k+1)/M): int_a^b |x - c| dx =
+    # (s(b - c) - s(a - c)) / 2 with s(z) = z |z|.
+    steps = f.cumsum(rank_dim).isel({rank_dim: slice(0, members)})
+    left = k.isel({rank_dim: slice(0, members)}) / members
+    alpha = (_signed_square(left + 1 / members - steps) - _signed_square(left - steps)) / 2
+    position = k / members
+    mean = (f * position).sum(rank_dim)
+    return xr.Dataset(
+        {
+            "pit_histogram": histogram,
+            "pit_alpha": alpha.sum(rank_dim),
+            "pit_mean": mean,
+            "pit_variance": (f * position**2).sum(rank_dim) - mean**2,
+        }
+    )
 
 
 def _energy_score_gram(members: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:

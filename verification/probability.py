@@ -22,6 +22,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
+from scipy.optimize import isotonic_regression
 from wxens.verification.aggregation import ordered_sum
 from wxens.verification.errors import ScoreError
 
@@ -279,3 +280,190 @@ def roc_auc_from_table(table: xr.DataArray) -> xr.DataArray:
     below = non_events.cumsum(VALUE) - non_events
     pairs = events.sum(VALUE) * non_events.sum(VALUE)
     return (events * (below + non_events / 2)).sum(VALUE) / pairs.where(pairs > 0)
+
+
+def brier_score_fair_from_table(table: xr.DataArray, members: int) -> xr.DataArray:
+    """Fair Brier score of an M-member ensemble from its table n(k, o) (k = `members_above`),
+    unitless, 0 perfect:
+
+    .. math::
+        \\mathrm{BS_f} = \\frac{1}{N} \\sum_{k, o} n(k, o) \\left[\\left(\\frac{k}{M} - o
+        \\right)^2 - \\frac{k (M - k)}{M^2 (M - 1)}\\right]
+
+    The Brier score of the members' fraction less its sampling excess, so its expectation is
+    that of the ensemble with infinitely many members drawn like these: ensembles of any size
+    compare fairly. With one member, the plain Brier score (the `scores` package's
+    `brier_score_for_ensemble(fair_correction=True)` does the same).
+
+    Reference: Ferro, C. A. T. (2014). Fair scores for ensemble forecasts. Quarterly Journal of
+    the Royal Meteorological Society, 140(683), 1917-1923.
+
+    Example:
+        >>> table = xr.DataArray([[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]], dims=("value", "outcome"))
+        >>> float(brier_score_fair_from_table(table, 2))  # (1/2 - 1)^2 - 1 * 1 / (4 * 1)
+        0.0
+    """
+    probabilities = xr.DataArray(np.arange(members + 1) / members, dims=[VALUE])
+    plain = brier_score_from_table(table, probabilities)
+    if members < 2:
+        return plain
+    k = np.arange(members + 1)
+    excess = xr.DataArray(k * (members - k) / (members**2 * (members - 1)), dims=[VALUE])
+    cases = table.sum(OUTCOME)
+    return plain - (cases * excess).sum(VALUE) / cases.sum(VALUE)
+
+
+COST_LOSS_RATIO = "cost_loss_ratio"
+COST_LOSS_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+"""The default users of the relative economic value: cost-loss ratios from 1 % to 99 %."""
+
+
+def checked_cost_loss_ratios(cost_loss_ratios: Sequence[float]) -> np.ndarray:
+    """The ratios as an array; a ScoreError unless all lie strictly between 0 and 1."""
+    ratios = np.asarray(cost_loss_ratios, dtype=float)
+    if ratios.ndim != 1 or ratios.size == 0 or ((ratios <= 0) | (ratios >= 1)).any():
+        raise ScoreError(f"cost-loss ratios must lie strictly between 0 and 1, got {ratios}")
+    return ratios
+
+
+def relative_economic_value_from_table(
+    table: xr.DataArray, cost_loss_ratios: Sequence[float]
+) -> xr.DataArray:
+    """Relative economic value of the forecast for users of cost-loss ratio α, unitless, from
+    its table n(v, o) (forecast categories v ordered, e.g. k = `members_above`):
+
+    .. math::
+        \\mathrm{REV}_j(\\alpha) = \\frac{\\min(\\alpha, \\bar o) - F_j \\alpha (1 - \\bar o)
+        + H_j \\bar o (1 - \\alpha) - \\bar o}{\\min(\\alpha, \\bar o) - \\bar o \\alpha},
+        \\quad \\mathrm{REV}(\\alpha) = \\max_{j \\ge 1} \\mathrm{REV}_j(\\alpha)
+
+    A user protects (cost C) whenever the forecast reaches category j (probability j/M) to
+    avoid the loss L of an unprotected event, α = C/L; H_j and F_j are the hit and false-alarm
+    rates of that decision and ō the events' base rate. REV is the share of the saving of a
+    perfect forecast over the climatological strategy (always or never protect) that the
+    forecast achieves: 1 perfect, 0 no better than climate, negative worse; the maximum over
+    j is the envelope of the best threshold for each user. Along `cost_loss_ratio`; NaN
+    without events or without non-events.
+
+    Reference: Richardson, D. S. (2000). Skill and relative economic value of the ECMWF
+    ensemble prediction system. QJRMS, 126(563), 649-667; the `scores` package's
+    `relative_economic_value` with probability thresholds j/M (act when p >= j/M).
+
+    Example:
+        >>> table = xr.DataArray([[3.0, 0.0], [0.0, 1.0]], dims=("value", "outcome"))
+        >>> relative_economic_value_from_table(table, [0.1, 0.5]).values.tolist()  # perfect
+        [1.0, 1.0]
+    """
+    ratios = checked_cost_loss_ratios(cost_loss_ratios)
+    alpha = xr.DataArray(ratios, dims=[COST_LOSS_RATIO], coords={COST_LOSS_RATIO: ratios})
+    events, non_events = table.sel({OUTCOME: 1}, drop=True), table.sel({OUTCOME: 0}, drop=True)
+
+    def at_or_above(counts: xr.DataArray) -> xr.DataArray:
+        """Cases forecast in category j or above, j = 1..V-1 (the user's protective actions)."""
+        reverse = {VALUE: slice(None, None, -1)}
+        return counts.isel(reverse).cumsum(VALUE).isel(reverse).isel({VALUE: slice(1, None)})
+
+    n_events, n_non_events = events.sum(VALUE), non_events.sum(VALUE)
+    hit_rate = at_or_above(events) / n_events.where(n_events > 0)
+    false_alarm_rate = at_or_above(non_events) / n_non_events.where(n_non_events > 0)
+    base_rate = n_events / (n_events + n_non_events)
+    climate = xr.where(alpha < base_rate, alpha, base_rate)
+    saved = (
+        climate
+        - false_alarm_rate * alpha * (1 - base_rate)
+        + hit_rate * base_rate * (1 - alpha)
+        - base_rate
+    )
+    return (saved / (climate - base_rate * alpha)).max(VALUE)
+
+
+CORP_DECOMPOSITION = ("miscalibration", "discrimination", "uncertainty")
+
+
+def corp_reliability_from_table(
+    table: xr.DataArray,
+    probabilities: xr.DataArray,
+    resamples: int = 100,
+    level: float = 0.9,
+    seed: int = 0,
+) -> xr.Dataset:
+    """CORP reliability diagram of the table n(v, o) of forecast probabilities p_v, with
+    consistency bands and the Brier score's decomposition, all unitless.
+
+    The recalibrated probability at each p_v is the isotonic (non-decreasing) regression of
+    the outcomes on the forecast probabilities, weighted by the cases (pool-adjacent-
+    violators, `scipy.optimize.isotonic_regression` of the observed frequencies n(v, 1) / n_v
+    with weights n_v): `corp_observed_frequency` along `value` (NaN where no case). Unlike
+    binned diagrams it needs no choice of bins, and it is optimal: its Brier score
+    decomposes exactly,
+
+    .. math:: \\mathrm{BS} = \\mathrm{MCB} - \\mathrm{DSC} + \\mathrm{UNC}
+
+    with MCB = BS(p) - BS(recalibrated) (`corp_miscalibration`), DSC = BS(ō) -
+    BS(recalibrated) (`corp_discrimination`) and UNC = ō (1 - ō) (`corp_uncertainty`), ō the
+    base rate. `corp_band_low` and `corp_band_high` bound the central `level` share of the
+    recalibrated probabilities of `resamples` outcome sets drawn as calibration would have
+    them (n_v Bernoulli(p_v) trials at each value, n_v rounded, at least 1): a curve outside
+    the band is evidence of miscalibration. Cases are taken as independent, so on correlated
+    grid points the band is too narrow. `resamples=0`: no band (NaN).
+
+    Reference: Dimitriadis, T., Gneiting, T. and Jordan, A. I. (2021). Stable reliability
+    diagrams for probabilistic classifiers. PNAS, 118(8), e2016191118.
+
+    Example:
+        >>> table = xr.DataArray([[3.0, 1.0], [1.0, 3.0]], dims=("value", "outcome"))
+        >>> corp = corp_reliability_from_table(table, xr.DataArray([0.0, 1.0], dims="value"))
+        >>> corp["corp_observed_frequency"].values.tolist(), float(corp["corp_miscalibration"])
+        ([0.25, 0.75], 0.0625)
+    """
+    if not 0 < level < 1 or resamples < 0:
+        raise ScoreError(f"CORP bands need 0 < level < 1 and resamples >= 0, got {level=}")
+    names = ("observed_frequency", "band_low", "band_high", *CORP_DECOMPOSITION)
+    results = xr.apply_ufunc(
+        _corp_rows,
+        table.compute(),
+        kwargs={
+            "probabilities": np.asarray(probabilities.values, dtype=float),
+            "resamples": resamples,
+            "level": level,
+            "seed": seed,
+        },
+        input_core_dims=[[VALUE, OUTCOME]],
+        output_core_dims=[[VALUE], [VALUE], [VALUE], [], [], []],
+    )
+    return xr.Dataset({f"corp_{name}": result for name, result in zip(names, results, strict=True)})
+
+
+def _corp_rows(
+    counts: np.ndarray, probabilities: np.ndarray, resamples: int, level: float, seed: int
+) -> tuple[np.ndarray, ...]:
+    """`corp_reliability_from_table` on numpy: counts (..., value, outcome), row by row."""
+    leading, values = counts.shape[:-2], counts.shape[-2]
+    rows = counts.reshape(-1, values, 2)
+    curves = np.full((3, len(rows), values), np.nan)
+    parts = np.full((3, len(rows)), np.nan)
+    rng = np.random.default_rng(seed)
+    for i, row in enumerate(rows):
+        cases = row.sum(-1)
+        used = cases > 0
+        if not used.any():
+            continue
+        n, p, o = cases[used], probabilities[used], row[used, 1] / cases[used]
+        fitted = isotonic_regression(o, weights=n).x
+        base = (n * o).sum() / n.sum()
+
+        def brier(q: np.ndarray | float, n=n, o=o) -> float:
+            return float((n * (o * (q - 1) ** 2 + (1 - o) * q**2)).sum() / n.sum())
+
+        curves[0, i, used] = fitted
+        parts[:, i] = brier(p) - brier(fitted), brier(base) - brier(fitted), base * (1 - base)
+        if resamples:
+            trials = np.maximum(np.rint(n), 1).astype(np.int64)
+            drawn = rng.binomial(trials, p, size=(resamples, p.size)) / trials
+            fits = [isotonic_regression(outcomes, weights=trials).x for outcomes in drawn]
+            bounds = np.quantile(fits, [(1 - level) / 2, (1 + level) / 2], axis=0)
+            curves[1:, i, used] = bounds
+    return (
+        *(curve.reshape(*leading, values) for curve in curves),
+        *(part.reshape(leading) for part in parts),
+    )

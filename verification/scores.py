@@ -37,9 +37,16 @@ from wxens.verification.aggregation import (
 from wxens.verification.errors import ScoreError
 from wxens.verification.extremes import (
     by_tail,
+    climate_at,
     event_scores_from_tables,
     extreme_event_tables,
     model_climate,
+)
+from wxens.verification.probability import (
+    CORP_DECOMPOSITION,
+    VALUE,
+    corp_reliability_from_table,
+    relative_economic_value_from_table,
 )
 from wxens.verification.spectra import ensemble_spectra
 
@@ -284,11 +291,41 @@ def _rank_stats(context: ScoringContext) -> Outputs:
     return {"rank_counts": counts}
 
 
+def _rank_counts(stats: xr.Dataset, members: int) -> xr.DataArray:
+    return ordered_sum(stats["rank_counts"].isel(rank=slice(0, members + 1)), INIT)
+
+
 def _rank_histogram(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """Frequency of each rank 0..M of the truth among the members (ties broken at random),
     area-weighted, summing to 1 (dimension `rank`; `metrics.rank_counts`)."""
-    counts = ordered_sum(stats["rank_counts"].isel(rank=slice(0, members + 1)), INIT)
+    counts = _rank_counts(stats, members)
     return {"rank_histogram": counts / counts.sum("rank")}
+
+
+PIT = ("pit_histogram", "pit_alpha")
+
+
+def _pit(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """The PIT of the members' ECDF from the rank counts (`metrics.pit_from_rank_histogram`):
+    `pit_histogram` (`options.pit_bins` bins along `pit_bin`, summing to 1) and its distance
+    from uniform `pit_alpha` (0 to 0.5), unitless."""
+    pit = metrics.pit_from_rank_histogram(_rank_counts(stats, members), options.pit_bins)
+    return {name: pit[name] for name in PIT}
+
+
+def _twcrps_stats(context: ScoringContext) -> Outputs:
+    thresholds = climate_at(context.climate, list(context.options.quantiles))
+    per_point = metrics.crps_threshold_weighted(
+        context.forecast, context.truth, thresholds, fair=context.fair
+    )
+    return {"twcrps": context.mean(per_point)}
+
+
+def _twcrps(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Threshold-weighted CRPS of the values above the climate's q-quantile (the events'
+    thresholds, dimension `quantile`; `metrics.crps_threshold_weighted`, upper tail): fair for
+    M > 1, field units, area and init-time mean."""
+    return {"twcrps": _over_inits(stats, "twcrps")}
 
 
 def _table_stats(context: ScoringContext) -> Outputs:
@@ -320,6 +357,43 @@ def _reliability(stats: xr.Dataset, members: int, options: VerifyOptions) -> Out
     `reliability_count` (area-weighted cases)."""
     events = _event_scores(stats, members, options)
     return {name: events[name] for name in RELIABILITY}
+
+
+def _event_table(stats: xr.Dataset, members: int) -> xr.DataArray:
+    """The events' table n(k, o) summed over the inits, k = 0..M."""
+    return ordered_sum(stats["event_table"], INIT).isel({VALUE: slice(0, members + 1)})
+
+
+def _relative_economic_value(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Relative economic value of the events' probabilities for users of each cost-loss ratio
+    (`options.cost_loss_ratios`, dimension `cost_loss_ratio`; `quantile`), the best
+    probability threshold for each (`probability.relative_economic_value_from_table`),
+    unitless: 1 perfect, 0 no better than the climate."""
+    table = _event_table(stats, members)
+    value = relative_economic_value_from_table(table, options.cost_loss_ratios)
+    return {"relative_economic_value": value}
+
+
+CORP = tuple(f"corp_{name}" for name in ("observed_frequency", "band_low", "band_high"))
+CORP += tuple(f"corp_{name}" for name in CORP_DECOMPOSITION)
+FORECAST_PROBABILITY = "forecast_probability"
+
+
+def _corp(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """CORP reliability diagram of the events (`probability.corp_reliability_from_table`):
+    the recalibrated probability `corp_observed_frequency` and its consistency band
+    (`corp_band_low`, `corp_band_high`, 90 %, `options.corp_resamples` draws) along
+    `forecast_probability` (k/M) and `quantile`, and the Brier score's decomposition
+    `corp_miscalibration` - `corp_discrimination` + `corp_uncertainty`, unitless."""
+    probabilities = np.arange(members + 1) / members
+    corp = corp_reliability_from_table(
+        _event_table(stats, members),
+        xr.DataArray(probabilities, dims=[VALUE]),
+        resamples=options.corp_resamples,
+        seed=options.seed,
+    )
+    corp = corp.rename({VALUE: FORECAST_PROBABILITY})
+    return dict(corp.assign_coords({FORECAST_PROBABILITY: probabilities}).data_vars)
 
 
 RELIABILITY = tuple(
@@ -396,9 +470,19 @@ SCORES: dict[str, Score] = {
         ),
         *(
             Score(name, (name,), _table_stats, _event_score(name), EVENT_TABLES)
-            for name in ("brier_score", "roc_auc", "efi_roc_auc")
+            for name in ("brier_score", "brier_score_fair", "roc_auc", "efi_roc_auc")
         ),
         Score("reliability", RELIABILITY, _table_stats, _reliability, EVENT_TABLES),
+        Score("corp", CORP, _table_stats, _corp, EVENT_TABLES),
+        Score(
+            "relative_economic_value",
+            ("relative_economic_value",),
+            _table_stats,
+            _relative_economic_value,
+            EVENT_TABLES,
+        ),
+        Score("twcrps", ("twcrps",), _twcrps_stats, _twcrps, ("twcrps",)),
+        Score("pit", PIT, _rank_stats, _pit, ("rank_counts",)),
         Score("tails", ("tail_fraction", "tail_reach"), _tail_stats, _tails, TAIL_STATISTICS),
         Score("spectra", SPECTRA, _spectra_stats, _spectra, SPECTRA),
     )

@@ -285,7 +285,9 @@ def _select(data: xr.Dataset, inits: object, path: Path) -> xr.Dataset:
 def _options_fields(recorded: Mapping[str, object]) -> dict[str, object]:
     fields = {f.name for f in dataclasses.fields(VerifyOptions)}
     picked = {key: value for key, value in recorded.items() if key in fields}
-    picked["quantiles"] = tuple(picked["quantiles"])
+    for name in ("quantiles", "cost_loss_ratios"):
+        if name in picked:
+            picked[name] = tuple(picked[name])
     if picked.get("climate_period") is not None:
         picked["climate_period"] = tuple(picked["climate_period"])
     return picked

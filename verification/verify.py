@@ -38,6 +38,7 @@ from wxens.verification.aggregation import (
 from wxens.verification.errors import ScoreError
 from wxens.verification.extremes import calendar_distance, efi, model_climate
 from wxens.verification.metrics import ensemble_summary
+from wxens.verification.probability import COST_LOSS_RATIOS, checked_cost_loss_ratios
 from wxens.verification.scores import (
     Score,
     ScoringContext,
@@ -90,6 +91,12 @@ class VerifyOptions:
     """Events "truth above the climate's q-quantile" for reliability, Brier, ROC and EFI ROC."""
     climate_window_days: int = 15
     probability_bins: int = 10
+    pit_bins: int = 10
+    """Bins of the PIT histogram on [0, 1]."""
+    cost_loss_ratios: Sequence[float] = COST_LOSS_RATIOS
+    """The users' cost-loss ratios of the relative economic value."""
+    corp_resamples: int = 100
+    """Outcome sets drawn for the CORP consistency bands (0: no bands)."""
     seed: int = 0
     """Seed of the rank histogram's random tie-breaking."""
     truncation: int | None = None
@@ -114,8 +121,11 @@ class VerifyOptions:
         quantiles = np.asarray(self.quantiles, dtype=float)
         if quantiles.size == 0 or ((quantiles <= 0) | (quantiles >= 1)).any():
             raise ScoreError(f"quantiles must lie strictly between 0 and 1, got {self.quantiles}")
-        if self.probability_bins < 1 or self.climate_window_days < 0:
-            raise ScoreError("probability_bins must be >= 1 and climate_window_days >= 0")
+        if min(self.probability_bins, self.pit_bins) < 1 or self.climate_window_days < 0:
+            raise ScoreError("probability_bins and pit_bins must be >= 1, climate_window_days >= 0")
+        if self.corp_resamples < 0:
+            raise ScoreError(f"corp_resamples must be >= 0, got {self.corp_resamples}")
+        checked_cost_loss_ratios(self.cost_loss_ratios)
 
 
 def open_store(path: str | Path) -> xr.Dataset:
@@ -819,6 +829,9 @@ def _provenance(
                 "regions": list(regions),
                 "quantiles": list(options.quantiles),
                 "probability_bins": options.probability_bins,
+                "pit_bins": options.pit_bins,
+                "cost_loss_ratios": list(options.cost_loss_ratios),
+                "corp_resamples": options.corp_resamples,
                 "seed": options.seed,
                 "truncation": options.truncation,
                 "climate_window_days": options.climate_window_days,
