@@ -6,12 +6,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 from wxens.data_pipeline.config import ConfigError, ExperimentConfig, load_config
 from wxens.data_pipeline.memory import keep_freed_memory
+
+if TYPE_CHECKING:
+    from wxens.verification.aggregation import Region
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="wxens: huge weather ensembles, verified."
@@ -597,6 +600,38 @@ def read_names(path: Path | None) -> dict[str, dict[str, str]]:
     return names
 
 
+def split_regions(text: str) -> list[str]:
+    """`--regions` items between commas; a box `NAME=S,N,W,E` keeps the three commas after its
+    `=` (the four items from the `=` on are one box)."""
+    tokens, items = text.split(","), []
+    while tokens:
+        count = 4 if "=" in tokens[0] else 1
+        item = ",".join(tokens[:count]).strip()
+        tokens = tokens[count:]
+        if item:
+            items.append(item)
+    return items
+
+
+def chosen_regions(text: str | None, masks: list[Path]) -> dict[str, Region] | None:
+    """The regions of `--regions` (default: the four bands) and `--mask` files, each mask
+    the one variable of a netCDF file or Zarr store, named by the file's stem; None (the
+    default four bands) when neither is given. Raises ScoreError on a bad region or mask."""
+    from wxens.verification.aggregation import REGIONS, MaskRegion, resolve_regions
+    from wxens.verification.errors import ScoreError
+    from wxens.verification.verify import open_store
+
+    if text is None and not masks:
+        return None
+    regions: list[str | Region] = [*(split_regions(text) if text is not None else REGIONS)]
+    for path in masks:
+        variables = list(open_store(path).data_vars.values())
+        if len(variables) != 1:
+            raise ScoreError(f"--mask {path}: expected one variable, found {len(variables)}")
+        regions.append(MaskRegion(variables[0].load(), name=path.stem))
+    return resolve_regions(regions)
+
+
 @app.command("verify")
 def verify(
     forecast: Annotated[
@@ -612,7 +647,41 @@ def verify(
     ] = None,
     regions: Annotated[
         str | None,
-        typer.Option("--regions", help="Comma-separated region names (default: the four bands)."),
+        typer.Option(
+            "--regions",
+            help=(
+                "Comma-separated regions: names (global, nh_extratropics, tropics,"
+                " sh_extratropics, land, sea, wb2_europe, ...), sets (weatherbench2) and boxes"
+                " NAME=S,N,W,E in degrees, e.g. europe2=35,70,-10,40 (default: the four bands)."
+            ),
+        ),
+    ] = None,
+    masks: Annotated[
+        list[Path],
+        typer.Option(
+            "--mask",
+            help=(
+                "A region from a netCDF file or Zarr store of one 0-1 variable on latitude and"
+                " longitude, named by the file's stem; added to --regions (repeatable)."
+            ),
+        ),
+    ] = [],  # noqa: B006
+    stations: Annotated[
+        Path | None,
+        typer.Option(
+            "--stations",
+            help=(
+                "CSV of station,latitude,longitude[,weight]: sample gridded forecasts and truth"
+                " at these stations (bilinearly) and score them as stations."
+            ),
+        ),
+    ] = None,
+    time_tolerance: Annotated[
+        str | None,
+        typer.Option(
+            "--time-tolerance",
+            help="Match each valid time to the nearest truth time within this, e.g. 12h.",
+        ),
     ] = None,
     quantiles: Annotated[
         str, typer.Option("--quantiles", help="Climatological quantiles for threshold events.")
@@ -645,6 +714,7 @@ def verify(
     a statistics store instead (a nightly run: only the pairs whose truth is new), and with
     --out as well, write the scores of all its inits."""
     from wxens.verification.errors import ScoreError
+    from wxens.verification.geometry import read_stations
     from wxens.verification.report import report as write_report
     from wxens.verification.report import summary_table
     from wxens.verification.scheduler import dask_scheduler
@@ -672,11 +742,13 @@ def verify(
                 **name_maps.get("truth", {}),
                 **parse_pairs(rename_truth, "--rename-truth"),
             },
+            stations=None if stations is None else read_stations(stations),
+            valid_time_tolerance=time_tolerance,
         )
         references = parse_references(reference)
         choices = {
             "scores": listed(scores),
-            "regions": listed(regions),
+            "regions": chosen_regions(regions, masks),
             "variables": listed(variables),
             "options": options,
         }

@@ -14,16 +14,19 @@ modules here: `from wxens.verification.verify import verify`):
 - `verify(forecast, truth, out, references=None, *, ..., overwrite=False)`: `score`, then the
   dataset written to `out` (Zarr; through `OUT.partial`, renamed when complete).
 - `report(scores, out) -> Path` (`report.report`): the HTML report of a scores dataset or store.
-- `SCORES` (`scores.py`): the registry of scores, name -> `Score`; `REGIONS`
-  (`aggregation.py`): the registry of regions, name -> `Region` (`LatitudeBand`, `LatLonBox`,
-  `MaskRegion`). `score(..., scores=[...], regions=[...])` and `wxens verify --scores ...
-  --regions ...` take names (or objects).
+- `SCORES` (`scores.py`): the registry of scores, name -> `Score`; `REGIONS`, `EXTRA_REGIONS`
+  and `REGION_SETS` (`aggregation.py`): the regions by name, name -> `Region`
+  (`LatitudeBand`, `LatitudeBands`, `LatLonBox`, `PolygonRegion`, `NaturalEarthRegion`,
+  `MaskRegion`), and sets of them. `score(..., scores=[...], regions=[...])` and `wxens verify
+  --scores ... --regions ...` take names (or objects).
 - `ScoreError` (a `ValueError`): API misuse and bad input, one line naming the culprit.
 
 Modules, each one small piece:
 
 - `aggregation`: the one area weighting (`cell_area_weights`, also used by training and
   `wxens skill`), the regions, area and init-time means.
+- `natural_earth`: where the local Natural Earth data is (`cartopy_data_dir`), and land
+  polygons built from its 1:110m coastlines.
 - `metrics`: `ensemble_summary`, the per-point kernel (CRPS, mean, variance, rank, outliers,
   tails from one sort of the members), its views (`crps_ensemble`), spread-skill ratios, rank
   counts, ACC, energy score.
@@ -81,8 +84,23 @@ they merge over inits like the rest.
 The climate (thresholds, EFI model climate, ACC climatology) is the truth's analyses within
 15 days of the init dates' calendar days, or all of them when that leaves fewer than 100.
 
-Regions: `REGIONS` holds `global`, `nh_extratropics` (20-90N), `tropics` (20S-20N) and
-`sh_extratropics` (90-20S); any `LatLonBox` or `MaskRegion` may be added. A region's weights
-are cell areas times its mask. Means are area-weighted over a region, then taken over init
-times; square roots are taken last.
+Regions: a region's weights are cell areas times its mask, the share of each grid cell inside
+it (0 to 1). Means are area-weighted over a region, then taken over init times; square roots
+are taken last. By name:
+
+- `REGIONS`, scored when no regions are named: `global`, `nh_extratropics` (20-90N),
+  `tropics` (20S-20N) and `sh_extratropics` (90-20S);
+- `EXTRA_REGIONS`, scored when named: `land` and `sea` (the 1:110m Natural Earth coastlines
+  in the local cartopy data folder, `$WXENS_CARTOPY_DATA` or `$WXENS_SAMPLE_DATA/cartopy_data`;
+  cell fractions; sea = 1 - land), and WeatherBench2's regions `wb2_extratropics`,
+  `wb2_europe`, `wb2_north_america`, `wb2_north_atlantic`, `wb2_north_pacific`,
+  `wb2_east_asia`, `wb2_ausnz`, `wb2_arctic`, `wb2_antarctic`;
+- `REGION_SETS`: `weatherbench2`, WeatherBench2's regional set (`global`, `tropics`,
+  `wb2_extratropics`, `nh_extratropics` and `sh_extratropics` for its hemispheres, then its
+  boxes and polar caps);
+- a box `NAME=S,N,W,E` (degrees; longitudes east from W to E, wrapping past 0).
+
+Objects: any `LatitudeBand`, `LatitudeBands`, `LatLonBox`, `PolygonRegion` (shapely polygons
+masked on the grid with regionmask: cell fractions on equally spaced grids, else 0/1 by cell
+centre) or `MaskRegion` (a 0-1 DataArray on the grid; `wxens verify --mask FILE`).
 """

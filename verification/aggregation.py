@@ -2,30 +2,47 @@
 
 One area weighting for the whole project: `cell_area_weights`, the area of each latitude row's
 cells (training, `wxens skill` and `wxens verify` all use it). A region's weights are those
-cell areas times its mask:
+cell areas times its mask, the share of each cell inside the region (0 to 1):
 
-- `LatitudeBand(south, north)`: a band of latitudes, both edges included (`REGIONS` holds the
-  four named bands `global`, `nh_extratropics`, `tropics`, `sh_extratropics`);
+- `LatitudeBand(south, north)`: a band of latitudes, both edges included;
+  `LatitudeBands(bands)`: the latitudes of any of several bands;
 - `LatLonBox(south, north, west, east)`: a box, its longitudes running east from `west` to
-  `east` (so `LatLonBox(35, 70, 350, 40)` wraps past 0);
+  `east` (so `LatLonBox(35, 70, 350, 40)` wraps past 0); `parse_box("NAME=S,N,W,E")` reads
+  one;
+- `PolygonRegion(polygons)`: shapely polygons in longitude and latitude, masked on the data's
+  grid with regionmask (the fraction of each cell inside);
+- `NaturalEarthRegion("land" | "sea")`: the land of the 1:110m Natural Earth coastlines in
+  the local cartopy data folder (`natural_earth`), or the sea, its complement;
 - `MaskRegion(mask)`: any 0/1 or fractional mask on the grid (a DataArray on `latitude` and
   `longitude`, e.g. a land fraction).
+
+Regions by name: `REGIONS`, the regions scored when none are named (the four bands
+`global`, `nh_extratropics`, `tropics`, `sh_extratropics`); `EXTRA_REGIONS`, scored only when
+named (`land`, `sea` and WeatherBench2's regions, `wb2_...`); `REGION_SETS`, names that stand
+for several regions (`weatherbench2`: WeatherBench2's regional set). `resolve_regions` takes
+any of these names, boxes written `NAME=S,N,W,E`, and `Region` objects.
 
 Order of operations (WeatherBench2): area-weighted mean over the region's grid points, then the
 mean over init times; square roots (RMSE, spread) are taken by the caller afterwards. A band's
 weights depend on latitude only, so its means are taken over longitude first (a cheap zonal
-mean, then a weighted mean of a few rows); boxes and masks weight every grid point.
+mean, then a weighted mean of a few rows); boxes, polygons and masks weight every grid point.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache, reduce
+from typing import Literal
 
 import numpy as np
+import shapely
 import xarray as xr
 from wxens.verification.errors import ScoreError
+from wxens.verification.natural_earth import land_polygons
 
 LATITUDE = "latitude"
 LONGITUDE = "longitude"
@@ -82,6 +99,29 @@ class Region(abc.ABC):
     def label(self) -> str:
         """`name`, or a name made of the region's parameters."""
         return self.name or self.default_name()
+
+    def mask_at_points(self, latitude: xr.DataArray, longitude: xr.DataArray) -> xr.DataArray:
+        """The mask at points (stations) whose coordinates lie along one dimension: read off
+        the grid of their own distinct latitudes and longitudes. A region's mask on a grid
+        is that of each grid point (cell centre) for bands and boxes; regions whose grid masks
+        are cell fractions override this with centre tests.
+
+        Example:
+            >>> latitude = xr.DataArray([10.0, 50.0], dims="station")
+            >>> longitude = xr.DataArray([5.0, 5.0], dims="station")
+            >>> LatLonBox(0, 20, 0, 10).mask_at_points(latitude, longitude).values.tolist()
+            [1.0, 0.0]
+        """
+        (dim,) = latitude.dims
+        lats, lat_index = np.unique(np.asarray(latitude, float), return_inverse=True)
+        lons, lon_index = np.unique(np.asarray(longitude, float), return_inverse=True)
+        grid_mask = self.mask_on(
+            xr.DataArray(lats, dims=LATITUDE, coords={LATITUDE: lats}),
+            xr.DataArray(lons, dims=LONGITUDE, coords={LONGITUDE: lons}),
+        )
+        picks = {LATITUDE: lat_index, LONGITUDE: lon_index}
+        indexers = {name: xr.DataArray(picks[name], dims=dim) for name in grid_mask.dims}
+        return grid_mask.isel(indexers).drop_vars([LATITUDE, LONGITUDE], errors="ignore")
 
     def weights(
         self, latitude: xr.DataArray, longitude: xr.DataArray | None = None
@@ -142,6 +182,34 @@ class LatitudeBand(Region):
         self, latitude: xr.DataArray, longitude: xr.DataArray | None = None
     ) -> xr.DataArray:
         return ((latitude >= self.south) & (latitude <= self.north)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class LatitudeBands(Region):
+    """The latitudes of any of `bands` (`LatitudeBand`s), e.g. both extratropics.
+
+    Example:
+        >>> latitude = xr.DataArray([60.0, 0.0, -60.0], dims="latitude")
+        >>> extratropics = LatitudeBands((LatitudeBand(-90, -20), LatitudeBand(20, 90)))
+        >>> extratropics.label, extratropics.mask_on(latitude).values.tolist()
+        ('band_90S_20S+band_20N_90N', [1.0, 0.0, 1.0])
+    """
+
+    bands: tuple[LatitudeBand, ...]
+    name: str | None = None
+    zonal = True
+
+    def __post_init__(self) -> None:
+        if not self.bands or not all(isinstance(band, LatitudeBand) for band in self.bands):
+            raise ScoreError("latitude bands need one or more LatitudeBand")
+
+    def default_name(self) -> str:
+        return "+".join(band.label for band in self.bands)
+
+    def mask_on(
+        self, latitude: xr.DataArray, longitude: xr.DataArray | None = None
+    ) -> xr.DataArray:
+        return reduce(np.maximum, (band.mask_on(latitude) for band in self.bands))
 
 
 @dataclass(frozen=True)
@@ -246,6 +314,145 @@ class MaskRegion(Region):
         return (mask + plane).transpose(LATITUDE, LONGITUDE)
 
 
+Polygons = shapely.Polygon | shapely.MultiPolygon
+
+
+@dataclass(frozen=True, eq=False)
+class PolygonRegion(Region):
+    """The inside of one or more shapely polygons (`Polygon` or `MultiPolygon`; x longitude,
+    y latitude, degrees; longitudes all within -180..180 or all within 0..360), masked with
+    regionmask on the data's grid, whichever longitude convention the grid uses.
+
+    With `fractional` (the default), the mask is the fraction of each grid cell inside
+    (regionmask's `mask_3D_frac_approx`: each cell sampled at 10 x 10 points, cells ending
+    half-way between grid points and at the poles). regionmask gives fractions only on
+    equally spaced latitudes and longitudes; on other grids (a Gaussian grid), and without
+    `fractional`, the mask is 1 where the cell centre is inside and 0 elsewhere
+    (`mask_3D`). A grid with no cell inside has no weight (ScoreError).
+
+    Example:
+        >>> latitude = xr.DataArray([45.0, 15.0, -15.0, -45.0], dims="latitude")
+        >>> longitude = xr.DataArray([0.0, 90.0, 180.0, 270.0], dims="longitude")
+        >>> north_west = shapely.box(-135, 0, 45, 90)  # west 135W, south 0, east 45E, north 90N
+        >>> PolygonRegion(north_west, fractional=False).mask_on(latitude, longitude).values
+        array([[1., 0., 0., 1.],
+               [1., 0., 0., 1.],
+               [0., 0., 0., 0.],
+               [0., 0., 0., 0.]])
+    """
+
+    polygons: Polygons | Sequence[Polygons] = field(repr=False)
+    name: str | None = None
+    fractional: bool = True
+    _masks: dict[tuple, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        polygons = self.polygons
+        polygons = (polygons,) if isinstance(polygons, shapely.Geometry) else tuple(polygons)
+        object.__setattr__(self, "polygons", polygons)
+        if not polygons or not all(isinstance(p, Polygons) and not p.is_empty for p in polygons):
+            raise ScoreError(
+                f"polygon region {self.label!r} needs one or more non-empty shapely polygons"
+            )
+        for polygon in polygons:
+            if not polygon.is_valid:
+                reason = shapely.is_valid_reason(polygon)
+                raise ScoreError(f"polygon region {self.label!r} is not valid: {reason}")
+        west, south, east, north = np.round(shapely.total_bounds(polygons), 6)
+        if south < -90 or north > 90 or west < -180 or east > 360 or (west < 0 and east > 180):
+            raise ScoreError(
+                f"polygon region {self.label!r} spans longitudes {west:g} to {east:g} and"
+                f" latitudes {south:g} to {north:g}: it must lie within -90..90 N and within"
+                " -180..180 or 0..360 E"
+            )
+
+    def __repr__(self) -> str:
+        # The polygons themselves would make a huge repr; their digest tells them apart.
+        digest = hashlib.sha256(b"".join(shapely.to_wkb(self.polygons))).hexdigest()[:16]
+        return (
+            f"PolygonRegion(name={self.name!r}, polygons={len(self.polygons)},"
+            f" wkb_sha256={digest!r}, fractional={self.fractional})"
+        )
+
+    def default_name(self) -> str:
+        return "polygon"
+
+    def mask_at_points(self, latitude: xr.DataArray, longitude: xr.DataArray) -> xr.DataArray:
+        """1 at the points inside the polygons, 0 elsewhere (centre tests, not fractions)."""
+        return Region.mask_at_points(replace(self, fractional=False), latitude, longitude)
+
+    def mask_on(self, latitude: xr.DataArray, longitude: xr.DataArray | None) -> xr.DataArray:
+        longitude = _longitude(self, longitude)
+        key = (_grid_key(latitude), _grid_key(longitude))
+        if key not in self._masks:  # every score asks again; regionmask takes up to seconds
+            if len(self._masks) > 8:
+                self._masks.clear()
+            self._masks[key] = self._grid_mask(latitude.values, longitude.values)
+        return xr.DataArray(
+            self._masks[key],
+            dims=(LATITUDE, LONGITUDE),
+            coords={LATITUDE: latitude.values, LONGITUDE: longitude.values},
+        )
+
+    def _grid_mask(self, latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
+        import regionmask
+        from regionmask.core.mask import InvalidCoordsError
+
+        outline = regionmask.Regions([shapely.union_all(self.polygons)], overlap=False)
+        lon = np.asarray(longitude, dtype=np.float64)
+        lat = np.asarray(latitude, dtype=np.float64)
+        with warnings.catch_warnings():
+            # regionmask 0.13 multiplies affine transforms with `*`, which affine 3 deprecates;
+            # a region with no grid point is `weights`'s ScoreError, not a warning as well.
+            warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
+            warnings.filterwarnings("ignore", "No gridpoint belongs to any region", UserWarning)
+            if self.fractional:
+                try:
+                    return outline.mask_3D_frac_approx(lon, lat, drop=False).values[0]
+                except InvalidCoordsError:  # not equally spaced: cell centres
+                    pass
+            return outline.mask_3D(lon, lat, drop=False).values[0].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class NaturalEarthRegion(Region):
+    """The land (`part="land"`) or the sea (`"sea"`) of the 1:110m Natural Earth coastlines,
+    read from the local cartopy data folder (`natural_earth.land_polygons`: lakes count as
+    land, the Caspian Sea as sea). Land is a fractional `PolygonRegion` mask; the sea is one
+    minus it, so land and sea weights add up to the global weights.
+
+    Without the coastlines on this machine, the mask is a ScoreError naming the folder and
+    the variable to set (`WXENS_CARTOPY_DATA` or `WXENS_SAMPLE_DATA`).
+    """
+
+    part: Literal["land", "sea"] = "land"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.part not in ("land", "sea"):
+            raise ScoreError(f"a Natural Earth region is 'land' or 'sea', not {self.part!r}")
+
+    def default_name(self) -> str:
+        return self.part
+
+    def mask_at_points(self, latitude: xr.DataArray, longitude: xr.DataArray) -> xr.DataArray:
+        """1 at the points on this part (land or sea), 0 elsewhere."""
+        land = _land_region(land_polygons()).mask_at_points(latitude, longitude)
+        return land if self.part == "land" else 1.0 - land
+
+    def mask_on(self, latitude: xr.DataArray, longitude: xr.DataArray | None) -> xr.DataArray:
+        land = _land_region(land_polygons()).mask_on(latitude, _longitude(self, longitude))
+        return land if self.part == "land" else 1.0 - land
+
+
+@cache
+def _land_region(polygons: shapely.MultiPolygon) -> PolygonRegion:
+    """One `PolygonRegion` per set of land polygons, so its masks are computed once a grid."""
+    return PolygonRegion(polygons, name="land")
+
+
 def _degrees(value: float, positive: str, negative: str) -> str:
     return f"{abs(value):g}{positive if value >= 0 else negative}"
 
@@ -256,19 +463,103 @@ REGIONS: dict[str, Region] = {
     "tropics": LatitudeBand(-20.0, 20.0, "tropics"),
     "sh_extratropics": LatitudeBand(-90.0, -20.0, "sh_extratropics"),
 }
-"""The named regions: four latitude bands (south, north), both edges included. Add an entry
-(any `Region`) to make a region available by name."""
+"""The regions scored when none are named: four latitude bands (south, north), both edges
+included. Score stores and reports expect these four by default: add other named regions to
+`EXTRA_REGIONS`."""
+
+EXTRA_REGIONS: dict[str, Region] = {
+    "land": NaturalEarthRegion("land", "land"),
+    "sea": NaturalEarthRegion("sea", "sea"),
+    # WeatherBench2's `predefined_regions` (google-research/weatherbench2, scripts/evaluate.py):
+    # latitude and longitude slices, both ends included as here. Its `global`, `tropics`,
+    # `northern-hemisphere` (20-90N) and `southern-hemisphere` (90-20S) are `REGIONS` bands.
+    "wb2_extratropics": LatitudeBands(
+        (LatitudeBand(-90.0, -20.0), LatitudeBand(20.0, 90.0)), "wb2_extratropics"
+    ),
+    "wb2_europe": LatLonBox(35.0, 75.0, 347.5, 42.5, "wb2_europe"),
+    "wb2_north_america": LatLonBox(25.0, 60.0, 240.0, 285.0, "wb2_north_america"),
+    "wb2_north_atlantic": LatLonBox(25.0, 65.0, 290.0, 350.0, "wb2_north_atlantic"),
+    "wb2_north_pacific": LatLonBox(25.0, 60.0, 145.0, 230.0, "wb2_north_pacific"),
+    "wb2_east_asia": LatLonBox(25.0, 60.0, 102.5, 150.0, "wb2_east_asia"),
+    "wb2_ausnz": LatLonBox(-45.0, -12.5, 120.0, 175.0, "wb2_ausnz"),
+    "wb2_arctic": LatitudeBand(60.0, 90.0, "wb2_arctic"),
+    "wb2_antarctic": LatitudeBand(-90.0, -60.0, "wb2_antarctic"),
+}
+"""Named regions scored only when named: `land` and `sea` (`NaturalEarthRegion`, from the
+local Natural Earth coastlines), and WeatherBench2's regions (`wb2_...`). Add an entry (any
+`Region`) to make a region available by name."""
+
+REGION_SETS: dict[str, list[str]] = {
+    "weatherbench2": [
+        "global",
+        "tropics",
+        "wb2_extratropics",
+        "nh_extratropics",
+        "sh_extratropics",
+        "wb2_europe",
+        "wb2_north_america",
+        "wb2_north_atlantic",
+        "wb2_north_pacific",
+        "wb2_east_asia",
+        "wb2_ausnz",
+        "wb2_arctic",
+        "wb2_antarctic",
+    ],
+}
+"""Names that stand for several regions: `weatherbench2` is WeatherBench2's regional set (its
+land regions, which need its land-sea mask, aside)."""
 
 RegionsLike = Sequence[str | Region] | Mapping[str, Region] | str | Region | None
 
 
+def parse_box(text: str) -> LatLonBox:
+    """The box written `NAME=S,N,W,E`: south, north (degrees north), west, east (degrees east,
+    the longitudes running east from W to E), named NAME.
+
+    Example:
+        >>> parse_box("europe2=35,70,-10,40")
+        LatLonBox(south=35.0, north=70.0, west=-10.0, east=40.0, name='europe2')
+    """
+    name, _, corners = text.partition("=")
+    try:
+        values = [float(value) for value in corners.split(",")]
+    except ValueError:
+        values = []
+    if not name.strip() or len(values) != 4 or not np.isfinite(values).all():
+        raise ScoreError(f"region box {text!r}: expected NAME=S,N,W,E, four numbers in degrees")
+    try:
+        return LatLonBox(*values, name=name.strip())
+    except ScoreError as exc:
+        raise ScoreError(f"region box {text!r}: {exc}") from None
+
+
+def _named(name: str) -> list[tuple[str, Region]]:
+    """The (name, region) pairs that `name` stands for: a set's regions, a registered region,
+    or a box `NAME=S,N,W,E`."""
+    if name in REGION_SETS:
+        return [pair for member in REGION_SETS[name] for pair in _named(member)]
+    if "=" in name:
+        box = parse_box(name)
+        return [(box.label, box)]
+    for registry in (REGIONS, EXTRA_REGIONS):
+        if name in registry:
+            return [(name, registry[name])]
+    choices = ", ".join([*REGIONS, *EXTRA_REGIONS, *REGION_SETS])
+    raise ScoreError(f"unknown region {name!r}; choose from {choices} or a box NAME=S,N,W,E")
+
+
 def resolve_regions(regions: RegionsLike = None) -> dict[str, Region]:
-    """The regions to score, by name: `REGIONS` names, `Region` objects (named by their
-    `label`), a mapping of names to regions, or None (all of `REGIONS`).
+    """The regions to score, by name: names of `REGIONS`, `EXTRA_REGIONS` and `REGION_SETS`,
+    boxes written `NAME=S,N,W,E` (`parse_box`), `Region` objects (named by their `label`), a
+    mapping of names to regions, or None (all of `REGIONS`).
 
     Example:
         >>> list(resolve_regions(["tropics", LatLonBox(30, 60, 350, 40, name="europe")]))
         ['tropics', 'europe']
+        >>> list(resolve_regions(["land", "box=35,70,-10,40"]))
+        ['land', 'box']
+        >>> list(resolve_regions("weatherbench2"))[:5]
+        ['global', 'tropics', 'wb2_extratropics', 'nh_extratropics', 'sh_extratropics']
     """
     if regions is None:
         return dict(REGIONS)
@@ -280,16 +571,15 @@ def resolve_regions(regions: RegionsLike = None) -> dict[str, Region]:
         named = {}
         for region in regions:
             if isinstance(region, str):
-                if region not in REGIONS:
-                    raise ScoreError(f"unknown region {region!r}; choose from {', '.join(REGIONS)}")
-                key, region = region, REGIONS[region]
+                pairs = _named(region)
             elif isinstance(region, Region):
-                key = region.label
+                pairs = [(region.label, region)]
             else:
                 raise ScoreError(f"a region is a name or a Region, got {type(region).__name__}")
-            if key in named:
-                raise ScoreError(f"region {key!r} is given twice")
-            named[key] = region
+            for key, value in pairs:
+                if key in named:
+                    raise ScoreError(f"region {key!r} is given twice")
+                named[key] = value
     if not named:
         raise ScoreError("no region to score")
     for key, region in named.items():
@@ -303,16 +593,19 @@ def region_weights(
     region: str | Region,
     longitude: xr.DataArray | None = None,
 ) -> xr.DataArray:
-    """Cell-area weights that are zero outside `region` (a `REGIONS` name or a `Region`);
-    dims `latitude` for a band, `(latitude, longitude)` otherwise (`longitude` needed then).
+    """Cell-area weights that are zero outside `region` (a region's name, as in
+    `resolve_regions`, or a `Region`); dims `latitude` for a zonal region,
+    `(latitude, longitude)` otherwise (`longitude` needed then).
 
     Example:
         >>> latitude = xr.DataArray([60.0, 0.0, -60.0], dims="latitude")
         >>> region_weights(latitude, "tropics").values.round(3).tolist()
         [0.0, 1.5, 0.0]
     """
-    (resolved,) = resolve_regions([region]).values()
-    return resolved.weights(latitude, longitude)
+    resolved = list(resolve_regions([region]).values())
+    if len(resolved) != 1:
+        raise ScoreError(f"{region!r} names {len(resolved)} regions; region_weights takes one")
+    return resolved[0].weights(latitude, longitude)
 
 
 def regional_weights(

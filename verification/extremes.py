@@ -24,8 +24,9 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
-from wxens.verification.aggregation import LATITUDE, LONGITUDE, RegionsLike, regional_sums
+from wxens.verification.aggregation import RegionsLike
 from wxens.verification.errors import ScoreError
+from wxens.verification.geometry import spatial_sums
 from wxens.verification.metrics import ensemble_summary
 from wxens.verification.probability import (
     VALUE,
@@ -333,7 +334,7 @@ def extreme_event_tables(
         def count(dims: tuple[str, ...], weights: xr.DataArray | None) -> xr.DataArray:
             return contingency_table(category, event, values, dims, weights)
 
-        return regional_sums(count, truth[LATITUDE], truth[LONGITUDE], regions, None)
+        return spatial_sums(count, truth, regions, None)
 
     table = regional_table(members_above(forecast, thresholds, member_dim), members + 1)
     efi_table = regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)

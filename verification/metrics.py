@@ -15,6 +15,7 @@ closed forms.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
 
@@ -168,9 +169,13 @@ def point_keys(field: xr.DataArray) -> xr.DataArray:
         values = field[dim].values if dim in field.coords else np.arange(field.sizes[dim])
         if values.dtype.kind in "mM":
             values = values.astype("datetime64[ns]" if values.dtype.kind == "M" else "m8[ns]")
-        bits = np.ascontiguousarray(values).astype(
-            np.float64 if values.dtype.kind == "f" else values.dtype
-        )
+        if values.dtype.kind in "OUS":  # station ids: 8 bytes of each one's BLAKE2 digest
+            digests = [hashlib.blake2b(str(v).encode(), digest_size=8).digest() for v in values]
+            bits = np.frombuffer(b"".join(digests), dtype=np.uint64)
+        else:
+            bits = np.ascontiguousarray(values).astype(
+                np.float64 if values.dtype.kind == "f" else values.dtype
+            )
         coordinate = xr.DataArray(_mix(bits.view(np.uint64)), dims=dim)
         if dim in field.chunksizes:
             coordinate = coordinate.chunk({dim: field.chunksizes[dim]})

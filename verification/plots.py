@@ -8,7 +8,6 @@ Lead times are selected by a timedelta or a number of days, and drawn in days.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from wxens.verification.errors import ScoreError
+from wxens.verification.natural_earth import cartopy_data_dir, coastline_data_available
 
 SYSTEM = "system"
 LEAD_TIME = "lead_time"
 DAY = np.timedelta64(1, "D")
-COASTLINE_SHAPEFILE = Path("shapefiles/natural_earth/physical/ne_110m_coastline.shp")
 ENSEMBLE_SPECTRA = {"power_members": ("-", "members"), "power_ensemble_mean": ("--", "mean")}
 SPECTRA = (*ENSEMBLE_SPECTRA, "power_truth")
 
@@ -281,23 +280,6 @@ def plot_maps(
         colorbar.set_label(_with_units(str(field.name or ""), field))
         ax.set_title(panel.title if panel.title is not None else str(field.name or ""))
     return save_figure(figure, path)
-
-
-def coastline_data_available() -> bool:
-    """Whether `cartopy_data_dir` holds the 110 m coastlines the maps draw."""
-    return (cartopy_data_dir() / COASTLINE_SHAPEFILE).is_file()
-
-
-def cartopy_data_dir() -> Path:
-    """Where the maps' Natural Earth data is: `$WXENS_CARTOPY_DATA` (a cartopy data folder of
-    the user's), else the sample data's `$WXENS_SAMPLE_DATA/cartopy_data`, else
-    `../shared/data/cartopy_data` beside the repository root."""
-    if os.environ.get("WXENS_CARTOPY_DATA"):
-        return Path(os.environ["WXENS_CARTOPY_DATA"])
-    sample_data = os.environ.get("WXENS_SAMPLE_DATA")
-    if sample_data:
-        return Path(sample_data) / "cartopy_data"
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "cartopy_data"
 
 
 def _add_coastlines(ax: Axes) -> None:

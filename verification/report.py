@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
@@ -17,13 +18,12 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from wxens.verification.errors import ScoreError
+from wxens.verification.natural_earth import cartopy_data_dir, coastline_data_available
 from wxens.verification.plots import (
     LEAD_TIME,
     SPECTRA,
     SYSTEM,
     MapPanel,
-    cartopy_data_dir,
-    coastline_data_available,
     lead_label,
     plot_gap_closed,
     plot_maps,
@@ -366,6 +366,7 @@ def report(
         reference=reference,
         sections=sections,
         notes=_map_notes(scores),
+        not_scored=_not_scored(scores),
         data_files=write_score_tables(scores, out_dir / "data"),
         provenance=[(str(key), str(value)) for key, value in scores.attrs.items()],
     )
@@ -539,6 +540,12 @@ def _on_earth(scores: xr.Dataset) -> bool:
     return scores.attrs.get("planet", "earth") == "earth"
 
 
+def _not_scored(scores: xr.Dataset) -> list[str]:
+    """The chosen scores the data's geometry leaves out, with why (attribute `not_scored`)."""
+    left_out = json.loads(scores.attrs.get("not_scored", "{}"))
+    return [f"{name}: {why}" for name, why in left_out.items()]
+
+
 def _map_notes(scores: xr.Dataset) -> list[str]:
     """What the reader should know about the maps' coastlines."""
     if "map_ensemble_mean" not in scores.data_vars:
@@ -632,6 +639,7 @@ ul.data { columns: 3; font-size: 0.9em; }
 <body>
 <h1>{{ title }}</h1>
 <p>Systems: {{ systems | join(", ") }}{% if reference %}; reference: {{ reference }}{% endif %}</p>
+{% if not_scored %}<p class="note">Not scored: {{ not_scored | join("; ") }}.</p>{% endif %}
 <ul>
 {% for section in sections %}<li><a href="#section-{{ loop.index }}">{{ section.heading }}</a></li>
 {% endfor %}{% if data_files %}<li><a href="#data">Data</a></li>{% endif %}

@@ -25,13 +25,10 @@ import numpy as np
 import xarray as xr
 from wxens.verification import metrics
 from wxens.verification.aggregation import (
-    LATITUDE,
-    LONGITUDE,
+    Counter,
     Region,
     ordered_sum,
     per_region,
-    regional_means,
-    regional_sums,
     resolve_regions,
 )
 from wxens.verification.errors import ScoreError
@@ -42,6 +39,7 @@ from wxens.verification.extremes import (
     extreme_event_tables,
     model_climate,
 )
+from wxens.verification.geometry import STATION, spatial_dims, spatial_means, spatial_sums
 from wxens.verification.probability import (
     CORP_DECOMPOSITION,
     VALUE,
@@ -92,9 +90,18 @@ class ScoringContext:
         self.members = forecast.sizes[MEMBER]
         self.fair = self.members > 1  # one member: a deterministic forecast, CRPS = MAE
 
+    @property
+    def on_grid(self) -> bool:
+        """Whether the data are on a grid (else on points: stations or an index)."""
+        return STATION not in self.truth.dims
+
     def mean(self, per_point: xr.DataArray) -> xr.DataArray:
-        """Area mean per region, per init time (`aggregation.regional_means`)."""
-        return regional_means(per_point, self.regions, None)
+        """Area (or station) mean per region, per init time (`geometry.spatial_means`)."""
+        return spatial_means(per_point, self.regions, None, self.truth)
+
+    def sums(self, count: Counter) -> xr.DataArray:
+        """Area- (or station-) weighted sums per region, per init (`geometry.spatial_sums`)."""
+        return spatial_sums(count, self.truth, self.regions, None)
 
     @cached_property
     def summary(self) -> xr.Dataset:
@@ -131,9 +138,10 @@ class ScoringContext:
     def missing_members(self) -> xr.DataArray:
         """NaN member values per (init_time, lead_time): from the kernel when a score used it,
         else counted from the forecast."""
+        space = spatial_dims(self.truth)
         if "summary" in self.__dict__:
-            return self.summary["missing"].sum((LATITUDE, LONGITUDE))
-        return self.forecast.isnull().sum((MEMBER, LATITUDE, LONGITUDE))
+            return self.summary["missing"].sum(space)
+        return self.forecast.isnull().sum((MEMBER, *space))
 
 
 Outputs = Mapping[str, xr.DataArray]
@@ -163,6 +171,8 @@ class Score:
     statistics: Callable[[ScoringContext], Outputs]
     finalize: Callable[[xr.Dataset, int, VerifyOptions], Outputs]
     statistics_names: tuple[str, ...]
+    needs_grid: bool = False
+    """A score of whole fields (ACC, energy score, spectra): left out on stations and indices."""
 
     def compute(self, context: ScoringContext) -> Outputs:
         stats = xr.Dataset(dict(self.statistics(context)))
@@ -286,9 +296,7 @@ def _rank_stats(context: ScoringContext) -> Outputs:
     def count(dims: tuple[str, ...], weights: xr.DataArray | None) -> xr.DataArray:
         return metrics.rank_counts(ranks, context.members, dims, weights)
 
-    truth = context.truth
-    counts = regional_sums(count, truth[LATITUDE], truth[LONGITUDE], context.regions, None)
-    return {"rank_counts": counts}
+    return {"rank_counts": context.sums(count)}
 
 
 def _rank_counts(stats: xr.Dataset, members: int) -> xr.DataArray:
@@ -463,8 +471,15 @@ SCORES: dict[str, Score] = {
             _outlier_fraction,
             ("outside",),
         ),
-        Score("acc", ("acc",), _acc_stats, _acc, ("acc",)),
-        Score("energy_score", ("energy_score",), _energy_stats, _energy_score, ("energy_score",)),
+        Score("acc", ("acc",), _acc_stats, _acc, ("acc",), needs_grid=True),
+        Score(
+            "energy_score",
+            ("energy_score",),
+            _energy_stats,
+            _energy_score,
+            ("energy_score",),
+            needs_grid=True,
+        ),
         Score(
             "rank_histogram", ("rank_histogram",), _rank_stats, _rank_histogram, ("rank_counts",)
         ),
@@ -484,7 +499,7 @@ SCORES: dict[str, Score] = {
         Score("twcrps", ("twcrps",), _twcrps_stats, _twcrps, ("twcrps",)),
         Score("pit", PIT, _rank_stats, _pit, ("rank_counts",)),
         Score("tails", ("tail_fraction", "tail_reach"), _tail_stats, _tails, TAIL_STATISTICS),
-        Score("spectra", SPECTRA, _spectra_stats, _spectra, SPECTRA),
+        Score("spectra", SPECTRA, _spectra_stats, _spectra, SPECTRA, needs_grid=True),
     )
 }
 """Every score `wxens verify` computes, by name, in the order of the scores dataset."""
@@ -523,6 +538,8 @@ def variable_statistics(context: ScoringContext, scores: Sequence[Score]) -> xr.
     (NaN member values per init and lead, for the caller's check)."""
     stats: dict[str, xr.DataArray] = {}
     for entry in scores:
+        if entry.needs_grid and not context.on_grid:
+            continue
         computed = dict(entry.statistics(context))
         unexpected = set(computed) - set(entry.statistics_names)
         if unexpected:

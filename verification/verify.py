@@ -26,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from threadpoolctl import threadpool_limits
 from wxens.verification.aggregation import (
@@ -37,6 +38,17 @@ from wxens.verification.aggregation import (
 )
 from wxens.verification.errors import ScoreError
 from wxens.verification.extremes import calendar_distance, efi, model_climate
+from wxens.verification.geometry import (
+    GEOMETRY_NAMES,
+    STATION,
+    WEIGHT,
+    as_points,
+    at_stations,
+    geometry,
+    geometry_name,
+    point_weights,
+    spatial_dims,
+)
 from wxens.verification.metrics import ensemble_summary
 from wxens.verification.probability import COST_LOSS_RATIOS, checked_cost_loss_ratios
 from wxens.verification.scores import (
@@ -101,8 +113,13 @@ class VerifyOptions:
     """Seed of the rank histogram's random tie-breaking."""
     truncation: int | None = None
     """Spectral truncation of the spectra; None: the largest the grid resolves exactly."""
+    valid_time_tolerance: str | None = None
+    """Match each valid time to the nearest truth time within this (e.g. "12h"); None: exactly."""
     forecast_renames: Mapping[str, str] = field(default_factory=dict)
     truth_renames: Mapping[str, str] = field(default_factory=dict)
+    stations: xr.Dataset | None = field(default=None, repr=False, compare=False)
+    """Sample gridded forecasts and truth at these stations before scoring
+    (`geometry.read_stations`: ids on dim `station`, latitude and longitude coordinates)."""
     maps: bool = True
     """Also the report's maps of the forecast's first init (`map_*` variables)."""
     climate_period: tuple[str, str] | None = None
@@ -126,6 +143,14 @@ class VerifyOptions:
         if self.corp_resamples < 0:
             raise ScoreError(f"corp_resamples must be >= 0, got {self.corp_resamples}")
         checked_cost_loss_ratios(self.cost_loss_ratios)
+        if self.valid_time_tolerance is not None:
+            try:
+                pd.Timedelta(self.valid_time_tolerance)
+            except ValueError:
+                raise ScoreError(
+                    f"valid_time_tolerance {self.valid_time_tolerance!r} is not a time span"
+                    " such as '12h'"
+                ) from None
 
 
 def open_store(path: str | Path) -> xr.Dataset:
@@ -230,7 +255,7 @@ def standardise(
     """
     ds = _rename(ds, renames, FORECAST_ALIASES if forecast else TRUTH_ALIASES, label)
     required = (INIT, MEMBER) if forecast else (TIME,)
-    for dim in (*required, LATITUDE, LONGITUDE):
+    for dim in required:
         if dim not in ds.dims:
             raise ScoreError(
                 f"{label} has no {dim!r} dimension (it has {', '.join(map(str, ds.dims))}); "
@@ -241,9 +266,13 @@ def standardise(
     if not ds.data_vars:
         raise ScoreError(f"{label} has no data variable")
     ds = _checked_times(ds, label, forecast=forecast)
-    keep = (INIT, LEAD, MEMBER, LATITUDE, LONGITUDE) if forecast else (TIME, LATITUDE, LONGITUDE)
-    ds = ds.reset_coords(drop=True)
-    return _split_extra_dims(ds, keep)
+    on_grid = geometry(ds, label) == "grid"
+    station_coords = [name for name in (LATITUDE, LONGITUDE, WEIGHT) if name in ds.coords]
+    kept = {} if on_grid else {name: ds[name].reset_coords(drop=True) for name in station_coords}
+    space = GRID if on_grid else (STATION,)
+    keep = (INIT, LEAD, MEMBER, *space) if forecast else (TIME, *space)
+    ds = _split_extra_dims(ds.reset_coords(drop=True), keep)
+    return ds if on_grid else as_points(ds.assign_coords(kept), label)
 
 
 def check_same_grid(forecast: xr.Dataset, truth: xr.Dataset, label: str) -> None:
@@ -256,6 +285,18 @@ def check_same_grid(forecast: xr.Dataset, truth: xr.Dataset, label: str) -> None
         ...
         wxens.verification.errors.ScoreError: forecast is on another grid than the truth: ...
     """
+    ours, theirs = geometry_name(forecast), geometry_name(truth)
+    if ours != theirs and GEOMETRY_NAMES["grid"] in (ours, theirs):
+        raise ScoreError(
+            f"{label} is on {ours} but the truth is on {theirs}; sample a grid at stations"
+            " first (wxens verify --stations)"
+        )
+    if STATION in truth.dims:
+        missing = ~np.isin(forecast[STATION].values, truth[STATION].values)
+        if missing.any():
+            first = forecast[STATION].values[missing][0]
+            raise ScoreError(f"the truth has no station {first!r} of the {label}")
+        return
     for dim in GRID:
         ours, theirs = forecast[dim].values, truth[dim].values
         if ours.shape != theirs.shape or not np.allclose(ours, theirs):
@@ -265,8 +306,18 @@ def check_same_grid(forecast: xr.Dataset, truth: xr.Dataset, label: str) -> None
             )
 
 
-def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    """The truth at `valid_time = init_time + lead_time`, dims (init_time, lead_time, lat, lon).
+def truth_at_valid_times(
+    truth: xr.DataArray,
+    forecast: xr.DataArray | xr.Dataset,
+    tolerance: str | None = None,
+) -> xr.DataArray:
+    """The truth at `valid_time = init_time + lead_time`, dims (init_time, lead_time, ...).
+
+    Each valid time takes the truth's time equal to it, or with `tolerance` (a pandas
+    timedelta string such as "3h") the nearest within it, the earlier of two equally near
+    (daily values stamped 00 UTC against leads at 12 UTC: "12h" takes that day's).
+    ScoreError naming the first valid time without one, or both time ranges when none
+    matches at all.
 
     Example:
         >>> times = np.datetime64("2031-01-01") + np.arange(4) * np.timedelta64(6, "h")
@@ -275,22 +326,48 @@ def truth_at_valid_times(truth: xr.DataArray, forecast: xr.DataArray | xr.Datase
         >>> truth_at_valid_times(truth, like).values.tolist()
         [[1.0, 2.0], [2.0, 3.0]]
     """
-    valid = forecast[INIT] + forecast[LEAD]
-    missing = ~np.isin(valid.values, truth[TIME].values)
+    if not truth.indexes[TIME].is_monotonic_increasing:
+        truth = truth.sortby(TIME)
+    valid = (forecast[INIT] + forecast[LEAD]).transpose(INIT, LEAD)
+    index = _nearest_times(truth.indexes[TIME], valid.values.ravel(), tolerance)
+    index = index.reshape(valid.shape)
+    missing = index < 0
+    if missing.all():
+        raise ScoreError(
+            f"truth and forecast share no valid time: the forecast's run "
+            f"{_hours(valid.values.min())}..{_hours(valid.values.max())}, the truth's "
+            f"{_hours(truth[TIME].values.min())}..{_hours(truth[TIME].values.max())}"
+        )
     if missing.any():
-        first = np.datetime_as_string(valid.values[missing][0], unit="h")
+        first = _hours(valid.values[missing][0])
         raise ScoreError(
             f"the truth has no analysis at valid time {first} "
-            f"({int(missing.sum())} of {missing.size} valid times missing)"
+            f"({int(missing.sum())} of {missing.size} valid times missing"
+            f"{'' if tolerance else '; match within a tolerance with valid_time_tolerance'})"
         )
     # One 1-D selection per lead: dask indexes those chunk by chunk (a 2-D fancy index would
     # make one task per valid time).
     per_lead = [
-        truth.sel({TIME: valid.sel({LEAD: lead}).values}).rename({TIME: INIT}).drop_vars(INIT)
-        for lead in forecast[LEAD].values
+        truth.isel({TIME: index[:, k]}).rename({TIME: INIT}).drop_vars(INIT)
+        for k in range(index.shape[1])
     ]
     selected = xr.concat(per_lead, dim=forecast[LEAD]).assign_coords({INIT: forecast[INIT]})
     return selected.transpose(INIT, LEAD, ...)
+
+
+def _nearest_times(times: pd.Index, wanted: np.ndarray, tolerance: str | None) -> np.ndarray:
+    """Position of the time nearest each wanted one within `tolerance` (the earlier of two
+    equally near: a daily value stamped 00 UTC is that day's), -1 where none is."""
+    within = pd.Timedelta(tolerance or 0)
+    before = times.get_indexer(wanted, method="ffill", tolerance=within)
+    after = times.get_indexer(wanted, method="bfill", tolerance=within)
+    gap_before = np.where(before >= 0, wanted - times.values[before], np.timedelta64(2**62, "ns"))
+    gap_after = np.where(after >= 0, times.values[after] - wanted, np.timedelta64(2**62, "ns"))
+    return np.where(gap_after < gap_before, after, before)
+
+
+def _hours(time: np.datetime64) -> str:
+    return np.datetime_as_string(time, unit="h")
 
 
 def choose_variables(
@@ -373,10 +450,12 @@ spend less on dask's scheduling: the demo's 100-member stores (all 8 inits in a 
 
 
 def score_chunks(forecast: xr.DataArray) -> dict[str, int]:
-    """All members and the whole grid in each chunk, one lead, init times up to CHUNK_BYTES."""
-    field_bytes = forecast.sizes[MEMBER] * forecast.sizes[LATITUDE] * forecast.sizes[LONGITUDE] * 8
+    """All members and the whole grid (or every station) in each chunk, one lead, init times
+    up to CHUNK_BYTES."""
+    space = spatial_dims(forecast)
+    field_bytes = forecast.sizes[MEMBER] * int(np.prod([forecast.sizes[d] for d in space])) * 8
     inits = int(np.clip(CHUNK_BYTES // field_bytes, 1, forecast.sizes[INIT]))
-    return {INIT: inits, LEAD: 1, MEMBER: -1, LATITUDE: -1, LONGITUDE: -1}
+    return {INIT: inits, LEAD: 1, MEMBER: -1, **dict.fromkeys(space, -1)}
 
 
 def _system_statistics(
@@ -392,16 +471,17 @@ def _system_statistics(
     the forecast is smaller than IN_MEMORY_BYTES (a nightly update's few new pairs, which
     dask's graphs would cost more than they compute)."""
     in_memory = sum(forecast[name].nbytes for name in variables) < IN_MEMORY_BYTES
+    tolerance = options.valid_time_tolerance
     per_variable = []
     for name in variables:
         if in_memory:
             data = forecast[name].compute()
-            observed = truth_at_valid_times(truth[name], data).compute()
+            observed = truth_at_valid_times(truth[name], data, tolerance).compute()
             climate_sample = options.climate_sample(truth[name], data[INIT]).compute()
         else:
             chunks = score_chunks(forecast[name])
             data = forecast[name].chunk(chunks)
-            observed = truth_at_valid_times(truth[name], data).chunk(
+            observed = truth_at_valid_times(truth[name], data, tolerance).chunk(
                 {dim: size for dim, size in chunks.items() if dim != MEMBER}
             )
             climate_sample = options.climate_sample(truth[name], data[INIT]).chunk(
@@ -509,7 +589,7 @@ def _system_maps(
     per_variable = []
     for name in variables:
         data = forecast[name].isel({INIT: [0]}).chunk({MEMBER: -1})
-        observed = truth_at_valid_times(truth[name], data)
+        observed = truth_at_valid_times(truth[name], data, options.valid_time_tolerance)
         climate_sample = options.climate_sample(truth[name], data[INIT])
         climate = model_climate(climate_sample, TIME).isel({INIT: 0}, drop=True)
         per_variable.append(_map_fields(data, observed, climate))
@@ -663,7 +743,7 @@ def score(
     # Systems of other sizes have other rank axes (M + 1): the outer join pads them with NaN.
     result = xr.concat(scored, dim=xr.DataArray(list(inputs.stores), dims=["system"]), join="outer")
     result.attrs = inputs.provenance()
-    if options.maps:
+    if options.maps and STATION not in inputs.truth.dims:
         maps = _system_maps(inputs.stores["forecast"], inputs.truth, inputs.variables, options)
         result = xr.merge([result, maps], combine_attrs="override")
         result.attrs["map_init_time"] = maps.attrs["map_init_time"]
@@ -696,7 +776,25 @@ class Inputs:
             self.stores,
         )
         # "earth" unless the truth says otherwise: the report draws coastlines only on Earth.
-        return {**attrs, "planet": self.planet}
+        stations = self.options.stations
+        ids = None if stations is None else stations[STATION].values.tolist()
+        return {
+            **attrs,
+            "planet": self.planet,
+            "not_scored": json.dumps(self.not_scored()),
+            "stations": json.dumps(ids),
+        }
+
+    def not_scored(self) -> dict[str, str]:
+        """The chosen scores left out, with why: those of whole fields, on points."""
+        if STATION not in self.truth.dims:
+            return {}
+        kind = geometry_name(self.truth)
+        return {
+            entry.name: f"needs a grid; the forecast is on {kind}"
+            for entry in self.scores
+            if entry.needs_grid
+        }
 
 
 def prepare_inputs(
@@ -714,7 +812,6 @@ def prepare_inputs(
     if not isinstance(options, VerifyOptions):
         raise ScoreError(f"options must be a VerifyOptions, got {type(options).__name__}")
     chosen = resolve_scores(scores)
-    named_regions = resolve_regions(regions)
     if references is not None and not isinstance(references, Mapping):
         raise ScoreError("references must map names to datasets, paths or builder names")
     references = dict(references or {})
@@ -722,9 +819,15 @@ def prepare_inputs(
         raise ScoreError("'forecast' names the forecast; give the reference another name")
     opened_truth = _open(truth, "truth")
     truth_ds = standardise(opened_truth, options.truth_renames, "truth", forecast=False)
-    truth_ds = truth_ds.chunk({LATITUDE: -1, LONGITUDE: -1})  # whole fields, however written
-    for region in named_regions.values():
-        region.weights(truth_ds[LATITUDE], truth_ds[LONGITUDE])  # on the grid? (ScoreError)
+    if options.stations is not None:
+        truth_ds = _sampled_at_stations(truth_ds, options.stations, "truth")
+    on_grid = STATION not in truth_ds.dims
+    # whole fields (every station), however written
+    truth_ds = truth_ds.chunk(dict.fromkeys(spatial_dims(truth_ds), -1))
+    named_regions = resolve_regions(regions if regions is not None or on_grid else ["global"])
+    if on_grid:
+        for region in named_regions.values():
+            region.weights(truth_ds[LATITUDE], truth_ds[LONGITUDE])  # on the grid? (ScoreError)
     systems = {"forecast": forecast, **references}
     stores = {}
     for name, source in systems.items():
@@ -734,11 +837,23 @@ def prepare_inputs(
         opened = _open(source, label)
         ds = standardise(opened, options.forecast_renames, label, forecast=True)
         ds = ds.assign_attrs(opened.attrs)  # a store's provenance and fingerprint
+        if options.stations is not None:
+            ds = _sampled_at_stations(ds, options.stations, label)
         check_same_grid(ds, truth_ds, label)
         # Equal to rounding: the truth's labels, so that the two align exactly.
-        stores[name] = ds.assign_coords({dim: truth_ds[dim].values for dim in GRID})
+        stores[name] = (
+            ds.assign_coords({dim: truth_ds[dim].values for dim in GRID}) if on_grid else ds
+        )
     if "forecast" not in stores:
         raise ScoreError("the forecast must be a dataset or a path, not a reference name")
+    if not on_grid:  # the forecast's stations, in its order, everywhere
+        ids = stores["forecast"][STATION].values
+        truth_ds = truth_ds.sel({STATION: ids})
+        stores = {
+            name: ds.sel({STATION: ids}).assign_coords(truth_ds[STATION].coords)
+            for name, ds in stores.items()
+        }
+        point_weights(truth_ds, named_regions)  # the regions hold stations? (ScoreError)
     variables = choose_variables(stores["forecast"], truth_ds, variables)
     for name in stores:
         choose_variables(stores[name], truth_ds, variables)  # every system has them
@@ -756,6 +871,13 @@ def prepare_inputs(
         truth_source=truth,
         planet=opened_truth.attrs.get("planet", "earth"),
     )
+
+
+def _sampled_at_stations(ds: xr.Dataset, stations: xr.Dataset, label: str) -> xr.Dataset:
+    """A gridded dataset sampled at `stations` (`geometry.at_stations`), as points."""
+    if geometry(ds, label) != "grid":
+        raise ScoreError(f"{label} is not on a grid, so it cannot be sampled at stations")
+    return as_points(at_stations(ds, stations), "stations")
 
 
 def verify(
@@ -835,6 +957,7 @@ def _provenance(
                 "seed": options.seed,
                 "truncation": options.truncation,
                 "climate_window_days": options.climate_window_days,
+                "valid_time_tolerance": options.valid_time_tolerance,
                 "forecast_renames": dict(options.forecast_renames),
                 "truth_renames": dict(options.truth_renames),
                 "maps": options.maps,

@@ -12,8 +12,11 @@ the benchmarks call these same functions.
   `update_statistics` and `finalize` (a statistics store that grows night by night and scores
   any set of its inits); `bootstrap_targets` (the targets of a trustworthy ensemble, with
   block-bootstrap intervals over the inits of statistics stores); the registries
-  `SCORES` (of `Score`) and `REGIONS` (of `Region`: `LatitudeBand`, `LatLonBox`,
-  `MaskRegion`).
+  `SCORES` (of `Score`), `REGIONS` (of `Region`: `LatitudeBand`, `LatitudeBands`,
+  `LatLonBox`, `PolygonRegion`, `MaskRegion`; the four regions scored by default),
+  `EXTRA_REGIONS` (`land`, `sea`, WeatherBench2's regions) and `REGION_SETS`
+  (`weatherbench2`); `read_stations` and `at_stations` (stations from a CSV file, and a grid
+  sampled at them: stations and indices are scored like grids).
 - Errors, each a `ValueError` (or `RuntimeError` for a store) with a one-line message naming
   the culprit: `ConfigError`, `CheckpointError`, `StoreError`, `ForecastError`, `ScoreError`.
 
@@ -53,8 +56,19 @@ if TYPE_CHECKING:
     from wxens.models.checkpoint import CheckpointError
     from wxens.models.emulator import Emulator
     from wxens.models.kinds import KINDS
-    from wxens.verification.aggregation import REGIONS, LatitudeBand, LatLonBox, MaskRegion, Region
+    from wxens.verification.aggregation import (
+        EXTRA_REGIONS,
+        REGION_SETS,
+        REGIONS,
+        LatitudeBand,
+        LatitudeBands,
+        LatLonBox,
+        MaskRegion,
+        PolygonRegion,
+        Region,
+    )
     from wxens.verification.errors import ScoreError
+    from wxens.verification.geometry import at_stations, read_stations
     from wxens.verification.report import report
     from wxens.verification.scores import SCORES, Score
     from wxens.verification.stats_store import finalize, update_statistics
@@ -90,16 +104,24 @@ _EXPORTS = {
     "SCORES": "wxens.verification.scores",
     "Score": "wxens.verification.scores",
     "REGIONS": "wxens.verification.aggregation",
+    "EXTRA_REGIONS": "wxens.verification.aggregation",
+    "REGION_SETS": "wxens.verification.aggregation",
     "Region": "wxens.verification.aggregation",
     "LatitudeBand": "wxens.verification.aggregation",
+    "LatitudeBands": "wxens.verification.aggregation",
     "LatLonBox": "wxens.verification.aggregation",
+    "PolygonRegion": "wxens.verification.aggregation",
     "MaskRegion": "wxens.verification.aggregation",
+    "read_stations": "wxens.verification.geometry",
+    "at_stations": "wxens.verification.geometry",
 }
 """Each public name and the module that defines it."""
 
 __all__ = [
+    "EXTRA_REGIONS",
     "KINDS",
     "REGIONS",
+    "REGION_SETS",
     "SCORES",
     "CheckpointError",
     "ConfigError",
@@ -108,13 +130,16 @@ __all__ = [
     "ForecastError",
     "LatLonBox",
     "LatitudeBand",
+    "LatitudeBands",
     "MaskRegion",
     "Perturbation",
+    "PolygonRegion",
     "Region",
     "Score",
     "ScoreError",
     "StoreError",
     "VerifyOptions",
+    "at_stations",
     "bootstrap_targets",
     "bred_vector_perturbation",
     "finalize",
@@ -123,6 +148,7 @@ __all__ = [
     "open_analyses",
     "open_archive",
     "random_field_perturbation",
+    "read_stations",
     "report",
     "run_ensemble",
     "score",
