@@ -19,9 +19,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 from test_plots_report import synthetic_scores
 from wxens.verification.report import report as html_report
+from wxens.verification.verify import score
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -51,10 +54,32 @@ def _unavailable(message: str):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def site(tmp_path_factory) -> Path:
+    """The folder served: `report/` (a gridded verification's report) and `index-report/`."""
+    return tmp_path_factory.mktemp("site")
+
+
+@pytest.fixture(scope="module")
+def report(site) -> Path:
     """The report folder written by the real report writer (`index.html` and its figures)."""
-    index = html_report(synthetic_scores(), tmp_path_factory.mktemp("site") / "report", "nwp")
-    return index.parent
+    return html_report(synthetic_scores(), site / "report", "nwp").parent
+
+
+@pytest.fixture(scope="module")
+def index_report(site) -> Path:
+    """The report of an index hindcast (no grid: no maps, spectra, ACC or energy score)."""
+    rng = np.random.default_rng(1)
+    days = pd.date_range("2030-01-01", periods=400, freq="D")
+    truth = xr.Dataset({"nino34": ("time", np.sin(np.arange(400) / 30))}, coords={"time": days})
+    inits, leads = days[:40:4], pd.to_timedelta(np.arange(0, 30, 5), "D")
+    valid = truth.nino34.sel(time=(inits.values[:, None] + leads.values).ravel()).values
+    members = valid.reshape(10, 6, 1) + rng.normal(size=(10, 6, 8)) * 0.2
+    forecast = xr.Dataset(
+        {"nino34": (("init_time", "lead_time", "member"), members)},
+        coords={"init_time": inits, "lead_time": leads},
+    )
+    scores = score(forecast, truth, {"persistence": "persistence"})
+    return html_report(scores, site / "index-report", "persistence").parent
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -63,9 +88,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server(report) -> Iterator[str]:
-    """The report folder served on 127.0.0.1 (a free port); yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(report))
+def server(site, report, index_report) -> Iterator[str]:
+    """The reports' folder served on 127.0.0.1 (a free port); yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(site))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -207,8 +232,9 @@ def blank_problems(png: Path, min_std: float = 0.02, min_changed: float = 0.01) 
 # --- tests -----------------------------------------------------------------------------------
 
 
-def test_report_renders_in_chromium(browser, server, tmp_path):
-    watch = PageWatch(browser, server + "index.html")
+@pytest.mark.parametrize("folder", ["report", "index-report"])
+def test_report_renders_in_chromium(browser, server, tmp_path, folder):
+    watch = PageWatch(browser, f"{server}{folder}/index.html")
     try:
         assert watch.page.title(), "the page has no title"
         images = image_problems(watch.page)
@@ -241,13 +267,13 @@ def test_checks_catch_a_broken_page(browser, server, report, tmp_path):
         encoding="utf-8",
     )
     try:
-        watch = PageWatch(browser, server + "broken.html")
+        watch = PageWatch(browser, server + "report/broken.html")
         try:
             images = image_problems(watch.page)
             links = link_problems(watch.page)
         finally:
             watch.page.close()
-        empty = PageWatch(browser, server + "empty.html")
+        empty = PageWatch(browser, server + "report/empty.html")
         try:
             no_images = image_problems(empty.page)
             png = tmp_path / "empty.png"
