@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import urllib.request
 
@@ -206,7 +207,9 @@ def test_bootstrap_hatches_only_what_init_times_cannot_separate(scores):
     swapped = not_significant(by_init({"a": [1.0, 3.0], "nwp": [3.0, 1.0]}), reference="nwp")
     better = not_significant(by_init({"a": [1.0, 2.0], "nwp": [3.0, 4.0]}), reference="nwp")
     assert swapped.values.tolist() == [True] and better.values.tolist() == [False]
-    with_inits = scores.assign(crps_by_init=per_init_crps(scores))
+    with_inits = scores.assign(crps_by_init=per_init_crps(scores)).assign_attrs(
+        members=json.dumps(dict.fromkeys(SYSTEMS, 4))
+    )
     ax = scorecard(with_inits, reference="nwp").axes[0]
     assert len(ax.patches) == len(VARIABLES) * len(REGIONS)  # the 0 % column
 

@@ -140,7 +140,9 @@ def test_scores_and_regions_pick_what_is_computed(data, wxens):
         regions={"tropics": REGIONS["tropics"], "atlantic": box},
         options=VerifyOptions(maps=False),
     )
-    assert set(some.data_vars) == {"crps", "crps_by_init", "rmse", "tail_fraction", "tail_reach"}
+    per_init = {f"{name}_by_init" for name in ("crps", "squared_error", "tail_low", "tail_high")}
+    per_init |= {"reach_low_by_init", "reach_high_by_init"}  # what the scorecards resample
+    assert set(some.data_vars) == {"crps", "rmse", "tail_fraction", "tail_reach", *per_init}
     assert some.region.values.tolist() == ["tropics", "atlantic"]
     assert json.loads(some.attrs["scores"]) == ["crps", "rmse", "tails"]
     for name in some.data_vars:

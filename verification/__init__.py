@@ -51,7 +51,7 @@ that computes each is in brackets where its name differs:
 | score | extra dimension | meaning |
 | --- | --- | --- |
 | `crps`, `crps_ecdf` | | fair and ECDF CRPS, field units (one member: both ECDF = MAE) |
-| `crps_by_init` [crps] | `init_time` | `crps` before the mean over init times |
+| `{statistic}_by_init` | `init_time` | per-init means (`crps`, `squared_error`, ...) |
 | `rmse`, `spread` | | ensemble-mean RMSE, sqrt of the mean ensemble variance |
 | `spread_skill_ratio`, `spread_skill_ratio_debiased` | | unitless |
 | `acc` | | ensemble-mean anomaly correlation against the truth climatology |

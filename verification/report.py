@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from wxens.verification.bootstrap import block_resamples, default_block
 from wxens.verification.errors import ScoreError
 from wxens.verification.natural_earth import cartopy_data_dir, coastline_data_available
 from wxens.verification.plots import (
@@ -35,6 +36,8 @@ from wxens.verification.plots import (
     save_figure,
     select_score,
 )
+from wxens.verification.scores import BY_INIT, resolve_scores
+from wxens.verification.verify import VerifyOptions
 
 # The value of a perfect forecast for each score that has a skill score.
 PERFECT_SCORE = {
@@ -42,6 +45,7 @@ PERFECT_SCORE = {
     "crps_ecdf": 0.0,
     "rmse": 0.0,
     "brier_score": 0.0,
+    "twcrps": 0.0,
     "energy_score": 0.0,
     "acc": 1.0,
     "roc_auc": 1.0,
@@ -138,33 +142,93 @@ def _against_reference(
 
 
 def not_significant(
-    by_init: xr.DataArray,
+    by_init: xr.DataArray | xr.Dataset,
     reference: str,
+    finalize: Callable[[xr.Dataset], xr.DataArray] | None = None,
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    block: int = 1,
 ) -> xr.DataArray:
     """Where a paired bootstrap over init times cannot tell a system from `reference`.
 
-    `by_init` holds a score per init time (e.g. `crps_by_init`, dims `system`, ...,
-    `init_time`). Each of `resamples` draws takes the init times with replacement, the same
-    draw for every system and cell (paired), and computes the % difference of the mean score
-    from the reference's. True where the central `confidence` interval of those differences
-    contains 0 (or a value is missing). Reference: Efron & Tibshirani (1993), ch. 13;
-    WeatherBench2 scorecards (Rasp et al. 2024).
+    `by_init` holds a score per init time (dims `system`, ..., `init_time`; the score is its
+    mean over inits), or the statistics per init that `finalize` turns into the score (a
+    Dataset: `Score.finalize` of the registry, so nonlinear scores such as the RMSE or the
+    spread-skill ratio are finalized from resampled statistics, not averaged). Each of
+    `resamples` draws takes the init times in blocks of `block` consecutive ones
+    (`bootstrap.block_resample`; 1: Efron's iid bootstrap), the same draw for every system and
+    cell (paired), and computes the % difference of the system's score from the reference's.
+    True where the central `confidence` interval of those differences contains 0 (or a value is
+    missing). References: Efron & Tibshirani (1993), ch. 13; Kuensch (1989) for the moving
+    blocks; WeatherBench2 scorecards (Rasp et al. 2024).
     """
-    by_init = by_init.transpose(SYSTEM, ..., INIT)
+    if isinstance(by_init, xr.DataArray):
+        by_init = by_init.to_dataset(name="score")
+
+        def finalize(drawn: xr.Dataset) -> xr.DataArray:
+            return drawn["score"].mean(INIT)
+
     inits = by_init.sizes[INIT]
-    draws = np.random.default_rng(seed).integers(0, inits, (resamples, inits))
-    means = by_init.values[..., draws].mean(-1)  # (system, ..., resample)
-    position = by_init[SYSTEM].values.tolist().index(reference)
-    difference = (means - means[position]) / np.abs(means[position])
+    positions = block_resamples(inits, min(block, inits), resamples, seed)
+    drawn = by_init.isel({INIT: xr.DataArray(positions, dims=("resample", INIT))})
+    values = finalize(drawn).transpose(SYSTEM, ..., "resample")
+    reference_values = values.sel({SYSTEM: reference})
+    difference = ((values - reference_values) / abs(reference_values)).values
     tail = (1 - confidence) / 2
     low, high = np.quantile(difference, [tail, 1 - tail], axis=-1)
     separated = (low > 0) | (high < 0)
-    coords = by_init.drop_vars(INIT, errors="ignore").coords
-    result = xr.DataArray(~separated, dims=by_init.dims[:-1], coords=coords)
+    template = values.isel(resample=0, drop=True)
+    result = xr.DataArray(~separated, dims=template.dims, coords=template.coords)
     return result.drop_sel({SYSTEM: reference})
+
+
+SIGNIFICANCE_RESAMPLES = 500
+
+
+def score_not_significant(
+    scores: xr.Dataset, score: str, reference: str, confidence: float = 0.95
+) -> xr.DataArray | None:
+    """`not_significant` of a registry score from the statistics per init that the scores
+    dataset keeps (`{statistic}_by_init`), in moving blocks of `bootstrap.default_block`
+    inits (the longest lead over the init spacing: forecasts that share valid times are
+    resampled together), SIGNIFICANCE_RESAMPLES draws. None when the dataset lacks those
+    statistics (a score from tables, such as the ROC area) or the systems' member counts."""
+    (entry,) = resolve_scores([score])
+    names = [f"{name}{BY_INIT}" for name in entry.statistics_names]
+    if not set(names) <= set(scores.data_vars) or "members" not in scores.attrs:
+        return None
+    by_init = xr.Dataset({name: scores[f"{name}{BY_INIT}"] for name in entry.statistics_names})
+    members = json.loads(scores.attrs["members"])
+    options = VerifyOptions.from_record(json.loads(scores.attrs.get("options", "{}")))
+
+    def finalize(drawn: xr.Dataset) -> xr.DataArray:
+        per_system = [
+            entry.finalize(drawn.sel({SYSTEM: system}), members[system], options)[score]
+            for system in drawn[SYSTEM].values
+        ]
+        return xr.concat(per_system, dim=drawn[SYSTEM])
+
+    block = default_block(scores[INIT].values, scores[LEAD_TIME].values)
+    hatched = not_significant(
+        by_init, reference, finalize, confidence, SIGNIFICANCE_RESAMPLES, block=block
+    )
+    return hatched.transpose(*[dim for dim in scores[score].dims if dim in hatched.dims])
+
+
+def significance_note(scores: xr.Dataset) -> str:
+    """How the scorecards' hatching is tested, for the report."""
+    if INIT not in scores.dims:
+        return "No statistics per init time: the scorecards are not tested for significance."
+    block = default_block(scores[INIT].values, scores[LEAD_TIME].values)
+    return (
+        "Hatched cells: not significant. A paired moving-block bootstrap over the "
+        f"{scores.sizes[INIT]} init times (blocks of {block} consecutive inits, the longest "
+        f"lead over the init spacing; {SIGNIFICANCE_RESAMPLES} draws) finalizes each score from "
+        "the resampled statistics of both systems; a cell is hatched where the central 95 % "
+        "interval of the % difference contains 0. Scores drawn from contingency tables (ROC "
+        "area) are not tested."
+    )
 
 
 def scorecard(
@@ -175,16 +239,16 @@ def scorecard(
 ) -> Figure:
     """One panel per non-reference system: rows variable x region, columns lead time, cells
     the % difference of the score from `reference` (`percent_difference`), coloured blue where
-    better and red where worse, and hatched where `not_significant` (when the dataset has the
-    score per init time, `{score}_by_init`). A score with an extra dimension (e.g.
+    better and red where worse, and hatched where `score_not_significant` (when the dataset
+    has the score's statistics per init time). A score with an extra dimension (e.g.
     `brier_score` by `quantile`) needs one value of it selected first:
     `scorecard(scores.sel(quantile=0.9), ...)`.
     """
     difference = _scorecard_rows(percent_difference(scores, score, reference), score)
     better = difference if PERFECT_SCORE[score] == 1.0 else -difference
-    hatched = None
-    if f"{score}_by_init" in scores.data_vars:
-        hatched = _scorecard_rows(not_significant(scores[f"{score}_by_init"], reference), score)
+    hatched = score_not_significant(scores, score, reference)
+    if hatched is not None:
+        hatched = _scorecard_rows(hatched, score)
     rows, leads = difference.sizes["row"], difference.sizes[LEAD_TIME]
     figure = Figure(
         figsize=(2.5 + 0.7 * leads, difference.sizes[SYSTEM] * (1.0 + 0.3 * rows)),
@@ -342,6 +406,7 @@ def report(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = count(1)
+    notes_by_heading = {"Scorecards": [significance_note(scores)], "Maps": _map_notes(scores)}
     sections, drawings = [], []
     for heading, figures in (
         ("Scores by lead time", _by_lead_figures(scores)),
@@ -357,7 +422,9 @@ def report(
             for caption, draw in figures
         ]
         if named:
-            sections.append({"heading": heading, "figures": [(c, name) for c, _, name in named]})
+            figures = [(caption, name) for caption, _, name in named]
+            notes = notes_by_heading.get(heading, [])
+            sections.append({"heading": heading, "figures": figures, "notes": notes})
             drawings += [(draw, out_dir / name) for _, draw, name in named]
     draw_figures(drawings)
     page = _TEMPLATE.render(
@@ -365,7 +432,6 @@ def report(
         systems=systems,
         reference=reference,
         sections=sections,
-        notes=_map_notes(scores),
         not_scored=_not_scored(scores),
         data_files=write_score_tables(scores, out_dir / "data"),
         provenance=[(str(key), str(value)) for key, value in scores.attrs.items()],
@@ -647,8 +713,8 @@ ul.data { columns: 3; font-size: 0.9em; }
 </ul>
 {% for section in sections %}
 <h2 id="section-{{ loop.index }}">{{ section.heading }}</h2>
-{% if section.heading == "Maps" %}{% for note in notes %}<p class="note">{{ note }}</p>
-{% endfor %}{% endif %}{% for caption, file_name in section.figures %}<figure>
+{% for note in section.notes %}<p class="note">{{ note }}</p>
+{% endfor %}{% for caption, file_name in section.figures %}<figure>
 <img src="{{ file_name }}" alt="{{ caption }}">
 <figcaption>{{ caption }}</figcaption>
 </figure>

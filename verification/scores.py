@@ -10,7 +10,7 @@ of scores computes only what it needs.
 Adding a score touches this module only: write its function (formula and units in the
 docstring) and add a `Score` to `SCORES`. `score(..., scores=["crps", "rmse"])` and
 `wxens verify --scores crps,rmse` pick entries by name (or by the name of one of their
-output variables: `crps_by_init` picks `crps`).
+output variables: `tail_reach` picks `tails`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from wxens.verification.probability import (
     CORP_DECOMPOSITION,
     VALUE,
     corp_reliability_from_table,
+    exceeds,
+    members_above,
     relative_economic_value_from_table,
 )
 from wxens.verification.spectra import ensemble_spectra
@@ -129,6 +131,16 @@ class ScoringContext:
         return model_climate(self.climate_sample, TIME)
 
     @cached_property
+    def thresholds(self) -> xr.DataArray:
+        """The events' thresholds: the climate at the options' quantiles (dim `quantile`)."""
+        return climate_at(self.climate, list(self.options.quantiles))
+
+    @cached_property
+    def events(self) -> tuple[xr.DataArray, xr.DataArray]:
+        """Per point and quantile: the members above the threshold (k) and the event (0/1)."""
+        return members_above(self.forecast, self.thresholds), exceeds(self.truth, self.thresholds)
+
+    @cached_property
     def tables(self) -> xr.Dataset:
         """`extremes.extreme_event_tables` at the options' quantiles, per init."""
         return extreme_event_tables(
@@ -191,9 +203,8 @@ def _crps_stats(context: ScoringContext) -> Outputs:
 
 def _crps(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
     """CRPS of the ensemble, field units: fair for M > 1 (`crps_fair` of the kernel), the ECDF
-    form for one member (its mean absolute error). `crps` is its area and init-time mean per
-    region; `crps_by_init` keeps the init times (for the scorecards' bootstrap)."""
-    return {"crps": _over_inits(stats, "crps"), "crps_by_init": stats["crps"]}
+    form for one member (its mean absolute error); area and init-time mean per region."""
+    return {"crps": _over_inits(stats, "crps")}
 
 
 def _crps_ecdf_stats(context: ScoringContext) -> Outputs:
@@ -322,9 +333,8 @@ def _pit(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
 
 
 def _twcrps_stats(context: ScoringContext) -> Outputs:
-    thresholds = climate_at(context.climate, list(context.options.quantiles))
     per_point = metrics.crps_threshold_weighted(
-        context.forecast, context.truth, thresholds, fair=context.fair
+        context.forecast, context.truth, context.thresholds, fair=context.fair
     )
     return {"twcrps": context.mean(per_point)}
 
@@ -338,6 +348,31 @@ def _twcrps(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
 
 def _table_stats(context: ScoringContext) -> Outputs:
     return dict(context.tables.data_vars)
+
+
+def _brier_stats(context: ScoringContext) -> Outputs:
+    above, event = context.events
+    return {"brier": context.mean((above / context.members - event) ** 2)}
+
+
+def _brier_score(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Brier score of the events "truth above the climate's q-quantile" (dimension `quantile`)
+    forecast with the members' fraction k/M, `mean (k/M - o)^2`, unitless, area and init-time
+    mean (equal to `probability.brier_score_from_table` of the events' table)."""
+    return {"brier_score": _over_inits(stats, "brier")}
+
+
+def _brier_fair_stats(context: ScoringContext) -> Outputs:
+    above, event = context.events
+    m = context.members
+    excess = above * (m - above) / (m**2 * (m - 1)) if m > 1 else 0.0
+    return {"brier_fair": context.mean((above / m - event) ** 2 - excess)}
+
+
+def _brier_score_fair(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs:
+    """Ferro's fair Brier score of those events, `mean (k/M - o)^2 - k (M - k) / (M^2 (M - 1))`,
+    unitless (`probability.brier_score_fair_from_table`; the plain one for M = 1)."""
+    return {"brier_score_fair": _over_inits(stats, "brier_fair")}
 
 
 def _event_scores(stats: xr.Dataset, members: int, options: VerifyOptions) -> xr.Dataset:
@@ -443,10 +478,32 @@ def _spectra(stats: xr.Dataset, members: int, options: VerifyOptions) -> Outputs
     return {name: _over_inits(stats, name) for name in SPECTRA if name in stats}
 
 
+BY_INIT = "_by_init"
+MEAN_STATISTICS = frozenset(
+    {
+        "crps",
+        "crps_ecdf",
+        "squared_error",
+        "variance",
+        "unbiased_squared_error",
+        "outside",
+        "acc",
+        "energy_score",
+        "brier",
+        "brier_fair",
+        "twcrps",
+        *TAIL_STATISTICS,
+    }
+)
+"""The statistics that are means per init, merged over inits by their mean. The scores
+dataset keeps each one per init as `{name}_by_init` (`crps_by_init`, `squared_error_by_init`,
+...): what a paired bootstrap over inits resamples to test any score drawn from them
+(`report.not_significant`)."""
+
 SCORES: dict[str, Score] = {
     score.name: score
     for score in (
-        Score("crps", ("crps", "crps_by_init"), _crps_stats, _crps, ("crps",)),
+        Score("crps", ("crps",), _crps_stats, _crps, ("crps",)),
         Score("crps_ecdf", ("crps_ecdf",), _crps_ecdf_stats, _crps_ecdf, ("crps_ecdf",)),
         Score("rmse", ("rmse",), _squared_error_stats, _rmse, ("squared_error",)),
         Score("spread", ("spread",), _variance_stats, _spread, ("variance",)),
@@ -483,9 +540,17 @@ SCORES: dict[str, Score] = {
         Score(
             "rank_histogram", ("rank_histogram",), _rank_stats, _rank_histogram, ("rank_counts",)
         ),
+        Score("brier_score", ("brier_score",), _brier_stats, _brier_score, ("brier",)),
+        Score(
+            "brier_score_fair",
+            ("brier_score_fair",),
+            _brier_fair_stats,
+            _brier_score_fair,
+            ("brier_fair",),
+        ),
         *(
             Score(name, (name,), _table_stats, _event_score(name), EVENT_TABLES)
-            for name in ("brier_score", "brier_score_fair", "roc_auc", "efi_roc_auc")
+            for name in ("roc_auc", "efi_roc_auc")
         ),
         Score("reliability", RELIABILITY, _table_stats, _reliability, EVENT_TABLES),
         Score("corp", CORP, _table_stats, _corp, EVENT_TABLES),
@@ -506,11 +571,11 @@ SCORES: dict[str, Score] = {
 
 
 def resolve_scores(scores: Sequence[str | Score] | str | Score | None = None) -> list[Score]:
-    """The scores to compute: `SCORES` names (or output variable names, e.g. `crps_by_init`),
+    """The scores to compute: `SCORES` names (or output variable names, e.g. `tail_reach`),
     `Score` objects, or None (all of `SCORES`). Each score once, in the order given.
 
     Example:
-        >>> [score.name for score in resolve_scores(["rmse", "tail_reach", "crps_by_init"])]
+        >>> [score.name for score in resolve_scores(["rmse", "tail_reach", "crps"])]
         ['rmse', 'tails', 'crps']
     """
     if scores is None:
@@ -574,6 +639,14 @@ def finalize_statistics(
         if unexpected:
             raise ScoreError(f"score {entry.name!r} gave undeclared outputs {sorted(unexpected)}")
         outputs.append(computed)
+    used = {name for entry in scores for name in entry.statistics_names}
+    outputs.append(
+        {
+            f"{name}{BY_INIT}": stats[name]
+            for name in sorted(used & MEAN_STATISTICS & set(stats.data_vars))
+            if INIT in stats[name].dims
+        }
+    )
     return xr.merge(outputs, compat="no_conflicts", join="exact")
 
 

@@ -258,7 +258,7 @@ def read_statistics(
     for name in members:
         data = _select(store.system(name).sortby(INIT), inits, store.path).load()  # small
         systems[name] = data.where(data[COMPUTED] == 1).drop_vars(COMPUTED)
-    options = VerifyOptions(**_options_fields(json.loads(attrs["options"])))
+    options = VerifyOptions.from_record(json.loads(attrs["options"]))
     return StoredStatistics(store.path, systems, members, options, attrs)
 
 
@@ -280,17 +280,6 @@ def _select(data: xr.Dataset, inits: object, path: Path) -> xr.Dataset:
     if not selected.sizes[INIT]:
         raise ScoreError(f"{path} holds no init in {inits}")
     return selected
-
-
-def _options_fields(recorded: Mapping[str, object]) -> dict[str, object]:
-    fields = {f.name for f in dataclasses.fields(VerifyOptions)}
-    picked = {key: value for key, value in recorded.items() if key in fields}
-    for name in ("quantiles", "cost_loss_ratios"):
-        if name in picked:
-            picked[name] = tuple(picked[name])
-    if picked.get("climate_period") is not None:
-        picked["climate_period"] = tuple(picked["climate_period"])
-    return picked
 
 
 def _identity(inputs) -> str:

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from scipy import stats as scipy_stats
+from wxens.verification.bootstrap import block_resample, default_block
 from wxens.verification.errors import ScoreError
 from wxens.verification.stats_store import StoredStatistics, read_statistics
 from wxens.verification.verify import INIT, LEAD
@@ -284,28 +285,6 @@ def read_systems(stats: str | Path | Mapping[str, str | Path]) -> StoredStatisti
     systems = {name: part.systems["forecast"] for name, part in parts.items()}
     attrs = {**first.attrs, "members": json.dumps(members)}
     return StoredStatistics(first.path, systems, members, first.options, attrs)
-
-
-def default_block(inits: np.ndarray, leads: np.ndarray) -> int:
-    """Inits a block spans: the longest lead over the init spacing, rounded up (at least 1)."""
-    if len(inits) < 2:
-        return 1
-    spacing = float(np.median(np.diff(inits)) / np.timedelta64(1, "h"))
-    longest = float(leads.max() / np.timedelta64(1, "h"))
-    return max(1, math.ceil(longest / spacing))
-
-
-def block_resample(count: int, block: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of a moving-block bootstrap resample of `count` inits: blocks of `block`
-    consecutive positions, their starts drawn uniformly with replacement, joined and cut to
-    `count` (Kuensch 1989).
-
-    Example:
-        >>> block_resample(5, 2, np.random.default_rng(0)).tolist()
-        [3, 4, 2, 3, 2]
-    """
-    starts = rng.integers(0, count - block + 1, size=math.ceil(count / block))
-    return (starts[:, None] + np.arange(block)).ravel()[:count]
 
 
 def passed(values: xr.Dataset, targets: Targets = Targets()) -> xr.Dataset:

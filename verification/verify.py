@@ -17,6 +17,7 @@ rather than giving NaN scores. Leave out or fill those members first (for exampl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -125,6 +126,17 @@ class VerifyOptions:
     climate_period: tuple[str, str] | None = None
     """The truth times (first, last, included) the climates draw on; None: all the truth's.
     A statistics store fixes it, so that an init's climate stays put while the truth grows."""
+
+    @classmethod
+    def from_record(cls, recorded: Mapping[str, object]) -> VerifyOptions:
+        """The options as a scores dataset or statistics store records them (the `options`
+        attribute, parsed); entries that are not options are left out."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        picked = {key: value for key, value in recorded.items() if key in fields}
+        for name in ("quantiles", "cost_loss_ratios", "climate_period"):
+            if picked.get(name) is not None:
+                picked[name] = tuple(picked[name])
+        return cls(**picked)
 
     def climate_sample(self, truth: xr.DataArray, inits: xr.DataArray) -> xr.DataArray:
         """Each init's climate sample (`truth_climate`): the truth of its calendar window
