@@ -296,3 +296,36 @@ def test_checks_catch_a_broken_page(browser, server, report, tmp_path):
     assert empty_problems == []
     assert no_images == ["no <img> on the page"]
     assert len(blank_problems(png)) == 2
+
+
+_CAPTIONS_JS = """() => Array.from(document.querySelectorAll("figure"))
+    .filter((figure) => !figure.hidden).map((figure) => figure.textContent.trim())"""
+
+
+def test_the_selector_changes_the_figures_shown(browser, server):
+    """The report opens on the first variable and the main region; choosing another variable
+    shows its figures instead, and `all` shows every variable's."""
+    watch = PageWatch(browser, f"{server}report/index.html")
+    try:
+        page = watch.page
+        first = page.evaluate(_CAPTIONS_JS)
+        variables = page.eval_on_selector_all(
+            "select[data-facet=variable] option", "options => options.map(o => o.value)"
+        )
+        assert variables[0] == "all" and len(variables) >= 3
+        chosen, other = variables[1], variables[2]
+        assert page.input_value("select[data-facet=variable]") == chosen
+        assert not any(f": {other}," in caption for caption in first)
+        page.select_option("select[data-facet=variable]", other)
+        second = page.evaluate(_CAPTIONS_JS)
+        assert any(f": {other}," in caption for caption in second)
+        assert not any(f": {chosen}," in caption for caption in second)
+        page.select_option("select[data-facet=variable]", "all")
+        every = page.evaluate(_CAPTIONS_JS)
+        assert len(every) > len(first) and set(first) | set(second) <= set(every)
+        headline = page.locator("table.headline td[title]").first.get_attribute("title")
+        assert headline and "CRPS" in headline  # the hover value of the first skill cell
+        problems = watch.problems()
+    finally:
+        watch.page.close()
+    assert problems == []

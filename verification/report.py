@@ -60,8 +60,12 @@ RELIABILITY = tuple(
 REPORT_LEADS = 3
 SCORECARD_LEADS = 12
 
-Figures = Iterator[tuple[str, Callable[[], Figure]]]
-"""(caption, a function that draws the figure) pairs: `report` draws them in parallel."""
+Facets = dict[str, str]
+"""What a figure shows, by facet (`variable`, `region`, `score`): the report's selector shows
+the figures whose facets match the chosen values (a figure without a facet always matches)."""
+Figures = Iterator[tuple[str, Callable[[], Figure], Facets]]
+"""(caption, a function that draws the figure, facets): `report` draws them in parallel."""
+FACETS = ("variable", "region", "score")
 
 
 def skill_score(scores: xr.Dataset, score: str, reference: str) -> xr.DataArray:
@@ -418,19 +422,23 @@ def report(
         ("Maps", _map_figures(scores)),
     ):
         named = [
-            (caption, draw, f"{next(numbers):03d}-{_slug(caption)}.png")
-            for caption, draw in figures
+            (caption, draw, facets, f"{next(numbers):03d}-{_slug(caption)}.png")
+            for caption, draw, facets in figures
         ]
         if named:
-            figures = [(caption, name) for caption, _, name in named]
+            shown = [(caption, name, facets) for caption, _, facets, name in named]
             notes = notes_by_heading.get(heading, [])
-            sections.append({"heading": heading, "figures": figures, "notes": notes})
-            drawings += [(draw, out_dir / name) for _, draw, name in named]
+            sections.append({"heading": heading, "figures": shown, "notes": notes})
+            drawings += [(draw, out_dir / name) for _, draw, _, name in named]
     draw_figures(drawings)
+    (out_dir / SELECTOR_SCRIPT).write_text(_SELECTOR_JS, encoding="utf-8")
     page = _TEMPLATE.render(
         title=title,
         systems=systems,
         reference=reference,
+        headline=headline_table(scores, reference),
+        selectors=_selectors(sections, scores),
+        script=SELECTOR_SCRIPT,
         sections=sections,
         not_scored=_not_scored(scores),
         data_files=write_score_tables(scores, out_dir / "data"),
@@ -439,6 +447,131 @@ def report(
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+HEADLINE_DAYS = (1, 3, 5, 10)
+
+
+def _headline_leads(scores: xr.Dataset) -> list[np.timedelta64]:
+    """Days 1, 3, 5 and 10 where the scores have them, else up to four leads."""
+    leads = scores[LEAD_TIME].values
+    wanted = [lead for lead in leads if lead / np.timedelta64(1, "D") in HEADLINE_DAYS]
+    if wanted:
+        return wanted
+    return list(leads[np.unique(np.linspace(0, leads.size - 1, 4).round().astype(int))])
+
+
+def headline_table(scores: xr.Dataset, reference: str | None) -> dict | None:
+    """The report's first table, for the main region: per system and variable, at days 1, 3,
+    5 and 10, the fair CRPS skill against `reference` (`1 - CRPS / CRPS_ref`), the
+    spread-skill ratio and the outlier fraction, each cell with its raw values as a hover
+    title and marked good or poor (skill above 0; ratio within 0.9-1.1; outliers at most
+    1.5 x 2/(M + 1)). None without those scores."""
+    present = [
+        name for name in ("crps", "spread_skill_ratio", "outlier_fraction") if name in scores
+    ]
+    if not present or SYSTEM not in scores.dims:
+        return None
+    region, leads = _main_region(scores), _headline_leads(scores)
+    at = scores.sel(region=region, lead_time=leads)
+    members = json.loads(scores.attrs.get("members") or "{}")
+    rows = []
+    for system in _values(scores, SYSTEM):
+        for variable in _values(scores, "variable"):
+            one = at.sel({SYSTEM: system, "variable": variable})
+            cells = []
+            for k, lead in enumerate(leads):
+                when = f"{system}, {variable}, {region}, {lead_label(lead)}"
+                cells += [
+                    _skill_cell(at, one, variable, reference, system, k, when),
+                    _ratio_cell(one, k, when),
+                    _outlier_cell(one, members.get(system), k, when),
+                ]
+            rows.append({"system": system, "variable": variable, "cells": cells})
+    return {"region": region, "leads": [lead_label(lead) for lead in leads], "rows": rows}
+
+
+Cell = tuple[str, str, str]
+"""(text, hover title, CSS class) of a headline cell."""
+
+
+def _skill_cell(at, one, variable, reference, system, k, when) -> Cell:
+    if "crps" not in one or reference is None or system == reference:
+        return ("–", f"{when}: the reference" if system == reference else when, "")
+    crps = float(one.crps.isel(lead_time=k))
+    crps_ref = float(at.crps.sel({SYSTEM: reference, "variable": variable}).isel(lead_time=k))
+    skill = 1 - crps / crps_ref
+    title = f"{when}: CRPS {crps:.4g} against {reference}'s {crps_ref:.4g}"
+    return (f"{skill:+.2f}", title, "good" if skill > 0 else "poor")
+
+
+def _ratio_cell(one, k, when) -> Cell:
+    if "spread_skill_ratio" not in one:
+        return ("–", when, "")
+    ratio = float(one.spread_skill_ratio.isel(lead_time=k))
+    title = f"{when}: spread-skill ratio {ratio:.3f} (calibrated: 1)"
+    return (f"{ratio:.2f}", title, "good" if 0.9 <= ratio <= 1.1 else "poor")
+
+
+def _outlier_cell(one, members, k, when) -> Cell:
+    if "outlier_fraction" not in one:
+        return ("–", when, "")
+    fraction = float(one.outlier_fraction.isel(lead_time=k))
+    if not members:
+        return (f"{fraction:.3f}", f"{when}: outlier fraction {fraction:.4f}", "")
+    calibrated = 2 / (members + 1)
+    title = f"{when}: outlier fraction {fraction:.4f} (calibrated: {calibrated:.4f})"
+    return (f"{fraction:.3f}", title, "good" if fraction <= 1.5 * calibrated else "poor")
+
+
+def _selectors(sections: list[dict], scores: xr.Dataset) -> list[dict]:
+    """A selector per facet with two or more values among the figures: its options (`all`
+    first) and the value shown first (the first variable, the main region, every score)."""
+    firsts = {"variable": None, "region": _main_region(scores) if "region" in scores.dims else None}
+    selectors = []
+    for facet in FACETS:
+        values = list(
+            dict.fromkeys(
+                figure[2][facet]
+                for section in sections
+                for figure in section["figures"]
+                if facet in figure[2]
+            )
+        )
+        if len(values) < 2:
+            continue
+        chosen = firsts.get(facet) or (values[0] if facet == "variable" else "all")
+        selectors.append({"facet": facet, "values": values, "chosen": chosen})
+    return selectors
+
+
+SELECTOR_SCRIPT = "report.js"
+_SELECTOR_JS = """// The report's selector: show the figures whose facets match every chosen value.
+// Written by wxens with the report; no network, no library.
+function applySelection() {
+  const chosen = {};
+  for (const select of document.querySelectorAll("select[data-facet]")) {
+    chosen[select.dataset.facet] = select.value;
+  }
+  for (const figure of document.querySelectorAll("figure[data-facets]")) {
+    const facets = JSON.parse(figure.dataset.facets);
+    const shown = Object.entries(chosen).every(
+      ([facet, value]) => value === "all" || !(facet in facets) || facets[facet] === value
+    );
+    figure.hidden = !shown;
+  }
+  for (const section of document.querySelectorAll("section.figures")) {
+    const any = section.querySelector("figure[data-facets]:not([hidden])");
+    section.querySelector(".empty").hidden = Boolean(any);
+  }
+}
+document.addEventListener("DOMContentLoaded", () => {
+  for (const select of document.querySelectorAll("select[data-facet]")) {
+    select.addEventListener("change", applySelection);
+  }
+  applySelection();
+});
+"""
 
 
 def write_score_tables(scores: xr.Dataset, folder: Path) -> list[str]:
@@ -499,11 +632,13 @@ def _by_lead_figures(scores: xr.Dataset) -> Figures:
                     draw = partial(
                         plot_score_by_lead, scores, score, variable=variable, region=region
                     )
-                    yield f"{score}: {where}", draw
+                    facets = {"variable": variable, "region": region, "score": score}
+                    yield f"{score}: {where}", draw, facets
             if {"rmse", "spread"} <= set(scores.data_vars):
                 yield (
                     f"spread and skill: {where}",
                     partial(plot_spread_skill, scores, variable, region),
+                    {"variable": variable, "region": region, "score": "spread-skill"},
                 )
 
 
@@ -517,12 +652,17 @@ def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
             continue
         extra = [dim for dim in scores[score].dims if dim not in SCORECARD_DIMS]
         if not extra:
-            yield f"{score} scorecard", partial(scorecard, scores, reference, score)
+            yield (
+                f"{score} scorecard",
+                partial(scorecard, scores, reference, score),
+                {"score": score},
+            )
             continue
         (dim,) = extra
         for value in scores[dim].values:
             chosen = scores.sel({dim: value})
-            yield f"{score} scorecard, {dim} {value}", partial(scorecard, chosen, reference, score)
+            draw = partial(scorecard, chosen, reference, score)
+            yield f"{score} scorecard, {dim} {value}", draw, {"score": score}
 
 
 def _gap_figures(scores: xr.Dataset, reference: str | None) -> Figures:
@@ -536,6 +676,7 @@ def _gap_figures(scores: xr.Dataset, reference: str | None) -> Figures:
         yield (
             f"CRPS gap closed from {reference} to the limit: {variable}, {region}",
             partial(plot_gap_closed, gap, variable, region),
+            {"variable": variable, "region": region, "score": "crps"},
         )
 
 
@@ -554,7 +695,8 @@ def _rank_histogram_figures(scores: xr.Dataset) -> Figures:
     for variable in _values(scores, "variable"):
         for lead in _few_leads(scores):
             draw = partial(plot_rank_histogram, scores, variable, region, lead)
-            yield f"rank histogram: {variable}, {region}, {lead_label(lead)}", draw
+            facets = {"variable": variable, "region": region, "score": "rank histogram"}
+            yield f"rank histogram: {variable}, {region}, {lead_label(lead)}", draw, facets
 
 
 def _reliability_figures(scores: xr.Dataset) -> Figures:
@@ -566,14 +708,16 @@ def _reliability_figures(scores: xr.Dataset) -> Figures:
             for lead in _few_leads(scores):
                 draw = partial(plot_reliability, scores, variable, region, lead, quantile)
                 where = f"{variable}, {region}, {lead_label(lead)}"
-                yield f"reliability above q{quantile:g}: {where}", draw
+                facets = {"variable": variable, "region": region, "score": "reliability"}
+                yield f"reliability above q{quantile:g}: {where}", draw, facets
 
 
 def _spectra_figures(scores: xr.Dataset) -> Figures:
     if not set(SPECTRA) & set(scores.data_vars):
         return
     for variable in _values(scores, "variable"):
-        yield f"spectra: {variable}", partial(plot_spectra, scores, variable, _few_leads(scores))
+        draw = partial(plot_spectra, scores, variable, _few_leads(scores))
+        yield f"spectra: {variable}", draw, {"variable": variable, "score": "spectra"}
 
 
 def _map_figures(scores: xr.Dataset) -> Figures:
@@ -599,7 +743,8 @@ def _map_figures(scores: xr.Dataset) -> Figures:
                 ),
             ]
             caption = f"maps: {variable}, init {init[:13]}, {lead_label(lead)}"
-            yield caption, partial(plot_maps, panels, columns=4, coastlines=_on_earth(scores))
+            draw = partial(plot_maps, panels, columns=4, coastlines=_on_earth(scores))
+            yield caption, draw, {"variable": variable, "score": "maps"}
 
 
 def _on_earth(scores: xr.Dataset) -> bool:
@@ -700,25 +845,58 @@ td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; vertica
 pre { margin: 0; white-space: pre-wrap; }
 ul.data { columns: 3; font-size: 0.9em; }
 .note { color: #8a4b00; }
+table.headline td { text-align: right; }
+table.headline td:nth-child(-n+2) { text-align: left; }
+table.headline td.good { background: #e3f0fa; }
+table.headline td.poor { background: #fbe5e1; }
+form.selector { position: sticky; top: 0; background: #fff; padding: 0.5em 0; }
+form.selector label { margin-right: 1.5em; }
 </style>
+<script src="{{ script }}"></script>
 </head>
 <body>
 <h1>{{ title }}</h1>
 <p>Systems: {{ systems | join(", ") }}{% if reference %}; reference: {{ reference }}{% endif %}</p>
 {% if not_scored %}<p class="note">Not scored: {{ not_scored | join("; ") }}.</p>{% endif %}
+{% if headline %}
+<h2 id="headline">Headline: {{ headline.region }}</h2>
+<p>Fair CRPS skill against {{ reference or "the reference" }} (1 - CRPS / CRPS<sub>ref</sub>),
+spread-skill ratio (1 when calibrated) and outlier fraction (2/(M+1) when calibrated); blue:
+skill above 0, ratio within 0.9-1.1, outliers at most 1.5 x 2/(M+1); red: not. Hover a cell
+for its values.</p>
+<table class="headline">
+<tr><th rowspan="2">system</th><th rowspan="2">variable</th>
+{% for lead in headline.leads %}<th colspan="3">{{ lead }}</th>{% endfor %}</tr>
+<tr>{% for lead in headline.leads %}<th>CRPSS</th><th>ratio</th><th>outliers</th>{% endfor %}</tr>
+{% for row in headline.rows %}<tr><td>{{ row.system }}</td><td>{{ row.variable }}</td>
+{% for text, title, kind in row.cells %}<td class="{{ kind }}" title="{{ title }}">{{ text }}</td>
+{% endfor %}
+</tr>
+{% endfor %}</table>
+{% endif %}
 <ul>
 {% for section in sections %}<li><a href="#section-{{ loop.index }}">{{ section.heading }}</a></li>
 {% endfor %}{% if data_files %}<li><a href="#data">Data</a></li>{% endif %}
 {% if provenance %}<li><a href="#provenance">Provenance</a></li>{% endif %}
 </ul>
+{% if selectors %}<form class="selector" aria-label="figures shown">
+{% for selector in selectors %}<label>{{ selector.facet }}
+<select data-facet="{{ selector.facet }}">
+<option value="all"{% if selector.chosen == "all" %} selected{% endif %}>all</option>
+{% for value in selector["values"] %}<option value="{{ value }}"
+{%- if value == selector.chosen %} selected{% endif %}>{{ value }}</option>
+{% endfor %}</select></label>
+{% endfor %}</form>{% endif %}
 {% for section in sections %}
+<section class="figures">
 <h2 id="section-{{ loop.index }}">{{ section.heading }}</h2>
 {% for note in section.notes %}<p class="note">{{ note }}</p>
-{% endfor %}{% for caption, file_name in section.figures %}<figure>
+{% endfor %}<p class="empty note" hidden>No figure of this section matches the selection.</p>
+{% for caption, file_name, facets in section.figures %}<figure data-facets='{{ facets | tojson }}'>
 <img src="{{ file_name }}" alt="{{ caption }}">
 <figcaption>{{ caption }}</figcaption>
 </figure>
-{% endfor %}{% endfor %}
+{% endfor %}</section>{% endfor %}
 {% if data_files %}
 <h2 id="data">Data</h2>
 <p>Every score as CSV and JSON:</p>
