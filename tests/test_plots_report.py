@@ -231,7 +231,12 @@ def test_report_links_every_figure_and_escapes_names(scores, tmp_path):
     sections = ("Scores by lead time", "Scorecards", "Rank histograms", "Reliability", "Spectra")
     for heading in (*sections, "Provenance"):
         assert f">{heading}</h2>" in html
-    assert sum("scorecard" in name for name in written) == 5  # crps, rmse, acc, brier, roc_auc
+    # scorecards are HTML tables: crps, rmse, acc, brier, roc_auc, a row per system x variable
+    # x region, a cell per lead, each with its scores as a hover title
+    assert html.count('<table class="scorecard">') == 5
+    assert not any("scorecard" in name for name in written)
+    cell = 'title="sfno &lt;b&gt; against nwp, z500 / global, 1 d: crps 1 against 2 (-50.0 %)"'
+    assert cell in html
     assert "<b>" not in html and "sfno &lt;b&gt;" in html
     assert "skill &amp; &lt;spread&gt;" in html
     assert "name: &lt;script&gt;" in html and "abc123" in html

@@ -90,3 +90,12 @@ def test_scores_from_tables_and_datasets_without_members_are_not_tested(scored) 
     note = significance_note(scored)
     assert "16 init times (blocks of 2 consecutive inits" in note
     assert json.loads(scored.attrs["members"]) == {"forecast": 6, "nwp": 6, "twin": 6}
+
+
+def test_the_block_spans_the_longest_lead_but_at_most_a_third_of_the_inits() -> None:
+    from wxens.verification.report import scorecard_block
+
+    inits = pd.date_range("2031-01-01", periods=20, freq="12h")
+    for leads, block in ((["1D", "10D"], 6), (["12h", "1D"], 2)):
+        scores = xr.Dataset(coords={"init_time": inits, "lead_time": pd.to_timedelta(leads)})
+        assert scorecard_block(scores) == block  # 10 d / 12 h = 20, capped at 20 // 3

@@ -12,6 +12,7 @@ from itertools import count
 from pathlib import Path
 
 import jinja2
+import matplotlib
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -213,22 +214,30 @@ def score_not_significant(
         ]
         return xr.concat(per_system, dim=drawn[SYSTEM])
 
-    block = default_block(scores[INIT].values, scores[LEAD_TIME].values)
+    block = scorecard_block(scores)
     hatched = not_significant(
         by_init, reference, finalize, confidence, SIGNIFICANCE_RESAMPLES, block=block
     )
     return hatched.transpose(*[dim for dim in scores[score].dims if dim in hatched.dims])
 
 
+def scorecard_block(scores: xr.Dataset) -> int:
+    """The scorecards' block: `bootstrap.default_block` (the longest lead over the init
+    spacing), at most a third of the inits, so that a resample joins three blocks or more."""
+    block = default_block(scores[INIT].values, scores[LEAD_TIME].values)
+    return max(1, min(block, scores.sizes[INIT] // 3))
+
+
 def significance_note(scores: xr.Dataset) -> str:
     """How the scorecards' hatching is tested, for the report."""
     if INIT not in scores.dims:
         return "No statistics per init time: the scorecards are not tested for significance."
-    block = default_block(scores[INIT].values, scores[LEAD_TIME].values)
+    block = scorecard_block(scores)
     return (
         "Hatched cells: not significant. A paired moving-block bootstrap over the "
-        f"{scores.sizes[INIT]} init times (blocks of {block} consecutive inits, the longest "
-        f"lead over the init spacing; {SIGNIFICANCE_RESAMPLES} draws) finalizes each score from "
+        f"{scores.sizes[INIT]} init times (blocks of {block} consecutive inits: the longest "
+        "lead over the init spacing, at most a third of the inits; "
+        f"{SIGNIFICANCE_RESAMPLES} draws) finalizes each score from "
         "the resampled statistics of both systems; a cell is hatched where the central 95 % "
         "interval of the % difference contains 0. Scores drawn from contingency tables (ROC "
         "area) are not tested."
@@ -410,11 +419,10 @@ def report(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = count(1)
-    notes_by_heading = {"Scorecards": [significance_note(scores)], "Maps": _map_notes(scores)}
+    notes_by_heading = {"Maps": _map_notes(scores)}
     sections, drawings = [], []
     for heading, figures in (
         ("Scores by lead time", _by_lead_figures(scores)),
-        ("Scorecards", _scorecard_figures(scores, reference)),
         ("The predictability limit", _gap_figures(scores, reference)),
         ("Rank histograms", _rank_histogram_figures(scores)),
         ("Reliability", _reliability_figures(scores)),
@@ -437,6 +445,8 @@ def report(
         systems=systems,
         reference=reference,
         headline=headline_table(scores, reference),
+        scorecards=scorecard_cards(scores, reference),
+        significance=significance_note(scores),
         selectors=_selectors(sections, scores),
         script=SELECTOR_SCRIPT,
         sections=sections,
@@ -642,27 +652,68 @@ def _by_lead_figures(scores: xr.Dataset) -> Figures:
                 )
 
 
-def _scorecard_figures(scores: xr.Dataset, reference: str | None) -> Figures:
-    """A scorecard per skill score present (per value of an extra dimension, e.g. quantile)."""
+def scorecard_cards(scores: xr.Dataset, reference: str | None) -> list[dict]:
+    """The report's scorecards as HTML tables, one per skill score present (per value of an
+    extra dimension, e.g. quantile): a row per system x variable x region, a column per lead
+    (`_scorecard_leads`), cells the % difference from `reference` coloured as `scorecard`
+    colours them, hatched where `score_not_significant`, with the two scores as hover
+    titles."""
     if reference is None or scores.sizes.get(SYSTEM, 0) < 2:
-        return
+        return []
     scores = scores.sel({LEAD_TIME: _scorecard_leads(scores)})
+    cards = []
     for score in PERFECT_SCORE:
         if score not in scores.data_vars:
             continue
         extra = [dim for dim in scores[score].dims if dim not in SCORECARD_DIMS]
-        if not extra:
-            yield (
-                f"{score} scorecard",
-                partial(scorecard, scores, reference, score),
-                {"score": score},
-            )
-            continue
-        (dim,) = extra
-        for value in scores[dim].values:
-            chosen = scores.sel({dim: value})
-            draw = partial(scorecard, chosen, reference, score)
-            yield f"{score} scorecard, {dim} {value}", draw, {"score": score}
+        choices = [({}, "")] if not extra else [
+            ({extra[0]: value}, f", {extra[0]} {value:g}") for value in scores[extra[0]].values
+        ]  # fmt: skip
+        for chosen, suffix in choices:
+            cards.append(_scorecard_card(scores.sel(chosen), reference, score, suffix))
+    return cards
+
+
+def _scorecard_card(scores: xr.Dataset, reference: str, score: str, suffix: str) -> dict:
+    difference = _scorecard_rows(percent_difference(scores, score, reference), score)
+    values = _scorecard_rows(select_score(scores, score).drop_sel({SYSTEM: reference}), score)
+    reference_values = _scorecard_rows(
+        select_score(scores, score).sel({SYSTEM: [reference]}), score
+    ).isel({SYSTEM: 0})
+    hatched = score_not_significant(scores, score, reference)
+    hatched = None if hatched is None else _scorecard_rows(hatched, score)
+    better = difference if PERFECT_SCORE[score] == 1.0 else -difference
+    limit = _colour_limit(better.values)
+    leads = [lead_label(lead) for lead in difference[LEAD_TIME].values]
+    rows = []
+    for system in difference[SYSTEM].values:
+        for r, (variable, region) in enumerate(difference["row"].values):
+            cells = []
+            for k, lead in enumerate(leads):
+                value = float(difference.sel({SYSTEM: system}).values[r, k])
+                gain = float(better.sel({SYSTEM: system}).values[r, k])
+                plain = hatched is not None and bool(hatched.sel({SYSTEM: system}).values[r, k])
+                ours = float(values.sel({SYSTEM: system}).values[r, k])
+                theirs = float(reference_values.values[r, k])
+                title = (
+                    f"{system} against {reference}, {variable} / {region}, {lead}: {score} "
+                    f"{ours:.4g} against {theirs:.4g} ({value:+.1f} %)"
+                    + (", not significant" if plain else "")
+                )
+                cells.append(_scorecard_cell(value, gain, limit, plain, title))
+            rows.append({"label": f"{system}: {variable} / {region}", "cells": cells})
+    caption = f"{score} scorecard{suffix}: % difference from {reference}"
+    return {"caption": caption, "facets": {"score": score}, "leads": leads, "rows": rows}
+
+
+def _scorecard_cell(value: float, gain: float, limit: float, plain: bool, title: str) -> dict:
+    """A cell's text, hover title, colours (`RdBu` on +-limit, as `scorecard`) and hatching."""
+    if not np.isfinite(value):
+        return {"text": "–", "title": title, "style": "", "hatched": False}
+    colour = matplotlib.colors.to_hex(matplotlib.colormaps["RdBu"]((gain / limit + 1) / 2))
+    ink = "#fff" if abs(gain) > 0.6 * limit else "#000"
+    style = f"background-color: {colour}; color: {ink}"
+    return {"text": f"{value:+.0f}%", "title": title, "style": style, "hatched": plain}
 
 
 def _gap_figures(scores: xr.Dataset, reference: str | None) -> Figures:
@@ -851,6 +902,9 @@ table.headline td.good { background: #e3f0fa; }
 table.headline td.poor { background: #fbe5e1; }
 form.selector { position: sticky; top: 0; background: #fff; padding: 0.5em 0; }
 form.selector label { margin-right: 1.5em; }
+table.scorecard td { text-align: center; min-width: 3.5em; }
+table.scorecard td.hatched { background-image: repeating-linear-gradient(
+  45deg, transparent 0 4px, rgba(0, 0, 0, 0.3) 4px 5px); }
 </style>
 <script src="{{ script }}"></script>
 </head>
@@ -875,6 +929,7 @@ for its values.</p>
 {% endfor %}</table>
 {% endif %}
 <ul>
+{% if scorecards %}<li><a href="#scorecards">Scorecards</a></li>{% endif %}
 {% for section in sections %}<li><a href="#section-{{ loop.index }}">{{ section.heading }}</a></li>
 {% endfor %}{% if data_files %}<li><a href="#data">Data</a></li>{% endif %}
 {% if provenance %}<li><a href="#provenance">Provenance</a></li>{% endif %}
@@ -887,6 +942,21 @@ for its values.</p>
 {%- if value == selector.chosen %} selected{% endif %}>{{ value }}</option>
 {% endfor %}</select></label>
 {% endfor %}</form>{% endif %}
+{% if scorecards %}<section class="figures">
+<h2 id="scorecards">Scorecards</h2>
+<p class="note">{{ significance }} Hover a cell for the two scores.</p>
+<p class="empty note" hidden>No scorecard matches the selection.</p>
+{% for card in scorecards %}<figure data-facets='{{ card.facets | tojson }}'>
+<table class="scorecard"><tr><th></th>
+{% for lead in card.leads %}<th>{{ lead }}</th>{% endfor %}</tr>
+{% for row in card.rows %}<tr><th>{{ row.label }}</th>
+{% for cell in row.cells %}<td style="{{ cell.style }}" title="{{ cell.title }}"
+{%- if cell.hatched %} class="hatched"{% endif %}>{{ cell.text }}</td>
+{% endfor %}</tr>
+{% endfor %}</table>
+<figcaption>{{ card.caption }}</figcaption>
+</figure>
+{% endfor %}</section>{% endif %}
 {% for section in sections %}
 <section class="figures">
 <h2 id="section-{{ loop.index }}">{{ section.heading }}</h2>
