@@ -394,3 +394,38 @@ def test_scores_of_a_box_region_match_by_hand(calibrated):
     obs = truth.values[:, inside] * np.sqrt(w)
     reference = scoringrules.es_ensemble(obs, fct, estimator="fair")
     assert points > 1 and float(energy) == pytest.approx(reference.mean(), rel=1e-10)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fused_summary_means_equal_the_per_point_path(calibrated, chunked):
+    """`ensemble_summary_means` (sums inside each block) against `ensemble_summary` then
+    area means and `rank_counts`; its ECDF CRPS against properscoring; a missing truth makes
+    the means NaN and leaves its points out of the rank counts."""
+    forecast, truth = calibrated
+    if chunked:
+        forecast = forecast.chunk({"init_time": 7, "member": 2})
+        truth = truth.chunk({"init_time": 7})
+    weights = aggregation.cell_area_weights(forecast.latitude)
+    reduce = ["init_time", "latitude", "longitude"]
+    names = ("crps_fair", "crps_ecdf", "mean", "variance", "squared_error", "outside", "rank")
+    fused = metrics.ensemble_summary_means(forecast, truth, reduce, weights, statistics=names)
+    per_point = summary(forecast, truth, *names)
+    for name in names[:-1]:
+        expected = per_point[name].weighted(weights).mean(reduce)
+        np.testing.assert_allclose(fused[name], expected, rtol=1e-12)
+    counts = metrics.rank_counts(per_point["rank"], 5, reduce, weights)
+    np.testing.assert_allclose(fused["rank_counts"], counts, rtol=1e-12)
+    error = ((forecast.mean("member") - truth) ** 2).weighted(weights).mean(reduce)
+    np.testing.assert_allclose(fused["squared_error"], error, rtol=1e-10)
+    members = forecast.transpose(..., "member").values
+    reference = properscoring.crps_ensemble(truth.values, members).mean()
+    plain = metrics.ensemble_summary_means(forecast, truth, reduce, statistics=("crps_ecdf",))
+    assert float(plain["crps_ecdf"]) == pytest.approx(reference, rel=1e-12)
+    gap = metrics.ensemble_summary_means(
+        forecast, truth.where(truth.init_time != 3), reduce, weights, statistics=("mean", "rank")
+    )
+    assert np.isnan(float(gap["mean"]))
+    one_init = float(weights.sum()) * 16
+    assert float(gap["rank_counts"].sum()) == pytest.approx(float(counts.sum()) - one_init)
+    with pytest.raises(ScoreError, match="unknown statistic"):
+        metrics.ensemble_summary_means(forecast, truth, reduce, statistics=("tail_low",))

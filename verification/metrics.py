@@ -188,6 +188,7 @@ SUMMARY = (
     "crps_ecdf",
     "mean",
     "variance",
+    "squared_error",
     "rank",
     "outside",
     "tail_low",
@@ -198,7 +199,15 @@ SUMMARY = (
 )
 """The per-point statistics of `ensemble_summary`."""
 
-_MOMENTS = {"crps_fair", "crps_ecdf", "mean", "variance", "reach_low", "reach_high"}
+_MOMENTS = {
+    "crps_fair",
+    "crps_ecdf",
+    "mean",
+    "variance",
+    "squared_error",
+    "reach_low",
+    "reach_high",
+}
 
 
 def _summary_block(
@@ -247,6 +256,7 @@ def _summary_block(
         ranked, total = np.moveaxis(centred @ _summary_weights(m), -1, 0)
         deviation_mean = median + total / m
         scores["mean"] = truth + deviation_mean
+        scores["squared_error"] = deviation_mean**2
         with np.errstate(divide="ignore", invalid="ignore"):  # one member: no fair CRPS, variance
             if wanted & {"variance", "reach_low", "reach_high"}:
                 squares = np.einsum("...i,...i->...", centred, centred)
@@ -312,6 +322,7 @@ def ensemble_summary(
       different sizes compare fairly) and of the members' ECDF (= `properscoring`'s). O(M log M)
       time, O(M) memory; the M x M matrix is never built;
     - `mean` (`xbar`) and `variance` (`s^2 = sum_i (x_i - xbar)^2 / (M - 1)`, units squared);
+    - `squared_error`: `(xbar - y)^2` (units squared), the ensemble mean's;
     - `rank`: `#{x_i < y} + U`, with U uniform on `0..#{x_i = y}` drawn from `seed` and the
       point's coordinates (`point_keys`; Hamill 2001), 0..M; -1 where data are missing;
     - `outside`: 1 where y lies outside [x(1), x(M)], else 0; its mean is the outlier fraction,
@@ -357,6 +368,104 @@ def ensemble_summary(
         summary["rank"] = summary["rank"].astype(np.int64)
     summary.attrs["members"] = m
     return summary
+
+
+MEAN_SUMMARY = ("crps_fair", "crps_ecdf", "mean", "variance", "squared_error", "outside")
+"""The statistics `ensemble_summary_means` averages (besides the rank counts)."""
+
+
+def ensemble_summary_means(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    reduce_dims: Sequence[str],
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+    seed: int = 0,
+    statistics: Sequence[str] = ("crps_fair", "mean", "variance", "rank"),
+) -> xr.Dataset:
+    """`ensemble_summary` reduced over `reduce_dims` inside each dask block: one fused pass per
+    block sorts each point's members once and returns only the block's weighted sums, so no
+    per-point array enters the graph.
+
+    For each statistic s of MEAN_SUMMARY asked for, the weighted mean `sum_j w_j s_j /
+    sum_j w_j` over `reduce_dims` (NaN where a point is NaN, as `aggregation.regional_means`);
+    for `rank`, `rank_counts`: the weighted count of cases of each rank 0..M (dimension
+    `rank`, missing points left out), as `rank_counts` of the per-point ranks counts them.
+    `weights` (default 1) broadcast against the truth, e.g. `aggregation.cell_area_weights`;
+    units as in `ensemble_summary`. The spatial reduce dims are taken whole in each block
+    (rechunked when split); the others (init times) are summed across blocks.
+
+    Example:
+        >>> members = xr.DataArray([[0.0, 2.0], [1.0, 5.0]], dims=("point", "member"))
+        >>> truth = xr.DataArray([1.0, 3.0], dims="point")
+        >>> means = ensemble_summary_means(members, truth, ["point"], statistics=("mean", "rank"))
+        >>> float(means["mean"]), means["rank_counts"].values.tolist()
+        (2.0, [0.0, 2.0, 0.0])
+    """
+    m = _members(forecast, member_dim)
+    unknown = [name for name in statistics if name not in (*MEAN_SUMMARY, "rank")]
+    if unknown or not statistics:
+        raise ScoreError(f"unknown statistic(s) {unknown}; choose from {MEAN_SUMMARY} and rank")
+    moments = [name for name in statistics if name != "rank"]
+    ranks = "rank" in statistics
+    weight = xr.ones_like(truth, dtype=np.float64) if weights is None else weights
+    weight = weight.broadcast_like(truth).astype(np.float64)
+    split = {
+        dim
+        for dim in reduce_dims
+        if max(len(data.chunksizes.get(dim, ())) for data in (forecast, truth)) > 1
+    }
+    core = [dim for dim in truth.dims if dim in reduce_dims and dim not in split]
+    if len(forecast.chunksizes.get(member_dim, ())) > 1:
+        forecast = forecast.chunk({member_dim: -1})
+    inputs = [forecast, truth, weight] + ([point_keys(truth)] if ranks else [])
+    sums = xr.apply_ufunc(
+        _summary_sums_block,
+        *inputs,
+        input_core_dims=[[*core, member_dim], *[core] * (len(inputs) - 1)],
+        output_core_dims=[["summary_sum"]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"summary_sum": len(moments) + 1 + (m + 1) * ranks}},
+        kwargs={"core_axes": len(core), "names": tuple(moments), "ranks": ranks, "seed": seed},
+    )
+    sums = sums.sum([dim for dim in reduce_dims if dim in sums.dims], skipna=False)
+    total = sums.isel(summary_sum=len(moments))
+    means = {name: sums.isel(summary_sum=i) / total for i, name in enumerate(moments)}
+    if ranks:
+        counts = sums.isel(summary_sum=slice(len(moments) + 1, None)).rename(summary_sum="rank")
+        means["rank_counts"] = counts.assign_coords(rank=np.arange(m + 1))
+    return xr.Dataset(means)
+
+
+def _summary_sums_block(
+    members: np.ndarray,
+    truth: np.ndarray,
+    weights: np.ndarray,
+    keys: np.ndarray | None = None,
+    *,
+    core_axes: int,
+    names: tuple[str, ...],
+    ranks: bool,
+    seed: int,
+) -> np.ndarray:
+    """`ensemble_summary_means`'s kernel on one block, the points on the last `core_axes`
+    axes (the members after them): the weighted sums of `names`, the weights' sum and, with
+    `ranks`, the weighted rank counts, on a new last axis."""
+    m = members.shape[-1]
+    wanted = (*names, "rank") if ranks else names
+    stats = _summary_block(members, truth, keys, seed, names=wanted)
+    shape = stats.shape[:-1]
+    leading = shape[: len(shape) - core_axes]
+    points = math.prod(shape[len(shape) - core_axes :])
+    stats = stats.reshape(*leading, points, len(wanted))
+    flat_weights = np.broadcast_to(weights, shape).reshape(*leading, points)
+    sums = np.einsum("...pn,...p->...n", stats[..., : len(names)], flat_weights)
+    parts = [sums, flat_weights.sum(-1)[..., None]]
+    if ranks:
+        rank = stats[..., -1].astype(np.int64)
+        parts.append(_count_block(rank, flat_weights, 1, m + 1).reshape(*leading, m + 1))
+    return np.concatenate(parts, axis=-1)
 
 
 def crps_ensemble(
