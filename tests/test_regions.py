@@ -242,6 +242,21 @@ def era5_ensemble(sample_data, tmp_path_factory):
     return folder
 
 
+def verify_args(folder, out) -> list:
+    """`wxens verify` of the sample's forecast against its truth into `out`, quietly."""
+    truth = folder / "truth.nc"
+    return [
+        "verify",
+        "--forecast",
+        folder / "forecast.nc",
+        "--truth",
+        truth,
+        "--out",
+        out,
+        "--quiet",
+    ]
+
+
 def test_verify_command_scores_named_boxed_and_masked_regions(era5_ensemble, wxens):
     folder = era5_ensemble
     truth = xr.open_dataset(folder / "truth.nc")
@@ -251,20 +266,13 @@ def test_verify_command_scores_named_boxed_and_masked_regions(era5_ensemble, wxe
     inside.astype(float).rename("europe_mask").to_netcdf(folder / "europe_mask.nc")
     out = folder / "scores.zarr"
     code, output = wxens(
-        "verify",
-        "--forecast",
-        folder / "forecast.nc",
-        "--truth",
-        folder / "truth.nc",
-        "--out",
-        out,
+        *verify_args(folder, out),
         "--scores",
         "crps",
         "--regions",
         "weatherbench2,land,sea,europe2=35,70,-10,40",
         "--mask",
         folder / "europe_mask.nc",
-        "--quiet",
     )
     assert code == 0, output
     crps = xr.open_zarr(out).crps.sel(system="forecast", variable="t").squeeze().load()
@@ -285,18 +293,7 @@ def test_verify_command_scores_named_boxed_and_masked_regions(era5_ensemble, wxe
 def test_verify_command_refuses_a_box_beyond_the_pole(era5_ensemble, wxens):
     folder = era5_ensemble
     out = folder / "refused.zarr"
-    code, output = wxens(
-        "verify",
-        "--forecast",
-        folder / "forecast.nc",
-        "--truth",
-        folder / "truth.nc",
-        "--out",
-        out,
-        "--regions",
-        "global,arctic2=60,95,0,360",
-        "--quiet",
-    )
+    code, output = wxens(*verify_args(folder, out), "--regions", "global,arctic2=60,95,0,360")
     assert code != 0
     assert output.strip().splitlines() == [
         "error: region box 'arctic2=60,95,0,360': a box needs -90 <= south <= north <= 90,"
