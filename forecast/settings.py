@@ -58,6 +58,8 @@ class MemberKind(Strict):
     as bred vectors for SFNO members and none for generative ones. `noise_scale` multiplies a
     generative member's noise draws (1: as trained; larger spreads the members more, an
     inflation calibrated on analyses the model never saw); deterministic kinds draw none.
+    `noise_ramp_hours` ramps that scale up linearly over the member's first hours (0: none),
+    for generative members that would otherwise spread too soon.
     `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
     as trained): more levels cost more denoiser calls and bias the spread less.
     `tendency_sigma` perturbs a deterministic SFNO member's tendencies step by step, with a
@@ -73,6 +75,7 @@ class MemberKind(Strict):
 
     FORECAST_SETTINGS: ClassVar[dict[str, str]] = {
         "noise_scale": "draw no noise",
+        "noise_ramp_hours": "draw no noise",
         "sampler_steps": "have no sampler levels",
         "tendency_sigma": "have no deterministic tendency to perturb",
         "tendency_length_km": "have no deterministic tendency to perturb",
@@ -84,6 +87,7 @@ class MemberKind(Strict):
     share: int = Field(1, ge=1)
     initial: InitialPerturbation | None = None
     noise_scale: PositiveFloat = 1.0
+    noise_ramp_hours: float = Field(0.0, ge=0)
     sampler_steps: int | None = Field(None, ge=2)
     tendency_sigma: float = Field(0.0, ge=0)
     tendency_length_km: PositiveFloat = 2000.0

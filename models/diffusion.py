@@ -249,7 +249,7 @@ DIFFUSION = register_kind(
         loss=diffusion_loss,
         validation=sampled_validation,
         score="crps",
-        member_settings=("noise_scale", "sampler_steps"),
+        member_settings=("noise_scale", "noise_ramp_hours", "sampler_steps"),
         use_member_settings=DiffusionEmulator.use_member_settings,
     )
 )

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 from wxens.data_pipeline.sphere import LatLonGrid
@@ -101,6 +102,9 @@ class NoisyEmulator(SFNOEmulator):
     Settings: type[BaseModel]
     noise_scale = 1.0
     """Multiplies the noise that `step` draws (`MemberKind.noise_scale`; training uses 1)."""
+    noise_ramp_hours = 0.0
+    """R of the noise amplitude's ramp `s min(1, h / R)` over the hours `h` a member has
+    stepped (`MemberKind.noise_ramp_hours`; 0: none), the hours carried in a hidden channel."""
     divergence_weight = 0.0
     """The weight of `sample_step`'s divergence in the training loss (a VAE's `kl_weight`)."""
 
@@ -126,8 +130,25 @@ class NoisyEmulator(SFNOEmulator):
         raise NotImplementedError
 
     def use_member_settings(self, members: MemberKind) -> None:
-        """Forecast with this kind's settings of `ensemble.kinds` (its `noise_scale`)."""
+        """Forecast with this kind's settings of `ensemble.kinds` (its `noise_scale` and
+        `noise_ramp_hours`)."""
         self.noise_scale = members.noise_scale
+        self.noise_ramp_hours = members.noise_ramp_hours
+
+    @property
+    def hidden_channels(self) -> int:
+        """One hidden channel, the hours stepped, where the noise ramps (R > 0)."""
+        return int(self.noise_ramp_hours > 0)
+
+    def noise_amplitude(self, hours: torch.Tensor) -> torch.Tensor | float:
+        """`s min(1, h / R)` per member for the hours `h` stepped after this step (`(batch, 1,
+        lat, lon)`, the same everywhere), shaped to scale `(batch, *noise_shape)` noise; `s`
+        itself without a ramp. Growing noise suits members whose error starts small: a
+        generative member with no initial perturbation spreads too soon under full noise."""
+        if self.noise_ramp_hours == 0 or hours.shape[1] == 0:
+            return self.noise_scale
+        ramp = (hours[:, 0, 0, 0].float().cpu() / self.noise_ramp_hours).clamp(max=1)
+        return self.noise_scale * ramp.reshape(-1, *[1] * len(self.noise_shape))
 
     @property
     def samples(self) -> int:
@@ -144,10 +165,19 @@ class NoisyEmulator(SFNOEmulator):
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
-        """One sampled step, its noise drawn from `generator` only (`Generators`)."""
-        noise = self.noise_scale * draw_noise(len(state), self.noise_shape, generator)
+        """One sampled step, its noise drawn from `generator` only (`Generators`) and scaled
+        by `noise_amplitude`; with a ramp, the state's hidden channel counts the hours."""
+        fields, hidden = (
+            state[:, : len(self.input_variables)],
+            state[:, len(self.input_variables) :],
+        )
+        hours = hidden + self.timestep / np.timedelta64(1, "h")
+        noise = self.noise_amplitude(hours) * draw_noise(len(state), self.noise_shape, generator)
         with self._precision(state.device):
-            return self.forward(state, noise)
+            stepped = self.forward(fields, noise)
+        if hidden.shape[1] == 0:  # no copy on the plain path
+            return stepped
+        return torch.cat([stepped, hours.to(stepped)], 1)
 
     def conditioned_forward(self, state: torch.Tensor, value: object) -> torch.Tensor:
         """`SFNOEmulator.forward` with `value` in `FORWARD` for its noise layers."""
@@ -271,7 +301,7 @@ FGN = register_kind(
         validation=sampled_validation,
         score="crps",
         starts_from=("sfno",),
-        member_settings=("noise_scale",),
+        member_settings=("noise_scale", "noise_ramp_hours"),
         use_member_settings=FGNEmulator.use_member_settings,
     )
 )

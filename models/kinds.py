@@ -119,7 +119,7 @@ class KindRegistry(Mapping[str, EmulatorKind]):
         ['sfno', 'fgn', 'vae', 'diffusion', 'nwp', 'truth']
         >>> fgn = KINDS["fgn"]
         >>> fgn.emulator.__name__, fgn.settings.__name__, fgn.member_settings, fgn.starts_from
-        ('FGNEmulator', 'FGNConfig', ('noise_scale',), ('sfno',))
+        ('FGNEmulator', 'FGNConfig', ('noise_scale', 'noise_ramp_hours'), ('sfno',))
         >>> KINDS.trainable(), KINDS["nwp"].from_checkpoints
         (['sfno', 'fgn', 'vae', 'diffusion'], False)
     """

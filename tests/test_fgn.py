@@ -107,15 +107,40 @@ def test_sampling_is_reproducible_per_member(fgn_checkpoint, tiny_world):
         draw_noise(5, fgn.fgn.noise_dim, [torch.Generator(), torch.Generator()])
 
 
+def test_the_noise_ramps_with_the_hours_stepped(fgn_checkpoint, tiny_world):
+    """`noise_ramp_hours` R: member k's noise is `s min(1, h / R)` times its draws, h the
+    hours after the step, counted in a hidden channel that the step carries on; without a
+    ramp the state has no hidden channel."""
+    path, _ = tiny_world
+    fgn = load_checkpoint(fgn_checkpoint, load_config(path))
+    fields = torch.randn(3, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * fgn.std
+    assert fgn.hidden_channels == 0
+    fgn.noise_scale, fgn.noise_ramp_hours = 2.0, 24.0
+    assert fgn.hidden_channels == 1
+    dt = fgn.timestep / np.timedelta64(1, "h")
+    before = torch.tensor([0.0, 12.0, 48.0])  # hours stepped so far, per member
+    state = torch.cat([fields, before[:, None, None, None].expand(3, 1, 9, 16)], 1)
+    stepped = fgn.step(state, generator=[torch.Generator().manual_seed(k) for k in range(3)])
+    amplitude = 2.0 * torch.clamp((before + dt) / 24.0, max=1.0)
+    draws = torch.cat([draw_noise(1, fgn.fgn.noise_dim, torch.Generator().manual_seed(k))
+                       for k in range(3)])  # fmt: skip
+    with torch.no_grad():
+        expected = fgn.forward(fields, amplitude[:, None] * draws)
+    torch.testing.assert_close(stepped[:, :2], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stepped[:, 2], (before + dt)[:, None, None].expand(3, 9, 16))
+    fgn.noise_scale, fgn.noise_ramp_hours = 1.0, 0.0
+
+
 def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
 ):
     """`check_mixed_ensemble` of the tiny SFNO of seed 1 and the FGN; then shares and a
-    perturbation per kind: a bred SFNO pair, then three unperturbed FGN pairs."""
+    perturbation per kind: a bred SFNO pair, then three unperturbed FGN pairs whose noise
+    ramps over 12 h (a hidden channel the SFNO members carry along unread)."""
     path, _ = tiny_world
     sfno = tiny_checkpoints / "sfno-seed1"
     check_mixed_ensemble(wxens, path, sfno, fgn_checkpoint, tmp_path)
-    fgn_settings = {"share": 3, "initial": "none", "noise_scale": 2.0}
+    fgn_settings = {"share": 3, "initial": "none", "noise_scale": 2.0, "noise_ramp_hours": 12}
     shared = with_ensemble(path, tmp_path, kinds={"sfno": {"share": 1}, "fgn": fgn_settings})
     code, output = one_day_forecast(
         wxens, shared, [sfno, fgn_checkpoint], 8, tmp_path / "shared.zarr"
