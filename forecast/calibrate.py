@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 from wxens.data_pipeline.analysis_store import open_analyses
-from wxens.data_pipeline.config import ExperimentConfig, load_config
+from wxens.data_pipeline.config import ExperimentConfig, load_config, merged, parse_config
 from wxens.forecast.runner import ForecastError, RunOptions, run_configured_ensemble
 from wxens.models.kinds import KINDS
 
@@ -267,8 +267,6 @@ def calibrate(
 
 def _with_setting(config: ExperimentConfig, fragment: dict) -> ExperimentConfig:
     """`config` with the knob's fragment laid over it (validated again)."""
-    from wxens.data_pipeline.config import merged, parse_config
-
     return parse_config(merged(config.model_dump(mode="json"), fragment, depth=4))
 
 
@@ -282,5 +280,15 @@ def write_calibrated(calibration: Calibration, config_path: Path, out: Path, kno
         "# leads of days 2-10). What it tried:",
         *[f"# {line}" for line in calibration.table().splitlines()],
     ]
-    body = {"base": str(relative), **knob.setting(calibration.kind, round(value, 6))}
+    fragment = knob.setting(calibration.kind, round(value, 6))
+    if "ensemble" in fragment:
+        # Under `base:` the `kinds` mapping is replaced whole, not merged: write every kind's
+        # settings, so that the kind's other settings (a ramp, a share) stay as they were.
+        kinds = load_config(config_path).ensemble.kinds
+        written = {
+            name: kind.model_dump(mode="json", exclude_defaults=True)
+            for name, kind in kinds.items()
+        }
+        fragment = merged({"ensemble": {"kinds": written}}, fragment, depth=4)
+    body = {"base": str(relative), **fragment}
     Path(out).write_text("\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))

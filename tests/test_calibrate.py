@@ -7,9 +7,10 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 from scipy.optimize import minimize_scalar
 from wxens.data_pipeline.config import load_config
-from wxens.forecast.calibrate import golden_section
+from wxens.forecast.calibrate import KNOBS, Calibration, golden_section, write_calibrated
 
 
 def test_golden_section_finds_scipys_minimum_in_rounds_plus_one_calls():
@@ -56,3 +57,22 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
         code, output = wxens("calibrate", *common, *bad, *knob, "--out", tmp_path / "x.yaml")
         assert code == 1 and message in output and len(output.strip().splitlines()) == 1, output
     assert not (tmp_path / "x.yaml").exists() and config.read_text() == before
+
+
+def test_the_written_config_keeps_the_kinds_other_settings(tiny_world, tmp_path):
+    """A kind's knob rewritten under `base:` keeps that kind's other settings (its ramp) and
+    the other kinds: `kinds` replaces whole, so the written config carries them all."""
+    config, _ = tiny_world
+    tuned = tmp_path / "tuned.yaml"
+    data = {"base": str(config), "ensemble": {"kinds": {
+        "sfno": {"share": 2, "tendency_sigma": 0.2, "tendency_ramp_hours": 24},
+        "fgn": {"noise_scale": 2.0, "noise_ramp_hours": 48},
+    }}}  # fmt: skip
+    tuned.write_text(yaml.safe_dump(data))
+    calibration = Calibration("noise_scale", "fgn")
+    calibration.tries += [(3.0, 0.5, 0.4, 0.9), (4.5, 0.3, 0.35, 1.0)]
+    out = tmp_path / "calibrated.yaml"
+    write_calibrated(calibration, tuned, out, KNOBS["noise_scale"])
+    kinds = load_config(out).ensemble.kinds
+    assert kinds["fgn"].noise_scale == 4.5 and kinds["fgn"].noise_ramp_hours == 48
+    assert kinds["sfno"].share == 2 and kinds["sfno"].tendency_ramp_hours == 24
