@@ -131,16 +131,22 @@ def test_members_bitwise_equal_whatever_their_batch(suite):
 
 
 def test_one_epoch_of_each_kind(suite):
+    """Each kind trains one epoch, unless the part's budget ran out first (a busy machine):
+    then it says so; the first kind always trains."""
     kinds = suite[0]["parts"]["training"]["kinds"]
     assert list(kinds) == ["sfno", "fgn", "vae", "diffusion"]
+    assert "skipped" not in kinds["sfno"]
     for kind, epoch in kinds.items():
+        if "skipped" in epoch:
+            assert "s left of the budget, the last kind took" in epoch["skipped"], kind
+            continue
         assert (epoch["samples"], epoch["batch_size"], epoch["optimizer_steps"]) == (4, 2, 2), kind
         assert epoch["validation_inits"] == 2 and epoch["parameters"] > 0
         assert epoch["epoch_seconds"] > 0 and epoch["setup_seconds"] > 0
         assert epoch["train_samples_per_s"] is None or epoch["train_samples_per_s"] > 0
-    assert (
-        kinds["fgn"]["init_from"] == kinds["vae"]["init_from"] == "checkpoints/default/sfno-seed1"
-    )
+    for kind in ("fgn", "vae"):
+        if "skipped" not in kinds[kind]:
+            assert kinds[kind]["init_from"] == "checkpoints/default/sfno-seed1", kind
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
