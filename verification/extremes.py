@@ -305,12 +305,14 @@ def extreme_event_tables(
     time_dim: str = "init_time",
     member_dim: str = "member",
     quantile_dim: str = QUANTILE,
+    above: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """The area-weighted contingency tables behind `extreme_event_scores`, per `time_dim`:
     `event_table` (`value` k = members above the climate's q-quantile, 0..M; `outcome` 0/1 the
     truth above it) and `efi_table` (`efi_category`, the EFI in EFI_CATEGORIES bins; `outcome`),
     along `region` and `quantile` = `levels`. Counts add up over `time_dim`: the tables of any
-    set of init times are the sums of theirs.
+    set of init times are the sums of theirs. `above`: `members_above` the thresholds, when
+    the caller has it already.
 
     Example:
         >>> grid = {"latitude": [45.0, -45.0], "longitude": [0.0, 180.0]}
@@ -336,7 +338,9 @@ def extreme_event_tables(
 
         return spatial_sums(count, truth, regions, None)
 
-    table = regional_table(members_above(forecast, thresholds, member_dim), members + 1)
+    if above is None:
+        above = members_above(forecast, thresholds, member_dim)
+    table = regional_table(above, members + 1)
     efi_table = regional_table(efi_category.fillna(-1).astype(int), EFI_CATEGORIES)
     return xr.Dataset(
         {

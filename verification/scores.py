@@ -144,7 +144,12 @@ class ScoringContext:
     def tables(self) -> xr.Dataset:
         """`extremes.extreme_event_tables` at the options' quantiles, per init."""
         return extreme_event_tables(
-            self.forecast, self.truth, self.climate, self.options.quantiles, self.regions
+            self.forecast,
+            self.truth,
+            self.climate,
+            self.options.quantiles,
+            self.regions,
+            above=self.events[0],
         )
 
     def missing_members(self) -> xr.DataArray:
