@@ -80,10 +80,15 @@ def as_points(ds: xr.Dataset, label: str) -> xr.Dataset:
     """Stations as they are (ids checked unique), an index as the one station `index`."""
     if STATION not in ds.dims:
         return ds.expand_dims({STATION: [INDEX]})
-    ids = pd.Index(ds[STATION].values)
-    if ids.has_duplicates:
-        raise ScoreError(f"{label} has duplicate station ids: {ids[ids.duplicated()][0]!r}")
+    check_unique_ids(ds[STATION].values, label)
     return ds
+
+
+def check_unique_ids(ids: object, label: str) -> None:
+    """ScoreError naming the first station id that `label` holds twice."""
+    index = pd.Index(ids)
+    if index.has_duplicates:
+        raise ScoreError(f"{label} has duplicate station ids: {index[index.duplicated()][0]!r}")
 
 
 def spatial_dims(data: xr.DataArray | xr.Dataset) -> tuple[str, ...]:
@@ -193,16 +198,14 @@ def read_stations(path: str | Path) -> xr.Dataset:
     missing = [column for column in wanted if column not in table.columns]
     if missing:
         raise ScoreError(f"stations {path} has no column {missing[0]!r} (it needs {wanted})")
-    ids = pd.Index(table[STATION])
-    if ids.has_duplicates:
-        raise ScoreError(f"stations {path} has duplicate station ids: {ids[ids.duplicated()][0]!r}")
+    check_unique_ids(table[STATION], f"stations {path}")
     outside = table[(table[LATITUDE].abs() > 90) | table[LATITUDE].isna()]
     if len(outside):
         row = outside.iloc[0]
         raise ScoreError(f"station {row[STATION]!r} has latitude {row[LATITUDE]} outside -90..90")
     columns = [LATITUDE, LONGITUDE, *([WEIGHT] if WEIGHT in table.columns else [])]
     coords = {name: (STATION, table[name].to_numpy(float)) for name in columns}
-    return xr.Dataset(coords={STATION: ids.to_numpy(), **coords})
+    return xr.Dataset(coords={STATION: table[STATION].to_numpy(), **coords})
 
 
 def _is_global(longitude: np.ndarray) -> bool:

@@ -257,11 +257,7 @@ def scorecard(
     `brier_score` by `quantile`) needs one value of it selected first:
     `scorecard(scores.sel(quantile=0.9), ...)`.
     """
-    difference = _scorecard_rows(percent_difference(scores, score, reference), score)
-    better = difference if PERFECT_SCORE[score] == 1.0 else -difference
-    hatched = score_not_significant(scores, score, reference)
-    if hatched is not None:
-        hatched = _scorecard_rows(hatched, score)
+    difference, better, hatched = _scorecard_cells(scores, reference, score)
     rows, leads = difference.sizes["row"], difference.sizes[LEAD_TIME]
     figure = Figure(
         figsize=(2.5 + 0.7 * leads, difference.sizes[SYSTEM] * (1.0 + 0.3 * rows)),
@@ -614,6 +610,18 @@ def _scorecard_skill(scores: xr.Dataset, score: str, reference: str) -> xr.DataA
     return _scorecard_rows(skill_score(scores, score, reference), score)
 
 
+def _scorecard_cells(
+    scores: xr.Dataset, reference: str, score: str
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
+    """A scorecard's cells as `(system, row, lead_time)`: the % difference from `reference`,
+    the improvement (the difference, sign turned for negatively oriented scores) and where it
+    is not significant (None when untested)."""
+    difference = _scorecard_rows(percent_difference(scores, score, reference), score)
+    better = difference if PERFECT_SCORE[score] == 1.0 else -difference
+    hatched = score_not_significant(scores, score, reference)
+    return difference, better, None if hatched is None else _scorecard_rows(hatched, score)
+
+
 def _scorecard_rows(values: xr.DataArray, score: str) -> xr.DataArray:
     """`values` as `(system, row, lead_time)`, rows the (variable, region) pairs."""
     extra = [dim for dim in values.dims if dim not in SCORECARD_DIMS]
@@ -675,14 +683,11 @@ def scorecard_cards(scores: xr.Dataset, reference: str | None) -> list[dict]:
 
 
 def _scorecard_card(scores: xr.Dataset, reference: str, score: str, suffix: str) -> dict:
-    difference = _scorecard_rows(percent_difference(scores, score, reference), score)
+    difference, better, hatched = _scorecard_cells(scores, reference, score)
     values = _scorecard_rows(select_score(scores, score).drop_sel({SYSTEM: reference}), score)
     reference_values = _scorecard_rows(
         select_score(scores, score).sel({SYSTEM: [reference]}), score
     ).isel({SYSTEM: 0})
-    hatched = score_not_significant(scores, score, reference)
-    hatched = None if hatched is None else _scorecard_rows(hatched, score)
-    better = difference if PERFECT_SCORE[score] == 1.0 else -difference
     limit = _colour_limit(better.values)
     leads = [lead_label(lead) for lead in difference[LEAD_TIME].values]
     rows = []

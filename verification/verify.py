@@ -41,6 +41,7 @@ from wxens.verification.errors import ScoreError
 from wxens.verification.extremes import calendar_distance, efi, model_climate
 from wxens.verification.geometry import (
     GEOMETRY_NAMES,
+    GRID,
     STATION,
     WEIGHT,
     as_points,
@@ -84,7 +85,6 @@ FORECAST_ALIASES = {
 absent. A forecast's `time` is its init time, as in cfgrib and WeatherBench2."""
 TRUTH_ALIASES = {"valid_time": TIME, "lat": LATITUDE, "lon": LONGITUDE}
 GRIB_SUFFIXES = {".grib", ".grib2", ".grb", ".grb2"}
-GRID = (LATITUDE, LONGITUDE)
 
 Source = xr.Dataset | xr.DataArray | str | Path
 """A forecast, truth or reference: a Dataset (in memory or dask-backed), a named DataArray,
