@@ -117,8 +117,8 @@ class ScoringContext:
 
     @cached_property
     def squared_error_of_mean(self) -> xr.DataArray:
-        """`(xbar - y)^2` per point, units squared."""
-        return (self.summary["mean"] - self.truth) ** 2
+        """`(xbar - y)^2` per point, units squared (the kernel's `squared_error`)."""
+        return self.summary["squared_error"]
 
     @cached_property
     def squared_error(self) -> xr.DataArray:
