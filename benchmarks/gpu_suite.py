@@ -352,17 +352,17 @@ def sfno_forward(sizes: Sizes, device: torch.device) -> dict:
     floor = card_floor(sizes, device)
     batches = {}
     for batch in sizes.forward_batches:
-        rates = measure(str(CHECKPOINT), batch, sizes.repeats, device)
+        rates = measure(str(CHECKPOINT), batch, sizes.repeats, device, ("float32",))
         inputs = features(batch)
         with torch.no_grad(), MatmulsAndFFTs() as recorded:
             emulator.network(inputs)
         del inputs
         replay = recorded.replay(device, sizes.repeats) / batch
-        seconds = 1 / rates["raw"]
+        seconds = 1 / rates["raw float32"]
         achieved = matmul_flops / seconds / 1e12
         batches[str(batch)] = {
-            "raw_member_steps_per_s": rates["raw"],
-            "wxens_step_member_steps_per_s": rates["wrapper"],
+            "raw_member_steps_per_s": rates["raw float32"],
+            "wxens_step_member_steps_per_s": rates["step float32"],
             "raw_us_per_member_step": 1e6 * seconds,
             "matmul_tflops_achieved": achieved,
             "matmul_fraction_of_floor": {

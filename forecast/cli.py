@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -980,8 +981,14 @@ def nightly(
         raise typer.Exit(code=5) from None
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the one line `warning: MESSAGE` (`warnings.formatwarning`)."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:  # pragma: no cover - console entry
     keep_freed_memory()
+    warnings.formatwarning = one_line_warning
     app(prog_name="wxens")
 
 

@@ -116,7 +116,8 @@ def load_checkpoint(
 ) -> Any:
     """The emulator saved in `directory`, in eval mode on `device`.
 
-    With `config`, the checkpoint's grid and variables must match it.
+    With `config`, the checkpoint's grid and variables must match it, and the emulator runs
+    at its `sfno.precision`.
     """
     directory = Path(directory)
     metadata = read_metadata(directory)
@@ -140,6 +141,8 @@ def load_checkpoint(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{directory}: cannot be loaded ({first_line})") from None
     emulator.metadata = metadata
+    if config is not None:
+        emulator.use_precision(config.sfno.precision)
     return emulator.to(device).eval()
 
 

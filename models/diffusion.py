@@ -179,7 +179,7 @@ class DiffusionEmulator(NoisyEmulator):
         )
         embedding = noise_embedding(c_noise.flatten(), self.diffusion.noise_embedding)
         with conditioning(embedding):
-            output = self.network(torch.cat([c_in * noisy, features], dim=1))
+            output = self.inference_network()(torch.cat([c_in * noisy, features], dim=1))
         return c_skip * noisy + c_out * output
 
     def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

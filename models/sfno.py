@@ -40,6 +40,8 @@ own (zero at the start, as the runner pads).
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ from torch_harmonics.examples.models import SphericalFourierNeuralOperator
 from wxens.data_pipeline.sphere import LatLonGrid, SpectralTransforms, gaussian_random_field
 from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.data_pipeline.truth import model_grid
+from wxens.models.cpu_bf16 import cpu_has_bf16_matrix_units, matmul_network
 from wxens.models.emulator import Generators, member_draws
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.losses import rollout_loss, rollout_validation
@@ -86,6 +89,16 @@ def build_network(
         mlp_ratio=sfno.mlp_ratio,
         pos_embed=sfno.pos_embed,
         hard_thresholding_fraction=spectral_fraction(grid, sfno, truncation),
+    )
+
+
+@functools.cache  # once per process
+def warn_float32_fallback() -> None:
+    """The one-line warning of `bf16-cpu` on a CPU without bfloat16 matrix units."""
+    warnings.warn(
+        "sfno.precision bf16-cpu: this CPU has no bfloat16 matrix units (avx512_bf16 or"
+        " amx_bf16); running float32",
+        stacklevel=3,
     )
 
 
@@ -132,7 +145,30 @@ class SFNOEmulator(torch.nn.Module):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """The next state, differentiable (training); `state` is `(batch, channel, lat, lon)`."""
-        return self.advance(state, self.network(self.features(state)))
+        return self.advance(state, self.inference_network()(self.features(state)))
+
+    def inference_network(self) -> torch.nn.Module:
+        """`network`, or with `sfno.precision: bf16-cpu` outside autograd on the CPU its
+        bfloat16 copy (`models.cpu_bf16.matmul_network`), made again whenever the weights
+        change."""
+        if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
+            return self.network
+        parameters = list(self.network.parameters())
+        if parameters[0].device.type != "cpu" or not cpu_has_bf16_matrix_units():
+            return self.network
+        version = tuple(p._version for p in parameters) + tuple(map(id, parameters))
+        cached = self.__dict__.get("_bf16_network")
+        if cached is None or cached[0] != version:
+            cached = (version, matmul_network(self.network))
+            self.__dict__["_bf16_network"] = cached  # not a submodule: no state_dict entry
+        return cached[1]
+
+    def use_precision(self, precision: str) -> None:
+        """Forecast with `sfno.precision` `precision` (a run-time choice; see `SFNOConfig`),
+        warning in one line where `bf16-cpu` falls back to float32 on this CPU."""
+        self.sfno = self.sfno.model_copy(update={"precision": precision})
+        if precision == "bf16-cpu" and not cpu_has_bf16_matrix_units():
+            warn_float32_fallback()
 
     def advance(
         self, state: torch.Tensor, residual: torch.Tensor, pattern: torch.Tensor | None = None
@@ -204,7 +240,7 @@ class SFNOEmulator(torch.nn.Module):
         channels = len(self.input_variables)
         fields, hidden = state[:, :channels], state[:, channels:]
         with self._precision(state.device):
-            residual = self.network(self.features(fields))
+            residual = self.inference_network()(self.features(fields))
         if self.tendency_sigma == 0 or generator is None:
             stepped, hidden_after = self.advance(fields, residual), hidden
         else:
@@ -227,8 +263,9 @@ class SFNOEmulator(torch.nn.Module):
 
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:
-        """bf16 autocast or TF32 matmuls on CUDA when `sfno.precision` asks; else nothing."""
-        if device.type != "cuda" or self.sfno.precision == "float32":
+        """bf16 autocast or TF32 matmuls on CUDA when `sfno.precision` asks; else nothing
+        (`bf16-cpu` is `inference_network`'s)."""
+        if device.type != "cuda" or self.sfno.precision in ("float32", "bf16-cpu"):
             yield
         elif self.sfno.precision == "bf16":
             with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -1,0 +1,78 @@
+"""The demo's SFNO ensemble at `sfno.precision: bf16-cpu` against float32: skill must hold.
+
+    python benchmarks/precision_skill.py      # after `make demo` (its truth and SFNO store)
+
+Runs `make demo`'s SFNO hindcast (configs/demo.yaml: 100 members, 8 inits, 10-day leads) with
+`bf16-cpu` into `out/precision/sfno-bf16-cpu.zarr` (timed), scores it with the demo's float32
+store `out/demo/sfno.zarr` as a reference system (`wxens.verify`), and prints the fair CRPS
+and spread-skill ratio (global means over both layers) at days 1, 3, 5 and 10 and the members'
+day-10 power spectrum by wavenumber, each as bf16 / float32. Targets: CRPS and ratio within
+1 %, the spectrum within 2 % at every wavenumber from 1 to the truncation.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import xarray as xr
+import yaml
+from wxens.data_pipeline.memory import keep_freed_memory
+from wxens.forecast.demo import CONFIG, OUT, SUMMARY_DAYS, at_day, hindcast
+
+import wxens
+
+FOLDER = Path("out/precision")
+TOLERANCE = {"crps": 0.01, "spread_skill_ratio": 0.01, "power": 0.02}
+
+
+def bf16_config() -> Path:
+    """configs/demo.yaml with `sfno.precision: bf16-cpu`."""
+    path = FOLDER / "demo-bf16-cpu.yaml"
+    base = Path("..") / ".." / CONFIG
+    path.write_text(yaml.safe_dump({"base": str(base), "sfno": {"precision": "bf16-cpu"}}))
+    return path
+
+
+def compare(scores: xr.Dataset) -> list[tuple[str, float, float, float]]:
+    """(name, float32 value, bf16 value, bf16 / float32) rows."""
+    rows = []
+    for score in ("crps", "spread_skill_ratio"):
+        for day in SUMMARY_DAYS:
+            values = at_day(scores.sel(region="global"), day)[score].mean("variable")
+            pair = float(values.sel(system="float32")), float(values.sel(system="forecast"))
+            rows.append((f"{score} day {day}", *pair, pair[1] / pair[0]))
+    power = at_day(scores, 10).power_members.mean("variable")
+    for wavenumber in power.wavenumber.values[1:]:
+        pair = [float(power.sel(system=s, wavenumber=wavenumber)) for s in ("float32", "forecast")]
+        rows.append((f"power day 10, l = {wavenumber}", *pair, pair[1] / pair[0]))
+    return rows
+
+
+def main() -> None:
+    keep_freed_memory()
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    truth, float32 = OUT / "truth.zarr", OUT / "sfno.zarr"
+    missing = [path for path in (truth, float32) if not path.exists()]
+    if missing:
+        raise SystemExit(f"run make demo first: {missing[0]} is missing")
+    forecast = FOLDER / "sfno-bf16-cpu.zarr"
+    started = time.perf_counter()
+    hindcast("sfno", forecast, truth, bf16_config())
+    minutes = (time.perf_counter() - started) / 60
+    scores = wxens.verify(
+        forecast, truth, FOLDER / "scores.zarr", {"float32": float32}, overwrite=True
+    ).load()
+    print(f"\nbf16-cpu hindcast: {minutes:.1f} min (the demo's float32 one: see its log)")
+    print(f"{'':28}{'float32':>12}{'bf16-cpu':>12}{'ratio':>9}")
+    failures = 0
+    for name, reference, value, ratio in compare(scores):
+        tolerance = TOLERANCE["power" if name.startswith("power") else name.split(" day")[0]]
+        verdict = "ok" if abs(ratio - 1) <= tolerance else "OUTSIDE"
+        failures += verdict != "ok"
+        print(f"{name:28}{reference:>12.4g}{value:>12.4g}{ratio:>9.4f}  {verdict}")
+    print(f"{failures} outside the tolerances {TOLERANCE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""bfloat16 inference of a torch-harmonics SFNO on the CPU's matrix units
+(`sfno.precision: bf16-cpu`).
+
+`matmul_network(network)` returns a copy of the network whose spectral convolutions and MLPs
+run as bfloat16 matrix products (float32 accumulation) in a token layout `(lon, lat, batch,
+channel)`, so that oneDNN takes every operand without a copy:
+
+    X = F x                      real DFT in longitude, (2M x W) @ (W x lat.batch.channel)
+    Y_m = P_m X_m                Legendre analysis per order m, (L x K) @ (K x batch.channel)
+    Z_l = Y_l W_l                the spectral convolution per degree l, complex as real blocks
+                                 [Re Z, Im Z] = [Re Y, Im Y] @ [[Re W, Im W], [-Im W, Re W]]
+    G_m = Q_m Z_m                Legendre synthesis per order m, (K x L) @ (L x batch.channel)
+    x' = F^-1 G                  inverse real DFT, (W x 2M) @ (2M x lat.batch.channel)
+    MLP: gelu(x' W1^T + b1) W2^T on the tokens
+
+with `P_m` torch-harmonics' quadrature-weighted Legendre functions (`RealSHT.weights`), `Q_m`
+its synthesis functions (`InverseRealSHT.pct`) and `F` the DFT that `torch.fft.rfft(norm=
+"forward")` computes, truncated at the network's order M. In float32 the same steps equal
+torch-harmonics' to 1e-6 (tests/test_cpu_bf16.py). Outer skips, normalisation layers and the
+encoder and decoder stay as they are, in float32.
+
+Written here rather than taken from torch-harmonics: its transforms build complex tensors
+with `torch.complex`, which has no bfloat16 kernel on the CPU (so `torch.autocast` cannot run
+them), and its `(batch, channel, lat, lon)` layout makes every 1x1 convolution and Legendre
+step copy its operands; an FFT has no bfloat16 kernel on the CPU either, hence the DFTs as
+matrix products (143 MFLOP a forward pass of 8 members: less than the copies they replace).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch_harmonics.examples.models._layers import MLP, SpectralConvS2
+
+BF16 = torch.bfloat16
+
+
+@functools.cache
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (`avx512_bf16` or `amx_bf16` in
+    /proc/cpuinfo); elsewhere oneDNN emulates it, slower than float32."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def tokens(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The `(lon, lat, batch, channel)` tokens in `dtype` of a `(batch, channel, lat, lon)`
+    tensor (no copy where it already has that memory layout, as this module's outputs do)."""
+    return x.to(dtype).permute(3, 2, 0, 1).contiguous()
+
+
+def as_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """The `(batch, channel, lat, lon)` view of `(lon, lat, batch, channel)` tokens."""
+    return tokens.permute(2, 3, 1, 0)
+
+
+def dft_matrices(nlon: int, mmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real DFT in longitude as matrices, float64: the analysis `(2M, W)`, rows `Re X_m`
+    then `Im X_m` of `X_m = (1/W) sum_w x_w exp(-2 pi i m w / W)` (`rfft(norm="forward")`),
+    and the synthesis `(W, 2M)`, `x_w = sum_m c_m (Re X_m cos - Im X_m sin)(2 pi m w / W)` with
+    `c_m` 1 at m = 0 and the Nyquist order, else 2, the imaginary parts of those two ignored
+    (as `irfft` does); orders above the Nyquist order are zero."""
+    m = torch.arange(mmax, dtype=torch.float64)[:, None]
+    angle = 2 * math.pi * m * torch.arange(nlon, dtype=torch.float64) / nlon
+    real_only = (m == 0) | (2 * m == nlon)
+    weight = torch.where(real_only, 1.0, 2.0) * (2 * m <= nlon)
+    analysis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * (2 * m <= nlon).repeat(2, 1)
+    synthesis = torch.cat([weight * torch.cos(angle), -weight * ~real_only * torch.sin(angle)])
+    return analysis / nlon, synthesis.T.contiguous()
+
+
+class MatmulSpectralConv(torch.nn.Module):
+    """torch-harmonics' `SpectralConvS2` (Driscoll-Healy weights, one per degree and channel
+    pair, same grid in and out) as matrix products in `compute` precision; returns `(x', x)`
+    as it does, `x'` in `output` precision."""
+
+    def __init__(
+        self, conv: SpectralConvS2, compute: torch.dtype = BF16, output: torch.dtype = BF16
+    ):
+        super().__init__()
+        analysis, synthesis = conv.forward_transform, conv.inverse_transform
+        self.compute, self.output = compute, output
+        forward_dft, _ = dft_matrices(analysis.nlon, analysis.mmax)
+        _, inverse_dft = dft_matrices(synthesis.nlon, synthesis.mmax)
+        weight = conv.weight.detach().permute(2, 1, 0)  # (L, in, out) complex
+        real_blocks = {  # rows (real, imaginary part) x in: columns Re Z, then Im Z
+            "to_real": torch.cat([weight.real, -weight.imag], 1),
+            "to_imag": torch.cat([weight.imag, weight.real], 1),
+        }
+        buffers = {
+            "forward_dft": forward_dft,  # (2M, W)
+            "inverse_dft": inverse_dft,  # (W, 2M)
+            "analysis": analysis.weights,  # (M, L, K)
+            "synthesis": synthesis.pct,  # (M, K, L)
+            **real_blocks,  # (L, 2 in, out) each
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.to(compute), persistent=False)
+
+    @staticmethod
+    def supports(conv: torch.nn.Module) -> bool:
+        """Whether `conv` is a spectral convolution this class computes."""
+        if type(conv) is not SpectralConvS2 or hasattr(conv, "bias"):
+            return False
+        analysis, synthesis = conv.forward_transform, conv.inverse_transform
+        same_grid = (analysis.nlat, analysis.nlon) == (synthesis.nlat, synthesis.nlon)
+        return conv.operator_type == "driscoll-healy" and same_grid
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = tokens(x, self.compute)
+        lon, lat, batch, channels = grid.shape
+        orders, _, degrees = self.synthesis.shape
+        out = self.to_real.shape[2]
+        spectral = (self.forward_dft @ grid.view(lon, -1)).view(2, orders, lat, -1)
+        legendre = torch.matmul(self.analysis, spectral)  # (part, m, l, batch.channel)
+        by_degree = torch.empty(degrees, orders, batch, 2, channels, dtype=self.compute)
+        by_degree.copy_(legendre.view(2, orders, degrees, batch, channels).permute(2, 1, 3, 0, 4))
+        by_degree = by_degree.view(degrees, orders * batch, 2 * channels)
+        mixed = torch.empty(2, degrees, orders * batch, out, dtype=self.compute)
+        torch.bmm(by_degree, self.to_real, out=mixed[0])
+        torch.bmm(by_degree, self.to_imag, out=mixed[1])
+        synthesised = torch.empty(2, orders, lat, batch * out, dtype=self.compute)
+        for part in range(2):
+            by_order = mixed[part].view(degrees, orders, batch * out).transpose(0, 1)
+            torch.bmm(self.synthesis, by_order, out=synthesised[part])
+        result = self.inverse_dft @ synthesised.view(2 * orders, -1)
+        return as_grid(result.view(lon, lat, batch, out).to(self.output)), x
+
+
+class MatmulMLP(torch.nn.Module):
+    """torch-harmonics' `MLP` (1x1 convolution with bias, GELU, 1x1 convolution) as matrix
+    products on the tokens in `compute` precision; float32 out."""
+
+    def __init__(self, mlp: MLP, compute: torch.dtype = BF16):
+        super().__init__()
+        first, second = mlp.fwd[0], mlp.fwd[-1]
+        self.compute = compute
+        weights = {
+            "weight1": first.weight[:, :, 0, 0],
+            "bias1": first.bias,
+            "weight2": second.weight[:, :, 0, 0],
+        }
+        for name, value in weights.items():
+            self.register_buffer(name, value.detach().to(compute), persistent=False)
+
+    @staticmethod
+    def supports(mlp: torch.nn.Module) -> bool:
+        """Whether `mlp` is an MLP this class computes (no dropout, output without bias)."""
+        if type(mlp) is not MLP or len(mlp.fwd) != 3:
+            return False
+        first, activation, second = mlp.fwd
+        return (
+            first.bias is not None
+            and second.bias is None
+            and type(activation) is torch.nn.GELU
+            and activation.approximate == "none"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(F.linear(tokens(x, self.compute), self.weight1, self.bias1))
+        return as_grid(F.linear(hidden, self.weight2).float())
+
+
+def matmul_network(network: torch.nn.Module, compute: torch.dtype = BF16) -> torch.nn.Module:
+    """A copy of the torch-harmonics SFNO `network` (or one with conditional norms or a
+    latent encoder, as the generative kinds build) whose blocks' spectral convolutions and
+    MLPs run as matrix products in `compute` precision (`MatmulSpectralConv`, `MatmulMLP`),
+    for inference; blocks of another make keep their float32 layers."""
+    fast = copy.deepcopy(network)
+    for block in fast.blocks:
+        mlp = MatmulMLP.supports(getattr(block, "mlp", None))
+        if mlp:
+            block.mlp = MatmulMLP(block.mlp, compute)
+        if MatmulSpectralConv.supports(block.global_conv):
+            output = compute if mlp else torch.float32
+            block.global_conv = MatmulSpectralConv(block.global_conv, compute, output)
+    return fast.eval()
