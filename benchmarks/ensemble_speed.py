@@ -1,10 +1,10 @@
 """Speed and memory of `wxens forecast` against the raw batched SFNO forward, in one run.
 
 1. Runner efficiency: the ensemble of `wxens forecast` through the library
-   (`run_configured_ensemble`: random-field perturbations, `configs/default-random-field.yaml`,
-   the four committed checkpoints, Zarr writes) for `--members` members and `--steps` 6 h
-   steps, its member-steps/s as it reports them (the tasks alone, not start-up or the 48 h
-   RMSE calibration), against the
+   (`run_configured_ensemble`: the config with random-field perturbations, as
+   `configs/default-random-field.yaml` is default.yaml's; the four committed checkpoints,
+   Zarr writes) for `--members` members and `--steps` 6 h steps, its member-steps/s as it
+   reports them (the tasks alone, not start-up or the 48 h RMSE calibration), against the
    raw torch-harmonics SFNO forward (`network(features(x))`, no wrapper, no perturbation, no
    store) for the same member-steps, timed two ways on the same CPU cores:
    - `raw, one process`: batches of `--batch` with torch's default threads;
@@ -15,14 +15,18 @@
    clock of the whole call (checkpoint loading and calibration included) and the peak resident
    memory of this process.
 
-Run from the repository root after `make truth`:
+All of it at the config's `sfno.precision` (`bf16-cpu` by default: the raw forward is then the
+bfloat16 copy the runner steps). Run from the repository root after `make truth`, or on the
+demo's truth after `make demo`:
 
     python benchmarks/ensemble_speed.py [--members 256] [--steps 20] [--big-members 1000]
+    python benchmarks/ensemble_speed.py --config configs/demo.yaml --init 2031-01-16
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import threading
@@ -31,22 +35,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from wxens.data_pipeline.config import load_config
+from wxens.data_pipeline.memory import keep_freed_memory
 from wxens.forecast.runner import RunOptions, run_configured_ensemble
 from wxens.models.checkpoint import find_checkpoints, load_checkpoint
 
-CONFIG = Path("configs/default.yaml")
-RANDOM_FIELD = Path("configs/default-random-field.yaml")
 CHECKPOINTS = Path("checkpoints/default")
 
 
-def wxens_forecast(config: Path, out: Path, members: int, steps: int) -> tuple[float, float, float]:
+def random_field_config(config: Path, folder: Path) -> Path:
+    """`config` with random-field initial perturbations (no breeding cycles), in `folder`."""
+    path = folder / "random-field.yaml"
+    overlay = {"base": os.path.abspath(config), "perturbation": {"initial": "random_field"}}
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+def wxens_forecast(
+    config: Path, out: Path, init: np.datetime64, members: int, steps: int
+) -> tuple[float, float, float]:
     """Run the config's ensemble through the library (as `wxens forecast` does); return (wall
     seconds, its task member-steps/s, peak RSS of this process so far in GB)."""
     started = time.perf_counter()
     summary = run_configured_ensemble(
         load_config(config),
-        [np.datetime64("2031-01-01T00", "ns")],
+        [init],
         members,
         f"{steps * 6}h",
         RunOptions(out, quiet=True),
@@ -62,10 +76,11 @@ def raw_forward(emulator, batch: int, member_steps: int) -> float:
     """Seconds for `member_steps` of the bare network forward in batches of `batch`."""
     state = torch.randn(batch, 2, emulator.grid.nlat, emulator.grid.nlon) * 1e7
     features = emulator.features(state)
-    emulator.network(features)  # warm-up
+    network = emulator.inference_network()  # at the config's precision, as the runner steps
+    network(features)  # warm-up
     started = time.perf_counter()
     for _ in range(-(-member_steps // batch)):
-        emulator.network(features)
+        network(features)
     return time.perf_counter() - started
 
 
@@ -95,21 +110,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--big-members", type=int, default=1000)
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--init", default="2031-01-01T00")
     args = parser.parse_args()
-    config = load_config(CONFIG)
+    keep_freed_memory()  # as `wxens` does
+    init = np.datetime64(args.init, "ns")
+    config = load_config(args.config)
     emulator = load_checkpoint(find_checkpoints([CHECKPOINTS])[0], config)
     cores = torch.get_num_threads()
     member_steps = args.members * args.steps
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "ens.zarr"
-        _, runner_rate, _ = wxens_forecast(RANDOM_FIELD, out, args.members, args.steps)
+        random_field = random_field_config(args.config, Path(folder))
+        _, runner_rate, _ = wxens_forecast(random_field, out, init, args.members, args.steps)
         one = member_steps / raw_forward(emulator, args.batch, member_steps)
         micro = config.ensemble.micro_batch
         per_core = member_steps / raw_per_core(emulator, micro, member_steps, cores)
-        big = wxens_forecast(CONFIG, Path(folder) / "big.zarr", args.big_members, args.steps)
+        big = wxens_forecast(
+            args.config, Path(folder) / "big.zarr", init, args.big_members, args.steps
+        )
     print(
         f"\n{args.members} members x {args.steps} steps, 4 checkpoints, random fields,"
-        f" {cores} cores"
+        f" {cores} cores, sfno.precision {config.sfno.precision}"
     )
     print(f"{'':34}{'member-steps/s':>16}{'wxens / this':>14}")
     rows = {
