@@ -172,12 +172,48 @@ class MatmulMLP(torch.nn.Module):
         return as_grid(F.linear(hidden, self.weight2).float())
 
 
+class MatmulPointwise(torch.nn.Module):
+    """A 1x1 `Conv2d` (the network's encoder or decoder) as a float32 matrix product on the
+    tokens: its output keeps the token layout that the blocks read without a copy."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].float(), False)
+        bias = conv.bias.detach().float() if conv.bias is not None else None
+        self.register_buffer("bias", bias, False)
+
+    @staticmethod
+    def supports(layer: torch.nn.Module) -> bool:
+        """Whether `layer` is a 1x1 convolution this class computes."""
+        return (
+            type(layer) is torch.nn.Conv2d
+            and layer.kernel_size == (1, 1)
+            and layer.stride == (1, 1)
+            and layer.groups == 1
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return as_grid(F.linear(tokens(x, torch.float32), self.weight, self.bias))
+
+
+def swap_pointwise(layers: torch.nn.Module) -> None:
+    """Replace, in place, the 1x1 convolutions among the children of `layers` (an encoder or
+    decoder `Sequential`, or a VAE's `LatentEncoder`, which is one) by `MatmulPointwise`."""
+    if not isinstance(layers, torch.nn.Sequential):
+        return
+    for name, child in layers.named_children():
+        if MatmulPointwise.supports(child):
+            setattr(layers, name, MatmulPointwise(child))
+
+
 def matmul_network(network: torch.nn.Module, compute: torch.dtype = BF16) -> torch.nn.Module:
     """A copy of the torch-harmonics SFNO `network` (or one with conditional norms or a
     latent encoder, as the generative kinds build) whose blocks' spectral convolutions and
-    MLPs run as matrix products in `compute` precision (`MatmulSpectralConv`, `MatmulMLP`),
-    for inference; blocks of another make keep their float32 layers."""
+    MLPs run as matrix products in `compute` precision (`MatmulSpectralConv`, `MatmulMLP`)
+    and whose encoder's and decoder's 1x1 convolutions run as float32 ones on the same tokens
+    (`MatmulPointwise`), for inference; layers of another make are kept as they are."""
     fast = copy.deepcopy(network)
+    swap_pointwise(fast.encoder), swap_pointwise(fast.decoder)
     for block in fast.blocks:
         mlp = MatmulMLP.supports(getattr(block, "mlp", None))
         if mlp:

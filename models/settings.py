@@ -41,7 +41,7 @@ class SFNOConfig(Strict):
     precision: Literal["float32", "tf32", "bf16", "bf16-cpu"] = "bf16-cpu"
     """The forward pass's arithmetic: `tf32` and `bf16` (autocast) apply on CUDA only;
     `bf16-cpu` (the default) runs the blocks' spectral convolutions and MLPs as bfloat16
-    matrix products on a CPU with bfloat16 matrix units (`models.cpu_bf16`: 2.8 x float32's
+    matrix products on a CPU with bfloat16 matrix units (`models.cpu_bf16`: 3 x float32's
     member-steps/s, fair CRPS within 0.4 % on the demo's test period); float32 on CUDA and
     on other CPUs (with a one-line warning, once).
     A run-time choice: a forecast takes it from its config, whatever its checkpoints were
