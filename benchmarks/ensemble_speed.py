@@ -9,7 +9,9 @@
    store) for the same member-steps, timed two ways on the same CPU cores:
    - `raw, one process`: batches of `--batch` with torch's default threads;
    - `raw, per core`: one single-threaded loop per core at the runner's micro-batch, side by
-     side (how the runner itself uses the cores).
+     side (how the runner itself uses the cores);
+   the runner and the per-core loops alternate for `--rounds` rounds (medians), so that both
+   see the same machine load.
 2. A large ensemble: `--big-members` members (default 1000) of the default config (bred-vector
    pairs: their breeding cycles cost about a tenth more steps) for `--steps` steps, the wall
    clock of the whole call (checkpoint loading and calibration included) and the peak resident
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--big-members", type=int, default=1000)
     parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     parser.add_argument("--init", default="2031-01-01T00")
+    parser.add_argument("--rounds", type=int, default=3, help="runner / raw-per-core pairs")
     args = parser.parse_args()
     keep_freed_memory()  # as `wxens` does
     init = np.datetime64(args.init, "ns")
@@ -119,13 +122,19 @@ def main() -> None:
     emulator = load_checkpoint(find_checkpoints([CHECKPOINTS])[0], config)
     cores = torch.get_num_threads()
     member_steps = args.members * args.steps
+    micro = config.ensemble.micro_batch
+    runner_rates, per_core_rates = [], []
     with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "ens.zarr"
         random_field = random_field_config(args.config, Path(folder))
-        _, runner_rate, _ = wxens_forecast(random_field, out, init, args.members, args.steps)
+        for round_ in range(args.rounds):  # alternating: both see the same machine load
+            out = Path(folder) / f"ens{round_}.zarr"
+            runner_rates.append(
+                wxens_forecast(random_field, out, init, args.members, args.steps)[1]
+            )
+            seconds = raw_per_core(emulator, micro, member_steps, cores)
+            per_core_rates.append(member_steps / seconds)
+        runner_rate, per_core = np.median(runner_rates), np.median(per_core_rates)
         one = member_steps / raw_forward(emulator, args.batch, member_steps)
-        micro = config.ensemble.micro_batch
-        per_core = member_steps / raw_per_core(emulator, micro, member_steps, cores)
         big = wxens_forecast(
             args.config, Path(folder) / "big.zarr", init, args.big_members, args.steps
         )
@@ -141,6 +150,8 @@ def main() -> None:
     }
     for name, rate in rows.items():
         print(f"{name:34}{rate:16.1f}{runner_rate / rate:14.2f}")
+    pairs = ", ".join(f"{r / c:.2f}" for r, c in zip(runner_rates, per_core_rates, strict=True))
+    print(f"(medians of {args.rounds} alternating rounds; wxens / per core by round: {pairs})")
     wall, rate, rss = big
     print(
         f"\n{args.big_members} members x {args.steps} steps, bred vectors: {wall:.0f} s wall"

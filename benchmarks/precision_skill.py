@@ -1,10 +1,10 @@
 """The demo's SFNO ensemble at `sfno.precision: bf16-cpu` against float32: skill must hold.
 
-    python benchmarks/precision_skill.py      # after `make demo` (its truth and SFNO store)
+    python benchmarks/precision_skill.py      # after `make demo` (its truth)
 
-Runs `make demo`'s SFNO hindcast (configs/demo.yaml: 100 members, 8 inits, 10-day leads) with
-`bf16-cpu` into `out/precision/sfno-bf16-cpu.zarr` (timed), scores it with the demo's float32
-store `out/demo/sfno.zarr` as a reference system (`wxens.verify`), and prints the fair CRPS
+Runs `make demo`'s SFNO hindcast (configs/demo.yaml: 100 members, 8 inits, 10-day leads) at
+each precision into `out/precision/sfno-PRECISION.zarr` (timed), scores the bf16 one with the
+float32 one as a reference system (`wxens.verify`), and prints the fair CRPS
 and spread-skill ratio (global means over both layers) at days 1, 3, 5 and 10 and the members'
 day-10 power spectrum by wavenumber, each as bf16 / float32. Targets: CRPS and ratio within
 1 %, the spectrum within 2 % at every wavenumber from 1 to the truncation.
@@ -26,11 +26,11 @@ FOLDER = Path("out/precision")
 TOLERANCE = {"crps": 0.01, "spread_skill_ratio": 0.01, "power": 0.02}
 
 
-def bf16_config() -> Path:
-    """configs/demo.yaml with `sfno.precision: bf16-cpu`."""
-    path = FOLDER / "demo-bf16-cpu.yaml"
+def precision_config(precision: str) -> Path:
+    """configs/demo.yaml at `sfno.precision` `precision`."""
+    path = FOLDER / f"demo-{precision}.yaml"
     base = Path("..") / ".." / CONFIG
-    path.write_text(yaml.safe_dump({"base": str(base), "sfno": {"precision": "bf16-cpu"}}))
+    path.write_text(yaml.safe_dump({"base": str(base), "sfno": {"precision": precision}}))
     return path
 
 
@@ -52,18 +52,22 @@ def compare(scores: xr.Dataset) -> list[tuple[str, float, float, float]]:
 def main() -> None:
     keep_freed_memory()
     FOLDER.mkdir(parents=True, exist_ok=True)
-    truth, float32 = OUT / "truth.zarr", OUT / "sfno.zarr"
-    missing = [path for path in (truth, float32) if not path.exists()]
-    if missing:
-        raise SystemExit(f"run make demo first: {missing[0]} is missing")
-    forecast = FOLDER / "sfno-bf16-cpu.zarr"
-    started = time.perf_counter()
-    hindcast("sfno", forecast, truth, bf16_config())
-    minutes = (time.perf_counter() - started) / 60
+    truth = OUT / "truth.zarr"
+    if not truth.exists():
+        raise SystemExit(f"run make demo first: {truth} is missing")
+    stores, minutes = {}, {}
+    for precision in ("float32", "bf16-cpu"):
+        stores[precision] = FOLDER / f"sfno-{precision}.zarr"
+        started = time.perf_counter()
+        hindcast("sfno", stores[precision], truth, precision_config(precision))
+        minutes[precision] = (time.perf_counter() - started) / 60
     scores = wxens.verify(
-        forecast, truth, FOLDER / "scores.zarr", {"float32": float32}, overwrite=True
-    ).load()
-    print(f"\nbf16-cpu hindcast: {minutes:.1f} min (the demo's float32 one: see its log)")
+        stores["bf16-cpu"], truth, FOLDER / "scores.zarr", {"float32": stores["float32"]},
+        overwrite=True,
+    ).load()  # fmt: skip
+    print(
+        f"\nhindcasts: float32 {minutes['float32']:.1f} min, bf16-cpu {minutes['bf16-cpu']:.1f} min"
+    )
     print(f"{'':28}{'float32':>12}{'bf16-cpu':>12}{'ratio':>9}")
     failures = 0
     for name, reference, value, ratio in compare(scores):
