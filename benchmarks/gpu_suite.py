@@ -337,6 +337,7 @@ def sfno_forward(sizes: Sizes, device: torch.device) -> dict:
     from wxens.models.checkpoint import load_checkpoint
 
     emulator = load_checkpoint(CHECKPOINT, load_config(TRUTH), device)
+    emulator.use_precision("float32")  # as `measure` times it (bf16-cpu is float32 on CUDA)
     shape = (len(emulator.input_variables), emulator.grid.nlat, emulator.grid.nlon)
 
     def features(batch: int) -> torch.Tensor:
