@@ -3,9 +3,12 @@
 
     .venv-bench/bin/python benchmarks/earth2studio_peer.py [--members 64] [--steps 8]
         [--batch 64] [--checkpoint checkpoints/default/sfno-seed1] [--init 2031-01-01T00]
-        [--threads 2] [--wxens-batch-size N]
+        [--threads 2] [--wxens-batch-size N] [--config configs/default-random-field.yaml]
 
-Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size:
+Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size, and the same
+`sfno.precision` (the config's; `bf16-cpu` by default): earth2studio drives the emulator's own
+`step`, so it runs the bfloat16 forward where wxens does. `--config configs/demo.yaml --init
+2031-01-16T00` runs on the demo's truth after `make demo`.
 
 - earth2studio: the checkpoint wrapped as an earth2studio `PrognosticModel` (`WxensPrognostic`),
   the analysis served by an in-memory `DataSource` over the wxens truth store, a
@@ -19,7 +22,8 @@ Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size:
   task runs on one torch thread, one task per core side by side, in forward passes of 8
   members), so `--batch` is not passed on: wxens picks its own, unless `--wxens-batch-size`
   is given.
-- raw forward: `emulator.network(emulator.features(x))` under `torch.no_grad()` for the same
+- raw forward: `emulator.inference_network()(emulator.features(x))` (the network at the
+  config's `sfno.precision`, as every step runs it) under `torch.no_grad()` for the same
   member-steps at the same batch size (one untimed warm-up call first); no de-normalisation,
   residual or spectral projection, no perturbation, no I/O.
 
@@ -239,11 +243,12 @@ def run_raw(
     """Seconds of `network(features(x))` for `members` x `steps` member-steps in batches."""
     sizes = [min(batch, members - first) for first in range(0, members, batch)]
     inputs = {size: state.expand(size, *state.shape[1:]).contiguous() for size in set(sizes)}
-    emulator.network(emulator.features(inputs[sizes[0]]))  # warm-up
+    network = emulator.inference_network()  # at the config's sfno.precision, as the step runs
+    network(emulator.features(inputs[sizes[0]]))  # warm-up
     start = time.perf_counter()
     for size in sizes:
         for _ in range(steps):
-            emulator.network(emulator.features(inputs[size]))
+            network(emulator.features(inputs[size]))
     return time.perf_counter() - start
 
 
@@ -251,6 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="checkpoints/default/sfno-seed1")
     parser.add_argument("--init", default="2031-01-01T00")
+    parser.add_argument("--config", default=CONFIG, help="its analyses and sfno.precision")
     parser.add_argument("--members", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="6 h steps")
     parser.add_argument("--batch", type=int, default=64, help="members per batch")
@@ -273,7 +279,7 @@ def main() -> None:
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
 
-    config = load_config(ROOT / CONFIG)
+    config = load_config(ROOT / args.config)
     emulator = load_checkpoint(ROOT / args.checkpoint, config)
     hours = emulator.timestep / np.timedelta64(1, "h")
     lead_days = f"{args.steps * hours / 24:g}"
