@@ -122,15 +122,19 @@ class MatmulSpectralConv(torch.nn.Module):
         lon, lat, batch, channels = grid.shape
         orders, _, degrees = self.synthesis.shape
         out = self.to_real.shape[2]
+        like = {"dtype": self.compute, "device": grid.device}
+        # X = F x: (part, m, lat, batch.channel), then Y_m = P_m X_m: (part, m, l, batch.channel)
         spectral = (self.forward_dft @ grid.view(lon, -1)).view(2, orders, lat, -1)
-        legendre = torch.matmul(self.analysis, spectral)  # (part, m, l, batch.channel)
-        by_degree = torch.empty(degrees, orders, batch, 2, channels, dtype=self.compute)
+        legendre = torch.matmul(self.analysis, spectral)
+        # by degree, rows (m, batch), columns (part, channel): Z_l = Y_l W_l
+        by_degree = torch.empty(degrees, orders, batch, 2, channels, **like)
         by_degree.copy_(legendre.view(2, orders, degrees, batch, channels).permute(2, 1, 3, 0, 4))
         by_degree = by_degree.view(degrees, orders * batch, 2 * channels)
-        mixed = torch.empty(2, degrees, orders * batch, out, dtype=self.compute)
+        mixed = torch.empty(2, degrees, orders * batch, out, **like)
         torch.bmm(by_degree, self.to_real, out=mixed[0])
         torch.bmm(by_degree, self.to_imag, out=mixed[1])
-        synthesised = torch.empty(2, orders, lat, batch * out, dtype=self.compute)
+        # G_m = Q_m Z_m per part, then x' = F^-1 G: (lon, lat, batch, out)
+        synthesised = torch.empty(2, orders, lat, batch * out, **like)
         for part in range(2):
             by_order = mixed[part].view(degrees, orders, batch * out).transpose(0, 1)
             torch.bmm(self.synthesis, by_order, out=synthesised[part])
