@@ -28,7 +28,6 @@ demo's truth after `make demo`:
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import tempfile
 import threading
@@ -37,21 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from wxens.data_pipeline.config import load_config
+from wxens.data_pipeline.config import load_config, write_overlay
 from wxens.data_pipeline.memory import keep_freed_memory
 from wxens.forecast.runner import RunOptions, run_configured_ensemble
 from wxens.models.checkpoint import find_checkpoints, load_checkpoint
 
 CHECKPOINTS = Path("checkpoints/default")
-
-
-def random_field_config(config: Path, folder: Path) -> Path:
-    """`config` with random-field initial perturbations (no breeding cycles), in `folder`."""
-    path = folder / "random-field.yaml"
-    overlay = {"base": os.path.abspath(config), "perturbation": {"initial": "random_field"}}
-    path.write_text(yaml.safe_dump(overlay))
-    return path
 
 
 def wxens_forecast(
@@ -125,7 +115,8 @@ def main() -> None:
     micro = config.ensemble.micro_batch
     runner_rates, per_core_rates = [], []
     with tempfile.TemporaryDirectory() as folder:
-        random_field = random_field_config(args.config, Path(folder))
+        no_breeding = {"perturbation": {"initial": "random_field"}}
+        random_field = write_overlay(Path(folder) / "random-field.yaml", args.config, no_breeding)
         for round_ in range(args.rounds):  # alternating: both see the same machine load
             out = Path(folder) / f"ens{round_}.zarr"
             runner_rates.append(

@@ -68,7 +68,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -194,6 +193,7 @@ def write_world(folder: Path, sizes: Sizes) -> World:
     """The suite's analysis store and forecast config (see the module docstring)."""
     import pandas as pd
     from wxens.data_pipeline.analysis_store import AnalysisStoreWriter
+    from wxens.data_pipeline.config import write_overlay
 
     import wxens
 
@@ -207,9 +207,9 @@ def write_world(folder: Path, sizes: Sizes) -> World:
         writer.append(year.assign_coords(time=times.values))
     periods = {name: {"first": YEAR, "last": YEAR} for name in ("train", "validation", "test")}
     periods["start"] = f"{YEAR}-01-01"
-    data = {"base": str(FORECAST), "analyses": str(store), "periods": periods}
-    config = folder / "forecast.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = write_overlay(
+        folder / "forecast.yaml", FORECAST, {"analyses": str(store), "periods": periods}
+    )
     return World(folder, store, config, periods)
 
 
@@ -577,7 +577,7 @@ def train_epoch(
     """One epoch of `kind` with the config at `path` (its samples per epoch and batch size
     unless `sizes` sets them) on the world's year, as `wxens train` runs it, into a fresh
     folder (a finished run there would be left as it is)."""
-    from wxens.data_pipeline.config import load_config
+    from wxens.data_pipeline.config import load_config, write_overlay
     from wxens.models.training import Trainer, validate
 
     settings = {"epochs": 1, "validation_inits": sizes.validation_inits}
@@ -585,15 +585,8 @@ def train_epoch(
         settings["samples_per_epoch"] = sizes.train_samples
     if sizes.train_batch is not None:
         settings["batch_size"] = sizes.train_batch
-    data = {
-        "base": str(path),
-        "analyses": str(world.store),
-        "periods": world.periods,
-        "training": settings,
-    }
-    config_path = world.folder / f"train-{kind}.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    config = load_config(config_path)
+    data = {"analyses": str(world.store), "periods": world.periods, "training": settings}
+    config = load_config(write_overlay(world.folder / f"train-{kind}.yaml", path, data))
     out = world.folder / f"train-{kind}"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()

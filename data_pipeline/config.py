@@ -358,6 +358,14 @@ def resolve_base(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     return merged(parent, data)
 
 
+def write_overlay(path: str | Path, base: str | Path, overlay: dict[str, Any]) -> Path:
+    """Write at `path` a config that lays `overlay` over the config at `base` (its `base:`
+    key, as an absolute path, so `path` may live anywhere); return `path`."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({"base": str(Path(base).resolve()), **overlay}))
+    return path
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment config; raise `ConfigError` with one line on failure."""
     path = Path(path)
