@@ -73,9 +73,9 @@ def dft_matrices(nlon: int, mmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     (as `irfft` does); orders above the Nyquist order are zero."""
     m = torch.arange(mmax, dtype=torch.float64)[:, None]
     angle = 2 * math.pi * m * torch.arange(nlon, dtype=torch.float64) / nlon
-    real_only = (m == 0) | (2 * m == nlon)
-    weight = torch.where(real_only, 1.0, 2.0) * (2 * m <= nlon)
-    analysis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * (2 * m <= nlon).repeat(2, 1)
+    kept, real_only = 2 * m <= nlon, (m == 0) | (2 * m == nlon)
+    weight = torch.where(real_only, 1.0, 2.0) * kept
+    analysis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * kept.repeat(2, 1)
     synthesis = torch.cat([weight * torch.cos(angle), -weight * ~real_only * torch.sin(angle)])
     return analysis / nlon, synthesis.T.contiguous()
 
@@ -91,8 +91,7 @@ class MatmulSpectralConv(torch.nn.Module):
         super().__init__()
         analysis, synthesis = conv.forward_transform, conv.inverse_transform
         self.compute, self.output = compute, output
-        forward_dft, _ = dft_matrices(analysis.nlon, analysis.mmax)
-        _, inverse_dft = dft_matrices(synthesis.nlon, synthesis.mmax)
+        forward_dft, inverse_dft = dft_matrices(analysis.nlon, analysis.mmax)
         weight = conv.weight.detach().permute(2, 1, 0)  # (L, in, out) complex
         real_blocks = {  # rows (real, imaginary part) x in: columns Re Z, then Im Z
             "to_real": torch.cat([weight.real, -weight.imag], 1),
@@ -110,12 +109,14 @@ class MatmulSpectralConv(torch.nn.Module):
 
     @staticmethod
     def supports(conv: torch.nn.Module) -> bool:
-        """Whether `conv` is a spectral convolution this class computes."""
+        """Whether `conv` is a spectral convolution this class computes (the same grid and
+        truncation in and out)."""
         if type(conv) is not SpectralConvS2 or hasattr(conv, "bias"):
             return False
         analysis, synthesis = conv.forward_transform, conv.inverse_transform
-        same_grid = (analysis.nlat, analysis.nlon) == (synthesis.nlat, synthesis.nlon)
-        return conv.operator_type == "driscoll-healy" and same_grid
+        shape = ("nlat", "nlon", "lmax", "mmax")
+        same = all(getattr(analysis, n) == getattr(synthesis, n) for n in shape)
+        return conv.operator_type == "driscoll-healy" and same
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grid = tokens(x, self.compute)

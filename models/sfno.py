@@ -144,7 +144,8 @@ class SFNOEmulator(torch.nn.Module):
             self.register_buffer(name, torch.from_numpy(value), persistent=False)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """The next state, differentiable (training); `state` is `(batch, channel, lat, lon)`."""
+        """The next state, `state` `(batch, channel, lat, lon)`: differentiable with gradients
+        on (training), else through `inference_network` (bf16 with `bf16-cpu`)."""
         return self.advance(state, self.inference_network()(self.features(state)))
 
     def inference_network(self) -> torch.nn.Module:
