@@ -8,10 +8,13 @@
    raw torch-harmonics SFNO forward (`network(features(x))`, no wrapper, no perturbation, no
    store) for the same member-steps, timed two ways on the same CPU cores:
    - `raw, one process`: batches of `--batch` with torch's default threads;
-   - `raw, per core`: one single-threaded loop per core at the runner's micro-batch, side by
-     side (how the runner itself uses the cores);
-   the runner and the per-core loops alternate for `--rounds` rounds (medians), so that both
-   see the same machine load.
+   - `raw forward, per core`: one single-threaded loop per core at the runner's micro-batch,
+     side by side (how the runner itself uses the cores);
+   - `raw steps, per core`: the same loops over whole emulator steps (features, network,
+     perturbed tendencies, projection; the four checkpoints in turn), which tells the cost of
+     the step around the network from that of the runner around the steps;
+   the runner and the per-core loops alternate for `--rounds` rounds, so that all see the same
+   machine load; the table gives medians and the runner's ratio to each loop by round.
 2. A large ensemble: `--big-members` members (default 1000) of the default config (bred-vector
    pairs: their breeding cycles cost about a tenth more steps) for `--steps` steps, the wall
    clock of the whole call (checkpoint loading and calibration included) and the peak resident
@@ -32,14 +35,16 @@ import resource
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from wxens.data_pipeline.config import load_config, write_overlay
 from wxens.data_pipeline.memory import keep_freed_memory
-from wxens.forecast.runner import RunOptions, run_configured_ensemble
-from wxens.models.checkpoint import find_checkpoints, load_checkpoint
+from wxens.forecast.runner import RunOptions, load_models, run_configured_ensemble
+from wxens.models.checkpoint import find_checkpoints
+from wxens.models.emulator import FixedBatchEmulator
 
 CHECKPOINTS = Path("checkpoints/default")
 
@@ -76,15 +81,33 @@ def raw_forward(emulator, batch: int, member_steps: int) -> float:
     return time.perf_counter() - started
 
 
-def raw_per_core(emulator, batch: int, member_steps: int, cores: int) -> float:
-    """Seconds for `member_steps` split over `cores` single-threaded loops running together."""
+@torch.no_grad()
+def raw_steps(emulators: list, batch: int, member_steps: int) -> float:
+    """Seconds for `member_steps` of whole emulator steps (features, network, perturbed
+    tendencies, projection) in passes of `batch`, the checkpoints in turn, as a task steps
+    them, without the task's loop, perturbations or writes."""
+    grid, channels = emulators[0].grid, len(emulators[0].input_variables)
+    state = torch.zeros(batch, channels + emulators[0].hidden_channels, grid.nlat, grid.nlon)
+    state[:, :channels] = torch.randn(batch, channels, grid.nlat, grid.nlon) * 1e7
+    generators = [torch.Generator().manual_seed(k) for k in range(batch)]
+    stepper = [FixedBatchEmulator(emulator, batch) for emulator in emulators]
+    stepper[0].step(state, generator=generators)  # warm-up
+    started = time.perf_counter()
+    for n in range(-(-member_steps // batch)):
+        stepper[n % len(stepper)].step(state, generator=generators)
+    return time.perf_counter() - started
+
+
+def raw_per_core(loop_seconds: Callable[[int], float], member_steps: int, cores: int) -> float:
+    """Seconds for `member_steps` split over `cores` single-threaded runs of `loop_seconds`
+    (a loop over that many member-steps) side by side."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     share = -(-member_steps // cores)
 
     def loop() -> None:
         torch.set_num_threads(1)  # per thread: OpenMP's thread count is thread-local
-        raw_forward(emulator, batch, share)
+        loop_seconds(share)
 
     workers = [threading.Thread(target=loop) for _ in range(cores)]
     started = time.perf_counter()
@@ -109,23 +132,25 @@ def main() -> None:
     keep_freed_memory()  # as `wxens` does
     init = np.datetime64(args.init, "ns")
     config = load_config(args.config)
-    emulator = load_checkpoint(find_checkpoints([CHECKPOINTS])[0], config)
+    emulators = load_models("sfno", find_checkpoints([CHECKPOINTS]), config, torch.device("cpu"))
     cores = torch.get_num_threads()
     member_steps = args.members * args.steps
     micro = config.ensemble.micro_batch
-    runner_rates, per_core_rates = [], []
+    loops = {
+        f"raw forward, per core, batch {micro}": lambda n: raw_forward(emulators[0], micro, n),
+        f"raw steps, per core, batch {micro}": lambda n: raw_steps(emulators, micro, n),
+    }
+    rates: dict[str, list[float]] = {"wxens forecast (tasks)": [], **{name: [] for name in loops}}
     with tempfile.TemporaryDirectory() as folder:
         no_breeding = {"perturbation": {"initial": "random_field"}}
         random_field = write_overlay(Path(folder) / "random-field.yaml", args.config, no_breeding)
-        for round_ in range(args.rounds):  # alternating: both see the same machine load
+        for round_ in range(args.rounds):  # alternating: all see the same machine load
             out = Path(folder) / f"ens{round_}.zarr"
-            runner_rates.append(
-                wxens_forecast(random_field, out, init, args.members, args.steps)[1]
-            )
-            seconds = raw_per_core(emulator, micro, member_steps, cores)
-            per_core_rates.append(member_steps / seconds)
-        runner_rate, per_core = np.median(runner_rates), np.median(per_core_rates)
-        one = member_steps / raw_forward(emulator, args.batch, member_steps)
+            forecast = wxens_forecast(random_field, out, init, args.members, args.steps)
+            rates["wxens forecast (tasks)"].append(forecast[1])
+            for name, loop in loops.items():
+                rates[name].append(member_steps / raw_per_core(loop, member_steps, cores))
+        one = member_steps / raw_forward(emulators[0], args.batch, member_steps)
         big = wxens_forecast(
             args.config, Path(folder) / "big.zarr", init, args.big_members, args.steps
         )
@@ -133,16 +158,16 @@ def main() -> None:
         f"\n{args.members} members x {args.steps} steps, 4 checkpoints, random fields,"
         f" {cores} cores, sfno.precision {config.sfno.precision}"
     )
-    print(f"{'':34}{'member-steps/s':>16}{'wxens / this':>14}")
-    rows = {
-        "wxens forecast (tasks)": runner_rate,
-        f"raw forward, one process, batch {args.batch}": one,
-        f"raw forward, per core, batch {micro}": per_core,
-    }
-    for name, rate in rows.items():
-        print(f"{name:34}{rate:16.1f}{runner_rate / rate:14.2f}")
-    pairs = ", ".join(f"{r / c:.2f}" for r, c in zip(runner_rates, per_core_rates, strict=True))
-    print(f"(medians of {args.rounds} alternating rounds; wxens / per core by round: {pairs})")
+    print(f"{'':36}{'member-steps/s':>16}{'wxens / this':>14}{'by round (median)':>30}")
+    runner = np.array(rates.pop("wxens forecast (tasks)"))
+    rows = {"wxens forecast (tasks)": runner, f"raw forward, one process, batch {args.batch}": one}
+    for name, rate in {**rows, **rates}.items():
+        by_round = runner / np.asarray(rate)
+        paired = f"{', '.join(f'{r:.2f}' for r in by_round)} ({np.median(by_round):.2f})"
+        paired = paired if name in rates else ""
+        median = np.median(rate)
+        print(f"{name:36}{median:16.1f}{np.median(runner) / median:14.2f}  {paired}")
+    print(f"(medians of {args.rounds} alternating rounds)")
     wall, rate, rss = big
     print(
         f"\n{args.big_members} members x {args.steps} steps, bred vectors: {wall:.0f} s wall"

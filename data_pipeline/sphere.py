@@ -185,6 +185,25 @@ def regrid(
     return synthesis(target, truncation).to(field.device)(truncate(coeffs, truncation))
 
 
+@cache
+def random_field_scales(
+    truncation: int, length_scale_m: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gaussian_random_field`'s factors (float64, read-only: cached, as a member draws a field
+    every step): the order scale, 1 for m = 0 and sqrt(1/2) for m > 0 (isotropy: E|f_lm|^2
+    is the same for every m, so the complex m > 0 coefficients, which stand for +m and -m,
+    get real and imaginary parts of variance 1/2 each), and `sqrt(exp(-l (l + 1) (L / a)^2
+    / 2))` by `(l, m)`, zero for l = 0 and m > l."""
+    n = truncation + 1
+    l_index = torch.arange(n, dtype=torch.float64)[:, None].expand(n, n)
+    spectrum = torch.exp(-0.5 * l_index * (l_index + 1) * (length_scale_m / EARTH_RADIUS_M) ** 2)
+    spectrum[0] = 0.0
+    spectrum = spectrum * torch.tril(torch.ones(n, n, dtype=torch.float64))
+    order_scale = torch.full((n,), math.sqrt(0.5), dtype=torch.float64)
+    order_scale[0] = 1.0
+    return order_scale, torch.sqrt(spectrum)
+
+
 def gaussian_random_field(
     shape: tuple[int, ...],
     truncation: int,
@@ -204,18 +223,11 @@ def gaussian_random_field(
     area-mean variance is 1. `l = 0` (the global mean) is zero.
     """
     n = truncation + 1
-    l_index = torch.arange(n, dtype=torch.float64)[:, None].expand(n, n)
-    spectrum = torch.exp(-0.5 * l_index * (l_index + 1) * (length_scale_m / EARTH_RADIUS_M) ** 2)
-    spectrum[0] = 0.0
-    spectrum = spectrum * torch.tril(torch.ones(n, n, dtype=torch.float64))
     real = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
     imag = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
     imag[..., 0] = 0.0  # m = 0 coefficients of a real field are real
-    # isotropy: E|f_lm|^2 is the same for every m, so the complex m > 0 coefficients (which
-    # stand for +m and -m) get real and imaginary parts of variance 1/2 each
-    order_scale = torch.full((n,), math.sqrt(0.5), dtype=torch.float64)
-    order_scale[0] = 1.0
-    coeffs = torch.complex(real, imag) * order_scale * torch.sqrt(spectrum)
+    order_scale, amplitude = random_field_scales(truncation, length_scale_m)
+    coeffs = torch.complex(real, imag) * order_scale * amplitude
     variance = spectral_inner(coeffs, coeffs) / (4 * math.pi)
     coeffs = coeffs / torch.sqrt(variance)[..., None, None]
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64

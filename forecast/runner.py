@@ -63,6 +63,7 @@ from wxens.forecast.ensemble_store import (
     create_store,
 )
 from wxens.forecast.perturbations import (
+    CHECKPOINT_GROUP,
     ParameterPerturbation,
     Perturbation,
     assign_checkpoints,
@@ -981,10 +982,10 @@ def forecaster_timestep(spec: EnsembleSpec) -> np.timedelta64:
 
 def checkpoint_group_size(config: ExperimentConfig) -> int:
     """Consecutive members that share a checkpoint: `ensemble.checkpoint_group`, by default
-    a bred pair (2), else one member."""
+    `CHECKPOINT_GROUP` (two bred pairs)."""
     if config.ensemble.checkpoint_group is not None:
         return config.ensemble.checkpoint_group
-    return 2 if config.breeds() else 1
+    return CHECKPOINT_GROUP
 
 
 def field_attrs(dataset: xr.Dataset) -> dict[str, dict[str, str]]:

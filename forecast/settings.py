@@ -129,9 +129,9 @@ class EnsembleConfig(Strict):
     `micro_batch` is the batch size of every CPU forward pass (padded when short), so a
     member's numbers never depend on the batch it is computed in. `checkpoint_group` is how
     many consecutive members share a checkpoint, member k on checkpoint (k // g) mod N of one
-    kind (null: a bred pair, 2, with bred vectors, else 1; with bred vectors it must be even).
-    Groups of more than a pair can save padding: 100 bred members over 4 checkpoints fill 13
-    passes of 8 in groups of 4 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24).
+    kind (null: 4, two bred pairs, `forecast.perturbations.CHECKPOINT_GROUP`; with bred
+    vectors it must be even). Groups of 4 save padding: 100 members over 4 checkpoints fill 13
+    passes of 8 (28, 24, 24, 24 members), 14 in pairs (26, 26, 24, 24), 16 one by one.
     `seeds`: the members start from a few seed members of another store (`SeedMembers`).
     """
 

@@ -10,6 +10,7 @@ from wxens.data_pipeline.sphere import EARTH_RADIUS_M, LatLonGrid
 from wxens.data_pipeline.training_data import area_weights, compute_normalisation
 from wxens.data_pipeline.truth import model_grid, write_truth
 from wxens.forecast.perturbations import (
+    CHECKPOINT_GROUP,
     BredVectorPerturbation,
     GaussianRandomFieldPerturbation,
     ParameterPerturbation,
@@ -197,8 +198,10 @@ def test_checkpoints_are_spread_evenly():
     np.testing.assert_array_equal(pairs, [0, 0, 1, 1, 2, 2, 3, 3])
     with pytest.raises(ValueError, match="need a checkpoint"):
         assign_checkpoints([0, 1], 0)
-    # The demo's groups of two bred pairs: 100 members fill 13 passes of 8, pairs fill 14.
-    for group, members, passes in ((4, [28, 24, 24, 24], 13), (2, [26, 26, 24, 24], 14)):
+    # The default groups of two bred pairs: 100 members fill 13 passes of 8 (3.8 % padding),
+    # pairs 14 (10.7 %), single members 16 (21.9 %).
+    cases = ((CHECKPOINT_GROUP, [28, 24, 24, 24], 13), (2, [26, 26, 24, 24], 14), (1, [25] * 4, 16))
+    for group, members, passes in cases:
         counts = np.bincount(assign_checkpoints(range(100), 4, group))
         assert counts.tolist() == members and sum(-(-counts // 8)) == passes
 
@@ -236,7 +239,7 @@ def test_member_kinds_in_the_config():
     assert mixed.initial_perturbation("fgn") == "none"
     assert mixed.initial_perturbation("nwp") == "bred_vector"  # not a kind: `perturbation`
     generative = {"perturbation": {"initial": "none"}, "ensemble": {"kinds": {"fgn": {}}}}
-    assert checkpoint_group_size(parse_config(generative)) == 1
+    assert checkpoint_group_size(parse_config(generative)) == 4
     with pytest.raises(ConfigError, match=r"sfno\.noise_scale: SFNO members draw no noise"):
         parse_config({"ensemble": {"kinds": {"sfno": {"noise_scale": 2}}}})
     bred_kind = {"initial": "bred_vector"}
@@ -246,8 +249,9 @@ def test_member_kinds_in_the_config():
 
 
 def test_checkpoint_group_keeps_bred_pairs_together():
-    assert checkpoint_group_size(parse_config({})) == 2  # bred vectors by default
-    assert checkpoint_group_size(parse_config({"perturbation": {"initial": "none"}})) == 1
+    assert checkpoint_group_size(parse_config({})) == 4  # two bred pairs by default
+    assert checkpoint_group_size(parse_config({"perturbation": {"initial": "none"}})) == 4
+    assert checkpoint_group_size(parse_config({"ensemble": {"checkpoint_group": 2}})) == 2
     assert checkpoint_group_size(parse_config({"ensemble": {"checkpoint_group": 4}})) == 4
     with pytest.raises(ConfigError, match=r"ensemble\.checkpoint_group: 3 would split a bred pair"):
         parse_config({"ensemble": {"checkpoint_group": 3}})
