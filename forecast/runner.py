@@ -484,6 +484,7 @@ def task_executor(scheduler: str, device: torch.device) -> Iterator[tuple[Execut
     - anything with `://`: the dask scheduler at that address, for example
       `dask_jobqueue.SLURMCluster(...).scheduler_address` after `cluster.scale(jobs=J)`.
     """
+    keep_freed_memory()  # before the pool's threads or the cluster's processes start
     name, _, count = scheduler.partition(":")
     if name == "threads":
         workers = thread_count(scheduler, device)
