@@ -23,7 +23,6 @@ from wxens.data_pipeline.provenance import default_device, provenance
 from wxens.forecast.archive import open_archive
 from wxens.forecast.ensemble_store import FINGERPRINT
 from wxens.forecast.perturbations import (
-    CHECKPOINT_GROUP,
     BredVectorPerturbation,
     GaussianRandomFieldPerturbation,
     Perturbation,
@@ -279,7 +278,7 @@ def run_ensemble(
     archive: str | Path | None = None,
     scheduler: str = "threads",
     seed: int = 0,
-    checkpoint_group: int = CHECKPOINT_GROUP,
+    checkpoint_group: int = 1,
     batch_size: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -288,8 +287,7 @@ def run_ensemble(
     """An ensemble forecast of `n_members` members from each of `init_times`.
 
     `members` are emulators (objects satisfying `Emulator`) or checkpoint paths
-    (`load_members`); consecutive groups of `checkpoint_group` members (by default 4, two
-    bred pairs: `CHECKPOINT_GROUP`) go to them in turn
+    (`load_members`); consecutive groups of `checkpoint_group` members go to them in turn
     (member k runs on model (k // g) mod N). `analyses` holds each member's
     `input_variables` by `time` on its grid; `lead_time` (a timedelta, "10D", or hours) is a
     whole number of the members' time steps. `perturbation` makes the initial states (one for
@@ -351,7 +349,7 @@ def score_ensemble_online(
     references: Mapping[str, object] | None = None,
     perturbation: Perturbation | Sequence[Perturbation] | None = None,
     seed: int = 0,
-    checkpoint_group: int = CHECKPOINT_GROUP,
+    checkpoint_group: int = 1,
     scheduler: str = "threads",
     scores: Sequence[str] | None = None,
     regions: Sequence[str] | None = None,

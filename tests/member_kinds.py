@@ -96,7 +96,7 @@ def check_mixed_ensemble(wxens: Callable, config: Path, sfno: Path, other: Path,
     assert code == 1
     assert f"{other.name}: a checkpoint of kind {kind}, but ensemble.kinds is ['sfno']" in output
     assert not (tmp / "refused.zarr").exists()
-    mixed = with_ensemble(config, tmp, kinds=["sfno", kind])
+    mixed = with_ensemble(config, tmp, kinds=["sfno", kind], checkpoint_group=2)
     code, output = run(mixed, tmp / "mixed.zarr")
     assert code == 0, output
     store = xr.open_zarr(tmp / "mixed.zarr")

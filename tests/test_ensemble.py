@@ -81,8 +81,8 @@ def test_store_layout_provenance_and_bred_pairs(ensemble, wxens, tmp_path):
     np.testing.assert_array_equal(
         ds["valid_time"].values[0], ds["init_time"].values[0] + ds["lead_time"].values
     )
-    # bred pairs (2j, 2j+1) run on checkpoint j mod 2
-    np.testing.assert_array_equal(ds["checkpoint"].values, [0, 0, 1, 1] * 3)
+    # groups of two bred pairs (4j ... 4j + 3) run on checkpoint j mod 2
+    np.testing.assert_array_equal(ds["checkpoint"].values, [0] * 4 + [1] * 4 + [0] * 4)
     assert ds["checkpoint"].attrs["flag_meanings"] == "sfno-seed1 sfno-seed2"
     attrs = ds.attrs
     assert yaml.safe_load(attrs["wxens_config"])["perturbation"]["initial"] == "bred_vector"
@@ -101,7 +101,7 @@ def test_store_layout_provenance_and_bred_pairs(ensemble, wxens, tmp_path):
     north = ds.latitude.values >= 0
     for member in range(0, 12, 2):
         dx = start[:, member] - analysis
-        target = [0.35 * rmse[member // 2 % 2][name] for name in ("psi_upper", "psi_lower")]
+        target = [0.35 * rmse[member // 4 % 2][name] for name in ("psi_upper", "psi_lower")]
         for hemisphere in (north, ~north):
             w = weights[hemisphere]
             rms = np.sqrt((w * dx[:, hemisphere] ** 2).sum((-2, -1)) / w.sum())

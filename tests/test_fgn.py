@@ -141,7 +141,8 @@ def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     sfno = tiny_checkpoints / "sfno-seed1"
     check_mixed_ensemble(wxens, path, sfno, fgn_checkpoint, tmp_path)
     fgn_settings = {"share": 3, "initial": "none", "noise_scale": 2.0, "noise_ramp_hours": 12}
-    shared = with_ensemble(path, tmp_path, kinds={"sfno": {"share": 1}, "fgn": fgn_settings})
+    kinds = {"sfno": {"share": 1}, "fgn": fgn_settings}
+    shared = with_ensemble(path, tmp_path, kinds=kinds, checkpoint_group=2)
     code, output = one_day_forecast(
         wxens, shared, [sfno, fgn_checkpoint], 8, tmp_path / "shared.zarr"
     )

@@ -1,10 +1,14 @@
 """`keep_freed_memory`: a task thread reuses the memory of its freed activations instead of
 page-faulting fresh pages every SFNO step (minor page faults, counted in a fresh process)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 THREAD_FAULTS = """
 import resource, sys, threading
@@ -15,8 +19,9 @@ from wxens.data_pipeline.memory import keep_freed_memory
 from wxens.models.checkpoint import load_checkpoint
 if sys.argv[1] == "keep":
     keep_freed_memory()
-config = load_config(Path("configs/demo.yaml"))
-emulator = load_checkpoint(Path("checkpoints/default/sfno-seed1"), config)
+root = Path(sys.argv[2])
+config = load_config(root / "configs/demo.yaml")
+emulator = load_checkpoint(root / "checkpoints/default/sfno-seed1", config)
 
 @torch.no_grad()
 def steps():  # as a runner task: one torch thread, forward passes of 8 members
@@ -35,8 +40,14 @@ worker.join()
 
 
 def faults_per_step(mode: str) -> int:
+    # glibc's defaults in the child, whatever an earlier `keep_freed_memory` here exported
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     run = subprocess.run(
-        [sys.executable, "-c", THREAD_FAULTS, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", THREAD_FAULTS, mode, str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     return int(run.stdout)
 
