@@ -124,6 +124,13 @@ KNOBS = {
             0.05,
             2.0,
         ),
+        Knob(
+            "tendency_additive",
+            ("ensemble", "kinds", "{kind}", "tendency_additive"),
+            _kind_reads("tendency_additive", "has no deterministic tendency to perturb"),
+            0.01,
+            1.0,
+        ),
     )
 }
 """The knobs `wxens calibrate --knob` searches, by name."""
@@ -132,20 +139,26 @@ KNOBS = {
 @dataclass
 class Calibration:
     """What a calibration tried (`tries`: knob value, objective J, mean normalised CRPS, mean
-    spread-skill ratio) and the value it chose."""
+    spread-skill ratio, mean outlier fraction over the calibrated one 2/(M+1), M members; all
+    over days 2-10) and the value it chose. J does not use the outliers: they show where the
+    spread is, which the ratio, a mean, does not."""
 
     knob: str
     kind: str
-    tries: list[tuple[float, float, float, float]] = field(default_factory=list)
+    tries: list[tuple[float, float, float, float, float]] = field(default_factory=list)
 
     @property
-    def best(self) -> tuple[float, float, float, float]:
+    def best(self) -> tuple[float, float, float, float, float]:
         return min(self.tries, key=lambda row: row[1])
 
     def table(self) -> str:
-        lines = [f"| {self.knob} | J | CRPS / sigma_clim | spread-skill ratio |"]
-        lines.append("| --- | --- | --- | --- |")
-        lines += [f"| {v:.4g} | {j:.4f} | {c:.4f} | {r:.3f} |" for v, j, c, r in self.tries]
+        lines = [
+            f"| {self.knob} | J | CRPS / sigma_clim | spread-skill ratio | outliers / 2/(M+1) |"
+        ]
+        lines.append("| --- | --- | --- | --- | --- |")
+        lines += [
+            f"| {v:.4g} | {j:.4f} | {c:.4f} | {r:.3f} | {o:.2f} |" for v, j, c, r, o in self.tries
+        ]
         return "\n".join(lines)
 
 
@@ -248,7 +261,7 @@ def calibrate(
             scores = score(
                 xr.open_zarr(out),
                 truth,
-                scores=["crps", "spread_skill_ratio"],
+                scores=["crps", "spread_skill_ratio", "outlier_fraction"],
                 regions=["global"],
                 options=VerifyOptions(maps=False),
             ).squeeze("region", drop=True)
@@ -258,7 +271,8 @@ def calibrate(
         ratio = scores.spread_skill_ratio.sel(system="forecast")
         excess = float(np.maximum(0.0, abs(ratio - 1) - 0.1).mean())
         j = crps * (1 + 10 * excess)
-        result.tries.append((value, j, crps, float(ratio.mean())))
+        outliers = float(scores.outlier_fraction.sel(system="forecast").mean()) * (members + 1) / 2
+        result.tries.append((value, j, crps, float(ratio.mean()), outliers))
         return j
 
     golden_section(objective, math.log(low), math.log(high), rounds)

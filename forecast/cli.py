@@ -780,8 +780,8 @@ def calibrate_command(
         typer.Option(
             "--knob",
             help=(
-                "bred_fraction, random_field_fraction, noise_scale, parameter_sigma or"
-                " tendency_sigma."
+                "bred_fraction, random_field_fraction, noise_scale, parameter_sigma,"
+                " tendency_sigma or tendency_additive."
             ),
         ),
     ],

@@ -67,6 +67,8 @@ class MemberKind(Strict):
     time) (`models.sfno`, SPPT; 0: none): model uncertainty that grows the spread with the lead,
     where initial perturbations alone leave the late leads under-dispersive. Its amplitude
     ramps up linearly over the member's first `tendency_ramp_hours` (0: none).
+    `tendency_additive` adds the same pattern times the 6 h tendency's std (0: none), ramped
+    alike: spread where the tendency itself, and so the multiplicative part, is small.
 
     `share` and `initial` apply to every kind; each of `FORECAST_SETTINGS` only to the kinds
     that read it (`models.kinds.EmulatorKind.member_settings`): set away from its default for
@@ -81,6 +83,7 @@ class MemberKind(Strict):
         "tendency_length_km": "have no deterministic tendency to perturb",
         "tendency_hours": "have no deterministic tendency to perturb",
         "tendency_ramp_hours": "have no deterministic tendency to perturb",
+        "tendency_additive": "have no deterministic tendency to perturb",
     }
     """The settings that only some kinds read, and what the others lack (for the error)."""
 
@@ -93,6 +96,7 @@ class MemberKind(Strict):
     tendency_length_km: PositiveFloat = 2000.0
     tendency_hours: float = Field(0.0, ge=0)
     tendency_ramp_hours: float = Field(0.0, ge=0)
+    tendency_additive: float = Field(0.0, ge=0)
 
     def forecast_settings(self) -> list[str]:
         """The names of the `FORECAST_SETTINGS` set away from their defaults."""

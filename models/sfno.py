@@ -35,6 +35,16 @@ has stepped, `s(h) = s min(1, h / R)` (`h` = 6 h at the first step): the emulato
 is smallest just after the analysis and grows as its rollout drifts, so a constant `s` that
 is right late makes the early spread too large. The hours travel in a hidden channel of their
 own (zero at the start, as the runner pads).
+
+An additive part (`tendency_additive` a > 0) adds the same pattern in units of the 6 h
+tendency's std, ramped alike:
+
+    x(t + dt) = x(t) + P_T[ (1 + clip(s(h) r, -1, 1)) * tendency + a(h) r sigma_tend ],
+
+`a(h) = a min(1, h / R)`. The multiplicative part scales with the tendency itself and so
+leaves calm regions (the tropics of this world) almost unperturbed, where truths then fall
+outside the ensemble; the additive part spreads the members there too (the additive
+stochastic forcing of Leutbecher et al. 2017, QJRMS 143, 2315, on the pattern of SPPT).
 """
 
 from __future__ import annotations
@@ -116,6 +126,9 @@ class SFNOEmulator(torch.nn.Module):
     tendency_ramp_hours = 0.0
     """R of the amplitude's ramp `s min(1, h / R)` (`MemberKind.tendency_ramp_hours`), in hours
     (0: `s` from the first step)."""
+    tendency_additive = 0.0
+    """`a` of the additive part, in units of the 6 h tendency's std `sigma_tend`
+    (`MemberKind.tendency_additive`; 0: none)."""
 
     def __init__(
         self,
@@ -172,23 +185,35 @@ class SFNOEmulator(torch.nn.Module):
             warn_float32_fallback()
 
     def advance(
-        self, state: torch.Tensor, residual: torch.Tensor, pattern: torch.Tensor | None = None
+        self,
+        state: torch.Tensor,
+        residual: torch.Tensor,
+        pattern: torch.Tensor | None = None,
+        additive: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`x + P_T[sigma_tend * residual + mu_tend]`: the state after the normalised
         tendency `residual` (the network's target), the tendency times `pattern` where given
-        (`(batch, 1, lat, lon)`, `1 + clip(s r, -1, 1)`)."""
+        (`(batch, 1, lat, lon)`, `1 + clip(s r, -1, 1)`), plus `additive * sigma_tend` where
+        given (`(batch, 1, lat, lon)`, `a r`; units of the tendency's std)."""
         tendency = residual * self.tendency_std + self.tendency_mean
         if pattern is not None:
             tendency = tendency * pattern
+        if additive is not None:
+            tendency = tendency + additive * self.tendency_std
         return state + self.project(tendency).to(state.dtype)
 
     @property
     def hidden_channels(self) -> int:
         """The hidden state channels of perturbed tendencies: the pattern `r` where it
         persists (tau > 0), then the hours stepped where the amplitude ramps (R > 0)."""
-        if self.tendency_sigma == 0:
+        if not self.perturbs_tendencies:
             return 0
         return int(self.tendency_hours > 0) + int(self.tendency_ramp_hours > 0)
+
+    @property
+    def perturbs_tendencies(self) -> bool:
+        """Whether a forecast step perturbs the tendencies (`s` or `a` above 0)."""
+        return self.tendency_sigma > 0 or self.tendency_additive > 0
 
     def next_pattern(self, previous: torch.Tensor, generator: Generators) -> torch.Tensor:
         """`r(t + dt)`, `(batch, 1, lat, lon)` float32 on the CPU, from `previous` `r(t)`
@@ -232,6 +257,7 @@ class SFNOEmulator(torch.nn.Module):
         self.tendency_length_km = members.tendency_length_km
         self.tendency_hours = members.tendency_hours
         self.tendency_ramp_hours = members.tendency_ramp_hours
+        self.tendency_additive = members.tendency_additive
 
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
@@ -242,25 +268,27 @@ class SFNOEmulator(torch.nn.Module):
         fields, hidden = state[:, :channels], state[:, channels:]
         with self._precision(state.device):
             residual = self.inference_network()(self.features(fields))
-        if self.tendency_sigma == 0 or generator is None:
+        if not self.perturbs_tendencies or generator is None:
             stepped, hidden_after = self.advance(fields, residual), hidden
         else:
             persists = int(self.tendency_hours > 0)
             pattern = self.next_pattern(hidden[:, :persists], generator).to(state.device)
             hours = hidden[:, persists : persists + 1] + self.timestep / np.timedelta64(1, "h")
-            multiplier = 1 + (self.amplitude(hours) * pattern).clamp(-1, 1)
-            stepped = self.advance(fields, residual, multiplier)
+            ramp = self.ramp(hours)
+            multiplier = 1 + (self.tendency_sigma * ramp * pattern).clamp(-1, 1)
+            additive = self.tendency_additive * ramp * pattern if self.tendency_additive else None
+            stepped = self.advance(fields, residual, multiplier, additive)
             hidden_after = torch.cat([pattern[:, :persists].to(hidden), hours], 1)
         if hidden.shape[1] == 0:  # no copy on the plain path
             return stepped
         return torch.cat([stepped, hidden_after], 1)
 
-    def amplitude(self, hours: torch.Tensor) -> torch.Tensor | float:
-        """`s min(1, h / R)` for the hours `h` stepped, `(batch, 1, lat, lon)` (no channel:
-        no ramp), or `s` itself without a ramp (R = 0)."""
+    def ramp(self, hours: torch.Tensor) -> torch.Tensor | float:
+        """`min(1, h / R)` for the hours `h` stepped, `(batch, 1, lat, lon)` (no channel: no
+        ramp), or 1 without a ramp (R = 0): the amplitudes are `s` and `a` times it."""
         if self.tendency_ramp_hours == 0 or hours.shape[1] == 0:
-            return self.tendency_sigma
-        return self.tendency_sigma * (hours / self.tendency_ramp_hours).clamp(max=1)
+            return 1.0
+        return (hours / self.tendency_ramp_hours).clamp(max=1)
 
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:
@@ -341,6 +369,7 @@ SFNO = register_kind(
             "tendency_length_km",
             "tendency_hours",
             "tendency_ramp_hours",
+            "tendency_additive",
         ),
         use_member_settings=SFNOEmulator.use_member_settings,
     )

@@ -39,7 +39,9 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
     rows = [line for line in output.splitlines() if line.startswith("| 0.")]
     values = [float(row.split("|")[1]) for row in rows]
     objectives = [float(row.split("|")[2]) for row in rows]
+    outliers = [float(row.split("|")[5]) for row in rows]  # over 2/(M+1): 9/2 at most
     assert len(rows) == 3 and all(0.05 <= v <= 2.0 for v in values)
+    assert all(0 <= o <= 4.5 for o in outliers) and len(set(outliers)) > 1
     chosen = values[int(np.argmin(objectives))]
     calibrated = load_config(out)  # the baseline's own bred fraction: the emulators' is kept
     assert calibrated.nwp.bred_fraction == pytest.approx(chosen, rel=1e-3)
@@ -51,6 +53,7 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
         (["--start", "2026-03-01", "--end", "2026-03-16"], "at least 8 inits"),
         ([*period, "--knob", "noise_scale"], "kind nwp draws no noise"),
         ([*period, "--knob", "tendency_sigma"], "kind nwp has no deterministic tendency"),
+        ([*period, "--knob", "tendency_additive"], "kind nwp has no deterministic tendency"),
         ([*period, "--knob", "spread"], "knob 'spread': expected one of"),
     ):
         knob = [] if "--knob" in bad else ["--knob", "bred_fraction"]
@@ -70,7 +73,7 @@ def test_the_written_config_keeps_the_kinds_other_settings(tiny_world, tmp_path)
     }}}  # fmt: skip
     tuned.write_text(yaml.safe_dump(data))
     calibration = Calibration("noise_scale", "fgn")
-    calibration.tries += [(3.0, 0.5, 0.4, 0.9), (4.5, 0.3, 0.35, 1.0)]
+    calibration.tries += [(3.0, 0.5, 0.4, 0.9, 1.2), (4.5, 0.3, 0.35, 1.0, 1.1)]
     out = tmp_path / "calibrated.yaml"
     write_calibrated(calibration, tuned, out, KNOBS["noise_scale"])
     kinds = load_config(out).ensemble.kinds

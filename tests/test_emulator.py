@@ -168,6 +168,32 @@ def test_the_ramp_scales_the_perturbed_tendency_by_the_hours_stepped(world):
     assert persistent[-1][1][:, 0].abs().max() > 0.1 and (persistent[-1][1][:, 1] == 18).all()
 
 
+def test_the_additive_part_adds_the_pattern_in_units_of_the_tendency_std(world):
+    """`tendency_additive` a, persistent pattern (tau 24 h) carried in the hidden channel r:
+    with the network's output zeroed, a step adds `P_T[(1 + s r) mu_tend + a r sigma_tend]`,
+    ramped with R = 12 h to half of a at the first step; at s = 0 the additive part alone
+    perturbs the step, and it is zero where the pattern is."""
+    _, store, config = world
+    emulator = emulator_of(config, store)
+    torch.nn.init.zeros_(emulator.network.decoder[-1].weight)
+    fields = first_states(store)
+    atol = 1e-6 * fields.abs().max()
+    mean, std = emulator.tendency_mean, emulator.tendency_std
+    for s, a in ((0.05, 0.3), (0.0, 0.3)):
+        kind = MemberKind(tendency_sigma=s, tendency_additive=a, tendency_hours=24)
+        emulator.use_member_settings(kind.model_copy(update={"tendency_ramp_hours": 12}))
+        assert emulator.hidden_channels == 2
+        state = torch.cat([fields, torch.zeros_like(fields[:, :2])], 1)
+        generators = [torch.Generator().manual_seed(k) for k in range(len(state))]
+        for ramp in (0.5, 1.0):
+            after = emulator.step(state, generator=generators)
+            r = after[:, 2:3]
+            change = emulator.project((1 + s * ramp * r) * mean + a * ramp * r * std)
+            torch.testing.assert_close(after[:, :2] - state[:, :2], change, rtol=0, atol=atol)
+            assert r.abs().max() > 0.1
+            state = after
+
+
 def test_step_adds_no_scale_beyond_the_model_truncation(world):
     """The change of a step is band-limited to T4: projecting it again leaves it unchanged,
     while the raw network output is not band-limited."""
