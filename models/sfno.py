@@ -275,9 +275,10 @@ class SFNOEmulator(torch.nn.Module):
             pattern = self.next_pattern(hidden[:, :persists], generator).to(state.device)
             hours = hidden[:, persists : persists + 1] + self.timestep / np.timedelta64(1, "h")
             ramp = self.ramp(hours)
-            multiplier = 1 + (self.tendency_sigma * ramp * pattern).clamp(-1, 1)
-            additive = self.tendency_additive * ramp * pattern if self.tendency_additive else None
-            stepped = self.advance(fields, residual, multiplier, additive)
+            sigma, additive = self.tendency_sigma, self.tendency_additive
+            multiplier = 1 + (sigma * ramp * pattern).clamp(-1, 1) if sigma else None
+            added = additive * ramp * pattern if additive else None
+            stepped = self.advance(fields, residual, multiplier, added)
             hidden_after = torch.cat([pattern[:, :persists].to(hidden), hours], 1)
         if hidden.shape[1] == 0:  # no copy on the plain path
             return stepped
