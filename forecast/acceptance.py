@@ -11,10 +11,11 @@ statistics store of its own (`wxens verify --stats`, only the pairs it lacks); t
 
     python -m wxens.forecast.acceptance [--systems nwp,sfno,limit,...]
 
-Cost on this 2-core machine, 40 steps a member and init: the NWP baseline about 8 min, each
-of the SFNO, FGN and VAE about 50 min (128,000 member-steps), the limit (16 members of the
-truth's own model) about 20 min, the diffusion members 9 h at 100 members (3.9
-member-steps/s): `--members diffusion=20` takes a fifth of that.
+Cost on a 2-core machine with bf16 matrix units, 40 steps a member and init (docs/
+getting-started.md): the NWP baseline about 4 min, each of the SFNO, FGN and VAE 8-10 min
+(128,000 member-steps), the mixed ensemble 13 min, the limit (16 members of the truth's own
+model) about 6 min, each with 1-2 min of verification; the diffusion members 95 min at 100
+members: `--members diffusion=20` takes a fifth of that.
 """
 
 from __future__ import annotations
