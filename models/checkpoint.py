@@ -62,10 +62,10 @@ def save_json(data: dict[str, Any], path: Path) -> None:
 
 def save_checkpoint(emulator: Any, directory: Path, **metadata: Any) -> Path:
     """Write `emulator` to `directory` (weights first, then the metadata that vouches for them):
-    its `network`'s weights, its `kind` and its `architecture()` (what its kind's `load`
+    its `weights()`, its `kind` and its `architecture()` (what its kind's `load`
     rebuilds it from)."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_tensors(emulator.network.state_dict(), directory / WEIGHTS)
+    save_tensors(emulator.weights(), directory / WEIGHTS)
     save_json(
         {
             "format": FORMAT,
@@ -136,7 +136,7 @@ def load_checkpoint(
         raise CheckpointError(f"{weights}: sha256 differs from {METADATA} (corrupt or replaced)")
     try:
         emulator = KINDS[kind].load(metadata["architecture"])
-        emulator.network.load_state_dict(safetensors.torch.load_file(str(weights)))
+        emulator.load_weights(safetensors.torch.load_file(str(weights)))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{directory}: cannot be loaded ({first_line})") from None

@@ -38,6 +38,18 @@ from `r_0 = sigma_0 n`, `n ~ N(0, I)` on the grid, drawn from the member's own g
 generator `n = 0`, and the step is deterministic (close to the denoiser's conditional mean:
 for Gaussian data the ODE maps 0 to `mu (1 - sd / sqrt(smax^2 + sd^2))`); bred vectors grow so.
 
+A residual diffusion member (`diffusion.mean_network`, the regression plus residual diffusion
+of CorrDiff: Mardani et al. 2025, "Residual corrective diffusion modeling for km-scale
+atmospheric downscaling", Commun. Earth Environ. 6, 124, arXiv:2309.15214) steps with a frozen
+deterministic SFNO's normalised tendency `m = f(x(t))` plus a sampled correction `c`,
+
+    r = m + c,   c ~ p(c | x(t)),
+
+its denoiser trained on `c = r - m` only: the SFNO, trained long on rollouts, carries the
+forecast, and the denoiser learns the SFNO's error distribution, a far smaller and simpler
+target (`sigma_data`, its std in units of the tendency std, about 0.1 here) than the whole
+tendency. Zero noise then steps with `m` plus the correction's mean.
+
 Units: `r`, `sigma` and `D` are in units of each channel's 6 h tendency std (dimensionless).
 The noise is white on the grid points (GenCast's is isotropic on the sphere); the step's `P_T`
 removes what the sample keeps of it beyond degree T. Few levels bias the spread: with an exact
@@ -65,10 +77,13 @@ from wxens.models.settings import DiffusionConfig
 from wxens.models.sfno import build_network
 
 if TYPE_CHECKING:
-    from wxens.data_pipeline.config import MemberKind, TrainingConfig
+    from wxens.data_pipeline.config import ExperimentConfig, MemberKind, TrainingConfig
 
 SIGMA_DATA = 1.0
 """The std of the denoised quantity, the normalised tendency (1 by construction)."""
+
+MEAN_PREFIX = "mean_network."
+"""Where a checkpoint's weights hold the mean network's tensors (`DiffusionEmulator.weights`)."""
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """`D(x, sigma)`: the denoised `x` `(batch, ...)` at noise levels `sigma` `(batch,)`."""
@@ -152,10 +167,51 @@ class DiffusionEmulator(NoisyEmulator):
 
     def add_noise_layers(self) -> None:
         """The denoiser: an SFNO that also takes the noisy residual (one channel a variable),
-        its noise level entering every block's `ConditionalNorm` as an embedding."""
+        its noise level entering every block's `ConditionalNorm` as an embedding; and with
+        `mean_network`, the frozen SFNO whose tendency it corrects."""
         channels = len(self.input_variables)
         self.network = build_network(self.grid, channels, self.sfno, self.truncation, channels)
         add_conditional_norms(self.network, self.sfno.embed_dim, self.diffusion.noise_embedding)
+        mean = self.diffusion.mean_network
+        self.mean_network = (
+            None
+            if mean is None
+            else build_network(self.grid, channels, mean, self.truncation).requires_grad_(False)
+        )
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The denoiser's state, then the mean network's under `mean_network.`."""
+        tensors = dict(self.network.state_dict())
+        if self.mean_network is not None:
+            mean = self.mean_network.state_dict()
+            tensors.update({f"{MEAN_PREFIX}{name}": value for name, value in mean.items()})
+        return tensors
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set the denoiser and the mean network (strict) from what `weights` returned."""
+        mean = {k[len(MEAN_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MEAN_PREFIX)}
+        denoiser = {k: v for k, v in tensors.items() if not k.startswith(MEAN_PREFIX)}
+        self.network.load_state_dict(denoiser)
+        if self.mean_network is not None or mean:
+            if self.mean_network is None:
+                raise RuntimeError("weights of a mean network, but `mean_network` is not set")
+            self.mean_network.load_state_dict(mean)
+
+    def starting_network(self) -> tuple[torch.nn.Module, dict]:
+        """An SFNO checkpoint starts the mean network where there is one (its architecture's
+        `sfno`, the precision aside, must be `mean_network`); else the denoiser."""
+        if self.mean_network is None:
+            return super().starting_network()
+        mean = {**self.diffusion.mean_network.model_dump(), "precision": self.sfno.precision}
+        return self.mean_network, {**self.architecture(), "sfno": mean}
+
+    def mean_tendency(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The frozen SFNO's normalised tendency `m` `(batch, channel, lat, lon)` for the
+        states' `features` (None without a mean network)."""
+        if self.mean_network is None:
+            return None
+        with torch.no_grad():
+            return self.inference_network("mean_network")(features)
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -174,8 +230,9 @@ class DiffusionEmulator(NoisyEmulator):
     ) -> torch.Tensor:
         """`D(r; sigma) = c_skip r + c_out F(c_in r, features; c_noise)` for noisy residuals
         `(batch, channel, lat, lon)` at levels `sigma` `(batch,)`, `features` of their states."""
+        coefficients = edm_coefficients(sigma, self.diffusion.sigma_data)
         c_skip, c_out, c_in, c_noise = (
-            c.to(noisy.dtype)[:, None, None, None] for c in edm_coefficients(sigma)
+            c.to(noisy.dtype)[:, None, None, None] for c in coefficients
         )
         embedding = noise_embedding(c_noise.flatten(), self.diffusion.noise_embedding)
         with conditioning(embedding):
@@ -184,7 +241,8 @@ class DiffusionEmulator(NoisyEmulator):
 
     def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The next state sampled from initial `noise` `(batch, channel, lat, lon)` (zero when
-        None) with the configured sampler, then un-normalised, projected and added."""
+        None) with the configured sampler, added to the mean network's tendency where there is
+        one, then un-normalised, projected and added."""
         if noise is None:
             noise = draw_noise(len(state), self.noise_shape, None)
         features = self.features(state)
@@ -194,7 +252,8 @@ class DiffusionEmulator(NoisyEmulator):
 
         heun = self.diffusion.sampler == "heun"
         residual = sample(denoiser, noise.to(state.device, torch.float32), self.sigmas(), heun)
-        return self.advance(state, residual)
+        mean = self.mean_tendency(features)
+        return self.advance(state, residual if mean is None else mean + residual)
 
 
 def denoising_loss(
@@ -206,7 +265,8 @@ def denoising_loss(
 ) -> torch.Tensor:
     """Per-channel EDM loss `(channel,)`: the batch mean of
     `lambda(sigma) sum_ij w_ij (D(r + sigma n; sigma) - r)_ij^2` for the residual `r` from
-    the conditioning state to `following`, `ln sigma ~ N(P_mean, P_std^2)` per sample and
+    the conditioning state to `following` (less the mean network's tendency where there is
+    one), `ln sigma ~ N(P_mean, P_std^2)` per sample and
     `n ~ N(0, I)`, all drawn from `generator` on the CPU (a fresh one when None). The
     conditioning state is `state + P_T[a sigma_tend m]`, `m ~ N(0, I)` white on the grid and
     `a = input_noise` (`state` itself when 0): the denoiser learns to remove such errors."""
@@ -215,13 +275,17 @@ def denoising_loss(
     if settings.input_noise > 0:
         errors = draw_noise(batch, emulator.noise_shape, generator).to(state.device)
         state = state + emulator.project(settings.input_noise * emulator.tendency_std * errors)
+    features = emulator.features(state)
     residual = emulator.residual(state, following)
+    mean = emulator.mean_tendency(features)
+    residual = residual if mean is None else residual - mean
     log_sigma = settings.p_mean + settings.p_std * torch.randn(batch, generator=generator)
     sigma = log_sigma.exp().to(residual.device)
     noise = draw_noise(batch, emulator.noise_shape, generator).to(residual.device)
     noisy = residual + sigma[:, None, None, None] * noise
-    denoised = emulator.denoise(noisy, sigma, emulator.features(state))
-    squared = loss_weight(sigma)[:, None, None, None] * (denoised - residual) ** 2
+    denoised = emulator.denoise(noisy, sigma, features)
+    weight = loss_weight(sigma, settings.sigma_data)
+    squared = weight[:, None, None, None] * (denoised - residual) ** 2
     return (squared * weights).sum(dim=(-2, -1)).mean(dim=0)
 
 
@@ -238,6 +302,18 @@ def diffusion_loss(
     return denoising_loss(emulator, inputs, targets[:, 0], weights, generator)
 
 
+def check_mean_network(config: ExperimentConfig) -> None:
+    """Refuse a `diffusion.mean_network` whose features differ from the denoiser's (both read
+    the same features of the state)."""
+    mean = config.diffusion.mean_network
+    if mean is not None and mean.gradient_features != config.sfno.gradient_features:
+        raise ValueError(
+            f"diffusion.mean_network.gradient_features: {mean.gradient_features} differs from"
+            f" sfno.gradient_features ({config.sfno.gradient_features}); the two networks read"
+            " the same features"
+        )
+
+
 DIFFUSION = register_kind(
     EmulatorKind(
         name="diffusion",
@@ -251,6 +327,7 @@ DIFFUSION = register_kind(
         score="crps",
         member_settings=("noise_scale", "noise_ramp_hours", "sampler_steps"),
         use_member_settings=DiffusionEmulator.use_member_settings,
+        check=check_mean_network,
     )
 )
 """The diffusion kind: EDM's denoising loss; validated on the CRPS of sampled rollouts."""

@@ -87,7 +87,13 @@ class DiffusionConfig(Strict):
     std (projected to the truncation; 0: none), its target still the true next state, so the
     denoiser learns to remove such errors rather than carry them forward (the noise injection
     of Sanchez-Gonzalez et al. 2020, arXiv:2002.09405, for stable rollouts); validation scores
-    the fair CRPS of `samples` forecasts of each state."""
+    the fair CRPS of `samples` forecasts of each state.
+
+    With `mean_network` (the `sfno` settings of a deterministic SFNO checkpoint), the member's
+    tendency is that frozen SFNO's plus a sampled correction, and the denoiser learns only the
+    correction (regression plus residual diffusion); `wxens train --init-from` the SFNO
+    checkpoint supplies its weights. `sigma_data` is the std of what is denoised, in units of
+    the 6 h tendency std: 1 for the whole tendency, the SFNO's 6 h error for a correction."""
 
     sampler_steps: int = Field(8, ge=2)
     sampler: Literal["heun", "euler"] = "heun"
@@ -99,6 +105,8 @@ class DiffusionConfig(Strict):
     noise_embedding: int = Field(32, ge=2, multiple_of=2)
     input_noise: float = Field(0.0, ge=0)
     samples: int = Field(2, ge=2)
+    mean_network: SFNOConfig | None = None
+    sigma_data: PositiveFloat = 1.0
 
     @model_validator(mode="after")
     def _levels_ordered(self) -> DiffusionConfig:

@@ -161,21 +161,35 @@ class SFNOEmulator(torch.nn.Module):
         on (training), else through `inference_network` (bf16 with `bf16-cpu`)."""
         return self.advance(state, self.inference_network()(self.features(state)))
 
-    def inference_network(self) -> torch.nn.Module:
-        """`network`, or with `sfno.precision: bf16-cpu` outside autograd on the CPU its
-        bfloat16 copy (`models.cpu_bf16.matmul_network`), made again whenever the weights
-        change."""
+    def inference_network(self, name: str = "network") -> torch.nn.Module:
+        """The SFNO submodule `name` (`network`), or with `sfno.precision: bf16-cpu` outside
+        autograd on the CPU its bfloat16 copy (`models.cpu_bf16.matmul_network`), made again
+        whenever the weights change."""
+        network = getattr(self, name)
         if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
-            return self.network
-        parameters = list(self.network.parameters())
+            return network
+        parameters = list(network.parameters())
         if parameters[0].device.type != "cpu" or not cpu_has_bf16_matrix_units():
-            return self.network
+            return network
         version = tuple(p._version for p in parameters) + tuple(map(id, parameters))
-        cached = self.__dict__.get("_bf16_network")
+        cached = self.__dict__.get(f"_bf16_{name}")
         if cached is None or cached[0] != version:
-            cached = (version, matmul_network(self.network))
-            self.__dict__["_bf16_network"] = cached  # not a submodule: no state_dict entry
+            cached = (version, matmul_network(network))
+            self.__dict__[f"_bf16_{name}"] = cached  # not a submodule: no state_dict entry
         return cached[1]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds: `network`'s state."""
+        return self.network.state_dict()
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set what `weights` returns from `tensors` (strict: every key, no other)."""
+        self.network.load_state_dict(tensors)
+
+    def starting_network(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """What a fine-tune's `--init-from` checkpoint starts, and the architecture it must
+        agree with wherever both have a section: `network` and `architecture()`."""
+        return self.network, self.architecture()
 
     def use_precision(self, precision: str) -> None:
         """Forecast with `sfno.precision` `precision` (a run-time choice; see `SFNOConfig`),

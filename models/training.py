@@ -247,21 +247,21 @@ class Trainer:
 
     def start_from(self, checkpoint: Path, loaded: Any) -> None:
         """Fine-tune: begin with the weights (and normalisation) of `checkpoint`, `loaded`,
-        whose network must be the one this config builds: every section of the two
-        architectures that both have is the same (such as `sfno`). A kind may start from a
-        checkpoint of a kind in its `starts_from` that lacks some of its layers (an FGN or VAE
-        from an SFNO: its noise layers start at zero). Its weights' sha256 becomes part of the
-        run's identity."""
-        ours, theirs = self.emulator.architecture(), loaded.architecture()
+        in the network the emulator's `starting_network` names (its `network`; a residual
+        diffusion model's frozen mean), which must be the one this config builds: every
+        section of the two architectures that both have is the same (such as `sfno`). A kind
+        may start from a checkpoint of a kind in its `starts_from` that lacks some of its
+        layers (an FGN or VAE from an SFNO: its noise layers start at zero). Its weights'
+        sha256 becomes part of the run's identity."""
+        network, ours = self.emulator.starting_network()
+        theirs = loaded.architecture()
         for key in (k for k in theirs if k in ours):
             if theirs[key] != ours[key]:
                 raise CheckpointError(
                     f"{checkpoint}: its network ({theirs[key]}) is not the config's {key}"
                 )
         try:
-            missing, unexpected = self.emulator.network.load_state_dict(
-                loaded.network.state_dict(), strict=False
-            )
+            missing, unexpected = network.load_state_dict(loaded.network.state_dict(), strict=False)
         except RuntimeError:  # shapes differ (a diffusion denoiser has more input channels)
             missing, unexpected = [], ["(shapes differ)"]
         if unexpected or (missing and loaded.kind not in self.kind.starts_from):
@@ -369,7 +369,7 @@ class Trainer:
         JSON goes last, so a run killed mid-save resumes from the previous complete epoch."""
         last = self.out / LAST
         last.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.emulator.network.state_dict(), last / WEIGHTS)
+        save_tensors(self.emulator.weights(), last / WEIGHTS)
         state = self.optimizer.state_dict()
         moments = {
             f"{index}.{name}": value
@@ -420,7 +420,7 @@ class Trainer:
         for name, digest in ((WEIGHTS, "weights_sha256"), (OPTIMIZER, "optimizer_sha256")):
             if sha256_file(last / name) != saved[digest]:
                 raise CheckpointError(f"{last / name}: corrupt (sha256 differs from {STATE})")
-        self.emulator.network.load_state_dict(safetensors.torch.load_file(str(last / WEIGHTS)))
+        self.emulator.load_weights(safetensors.torch.load_file(str(last / WEIGHTS)))
         moments = safetensors.torch.load_file(str(last / OPTIMIZER))
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in moments.items():
