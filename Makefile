@@ -82,10 +82,10 @@ vae-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-vae.yaml --model vae --seed 1 \
 		--init-from checkpoints/default/sfno-seed1 --out out/vae/checkpoints/vae-seed1 --quiet
 
-# The committed diffusion checkpoint (checkpoints/diffusion/diffusion-seed1), trained from scratch
-# into out/diffusion/: the EDM denoiser of configs/default-diffusion.yaml on the FGN's truth
-# store, its conditioning states perturbed (diffusion.input_noise); 36 min wall alone on both
-# cores (/usr/bin/time -v: 71 min of CPU time).
+# The committed diffusion checkpoint (checkpoints/diffusion/diffusion-seed1), into out/diffusion/:
+# the residual EDM model of configs/default-diffusion.yaml, the committed SFNO of seed 1 frozen
+# as its mean, its denoiser trained from scratch on that SFNO's errors on the FGN's truth store.
 diffusion-checkpoint: | $(FGN_TRUTH)
 	$(VENV)/bin/wxens train --config configs/default-diffusion.yaml --model diffusion --seed 1 \
-		--out out/diffusion/checkpoints/diffusion-seed1 --quiet
+		--init-from checkpoints/default/sfno-seed1 --out out/diffusion/checkpoints/diffusion-seed1 \
+		--quiet

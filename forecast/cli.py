@@ -211,7 +211,11 @@ def train(
     device: DeviceOption = None,
     init_from: Annotated[
         Path | None,
-        typer.Option("--init-from", help="Checkpoint whose weights to start from (fine-tune)."),
+        typer.Option(
+            "--init-from",
+            help="Checkpoint whose weights to start from (fine-tune; a residual diffusion"
+            " model's frozen SFNO).",
+        ),
     ] = None,
     model: Annotated[
         str,

@@ -47,7 +47,7 @@ deterministic SFNO's normalised tendency `m = f(x(t))` plus a sampled correction
 
 its denoiser trained on `c = r - m` only: the SFNO, trained long on rollouts, carries the
 forecast, and the denoiser learns the SFNO's error distribution, a far smaller and simpler
-target (`sigma_data`, its std in units of the tendency std, about 0.1 here) than the whole
+target (`sigma_data`, its std in units of the tendency std, about 0.2 here) than the whole
 tendency. Zero noise then steps with `m` plus the correction's mean.
 
 Units: `r`, `sigma` and `D` are in units of each channel's 6 h tendency std (dimensionless).
@@ -191,10 +191,10 @@ class DiffusionEmulator(NoisyEmulator):
         """Set the denoiser and the mean network (strict) from what `weights` returned."""
         mean = {k[len(MEAN_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MEAN_PREFIX)}
         denoiser = {k: v for k, v in tensors.items() if not k.startswith(MEAN_PREFIX)}
+        if mean and self.mean_network is None:
+            raise RuntimeError("weights of a mean network, but `mean_network` is not set")
         self.network.load_state_dict(denoiser)
-        if self.mean_network is not None or mean:
-            if self.mean_network is None:
-                raise RuntimeError("weights of a mean network, but `mean_network` is not set")
+        if self.mean_network is not None:
             self.mean_network.load_state_dict(mean)
 
     def starting_network(self) -> tuple[torch.nn.Module, dict]:

@@ -108,16 +108,23 @@ def test_diffusion_training_lowers_the_crps_and_records_it(
         Trainer(config, {}, store, 1, tmp_path / "s", cpu, True, sfno, model="diffusion")
 
 
+def loss_inputs(diffusion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three random states about the climate, next states one tendency std away, and uniform
+    area weights: what `denoising_loss` takes."""
+    shape = (3, *diffusion.noise_shape)
+    draws = torch.Generator().manual_seed(5)
+    state = diffusion.mean + diffusion.std * torch.randn(shape, generator=draws)
+    following = state + diffusion.tendency_std * torch.randn(shape, generator=draws)
+    return state, following, torch.full(shape[-2:], 1 / (shape[-2] * shape[-1]))
+
+
 def test_input_noise_perturbs_the_conditioning_state_not_the_target(diffusion_checkpoint):
     """With `input_noise: a` the loss is the one of the state `x + P_T[a sigma_tend m]` (`m`
     the generator's first draw, white on the grid) toward the same next state, with the
     generator's later draws; `m` leaves no degree above T (its projection is unchanged)."""
     diffusion = load_checkpoint(diffusion_checkpoint)
     shape = (3, *diffusion.noise_shape)
-    draws = torch.Generator().manual_seed(5)
-    state = diffusion.mean + diffusion.std * torch.randn(shape, generator=draws)
-    following = state + diffusion.tendency_std * torch.randn(shape, generator=draws)
-    weights = torch.full(shape[-2:], 1 / (shape[-2] * shape[-1]))
+    state, following, weights = loss_inputs(diffusion)
     diffusion.settings = diffusion.diffusion.model_copy(update={"input_noise": 0.5})
     noisy = denoising_loss(diffusion, state, following, weights, torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(1)
@@ -235,11 +242,7 @@ def test_a_residual_member_learns_the_tendency_less_the_sfno_one(residual_checkp
     denoiser without a mean toward `x(t + dt) - sigma_tend m`, `m` the frozen SFNO's
     normalised tendency (the same generator's draws)."""
     residual = load_checkpoint(residual_checkpoint)
-    shape = (3, *residual.noise_shape)
-    draws = torch.Generator().manual_seed(5)
-    state = residual.mean + residual.std * torch.randn(shape, generator=draws)
-    following = state + residual.tendency_std * torch.randn(shape, generator=draws)
-    weights = torch.full(shape[-2:], 1 / (shape[-2] * shape[-1]))
+    state, following, weights = loss_inputs(residual)
     loss = denoising_loss(residual, state, following, weights, torch.Generator().manual_seed(1))
     shifted = following - residual.tendency_std * residual.mean_tendency(residual.features(state))
     residual.mean_network = None
