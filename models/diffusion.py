@@ -13,7 +13,8 @@ of diffusion-based generative models", arXiv:2206.00364). Its denoiser is precon
     c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2),    c_noise = ln(sigma) / 4,
 
-with `sd = sigma_data = 1` (r is normalised). `F` is the torch-harmonics SFNO
+with `sd = sigma_data` (`diffusion.sigma_data`: 1 for `r`, which is normalised; the
+correction's std for a residual member, below). `F` is the torch-harmonics SFNO
 (`models.sfno.build_network`) fed the noisy residual beside the state's features (the
 normalised state and its gradients); `c_noise` enters every block's normalisation through a
 sinusoidal embedding and `models.fgn.ConditionalNorm` (as an FGN's noise does). Training
@@ -80,7 +81,8 @@ if TYPE_CHECKING:
     from wxens.data_pipeline.config import ExperimentConfig, MemberKind, TrainingConfig
 
 SIGMA_DATA = 1.0
-"""The std of the denoised quantity, the normalised tendency (1 by construction)."""
+"""The std of the whole normalised tendency (1 by construction): `sigma_data` where none is
+given (a residual member's is its `diffusion.sigma_data`, the std of its correction)."""
 
 MEAN_PREFIX = "mean_network."
 """Where a checkpoint's weights hold the mean network's tensors (`DiffusionEmulator.weights`)."""

@@ -92,7 +92,8 @@ class DiffusionConfig(Strict):
     With `mean_network` (the `sfno` settings of a deterministic SFNO checkpoint), the member's
     tendency is that frozen SFNO's plus a sampled correction, and the denoiser learns only the
     correction (regression plus residual diffusion); `wxens train --init-from` the SFNO
-    checkpoint supplies its weights. `sigma_data` is the std of what is denoised, in units of
+    checkpoint supplies its weights (its `precision` is ignored: the mean network runs at
+    the member's `sfno.precision`). `sigma_data` is the std of what is denoised, in units of
     the 6 h tendency std: 1 for the whole tendency, the SFNO's 6 h error for a correction."""
 
     sampler_steps: int = Field(8, ge=2)
