@@ -2,13 +2,13 @@
 written to one JSON file (`--out`) and printed as Markdown tables of the same numbers.
 
     python benchmarks/gpu_suite.py [--device cuda] [--out gpu_suite.json]
-        [--budget-seconds 450] [--tiny] [--workdir DIR]
+        [--budget-seconds 450] [--tiny] [--workdir DIR] [--parts forecast,huge_ensemble,...]
 
 Run from the repository root. First it writes an analysis store of the default world: `truth_days`
 of the T42 truth (configs/default.yaml) on the 33 x 64 grid after `spinup_days`, repeated to fill
 the calendar year 2030, the training, validation and test year alike (the library trains and
 validates on whole calendar years; what an epoch or a forecast costs does not depend on the
-values). Then, each part with its own share of `--budget-seconds`:
+values). Then each part (or those `--parts` names), with its own share of `--budget-seconds`:
 
 1. `sfno_forward`: the raw SFNO forward of the committed default checkpoint (`sfno-seed1`,
    timed by `benchmarks/emulator_speed.py`'s `measure`, beside the `wxens` step) against the
@@ -105,6 +105,8 @@ SHARES = {
     "training": 0.32,
 }
 """Each part's share of `--budget-seconds`."""
+PARTS = ("sfno_forward", "forecast", "huge_ensemble", "reproducibility", "training")
+"""The measuring parts, in the order they run (`--parts` picks a subset)."""
 
 aten = torch.ops.aten
 MATMULS = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.convolution}
@@ -656,8 +658,15 @@ def run_part(function: Callable[[float], dict], budget: float, device: torch.dev
     return {**result, "seconds": time.perf_counter() - started, "budget_seconds": budget}
 
 
-def run_suite(device: torch.device, sizes: Sizes, budget: float, workdir: Path) -> dict:
-    """Every part in turn (see the module docstring); the results as one JSON-ready dict."""
+def run_suite(
+    device: torch.device,
+    sizes: Sizes,
+    budget: float,
+    workdir: Path,
+    only: tuple[str, ...] = PARTS,
+) -> dict:
+    """The parts in `only` (default all, in turn; see the module docstring) after the setup;
+    the results as one JSON-ready dict."""
     started = time.perf_counter()
     shares = {name: share * budget for name, share in SHARES.items()}
     setup = run_part(lambda _: {"world": write_world(workdir, sizes)}, shares["setup"], device)
@@ -666,15 +675,18 @@ def run_suite(device: torch.device, sizes: Sizes, budget: float, workdir: Path) 
         setup |= {"store": str(world.store), "periods": world.periods}
     setup |= {"truth_days": sizes.truth_days, "spinup_days": sizes.spinup_days}
     parts = {"setup": setup}
-    parts["sfno_forward"] = run_part(
-        lambda _: sfno_forward(sizes, device), shares["sfno_forward"], device
-    )
+    if "sfno_forward" in only:
+        parts["sfno_forward"] = run_part(
+            lambda _: sfno_forward(sizes, device), shares["sfno_forward"], device
+        )
     for name, part in (
         ("forecast", forecast),
         ("huge_ensemble", huge_ensemble),
         ("reproducibility", reproducibility),
         ("training", training),
     ):
+        if name not in only:
+            continue
         if world is None:
             parts[name] = {"error": f"no truth store: {setup['error']}"}
         else:
@@ -734,9 +746,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-seconds", type=float, default=450.0)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU test)")
     parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="folder for the truth and stores (default: a temporary one)"
     )
     args = parser.parse_args(argv)
+    only = tuple(args.parts.split(","))
+    if unknown := set(only) - set(PARTS):
+        parser.error(f"--parts: unknown part(s) {sorted(unknown)}; the parts are {PARTS}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_suite: no CUDA device (torch.cuda.is_available() is False); nothing measured")
@@ -745,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wxens-gpu-suite-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        results = run_suite(device, sizes, args.budget_seconds, workdir)
+        results = run_suite(device, sizes, args.budget_seconds, workdir, only)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(markdown(results))
     return 0

@@ -216,7 +216,8 @@ class TwoLayerQG(torch.nn.Module):
         """The equilibrium jet (all shear, no barotropic flow) plus small random eddies."""
         n = self.params.truncation + 1
         noise = torch.randn((batch, 2, n, n, 2), generator=generator, dtype=torch.float64)
-        noise = torch.view_as_complex(noise) * noise_m2_s * (self.k_sq > 0)
+        # drawn on the generator's device (the CPU: the same state on any device), then moved
+        noise = torch.view_as_complex(noise).to(self.k_sq.device) * noise_m2_s * (self.k_sq > 0)
         noise[..., 0] = noise[..., 0].real  # m = 0 coefficients of a real field are real
         noise = truncate(noise, self.params.truncation).to(self.complex_dtype)
         psi = torch.stack([self.psi_t_equilibrium, -self.psi_t_equilibrium]).expand(batch, 2, n, n)

@@ -67,7 +67,7 @@ def spun_up_state(
     model: TwoLayerQG, config: ExperimentConfig, batch: int, generator: torch.Generator, quiet: bool
 ) -> torch.Tensor:
     """Start from the equilibrium jet plus small noise and integrate `truth.spinup_days`."""
-    q = model.rest_state(batch, generator).to(model.k_sq.device)
+    q = model.rest_state(batch, generator)
     per_day = steps_per(config, 24)
     steps = round(config.truth.spinup_days * per_day)
     with progress_bar(steps, "spin-up", quiet) as advance:

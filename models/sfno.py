@@ -239,7 +239,9 @@ class SFNOEmulator(torch.nn.Module):
         def draw(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
             return gaussian_random_field(shape, self.truncation, length_m, g, torch.float32)
 
-        eps = self.transforms.to_grid(member_draws(len(previous), (1,), generator, draw).cpu())
+        draws = member_draws(len(previous), (1,), generator, draw)
+        transforms_device = next(self.transforms.buffers()).device  # the emulator's device
+        eps = self.transforms.to_grid(draws.to(transforms_device)).cpu()
         if previous.shape[1] == 0 or self.tendency_hours == 0:
             return eps
         previous = previous.float().cpu()

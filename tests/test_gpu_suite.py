@@ -157,3 +157,24 @@ def test_without_a_gpu_one_line_and_nothing_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1 and "no CUDA device" in done.stdout
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_parts_runs_only_the_parts_named(suite, tmp_path):
+    _, _, _, module = suite
+    out = tmp_path / "suite.json"
+    arguments = ["--device", "cpu", "--tiny", "--out", str(out), "--parts", "reproducibility"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert module.main([*arguments, "--workdir", str(tmp_path / "work")]) == 0
+    parts = json.loads(out.read_text())["parts"]
+    assert list(parts) == ["setup", "reproducibility"]
+    assert "error" not in parts["reproducibility"]
+
+
+def test_an_unknown_part_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "suite.json"
+    command = [sys.executable, "benchmarks/gpu_suite.py", "--device", "cpu", "--tiny"]
+    command += ["--out", str(out), "--parts", "forecast,warp_drive"]
+    done = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--parts: unknown part(s) ['warp_drive']" in done.stderr.splitlines()[-1]
+    assert not out.exists()

@@ -159,3 +159,12 @@ def test_energy_matches_grid_quadrature(turbulent_state):
 def test_dynamics_grid_is_alias_free():
     assert dynamics_grid(42) == LatLonGrid(64, 128, "legendre-gauss")
     assert dynamics_grid(21) == LatLonGrid(32, 64, "legendre-gauss")
+
+
+def test_rest_state_is_made_on_the_model_device():
+    """The noise comes from a CPU generator (the same state on any device) and is then moved to
+    the model's device: on PyTorch's shape-only `meta` device, which stands in for a GPU here, a
+    CPU tensor left in the product would raise."""
+    model = TwoLayerQG(QGParameters(truncation=21)).to("meta")
+    q = model.rest_state(2, torch.Generator().manual_seed(3))
+    assert q.device.type == "meta" and q.shape == (2, 2, 22, 22)
