@@ -220,14 +220,39 @@ def gaussian_random_field(
     Each coefficient is Gaussian with `E|f_lm|^2` proportional to `exp(-(l (l+1)) (L / a)^2 / 2)`
     for every order m (an isotropic field with a Gaussian-shaped covariance of width L),
     normalised so that the field's
-    area-mean variance is 1. `l = 0` (the global mean) is zero.
+    area-mean variance is 1. `l = 0` (the global mean) is zero. The same as
+    `shaped_random_field(white_coefficients(shape, truncation, generator), ...)`.
     """
+    white = white_coefficients(shape, truncation, generator)
+    return shaped_random_field(white, truncation, length_scale_m, dtype)
+
+
+def white_coefficients(
+    shape: tuple[int, ...], truncation: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`(*shape, T+1, T+1)` complex128 draws from `generator`: independent N(0, 1) real and
+    imaginary parts, the imaginary part zero for m = 0 (real fields), every (l, m) drawn.
+
+    The random part of `gaussian_random_field`: a batch whose members each need their own
+    generator draws these one member at a time and shapes them all at once
+    (`shaped_random_field` is the same, member by member, in any batch)."""
     n = truncation + 1
     real = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
     imag = torch.randn((*shape, n, n), generator=generator, dtype=torch.float64)
     imag[..., 0] = 0.0  # m = 0 coefficients of a real field are real
+    return torch.complex(real, imag)
+
+
+def shaped_random_field(
+    white: torch.Tensor,
+    truncation: int,
+    length_scale_m: float,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """`white_coefficients` given `gaussian_random_field`'s spectrum, each field (the last two
+    axes) normalised to area-mean variance 1, as `dtype`'s complex type."""
     order_scale, amplitude = random_field_scales(truncation, length_scale_m)
-    coeffs = torch.complex(real, imag) * order_scale * amplitude
+    coeffs = white * order_scale * amplitude
     variance = spectral_inner(coeffs, coeffs) / (4 * math.pi)
     coeffs = coeffs / torch.sqrt(variance)[..., None, None]
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64

@@ -58,7 +58,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch_harmonics.examples.models import SphericalFourierNeuralOperator
-from wxens.data_pipeline.sphere import LatLonGrid, SpectralTransforms, gaussian_random_field
+from wxens.data_pipeline.sphere import (
+    LatLonGrid,
+    SpectralTransforms,
+    shaped_random_field,
+    white_coefficients,
+)
 from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.data_pipeline.truth import model_grid
 from wxens.models.cpu_bf16 import cpu_has_bf16_matrix_units, matmul_network
@@ -237,11 +242,13 @@ class SFNOEmulator(torch.nn.Module):
         length_m = self.tendency_length_km * 1e3
 
         def draw(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
-            return gaussian_random_field(shape, self.truncation, length_m, g, torch.float32)
+            return white_coefficients(shape, self.truncation, g)
 
-        draws = member_draws(len(previous), (1,), generator, draw)
+        # drawn member by member, shaped and transformed for the whole batch at once
+        white = member_draws(len(previous), (1,), generator, draw)
+        coeffs = shaped_random_field(white, self.truncation, length_m, torch.float32)
         transforms_device = next(self.transforms.buffers()).device  # the emulator's device
-        eps = self.transforms.to_grid(draws.to(transforms_device)).cpu()
+        eps = self.transforms.to_grid(coeffs.to(transforms_device)).cpu()
         if previous.shape[1] == 0 or self.tendency_hours == 0:
             return eps
         previous = previous.float().cpu()

@@ -6,7 +6,13 @@ import torch
 from scipy.special import eval_legendre
 from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import ConfigError, PerturbationConfig, parse_config
-from wxens.data_pipeline.sphere import EARTH_RADIUS_M, LatLonGrid
+from wxens.data_pipeline.sphere import (
+    EARTH_RADIUS_M,
+    LatLonGrid,
+    gaussian_random_field,
+    shaped_random_field,
+    white_coefficients,
+)
 from wxens.data_pipeline.training_data import area_weights, compute_normalisation
 from wxens.data_pipeline.truth import model_grid, write_truth
 from wxens.forecast.perturbations import (
@@ -134,6 +140,23 @@ def test_random_field_is_isotropic():
     measured = [np.mean(field[:, 4] * np.roll(field[:, 4], -k, axis=-1)) for k in range(5)]
     np.testing.assert_allclose(measured, np.array(expected) / expected[0], atol=0.06)
     np.testing.assert_allclose(field.var(0).mean(-1), np.ones(9), rtol=0.15)
+
+
+def test_random_field_drawn_per_member_and_shaped_per_batch_is_the_same_field():
+    """`gaussian_random_field` from one generator equals its white draws shaped later, and
+    shaping a stack of members' white draws gives each member bitwise what it gets alone; each
+    field has area-mean variance 1 (the sum of w_m |f_lm|^2 / (4 pi) over (l, m))."""
+    truncation, length = 6, 1.5e6
+    members = [torch.Generator().manual_seed(11 + k) for k in range(5)]
+    alone = [gaussian_random_field((2,), truncation, length, g, torch.float32) for g in members]
+    members = [torch.Generator().manual_seed(11 + k) for k in range(5)]
+    white = torch.stack([white_coefficients((2,), truncation, g) for g in members])
+    shaped = shaped_random_field(white, truncation, length, torch.float32)
+    assert shaped.dtype == torch.complex64 and torch.equal(shaped, torch.stack(alone))
+    weights = torch.tensor([1.0] + [2.0] * truncation, dtype=torch.float64)
+    variance = (shaped.to(torch.complex128).abs() ** 2 * weights).sum((-2, -1)) / (4 * np.pi)
+    np.testing.assert_allclose(variance.numpy(), 1.0, rtol=1e-6)
+    assert torch.all(white[..., 0].imag == 0) and torch.all(shaped[..., 0, :] == 0)
 
 
 def test_random_field_amplitude_from_the_normalisation_statistics(world):
