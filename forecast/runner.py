@@ -547,10 +547,17 @@ def fingerprint(
 ) -> str:
     """sha256 of everything that sets the numbers (not the batch size: members do not depend
     on it; the seed store's own fingerprint), so a resumed run can check it continues the same
-    ensemble."""
+    ensemble.
+
+    The config counts by the settings that differ from their defaults: a setting added in a
+    later version, whose default keeps the earlier numbers, leaves the fingerprints of existing
+    stores and archives as they were (while changing a default's value is a change of the code,
+    which no fingerprint covers)."""
     weights = [read_metadata(Path(p))["weights_sha256"] for p in spec.checkpoints]
+    ignored = ("checkpoints", "device", "config_json")
     identity = {
-        **{k: v for k, v in asdict(spec).items() if k not in ("checkpoints", "device")},
+        **{k: v for k, v in asdict(spec).items() if k not in ignored},
+        "config": spec.config.model_dump(mode="json", exclude_defaults=True),
         "weights": weights,
         **run_identity(init_times, lead_times, members),
         **({"seeds": seeds.fingerprint} if seeds is not None else {}),

@@ -304,3 +304,28 @@ def test_bad_input_fails_in_one_line_and_leaves_stores_intact(
     assert tree_digest(out) == digest
     assert not (tmp_path / "other.zarr").exists() and not (tmp_path / "other.zarr.partial").exists()
     assert not os.path.exists(out.with_name("ens.zarr.lock"))
+
+
+def test_a_fingerprint_counts_only_the_settings_that_differ_from_their_defaults():
+    """A store's identity does not change when a version adds a setting whose default keeps
+    the numbers: a config dumped with every setting (`config_json` as `prepare` writes it) and
+    the same config with only its non-default settings, as an earlier version that lacked the
+    others would have dumped it, give the same fingerprint; a changed setting does not."""
+    from wxens.data_pipeline.config import parse_config
+    from wxens.forecast.runner import EnsembleSpec, fingerprint
+
+    settings = {"seed": 5, "perturbation": {"bred_fraction": 0.3}}
+    inits = np.array(["2027-01-10T00"], dtype="datetime64[ns]")
+    leads = np.array([6, 12], dtype="timedelta64[h]").astype("timedelta64[ns]")
+
+    def identity(config_json: str) -> str:
+        spec = EnsembleSpec(config_json, "nwp", (), "truth.zarr", "cpu", "{}", "[null]")
+        return fingerprint(spec, inits, leads, 8)
+
+    full = parse_config(settings).model_dump_json()
+    assert "sigma_data" in full and "sigma_data" not in json.dumps(settings)
+    assert identity(full) == identity(json.dumps(settings))
+    explicit_default = {**settings, "diffusion": {"sigma_data": 1.0}}
+    assert identity(json.dumps(explicit_default)) == identity(full)
+    assert identity(json.dumps({**settings, "seed": 6})) != identity(full)
+    assert identity(json.dumps({**settings, "diffusion": {"sigma_data": 0.5}})) != identity(full)
