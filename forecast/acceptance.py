@@ -14,8 +14,8 @@ statistics store of its own (`wxens verify --stats`, only the pairs it lacks); t
 Cost on a 2-core machine with bf16 matrix units, 40 steps a member and init (docs/
 getting-started.md): the NWP baseline about 4 min, each of the SFNO, FGN and VAE 8-10 min
 (128,000 member-steps), the mixed ensemble 13 min, the limit (16 members of the truth's own
-model) about 6 min, each with 1-2 min of verification; the residual diffusion members 31 min
-at 20 members (`--members diffusion=20`; about 2.5 h at 100).
+model) about 6 min, each with 1-2 min of verification; the residual diffusion members (16
+sampler levels) 68 min at 20 members (`--members diffusion=20`; about 6 h at 100).
 """
 
 from __future__ import annotations
