@@ -151,7 +151,9 @@ class SFNOEmulator(torch.nn.Module):
         self.sfno = sfno
         self.timestep = np.timedelta64(round(stats.timestep_hours * 3600), "s")
         self.network = build_network(grid, len(variables), sfno, truncation)
-        self.transforms = SpectralTransforms(grid, truncation, exact=False)
+        # Legendre tables in float32, the fields' dtype: torch-harmonics would convert its
+        # float64 tables on every call (the same numbers, 30 % slower)
+        self.transforms = SpectralTransforms(grid, truncation, exact=False).float()
         buffers = {
             "mean": stats.zonal_mean(variables),
             "std": stats.channel("anomaly_std", variables),
