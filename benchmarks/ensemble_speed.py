@@ -10,6 +10,9 @@
    - `raw, one process`: batches of `--batch` with torch's default threads;
    - `raw forward, per core`: one single-threaded loop per core at the runner's micro-batch,
      side by side (how the runner itself uses the cores);
+   - `raw emulator forward, per core`: the same loops over the deterministic emulator forward
+     (`SFNOEmulator.forward`: the input features with their spectral gradients, the network,
+     the projected tendency), the model's own work without any perturbation;
    - `raw steps, per core`: the same loops over whole emulator steps (features, network,
      perturbed tendencies, projection; the four checkpoints in turn), which tells the cost of
      the step around the network from that of the runner around the steps;
@@ -82,6 +85,18 @@ def raw_forward(emulator, batch: int, member_steps: int) -> float:
 
 
 @torch.no_grad()
+def raw_emulator_forward(emulator, batch: int, member_steps: int) -> float:
+    """Seconds for `member_steps` of the deterministic emulator forward (features, network,
+    projected tendency) in batches of `batch`."""
+    state = torch.randn(batch, 2, emulator.grid.nlat, emulator.grid.nlon) * 1e7
+    emulator(state)  # warm-up
+    started = time.perf_counter()
+    for _ in range(-(-member_steps // batch)):
+        emulator(state)
+    return time.perf_counter() - started
+
+
+@torch.no_grad()
 def raw_steps(emulators: list, batch: int, member_steps: int) -> float:
     """Seconds for `member_steps` of whole emulator steps (features, network, perturbed
     tendencies, projection) in passes of `batch`, the checkpoints in turn, as a task steps
@@ -138,6 +153,9 @@ def main() -> None:
     micro = config.ensemble.micro_batch
     loops = {
         f"raw forward, per core, batch {micro}": lambda n: raw_forward(emulators[0], micro, n),
+        f"raw emulator forward, per core, batch {micro}": lambda n: raw_emulator_forward(
+            emulators[0], micro, n
+        ),
         f"raw steps, per core, batch {micro}": lambda n: raw_steps(emulators, micro, n),
     }
     rates: dict[str, list[float]] = {"wxens forecast (tasks)": [], **{name: [] for name in loops}}
@@ -158,7 +176,7 @@ def main() -> None:
         f"\n{args.members} members x {args.steps} steps, 4 checkpoints, random fields,"
         f" {cores} cores, sfno.precision {config.sfno.precision}"
     )
-    print(f"{'':36}{'member-steps/s':>16}{'wxens / this':>14}{'by round (median)':>30}")
+    print(f"{'':42}{'member-steps/s':>16}{'wxens / this':>14}{'by round (median)':>30}")
     runner = np.array(rates.pop("wxens forecast (tasks)"))
     rows = {"wxens forecast (tasks)": runner, f"raw forward, one process, batch {args.batch}": one}
     for name, rate in {**rows, **rates}.items():
@@ -166,7 +184,7 @@ def main() -> None:
         paired = f"{', '.join(f'{r:.2f}' for r in by_round)} ({np.median(by_round):.2f})"
         paired = paired if name in rates else ""
         median = np.median(rate)
-        print(f"{name:36}{median:16.1f}{np.median(runner) / median:14.2f}  {paired}")
+        print(f"{name:42}{median:16.1f}{np.median(runner) / median:14.2f}  {paired}")
     print(f"(medians of {args.rounds} alternating rounds)")
     wall, rate, rss = big
     print(
