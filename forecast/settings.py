@@ -59,7 +59,10 @@ class MemberKind(Strict):
     generative member's noise draws (1: as trained; larger spreads the members more, an
     inflation calibrated on analyses the model never saw); deterministic kinds draw none.
     `noise_ramp_hours` ramps that scale up linearly over the member's first hours (0: none),
-    for generative members that would otherwise spread too soon.
+    for generative members that would otherwise spread too soon. `noise_profile` multiplies
+    it further by a factor piecewise linear in the hours the member has stepped, given as
+    `{hours: factor}` knots and constant beyond the first and the last (empty: 1): a
+    lead-dependent inflation, such as more noise at days 3-6 than at day 2 or 10.
     `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
     as trained): more levels cost more denoiser calls and bias the spread less.
     `tendency_sigma` perturbs a deterministic SFNO member's tendencies step by step, with a
@@ -78,6 +81,7 @@ class MemberKind(Strict):
     FORECAST_SETTINGS: ClassVar[dict[str, str]] = {
         "noise_scale": "draw no noise",
         "noise_ramp_hours": "draw no noise",
+        "noise_profile": "draw no noise",
         "sampler_steps": "have no sampler levels",
         "tendency_sigma": "have no deterministic tendency to perturb",
         "tendency_length_km": "have no deterministic tendency to perturb",
@@ -91,6 +95,7 @@ class MemberKind(Strict):
     initial: InitialPerturbation | None = None
     noise_scale: PositiveFloat = 1.0
     noise_ramp_hours: float = Field(0.0, ge=0)
+    noise_profile: dict[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = {}
     sampler_steps: int | None = Field(None, ge=2)
     tendency_sigma: float = Field(0.0, ge=0)
     tendency_length_km: PositiveFloat = 2000.0

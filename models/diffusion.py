@@ -327,7 +327,7 @@ DIFFUSION = register_kind(
         loss=diffusion_loss,
         validation=sampled_validation,
         score="crps",
-        member_settings=("noise_scale", "noise_ramp_hours", "sampler_steps"),
+        member_settings=("noise_scale", "noise_ramp_hours", "noise_profile", "sampler_steps"),
         use_member_settings=DiffusionEmulator.use_member_settings,
         check=check_mean_network,
     )

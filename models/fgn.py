@@ -105,6 +105,9 @@ class NoisyEmulator(SFNOEmulator):
     noise_ramp_hours = 0.0
     """R of the noise amplitude's ramp `s min(1, h / R)` over the hours `h` a member has
     stepped (`MemberKind.noise_ramp_hours`; 0: none), the hours carried in a hidden channel."""
+    noise_profile: tuple[tuple[float, float], ...] = ()
+    """Knots `(hours, factor)`, sorted by hours, of a factor `p(h)` on the noise amplitude,
+    linear between them and constant beyond (`MemberKind.noise_profile`; none: 1)."""
     divergence_weight = 0.0
     """The weight of `sample_step`'s divergence in the training loss (a VAE's `kl_weight`)."""
 
@@ -130,25 +133,35 @@ class NoisyEmulator(SFNOEmulator):
         raise NotImplementedError
 
     def use_member_settings(self, members: MemberKind) -> None:
-        """Forecast with this kind's settings of `ensemble.kinds` (its `noise_scale` and
-        `noise_ramp_hours`)."""
+        """Forecast with this kind's settings of `ensemble.kinds` (its `noise_scale`,
+        `noise_ramp_hours` and `noise_profile`)."""
         self.noise_scale = members.noise_scale
         self.noise_ramp_hours = members.noise_ramp_hours
+        self.noise_profile = tuple(sorted(members.noise_profile.items()))
 
     @property
     def hidden_channels(self) -> int:
-        """One hidden channel, the hours stepped, where the noise ramps (R > 0)."""
-        return int(self.noise_ramp_hours > 0)
+        """One hidden channel, the hours stepped, where the noise depends on them (a ramp,
+        R > 0, or a profile)."""
+        return int(self.noise_ramp_hours > 0 or bool(self.noise_profile))
 
     def noise_amplitude(self, hours: torch.Tensor) -> torch.Tensor | float:
-        """`s min(1, h / R)` per member for the hours `h` stepped after this step (`(batch, 1,
-        lat, lon)`, the same everywhere), shaped to scale `(batch, *noise_shape)` noise; `s`
-        itself without a ramp. Growing noise suits members whose error starts small: a
-        generative member with no initial perturbation spreads too soon under full noise."""
-        if self.noise_ramp_hours == 0 or hours.shape[1] == 0:
+        """`s min(1, h / R) p(h)` per member for the hours `h` stepped after this step
+        (`(batch, 1, lat, lon)`, the same everywhere), shaped to scale `(batch, *noise_shape)`
+        noise; `s` itself where the noise does not depend on `h` (no ramp, no profile).
+        Growing noise suits members whose error starts small: a generative member with no
+        initial perturbation spreads too soon under full noise."""
+        if hours.shape[1] == 0 or not self.hidden_channels:
             return self.noise_scale
-        ramp = (hours[:, 0, 0, 0].float().cpu() / self.noise_ramp_hours).clamp(max=1)
-        return self.noise_scale * ramp.reshape(-1, *[1] * len(self.noise_shape))
+        stepped = hours[:, 0, 0, 0].float().cpu()
+        amplitude = torch.full_like(stepped, self.noise_scale)
+        if self.noise_ramp_hours > 0:
+            amplitude = self.noise_scale * (stepped / self.noise_ramp_hours).clamp(max=1)
+        if self.noise_profile:
+            knots, factors = zip(*self.noise_profile, strict=True)
+            profile = np.interp(stepped.double().numpy(), knots, factors)
+            amplitude = amplitude * torch.from_numpy(profile).float()
+        return amplitude.reshape(-1, *[1] * len(self.noise_shape))
 
     @property
     def samples(self) -> int:
@@ -301,7 +314,7 @@ FGN = register_kind(
         validation=sampled_validation,
         score="crps",
         starts_from=("sfno",),
-        member_settings=("noise_scale", "noise_ramp_hours"),
+        member_settings=("noise_scale", "noise_ramp_hours", "noise_profile"),
         use_member_settings=FGNEmulator.use_member_settings,
     )
 )

@@ -118,8 +118,10 @@ class KindRegistry(Mapping[str, EmulatorKind]):
         >>> list(KINDS)
         ['sfno', 'fgn', 'vae', 'diffusion', 'nwp', 'truth']
         >>> fgn = KINDS["fgn"]
-        >>> fgn.emulator.__name__, fgn.settings.__name__, fgn.member_settings, fgn.starts_from
-        ('FGNEmulator', 'FGNConfig', ('noise_scale', 'noise_ramp_hours'), ('sfno',))
+        >>> fgn.emulator.__name__, fgn.settings.__name__, fgn.starts_from
+        ('FGNEmulator', 'FGNConfig', ('sfno',))
+        >>> fgn.member_settings
+        ('noise_scale', 'noise_ramp_hours', 'noise_profile')
         >>> KINDS.trainable(), KINDS["nwp"].from_checkpoints
         (['sfno', 'fgn', 'vae', 'diffusion'], False)
     """

@@ -189,7 +189,7 @@ VAE = register_kind(
         validation=vae_validation,
         score="crps",
         starts_from=("sfno",),
-        member_settings=("noise_scale", "noise_ramp_hours"),
+        member_settings=("noise_scale", "noise_ramp_hours", "noise_profile"),
         use_member_settings=VAEEmulator.use_member_settings,
     )
 )

@@ -17,7 +17,7 @@ from member_kinds import (
     one_day_forecast,
     with_ensemble,
 )
-from wxens.data_pipeline.config import load_config
+from wxens.data_pipeline.config import ConfigError, MemberKind, load_config, parse_config
 from wxens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from wxens.models.fgn import draw_noise
 from wxens.models.training import LAST, STATE, Trainer, fair_crps, validate
@@ -129,6 +129,33 @@ def test_the_noise_ramps_with_the_hours_stepped(fgn_checkpoint, tiny_world):
     torch.testing.assert_close(stepped[:, :2], expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(stepped[:, 2], (before + dt)[:, None, None].expand(3, 9, 16))
     fgn.noise_scale, fgn.noise_ramp_hours = 1.0, 0.0
+
+
+def test_the_noise_follows_its_profile_in_the_hours_stepped(fgn_checkpoint, tiny_world):
+    """`noise_profile` {0: 0.5, 24: 2}: the amplitude is `s p(h)`, p linear between the knots
+    and constant beyond, hand-computed for members at 6, 18 and 54 h after the step; the
+    hours are carried in a hidden channel as with a ramp. An SFNO member is refused it."""
+    path, _ = tiny_world
+    fgn = load_checkpoint(fgn_checkpoint, load_config(path))
+    fgn.use_member_settings(MemberKind(noise_scale=3.0, noise_profile={24: 2.0, 0: 0.5}))
+    assert fgn.hidden_channels == 1 and fgn.noise_profile == ((0.0, 0.5), (24.0, 2.0))
+    fields = torch.randn(3, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * fgn.std
+    dt = fgn.timestep / np.timedelta64(1, "h")
+    assert dt == 6
+    before = torch.tensor([0.0, 12.0, 48.0])
+    state = torch.cat([fields, before[:, None, None, None].expand(3, 1, 9, 16)], 1)
+    stepped = fgn.step(state, generator=[torch.Generator().manual_seed(k) for k in range(3)])
+    amplitude = 3.0 * torch.tensor([0.5 + 1.5 * 6 / 24, 0.5 + 1.5 * 18 / 24, 2.0])
+    draws = torch.cat([draw_noise(1, fgn.fgn.noise_dim, torch.Generator().manual_seed(k))
+                       for k in range(3)])  # fmt: skip
+    with torch.no_grad():
+        expected = fgn.forward(fields, amplitude[:, None] * draws)
+    torch.testing.assert_close(stepped[:, :2], expected, rtol=1e-6, atol=1e-6)
+    fgn.use_member_settings(MemberKind())
+    assert fgn.hidden_channels == 0 and fgn.noise_amplitude(before[:, None, None, None]) == 1.0
+    sfno_profile = {"sfno": {"noise_profile": {0: 1.0, 48: 2.0}}}
+    with pytest.raises(ConfigError, match=r"sfno\.noise_profile: SFNO members draw no noise"):
+        parse_config({"ensemble": {"kinds": sfno_profile}})
 
 
 def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
