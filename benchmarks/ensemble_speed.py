@@ -71,29 +71,36 @@ def wxens_forecast(
     return wall, summary.member_steps_per_second, peak / 1e6
 
 
+def random_fields(emulator, batch: int) -> torch.Tensor:
+    """`batch` states of random fields about the streamfunctions' size (m2 s-1)."""
+    grid, channels = emulator.grid, len(emulator.input_variables)
+    return torch.randn(batch, channels, grid.nlat, grid.nlon) * 1e7
+
+
+def timed_passes(one_pass: Callable[[int], object], batch: int, member_steps: int) -> float:
+    """Seconds for the passes of `batch` members that make `member_steps`, `one_pass(n)`
+    running pass n, after one warm-up pass."""
+    one_pass(0)
+    started = time.perf_counter()
+    for n in range(-(-member_steps // batch)):
+        one_pass(n)
+    return time.perf_counter() - started
+
+
 @torch.no_grad()
 def raw_forward(emulator, batch: int, member_steps: int) -> float:
     """Seconds for `member_steps` of the bare network forward in batches of `batch`."""
-    state = torch.randn(batch, 2, emulator.grid.nlat, emulator.grid.nlon) * 1e7
-    features = emulator.features(state)
+    features = emulator.features(random_fields(emulator, batch))
     network = emulator.inference_network()  # at the config's precision, as the runner steps
-    network(features)  # warm-up
-    started = time.perf_counter()
-    for _ in range(-(-member_steps // batch)):
-        network(features)
-    return time.perf_counter() - started
+    return timed_passes(lambda n: network(features), batch, member_steps)
 
 
 @torch.no_grad()
 def raw_emulator_forward(emulator, batch: int, member_steps: int) -> float:
     """Seconds for `member_steps` of the deterministic emulator forward (features, network,
     projected tendency) in batches of `batch`."""
-    state = torch.randn(batch, 2, emulator.grid.nlat, emulator.grid.nlon) * 1e7
-    emulator(state)  # warm-up
-    started = time.perf_counter()
-    for _ in range(-(-member_steps // batch)):
-        emulator(state)
-    return time.perf_counter() - started
+    state = random_fields(emulator, batch)
+    return timed_passes(lambda n: emulator(state), batch, member_steps)
 
 
 @torch.no_grad()
@@ -101,16 +108,16 @@ def raw_steps(emulators: list, batch: int, member_steps: int) -> float:
     """Seconds for `member_steps` of whole emulator steps (features, network, perturbed
     tendencies, projection) in passes of `batch`, the checkpoints in turn, as a task steps
     them, without the task's loop, perturbations or writes."""
-    grid, channels = emulators[0].grid, len(emulators[0].input_variables)
-    state = torch.zeros(batch, channels + emulators[0].hidden_channels, grid.nlat, grid.nlon)
-    state[:, :channels] = torch.randn(batch, channels, grid.nlat, grid.nlon) * 1e7
+    fields = random_fields(emulators[0], batch)
+    hidden = fields.new_zeros(batch, emulators[0].hidden_channels, *fields.shape[2:])
+    state = torch.cat([fields, hidden], 1)
     generators = [torch.Generator().manual_seed(k) for k in range(batch)]
     stepper = [FixedBatchEmulator(emulator, batch) for emulator in emulators]
-    stepper[0].step(state, generator=generators)  # warm-up
-    started = time.perf_counter()
-    for n in range(-(-member_steps // batch)):
-        stepper[n % len(stepper)].step(state, generator=generators)
-    return time.perf_counter() - started
+
+    def one_pass(n: int) -> torch.Tensor:
+        return stepper[n % len(stepper)].step(state, generator=generators)
+
+    return timed_passes(one_pass, batch, member_steps)
 
 
 def raw_per_core(loop_seconds: Callable[[int], float], member_steps: int, cores: int) -> float:
