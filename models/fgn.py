@@ -156,7 +156,7 @@ class NoisyEmulator(SFNOEmulator):
         stepped = hours[:, 0, 0, 0].float().cpu()
         amplitude = torch.full_like(stepped, self.noise_scale)
         if self.noise_ramp_hours > 0:
-            amplitude = self.noise_scale * (stepped / self.noise_ramp_hours).clamp(max=1)
+            amplitude = amplitude * (stepped / self.noise_ramp_hours).clamp(max=1)
         if self.noise_profile:
             knots, factors = zip(*self.noise_profile, strict=True)
             profile = np.interp(stepped.double().numpy(), knots, factors)
