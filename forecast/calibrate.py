@@ -120,14 +120,14 @@ KNOBS = {
         Knob(
             "tendency_sigma",
             ("ensemble", "kinds", "{kind}", "tendency_sigma"),
-            _kind_reads("tendency_sigma", "has no deterministic tendency to perturb"),
+            _kind_reads("tendency_sigma", "has no deterministic tendency to scale"),
             0.05,
             2.0,
         ),
         Knob(
             "tendency_additive",
             ("ensemble", "kinds", "{kind}", "tendency_additive"),
-            _kind_reads("tendency_additive", "has no deterministic tendency to perturb"),
+            _kind_reads("tendency_additive", "has no emulated tendency to perturb"),
             0.01,
             1.0,
         ),

@@ -83,11 +83,11 @@ class MemberKind(Strict):
         "noise_ramp_hours": "draw no noise",
         "noise_profile": "draw no noise",
         "sampler_steps": "have no sampler levels",
-        "tendency_sigma": "have no deterministic tendency to perturb",
-        "tendency_length_km": "have no deterministic tendency to perturb",
-        "tendency_hours": "have no deterministic tendency to perturb",
-        "tendency_ramp_hours": "have no deterministic tendency to perturb",
-        "tendency_additive": "have no deterministic tendency to perturb",
+        "tendency_sigma": "have no deterministic tendency to scale",
+        "tendency_length_km": "have no emulated tendency to perturb",
+        "tendency_hours": "have no emulated tendency to perturb",
+        "tendency_ramp_hours": "have no emulated tendency to perturb",
+        "tendency_additive": "have no emulated tendency to perturb",
     }
     """The settings that only some kinds read, and what the others lack (for the error)."""
 

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from wxens.models.fgn import (
+    NOISY_MEMBER_SETTINGS,
     NoisyEmulator,
     add_conditional_norms,
     conditioning,
@@ -327,7 +328,7 @@ DIFFUSION = register_kind(
         loss=diffusion_loss,
         validation=sampled_validation,
         score="crps",
-        member_settings=("noise_scale", "noise_ramp_hours", "noise_profile", "sampler_steps"),
+        member_settings=(*NOISY_MEMBER_SETTINGS, "sampler_steps"),
         use_member_settings=DiffusionEmulator.use_member_settings,
         check=check_mean_network,
     )

@@ -30,7 +30,7 @@ from wxens.models.emulator import Generators, member_draws
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.losses import fair_crps
 from wxens.models.settings import FGNConfig, SFNOConfig
-from wxens.models.sfno import SFNOEmulator
+from wxens.models.sfno import ADDITIVE_TENDENCY_SETTINGS, SFNOEmulator
 
 if TYPE_CHECKING:
     from wxens.data_pipeline.config import ExperimentConfig, MemberKind, TrainingConfig
@@ -93,6 +93,11 @@ def _standard_normal(shape: tuple[int, ...], generator: torch.Generator) -> torc
     return torch.randn(shape, generator=generator)
 
 
+NOISY_MEMBER_SETTINGS = ("noise_scale", "noise_ramp_hours", "noise_profile")
+NOISY_MEMBER_SETTINGS += ADDITIVE_TENDENCY_SETTINGS
+"""The `MemberKind` settings that every `NoisyEmulator` reads (`use_member_settings`)."""
+
+
 class NoisyEmulator(SFNOEmulator):
     """An SFNO member that samples its step, `forward(state, noise)` with standard normal
     `noise` `(batch, *noise_shape)` (zero noise: its deterministic step): FGN, VAE and
@@ -134,16 +139,27 @@ class NoisyEmulator(SFNOEmulator):
 
     def use_member_settings(self, members: MemberKind) -> None:
         """Forecast with this kind's settings of `ensemble.kinds` (its `noise_scale`,
-        `noise_ramp_hours` and `noise_profile`)."""
+        `noise_ramp_hours` and `noise_profile`, and the additive perturbed tendencies'
+        `tendency_*`)."""
+        super().use_member_settings(members)
         self.noise_scale = members.noise_scale
         self.noise_ramp_hours = members.noise_ramp_hours
         self.noise_profile = tuple(sorted(members.noise_profile.items()))
 
     @property
+    def noise_follows_hours(self) -> bool:
+        """Whether the noise amplitude depends on the hours stepped (a ramp, R > 0, or a
+        profile)."""
+        return self.noise_ramp_hours > 0 or bool(self.noise_profile)
+
+    @property
     def hidden_channels(self) -> int:
-        """One hidden channel, the hours stepped, where the noise depends on them (a ramp,
-        R > 0, or a profile)."""
-        return int(self.noise_ramp_hours > 0 or bool(self.noise_profile))
+        """The hidden state channels: the perturbed tendencies' pattern where it persists
+        (tau > 0), then the hours stepped where the noise or the tendencies' ramp depend on
+        them."""
+        persists = self.perturbs_tendencies and self.tendency_hours > 0
+        ramps = self.perturbs_tendencies and self.tendency_ramp_hours > 0
+        return int(persists) + int(self.noise_follows_hours or ramps)
 
     def noise_amplitude(self, hours: torch.Tensor) -> torch.Tensor | float:
         """`s min(1, h / R) p(h)` per member for the hours `h` stepped after this step
@@ -151,7 +167,7 @@ class NoisyEmulator(SFNOEmulator):
         noise; `s` itself where the noise does not depend on `h` (no ramp, no profile).
         Growing noise suits members whose error starts small: a generative member with no
         initial perturbation spreads too soon under full noise."""
-        if hours.shape[1] == 0 or not self.hidden_channels:
+        if hours.shape[1] == 0 or not self.noise_follows_hours:
             return self.noise_scale
         stepped = hours[:, 0, 0, 0].float().cpu()
         amplitude = torch.full_like(stepped, self.noise_scale)
@@ -179,18 +195,24 @@ class NoisyEmulator(SFNOEmulator):
     @torch.no_grad()
     def step(self, state: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
         """One sampled step, its noise drawn from `generator` only (`Generators`) and scaled
-        by `noise_amplitude`; with a ramp, the state's hidden channel counts the hours."""
-        fields, hidden = (
-            state[:, : len(self.input_variables)],
-            state[:, len(self.input_variables) :],
-        )
-        hours = hidden + self.timestep / np.timedelta64(1, "h")
+        by `noise_amplitude`, then the additive perturbed tendencies' `P_T[a(h) r sigma_tend]`
+        with the pattern `r` drawn after the noise (`SFNOEmulator`; no multiplicative part:
+        the sampled tendency is not the network's alone). The hidden channels carry the
+        pattern where it persists and the hours stepped (`hidden_channels`)."""
+        channels = len(self.input_variables)
+        persists = int(self.perturbs_tendencies and self.tendency_hours > 0)
+        fields, pattern = state[:, :channels], state[:, channels : channels + persists]
+        hours = state[:, channels + persists :] + self.timestep / np.timedelta64(1, "h")
         noise = self.noise_amplitude(hours) * draw_noise(len(state), self.noise_shape, generator)
         with self._precision(state.device):
             stepped = self.forward(fields, noise)
-        if hidden.shape[1] == 0:  # no copy on the plain path
+        if self.perturbs_tendencies and generator is not None:
+            pattern = self.next_pattern(pattern, generator).to(state.device)
+            added = self.tendency_additive * self.ramp(hours) * pattern * self.tendency_std
+            stepped = stepped + self.project(added).to(stepped.dtype)
+        if state.shape[1] == channels:  # no copy on the plain path
             return stepped
-        return torch.cat([stepped, hours.to(stepped)], 1)
+        return torch.cat([stepped, pattern[:, :persists].to(stepped), hours.to(stepped)], 1)
 
     def conditioned_forward(self, state: torch.Tensor, value: object) -> torch.Tensor:
         """`SFNOEmulator.forward` with `value` in `FORWARD` for its noise layers."""
@@ -314,7 +336,7 @@ FGN = register_kind(
         validation=sampled_validation,
         score="crps",
         starts_from=("sfno",),
-        member_settings=("noise_scale", "noise_ramp_hours", "noise_profile"),
+        member_settings=NOISY_MEMBER_SETTINGS,
         use_member_settings=FGNEmulator.use_member_settings,
     )
 )

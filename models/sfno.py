@@ -117,6 +117,16 @@ def warn_float32_fallback() -> None:
     )
 
 
+ADDITIVE_TENDENCY_SETTINGS = (
+    "tendency_length_km",
+    "tendency_hours",
+    "tendency_ramp_hours",
+    "tendency_additive",
+)
+"""The `MemberKind` settings of the additive perturbed tendencies, which generative members
+(`models.fgn.NoisyEmulator`) read too; SFNO members also read `tendency_sigma`."""
+
+
 class SFNOEmulator(torch.nn.Module):
     """A deterministic SFNO member (see the module docstring for the step)."""
 
@@ -390,13 +400,7 @@ SFNO = register_kind(
         loss=rollout_loss,
         validation=rollout_validation,
         score="rmse",
-        member_settings=(
-            "tendency_sigma",
-            "tendency_length_km",
-            "tendency_hours",
-            "tendency_ramp_hours",
-            "tendency_additive",
-        ),
+        member_settings=("tendency_sigma", *ADDITIVE_TENDENCY_SETTINGS),
         use_member_settings=SFNOEmulator.use_member_settings,
     )
 )

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from wxens.models.fgn import (
     FORWARD,
+    NOISY_MEMBER_SETTINGS,
     NoisyEmulator,
     draw_noise,
     sampled_loss,
@@ -189,7 +190,7 @@ VAE = register_kind(
         validation=vae_validation,
         score="crps",
         starts_from=("sfno",),
-        member_settings=("noise_scale", "noise_ramp_hours", "noise_profile"),
+        member_settings=NOISY_MEMBER_SETTINGS,
         use_member_settings=VAEEmulator.use_member_settings,
     )
 )

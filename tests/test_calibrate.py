@@ -53,7 +53,7 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
         (["--start", "2026-03-01", "--end", "2026-03-16"], "at least 8 inits"),
         ([*period, "--knob", "noise_scale"], "kind nwp draws no noise"),
         ([*period, "--knob", "tendency_sigma"], "kind nwp has no deterministic tendency"),
-        ([*period, "--knob", "tendency_additive"], "kind nwp has no deterministic tendency"),
+        ([*period, "--knob", "tendency_additive"], "kind nwp has no emulated tendency"),
         ([*period, "--knob", "spread"], "knob 'spread': expected one of"),
     ):
         knob = [] if "--knob" in bad else ["--knob", "bred_fraction"]

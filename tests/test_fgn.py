@@ -158,6 +158,41 @@ def test_the_noise_follows_its_profile_in_the_hours_stepped(fgn_checkpoint, tiny
         parse_config({"ensemble": {"kinds": sfno_profile}})
 
 
+def test_generative_members_add_the_tendencies_additive_part_after_their_sample(
+    fgn_checkpoint, tiny_world
+):
+    """An FGN member with noise x 2 and `tendency_additive` 0.3 (pattern persisting 24 h,
+    ramped over 12 h): a step is its sample for the first noise draw of each member's
+    generator plus `P_T[a min(1, h / 12) r sigma_tend]`, `r` drawn next from the same
+    generator and carried in the first hidden channel, the hours in the second: half of a at
+    6 h, all of it at 18 h. The multiplicative part stays refused, and a diffusion member
+    takes the additive one."""
+    path, _ = tiny_world
+    fgn = load_checkpoint(fgn_checkpoint, load_config(path))
+    settings = {"tendency_additive": 0.3, "tendency_hours": 24, "tendency_ramp_hours": 12}
+    fgn.use_member_settings(MemberKind(noise_scale=2.0, **settings))
+    assert fgn.hidden_channels == 2
+    fields = torch.randn(2, 2, 9, 16, generator=torch.Generator().manual_seed(0)) * fgn.std
+    before = torch.tensor([0.0, 12.0])[:, None, None, None].expand(2, 1, 9, 16)
+    state = torch.cat([fields, torch.zeros_like(before), before], 1)
+    stepped = fgn.step(state, generator=[torch.Generator().manual_seed(k) for k in range(2)])
+    generators = [torch.Generator().manual_seed(k) for k in range(2)]
+    draws = torch.cat([draw_noise(1, fgn.fgn.noise_dim, g) for g in generators])
+    pattern = fgn.next_pattern(torch.zeros(2, 1, 9, 16), generators)
+    ramp = torch.tensor([0.5, 1.0])[:, None, None, None]
+    with torch.no_grad():
+        sample = fgn.forward(fields, 2.0 * draws)
+    expected = sample + fgn.project(0.3 * ramp * pattern * fgn.tendency_std)
+    torch.testing.assert_close(stepped[:, :2], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stepped[:, 2:3], pattern, rtol=0, atol=0)
+    assert stepped[:, 3, 0, 0].tolist() == [6.0, 18.0]
+    assert (stepped[:, :2] - sample).abs().max() > 1e-3 * sample.abs().max()
+    with pytest.raises(ConfigError, match=r"fgn\.tendency_sigma: FGN members have no"):
+        parse_config({"ensemble": {"kinds": {"fgn": {"tendency_sigma": 0.1}}}})
+    kinds = parse_config({"ensemble": {"kinds": {"diffusion": settings}}}).ensemble.kinds
+    assert kinds["diffusion"].tendency_additive == 0.3
+
+
 def test_checkpoint_kinds_are_checked_and_mixed_ensembles_write_valid_stores(
     fgn_checkpoint, tiny_checkpoints, tiny_world, tmp_path, wxens
 ):

@@ -166,7 +166,7 @@ def test_the_config_takes_the_kinds_section_from_the_registry(jittered):
         "ensemble.kinds.sfno.noise_scale: SFNO members draw no noise; it is for fgn, vae,"
         " diffusion, jittered": {"ensemble": {"kinds": {"sfno": {"noise_scale": 2}}}},
         "ensemble.kinds.fgn.tendency_sigma: FGN members have no deterministic tendency to"
-        " perturb; it is for sfno": {"ensemble": {"kinds": {"fgn": {"tendency_sigma": 0.5}}}},
+        " scale; it is for sfno": {"ensemble": {"kinds": {"fgn": {"tendency_sigma": 0.5}}}},
         "ensemble.kinds.nwp: expected a kind of checkpoint, one of sfno, fgn, vae, diffusion,"
         " jittered (got 'nwp')": {"ensemble": {"kinds": ["nwp"]}},
     }
