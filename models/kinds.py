@@ -121,7 +121,8 @@ class KindRegistry(Mapping[str, EmulatorKind]):
         >>> fgn.emulator.__name__, fgn.settings.__name__, fgn.starts_from
         ('FGNEmulator', 'FGNConfig', ('sfno',))
         >>> fgn.member_settings
-        ('noise_scale', 'noise_ramp_hours', 'noise_profile')
+        ('noise_scale', 'noise_ramp_hours', 'noise_profile', 'tendency_length_km',
+         'tendency_hours', 'tendency_ramp_hours', 'tendency_additive')
         >>> KINDS.trainable(), KINDS["nwp"].from_checkpoints
         (['sfno', 'fgn', 'vae', 'diffusion'], False)
     """
