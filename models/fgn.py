@@ -157,9 +157,7 @@ class NoisyEmulator(SFNOEmulator):
         """The hidden state channels: the perturbed tendencies' pattern where it persists
         (tau > 0), then the hours stepped where the noise or the tendencies' ramp depend on
         them."""
-        persists = self.perturbs_tendencies and self.tendency_hours > 0
-        ramps = self.perturbs_tendencies and self.tendency_ramp_hours > 0
-        return int(persists) + int(self.noise_follows_hours or ramps)
+        return self.pattern_channels + int(self.noise_follows_hours or self.tendency_ramps)
 
     def noise_amplitude(self, hours: torch.Tensor) -> torch.Tensor | float:
         """`s min(1, h / R) p(h)` per member for the hours `h` stepped after this step
@@ -200,7 +198,7 @@ class NoisyEmulator(SFNOEmulator):
         the sampled tendency is not the network's alone). The hidden channels carry the
         pattern where it persists and the hours stepped (`hidden_channels`)."""
         channels = len(self.input_variables)
-        persists = int(self.perturbs_tendencies and self.tendency_hours > 0)
+        persists = self.pattern_channels
         fields, pattern = state[:, :channels], state[:, channels : channels + persists]
         hours = state[:, channels + persists :] + self.timestep / np.timedelta64(1, "h")
         noise = self.noise_amplitude(hours) * draw_noise(len(state), self.noise_shape, generator)

@@ -237,9 +237,18 @@ class SFNOEmulator(torch.nn.Module):
     def hidden_channels(self) -> int:
         """The hidden state channels of perturbed tendencies: the pattern `r` where it
         persists (tau > 0), then the hours stepped where the amplitude ramps (R > 0)."""
-        if not self.perturbs_tendencies:
-            return 0
-        return int(self.tendency_hours > 0) + int(self.tendency_ramp_hours > 0)
+        return self.pattern_channels + int(self.tendency_ramps)
+
+    @property
+    def pattern_channels(self) -> int:
+        """1 where the perturbed tendencies' pattern persists from step to step (tau > 0) in
+        the first hidden channel, else 0."""
+        return int(self.perturbs_tendencies and self.tendency_hours > 0)
+
+    @property
+    def tendency_ramps(self) -> bool:
+        """Whether the perturbed tendencies' amplitude ramps with the hours stepped (R > 0)."""
+        return self.perturbs_tendencies and self.tendency_ramp_hours > 0
 
     @property
     def perturbs_tendencies(self) -> bool:
@@ -306,7 +315,7 @@ class SFNOEmulator(torch.nn.Module):
         if not self.perturbs_tendencies or generator is None:
             stepped, hidden_after = self.advance(fields, residual), hidden
         else:
-            persists = int(self.tendency_hours > 0)
+            persists = self.pattern_channels
             pattern = self.next_pattern(hidden[:, :persists], generator).to(state.device)
             hours = hidden[:, persists : persists + 1] + self.timestep / np.timedelta64(1, "h")
             ramp = self.ramp(hours)
