@@ -202,11 +202,20 @@ def pick_device(device: str | None):
         fail(f"--device {device}: {exc}")
 
 
+def integer_seed(seed: str) -> int:
+    try:
+        return int(seed)
+    except ValueError:
+        fail(f"--seed must be an integer, got {seed!r}")
+
+
 @app.command("train")
 def train(
-    config: ConfigOption,
-    seed: Annotated[str, typer.Option("--seed", help="Integer seed of the weights and batches.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory.")],
+    config: Annotated[Path | None, typer.Option("--config", help="Experiment YAML.")] = None,
+    seed: Annotated[
+        str | None, typer.Option("--seed", help="Integer seed of the weights and batches.")
+    ] = None,
     analyses: AnalysesOption = None,
     device: DeviceOption = None,
     init_from: Annotated[
@@ -218,41 +227,67 @@ def train(
         ),
     ] = None,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
-            help="sfno; fgn (an SFNO with noise, CRPS-trained); vae (an SFNO perturbed by a"
-            " conditional VAE's latent, CRPS + KL-trained); or diffusion (an EDM denoiser).",
+            help="sfno (default); fgn (an SFNO with noise, CRPS-trained); vae (an SFNO perturbed"
+            " by a conditional VAE's latent, CRPS + KL-trained); or diffusion (an EDM denoiser).",
         ),
-    ] = "sfno",
+    ] = None,
+    continue_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--continue",
+            help="Finish the schedule this checkpoint stopped short of, with its own config,"
+            " seed and kind (its optimizer moments start afresh).",
+        ),
+    ] = None,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-epochs", min=1, help="Stop after this many epochs; run again to resume."
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train one SFNO, FGN, VAE or diffusion emulator; resume from OUT/last when an earlier run was
-    interrupted."""
+    interrupted or stopped by --max-epochs."""
     from wxens.data_pipeline.analysis_store import StoreError
     from wxens.models.checkpoint import CheckpointError
-    from wxens.models.training import Trainer
+    from wxens.models.training import DEFAULT_KIND, Trainer
 
-    cfg, resolved = read_config(config)
-    try:
-        seed_value = int(seed)
-    except ValueError:
-        fail(f"--seed must be an integer, got {seed!r}")
-    try:
-        trainer = Trainer(
-            cfg,
-            resolved,
-            analyses_path(cfg, analyses),
-            seed_value,
-            out,
-            pick_device(device),
-            quiet,
-            init_from,
-            model,
+    if continue_from is not None and any(v is not None for v in (config, seed, init_from, model)):
+        fail(
+            "--continue takes the checkpoint's own config, seed and kind: drop --config,"
+            " --seed, --init-from and --model"
         )
-        summary = trainer.run()
+    if continue_from is None and (config is None or seed is None):
+        fail("--config and --seed are required (or --continue CHECKPOINT)")
+    try:
+        if continue_from is not None:
+            trainer = Trainer.continuing(continue_from, out, pick_device(device), analyses, quiet)
+        else:
+            cfg, resolved = read_config(config)
+            trainer = Trainer(
+                cfg,
+                resolved,
+                analyses_path(cfg, analyses),
+                integer_seed(seed),
+                out,
+                pick_device(device),
+                quiet,
+                init_from,
+                model or DEFAULT_KIND,
+            )
+        summary = trainer.run(max_epochs)
     except (StoreError, CheckpointError, ValueError) as exc:
         fail(str(exc))
+    if not summary["finished"]:
+        typer.echo(
+            f"stopped after epoch {trainer.epoch} of {trainer.settings.epochs}; run the same"
+            " command again to go on",
+            err=True,
+        )
     typer.echo(json.dumps(summary["history"][-1] if summary["history"] else summary))
 
 

@@ -18,9 +18,12 @@ analyses of the training and validation years are held in memory on the training
 (`PeriodStates`), so a batch is one gather. After every epoch the model is scored on the
 validation years (`EmulatorKind.validation`) and the best one is kept as the checkpoint in
 `out/`; the latest state (weights, optimizer, epoch) goes to `out/last/`, from which an
-interrupted run resumes. Batches are drawn in an order seeded by `(seed, epoch)`, a generative
-model's noise from a generator seeded by `(seed, step)`, and no other randomness is used, so
-the same seed on the same machine gives the same weights, interrupted or not.
+interrupted run resumes (`run(max_epochs=N)` stops on purpose after N epochs, to resume the
+same way). `Trainer.continuing` finishes the schedule of a checkpoint that stopped short of it
+and kept no `last/` (its optimizer moments start afresh). Batches are drawn in an order seeded
+by `(seed, epoch)`, a generative model's noise from a generator seeded by `(seed, step)`, and
+no other randomness is used, so the same seed on the same machine gives the same weights,
+interrupted or not.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import safetensors.torch
 import torch
 import yaml
@@ -102,6 +106,15 @@ def learning_rate_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def flat_values(tree: Any) -> list[float]:
+    """Every number in a nested dict/list of numbers, in key order (to compare statistics)."""
+    if isinstance(tree, dict):
+        return [value for key in sorted(tree) for value in flat_values(tree[key])]
+    if isinstance(tree, list | tuple):
+        return [value for item in tree for value in flat_values(item)]
+    return [float(tree)] if isinstance(tree, int | float) else []
 
 
 def batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
@@ -244,6 +257,81 @@ class Trainer:
         if start is not None:
             self.start_from(init_from, start)
         self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
+        self.continued_metrics: dict[str, Any] | None = None
+
+    @classmethod
+    def continuing(
+        cls,
+        checkpoint: Path,
+        out: Path,
+        device: torch.device,
+        analyses: Path | None = None,
+        quiet: bool = False,
+    ) -> Trainer:
+        """A run that finishes the schedule `checkpoint` stopped short of (`finished` is not
+        true in its metadata), into `out`, with the checkpoint's own config, seed and kind.
+
+        It starts from the checkpoint's weights at the epoch and step they were saved at (its
+        best epoch; any later epochs are run again). The optimizer's moments were not kept, so
+        AdamW starts them afresh, and the learning rate warms up again over
+        `training.warmup_steps` from the schedule's value at that step. The training years of
+        `analyses` (default: the config's) must give the checkpoint's normalisation statistics,
+        that is, be the data it was trained on. The run's identity records what it continues,
+        so `out` resumes like any other run.
+        """
+        metadata = read_metadata(checkpoint)
+        training = metadata.get("training", {})
+        if training.get("finished"):
+            raise CheckpointError(f"{checkpoint}: finished its schedule; nothing to continue")
+        if "config" not in training or "epoch" not in training:
+            raise CheckpointError(f"{checkpoint}: records no training config and epoch to continue")
+        try:
+            config = ExperimentConfig.model_validate(yaml.safe_load(training["config"]))
+        except (yaml.YAMLError, pydantic.ValidationError) as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{checkpoint}: its training config is invalid ({first_line})"
+            ) from None
+        store = analyses or config.analyses
+        if store is None:
+            raise CheckpointError(f"{checkpoint}: its config names no analyses; pass them")
+        trainer = cls(
+            config,
+            config.model_dump(mode="json"),
+            Path(store),
+            training["seed"],
+            out,
+            device,
+            quiet,
+            init_from=checkpoint,
+            model=training.get("model", DEFAULT_KIND),
+        )
+        trainer.continue_schedule(checkpoint, metadata, Path(store))
+        return trainer
+
+    def continue_schedule(self, checkpoint: Path, metadata: dict[str, Any], store: Path) -> None:
+        """Take the counters, history and identity of `checkpoint` (see `continuing`)."""
+        periods = self.config.periods
+        years = (periods.train.first, periods.train.last)
+        ours = compute_normalisation(open_analyses(store), self.config.variables, years)
+        theirs = self.emulator.stats.to_dict()  # the checkpoint's, as `init_from` loads them
+        if not np.allclose(flat_values(ours.to_dict()), flat_values(theirs), rtol=1e-9, atol=0):
+            raise CheckpointError(
+                f"{store}: its years {years[0]}-{years[1]} are not the data {checkpoint} was"
+                " trained on (other normalisation statistics)"
+            )
+        training = metadata["training"]
+        self.identity.pop("init_weights_sha256")
+        if "init_weights_sha256" in training:
+            self.identity["init_weights_sha256"] = training["init_weights_sha256"]
+        self.identity["continues"] = {
+            "weights_sha256": metadata["weights_sha256"],
+            "step": training["step"],
+        }
+        self.epoch, self.step = training["epoch"], training["step"]
+        self.history = [e for e in training.get("history", []) if e["epoch"] < self.epoch]
+        self.continued_metrics = metadata["validation"]
+        self.best = self.continued_metrics["score"]
 
     def start_from(self, checkpoint: Path, loaded: Any) -> None:
         """Fine-tune: begin with the weights (and normalisation) of `checkpoint`, `loaded`,
@@ -293,11 +381,18 @@ class Trainer:
 
     # --- training -------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        """Train (resuming from `out/last` when it is there) and return the summary."""
+    def run(self, max_epochs: int | None = None) -> dict[str, Any]:
+        """Train (resuming from `out/last` when it is there) and return the summary, with
+        `finished` false if `max_epochs` epochs of this call stopped it before the end."""
         self.resume()
+        if self.continued_metrics is not None and not (self.out / LAST / STATE).is_file():
+            self.save_best(self.continued_metrics)  # `out` holds a checkpoint from the start
+            self.save_last()
         total = self.total_steps()
-        for epoch in range(self.epoch, self.settings.epochs):
+        end = self.settings.epochs
+        if max_epochs is not None:
+            end = min(end, self.epoch + max_epochs)
+        for epoch in range(self.epoch, end):
             steps = self.rollout_steps(epoch)
             order = batches(self.epoch_order(epoch), self.settings.batch_size)
             label = f"epoch {epoch + 1}/{self.settings.epochs} ({steps}-step)"
@@ -320,13 +415,25 @@ class Trainer:
                 self.best = metrics["score"]
                 self.save_best(metrics)
             self.save_last()
-        self.mark_finished()
-        return {"out": str(self.out), "best_score": self.best, "history": self.history}
+        finished = self.epoch >= self.settings.epochs
+        if finished:
+            self.mark_finished()
+        summary = {"out": str(self.out), "best_score": self.best, "finished": finished}
+        return {**summary, "history": self.history}
+
+    def learning_rate(self, step: int, total: int) -> float:
+        """The schedule's rate at `step`; a continued run's warms up again from where it
+        continues (`learning_rate_factor(step - continued + warmup - 1, ...)` up to 1), since
+        its optimizer moments start afresh."""
+        warmup = self.settings.warmup_steps
+        factor = learning_rate_factor(step, warmup, total)
+        if "continues" in self.identity:
+            factor *= min(1.0, (step - self.identity["continues"]["step"] + 1) / max(1, warmup))
+        return self.settings.learning_rate * factor
 
     def train_step(self, starts: np.ndarray, steps: int, total: int) -> float:
-        factor = learning_rate_factor(self.step, self.settings.warmup_steps, total)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.learning_rate * factor
+            group["lr"] = self.learning_rate(self.step, total)
         inputs, targets = self.train.windows(starts, steps)
         noise = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0])
@@ -353,6 +460,7 @@ class Trainer:
                 "step": self.step,
                 "device": str(self.device),
                 "threads": torch.get_num_threads(),
+                "history": self.history,  # so far: a run cut short can be continued from it
             },
             training_data=self.description,
             validation=metrics,

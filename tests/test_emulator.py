@@ -404,6 +404,55 @@ def test_same_seed_same_weights_and_resume_after_sigkill(world, trained, tmp_pat
     assert weights_of(out / LAST).keys() == weights_of(trained / LAST).keys()
 
 
+def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trained, tmp_path):
+    """`--max-epochs 1` stops the tiny run (2 epochs of 6 steps, warm-up W = 2) after its first
+    epoch, where the uninterrupted run was then, unfinished. `--continue` finishes it from the
+    checkpoint alone (no last/): its config, seed, epoch and step, fresh AdamW moments, and a
+    learning rate that warms up again, lr(s) = lr0 f(s) min(1, (s - s0 + 1) / W) with the
+    cosine f(s) = (1 + cos(pi (s - W) / (12 - W))) / 2."""
+    path, store, config = world
+    cut = tmp_path / "cut"
+    arguments = ("--config", path, "--seed", 5, "--quiet")
+    code, output = run_cli("train", *arguments, "--out", cut, "--max-epochs", 1)
+    assert code == 0 and "stopped after epoch 1 of 2" in output
+    reference = json.loads((trained / "metadata.json").read_text())["training"]["history"]
+    training = json.loads((cut / "metadata.json").read_text())["training"]
+    assert "finished" not in training and training["history"] == reference[:1]
+    checkpoint = tmp_path / "checkpoint"  # what a run that lost its last/ leaves
+    checkpoint.mkdir()
+    for name in ("metadata.json", WEIGHTS):
+        shutil.copy(cut / name, checkpoint / name)
+
+    trainer = Trainer.continuing(checkpoint, tmp_path / "finished", torch.device("cpu"), quiet=True)
+    assert (trainer.epoch, trainer.step, len(trainer.optimizer.state)) == (1, 6, 0)
+    for name, value in trainer.emulator.weights().items():
+        assert torch.equal(value, weights_of(checkpoint)[name]), name
+    lr0, total = config.training.learning_rate, trainer.total_steps()
+    cosine = [(1 + np.cos(np.pi * (s - 2) / 10)) / 2 for s in (6, 7)]
+    assert trainer.learning_rate(6, total) == pytest.approx(lr0 * cosine[0] / 2, rel=1e-12)
+    assert trainer.learning_rate(7, total) == pytest.approx(lr0 * cosine[1], rel=1e-12)
+    summary = trainer.run()
+    assert summary["finished"] and [e["epoch"] for e in summary["history"]] == [0, 1]
+    assert summary["history"][0] == reference[0] and summary["history"][1] != reference[1]
+    training = json.loads((tmp_path / "finished" / "metadata.json").read_text())["training"]
+    assert training["continues"]["step"] == 6 and training["finished"]
+    code, output = run_cli("train", "--continue", checkpoint, "--out", tmp_path / "finished")
+    assert code == 0 and json.loads(output.strip().splitlines()[-1]) == summary["history"][-1]
+
+    other = tmp_path / "other.zarr"  # the same world, shifted: not the data it was trained on
+    dataset = open_analyses(store).load()
+    dataset["psi_upper"] = dataset["psi_upper"] + 1e6
+    dataset.to_zarr(other)
+    for args, message in [
+        ((trained,), "finished its schedule; nothing to continue"),
+        ((checkpoint, "--seed", 5), "--continue takes the checkpoint's own config, seed"),
+        ((checkpoint, "--analyses", other), "are not the data"),
+    ]:
+        code, output = run_cli("train", "--continue", *args, "--out", tmp_path / "refused")
+        assert code == 1 and message in output and len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()
+
+
 def test_resume_refuses_another_seed(world, trained, tmp_path):
     path, _, _ = world
     out = tmp_path / "copy"
