@@ -311,15 +311,7 @@ class Trainer:
 
     def continue_schedule(self, checkpoint: Path, metadata: dict[str, Any], store: Path) -> None:
         """Take the counters, history and identity of `checkpoint` (see `continuing`)."""
-        periods = self.config.periods
-        years = (periods.train.first, periods.train.last)
-        ours = compute_normalisation(open_analyses(store), self.config.variables, years)
-        theirs = self.emulator.stats.to_dict()  # the checkpoint's, as `init_from` loads them
-        if not np.allclose(flat_values(ours.to_dict()), flat_values(theirs), rtol=1e-9, atol=0):
-            raise CheckpointError(
-                f"{store}: its years {years[0]}-{years[1]} are not the data {checkpoint} was"
-                " trained on (other normalisation statistics)"
-            )
+        self.check_training_data(checkpoint, store)
         training = metadata["training"]
         self.identity.pop("init_weights_sha256")
         if "init_weights_sha256" in training:
@@ -358,6 +350,25 @@ class Trainer:
                 f" {self.emulator.kind}"
             )
         self.identity["init_weights_sha256"] = loaded.metadata["weights_sha256"]
+
+    def check_training_data(self, checkpoint: Path, store: Path) -> None:
+        """Refuse analyses that are not what `checkpoint` was trained on: they must come from
+        its truth world (the store's recorded config has the checkpoint's `seed` and `truth`;
+        a truth run elsewhere can follow another trajectory of the same chaotic world), or
+        their training years must give its normalisation statistics."""
+        dataset = open_analyses(store)
+        written_by = yaml.safe_load(dataset.attrs.get("wxens_config") or "{}") or {}
+        ours = self.config.model_dump(mode="json")
+        if all(written_by.get(key) == ours[key] for key in ("seed", "truth")):
+            return
+        years = (self.config.periods.train.first, self.config.periods.train.last)
+        statistics = compute_normalisation(dataset, self.config.variables, years).to_dict()
+        theirs = self.emulator.stats.to_dict()  # the checkpoint's, as `init_from` loads them
+        if not np.allclose(flat_values(statistics), flat_values(theirs), rtol=1e-9, atol=0):
+            raise CheckpointError(
+                f"{store}: not the data {checkpoint} was trained on (written by another truth"
+                f" run, with other normalisation statistics of {years[0]}-{years[1]})"
+            )
 
     # --- the schedule ---------------------------------------------------------------------
 

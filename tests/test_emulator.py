@@ -410,7 +410,7 @@ def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trai
     checkpoint alone (no last/): its config, seed, epoch and step, fresh AdamW moments, and a
     learning rate that warms up again, lr(s) = lr0 f(s) min(1, (s - s0 + 1) / W) with the
     cosine f(s) = (1 + cos(pi (s - W) / (12 - W))) / 2."""
-    path, store, config = world
+    path, _, config = world
     cut = tmp_path / "cut"
     arguments = ("--config", path, "--seed", 5, "--quiet")
     code, output = run_cli("train", *arguments, "--out", cut, "--max-epochs", 1)
@@ -439,14 +439,15 @@ def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trai
     code, output = run_cli("train", "--continue", checkpoint, "--out", tmp_path / "finished")
     assert code == 0 and json.loads(output.strip().splitlines()[-1]) == summary["history"][-1]
 
-    other = tmp_path / "other.zarr"  # the same world, shifted: not the data it was trained on
-    dataset = open_analyses(store).load()
-    dataset["psi_upper"] = dataset["psi_upper"] + 1e6
-    dataset.to_zarr(other)
+    other = tmp_path / "other.zarr"  # another truth run: not the data it was trained on
+    data = {**yaml.safe_load(path.read_text()), "seed": 99}
+    write_truth(
+        parse_config(data), parse_config(data).model_dump(mode="json"), 3, other, quiet=True
+    )
     for args, message in [
         ((trained,), "finished its schedule; nothing to continue"),
         ((checkpoint, "--seed", 5), "--continue takes the checkpoint's own config, seed"),
-        ((checkpoint, "--analyses", other), "are not the data"),
+        ((checkpoint, "--analyses", other), "not the data"),
     ]:
         code, output = run_cli("train", "--continue", *args, "--out", tmp_path / "refused")
         assert code == 1 and message in output and len(output.strip().splitlines()) == 1
