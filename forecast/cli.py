@@ -248,6 +248,12 @@ def train(
             "--max-epochs", min=1, help="Stop after this many epochs; run again to resume."
         ),
     ] = None,
+    save_minutes: Annotated[
+        float,
+        typer.Option(
+            "--save-minutes", min=0, help="Save the state to OUT/last this often within an epoch."
+        ),
+    ] = 10.0,
     quiet: QuietOption = False,
 ) -> None:
     """Train one SFNO, FGN, VAE or diffusion emulator; resume from OUT/last when an earlier run was
@@ -279,7 +285,7 @@ def train(
                 init_from,
                 model or DEFAULT_KIND,
             )
-        summary = trainer.run(max_epochs)
+        summary = trainer.run(max_epochs, save_minutes)
     except (StoreError, CheckpointError, ValueError) as exc:
         fail(str(exc))
     if not summary["finished"]:

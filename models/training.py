@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,7 @@ class Trainer:
         if start is not None:
             self.start_from(init_from, start)
         self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
+        self.batch = 0  # batches of epoch `self.epoch` done (a run saved mid-epoch)
         self.continued_metrics: dict[str, Any] | None = None
 
     @classmethod
@@ -392,26 +394,22 @@ class Trainer:
 
     # --- training -------------------------------------------------------------------------
 
-    def run(self, max_epochs: int | None = None) -> dict[str, Any]:
+    def run(self, max_epochs: int | None = None, save_minutes: float = 10.0) -> dict[str, Any]:
         """Train (resuming from `out/last` when it is there) and return the summary, with
-        `finished` false if `max_epochs` epochs of this call stopped it before the end."""
+        `finished` false if `max_epochs` epochs of this call stopped it before the end.
+
+        The state also goes to `out/last` every `save_minutes` within an epoch, so that a run
+        whose epochs outlast a session (a CPU's) loses at most that much work; a run resumed
+        mid-epoch goes on with the same batches and noise, and ends with the same weights."""
         self.resume()
         if self.continued_metrics is not None and not (self.out / LAST / STATE).is_file():
             self.save_best(self.continued_metrics)  # `out` holds a checkpoint from the start
             self.save_last()
-        total = self.total_steps()
         end = self.settings.epochs
         if max_epochs is not None:
             end = min(end, self.epoch + max_epochs)
         for epoch in range(self.epoch, end):
-            steps = self.rollout_steps(epoch)
-            order = batches(self.epoch_order(epoch), self.settings.batch_size)
-            label = f"epoch {epoch + 1}/{self.settings.epochs} ({steps}-step)"
-            self.emulator.train()
-            with progress_bar(len(order), label, self.quiet) as advance:
-                for chunk in order:
-                    loss = self.train_step(chunk, steps, total)
-                    advance(status=f"loss {loss:.4f}")
+            self.train_epoch(epoch, save_minutes)
             self.emulator.eval()
             metrics = validate(
                 self.emulator,
@@ -421,7 +419,7 @@ class Trainer:
                 self.settings.validation_lead_steps,
             )
             self.history.append({"epoch": epoch, "step": self.step, **metrics})
-            self.epoch = epoch + 1
+            self.epoch, self.batch = epoch + 1, 0
             if metrics["score"] < self.best:
                 self.best = metrics["score"]
                 self.save_best(metrics)
@@ -432,10 +430,28 @@ class Trainer:
         summary = {"out": str(self.out), "best_score": self.best, "finished": finished}
         return {**summary, "history": self.history}
 
+    def train_epoch(self, epoch: int, save_minutes: float) -> None:
+        """The batches of `epoch` from `self.batch` on, saving to `out/last` every
+        `save_minutes` of wall time."""
+        steps, total = self.rollout_steps(epoch), self.total_steps()
+        order = batches(self.epoch_order(epoch), self.settings.batch_size)
+        label = f"epoch {epoch + 1}/{self.settings.epochs} ({steps}-step)"
+        self.emulator.train()
+        saved = time.monotonic()
+        with progress_bar(len(order), label, self.quiet) as advance:
+            advance(self.batch)
+            for chunk in order[self.batch :]:
+                loss = self.train_step(chunk, steps, total)
+                self.batch += 1
+                advance(status=f"loss {loss:.4f}")
+                if self.batch < len(order) and time.monotonic() - saved >= 60 * save_minutes:
+                    self.save_last()
+                    saved = time.monotonic()
+
     def learning_rate(self, step: int, total: int) -> float:
-        """The schedule's rate at `step`; a continued run's warms up again from where it
-        continues (`learning_rate_factor(step - continued + warmup - 1, ...)` up to 1), since
-        its optimizer moments start afresh."""
+        """The schedule's rate at `step`; a continued run's is multiplied by
+        `min(1, (step - s0 + 1) / warmup)` from the step `s0` it continues at, a second warm-up,
+        since its optimizer moments start afresh."""
         warmup = self.settings.warmup_steps
         factor = learning_rate_factor(step, warmup, total)
         if "continues" in self.identity:
@@ -500,6 +516,7 @@ class Trainer:
             {
                 **self.identity,
                 "epoch": self.epoch,
+                "batch": self.batch,
                 "step": self.step,
                 "best": self.best,
                 "history": self.history,
@@ -546,5 +563,5 @@ class Trainer:
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-        self.epoch, self.step = saved["epoch"], saved["step"]
+        self.epoch, self.batch, self.step = saved["epoch"], saved.get("batch", 0), saved["step"]
         self.best, self.history = saved["best"], saved["history"]

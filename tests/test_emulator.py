@@ -454,6 +454,32 @@ def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trai
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_run_killed_mid_epoch_resumes_there_with_the_same_weights(world, trained, tmp_path):
+    """With `--save-minutes 0` the state goes to last/ after every batch; a run stopped and
+    SIGKILLed within its first epoch resumes at that batch and ends bitwise where the
+    uninterrupted run (seed 5) ended."""
+    path, _, _ = world
+    out = tmp_path / "mid"
+    command = [sys.executable, "-m", "wxens.forecast.cli", "train", "--config", str(path)]
+    command += ["--seed", "5", "--out", str(out), "--quiet", "--save-minutes", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, state = time.time() + 300, {}
+    while state.get("batch", 0) < 2 and process.poll() is None and time.time() < deadline:
+        if (out / LAST / STATE).exists():
+            state = json.loads((out / LAST / STATE).read_text())
+        time.sleep(0.005)
+    process.send_signal(signal.SIGSTOP)
+    interrupted = json.loads((out / LAST / STATE).read_text())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert interrupted["epoch"] == 0 and 2 <= interrupted["batch"] < 6
+    assert interrupted["step"] == interrupted["batch"]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert finished.returncode == 0, finished.stderr
+    for name, value in weights_of(trained).items():
+        assert torch.equal(value, weights_of(out)[name]), name
+
+
 def test_resume_refuses_another_seed(world, trained, tmp_path):
     path, _, _ = world
     out = tmp_path / "copy"
