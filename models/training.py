@@ -285,8 +285,10 @@ class Trainer:
         training = metadata.get("training", {})
         if training.get("finished"):
             raise CheckpointError(f"{checkpoint}: finished its schedule; nothing to continue")
-        if "config" not in training or "epoch" not in training:
-            raise CheckpointError(f"{checkpoint}: records no training config and epoch to continue")
+        if not {"config", "seed", "epoch", "step"} <= training.keys():
+            raise CheckpointError(
+                f"{checkpoint}: records no training config, seed, epoch and step to continue from"
+            )
         try:
             config = ExperimentConfig.model_validate(yaml.safe_load(training["config"]))
         except (yaml.YAMLError, pydantic.ValidationError) as exc:
