@@ -276,10 +276,9 @@ class Trainer:
         It starts from the checkpoint's weights at the epoch and step they were saved at (its
         best epoch; any later epochs are run again). The optimizer's moments were not kept, so
         AdamW starts them afresh, and the learning rate warms up again over
-        `training.warmup_steps` from the schedule's value at that step. The training years of
-        `analyses` (default: the config's) must give the checkpoint's normalisation statistics,
-        that is, be the data it was trained on. The run's identity records what it continues,
-        so `out` resumes like any other run.
+        `training.warmup_steps` from the schedule's value at that step. `analyses` (default: the
+        config's) must be the data it was trained on (`check_training_data`). The run's identity
+        records what it continues, so `out` resumes like any other run.
         """
         metadata = read_metadata(checkpoint)
         training = metadata.get("training", {})
@@ -401,8 +400,8 @@ class Trainer:
         `finished` false if `max_epochs` epochs of this call stopped it before the end.
 
         The state also goes to `out/last` every `save_minutes` within an epoch, so that a run
-        whose epochs outlast a session (a CPU's) loses at most that much work; a run resumed
-        mid-epoch goes on with the same batches and noise, and ends with the same weights."""
+        stopped mid-epoch loses at most that much work; a run resumed mid-epoch goes on with the
+        same batches and noise, and ends with the same weights."""
         self.resume()
         if self.continued_metrics is not None and not (self.out / LAST / STATE).is_file():
             self.save_best(self.continued_metrics)  # `out` holds a checkpoint from the start
