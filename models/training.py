@@ -406,11 +406,11 @@ class Trainer:
         if self.continued_metrics is not None and not (self.out / LAST / STATE).is_file():
             self.save_best(self.continued_metrics)  # `out` holds a checkpoint from the start
             self.save_last()
-        end = self.settings.epochs
+        end, total = self.settings.epochs, self.total_steps()
         if max_epochs is not None:
             end = min(end, self.epoch + max_epochs)
         for epoch in range(self.epoch, end):
-            self.train_epoch(epoch, save_minutes)
+            self.train_epoch(epoch, total, save_minutes)
             self.emulator.eval()
             metrics = validate(
                 self.emulator,
@@ -431,10 +431,10 @@ class Trainer:
         summary = {"out": str(self.out), "best_score": self.best, "finished": finished}
         return {**summary, "history": self.history}
 
-    def train_epoch(self, epoch: int, save_minutes: float) -> None:
-        """The batches of `epoch` from `self.batch` on, saving to `out/last` every
-        `save_minutes` of wall time."""
-        steps, total = self.rollout_steps(epoch), self.total_steps()
+    def train_epoch(self, epoch: int, total: int, save_minutes: float) -> None:
+        """The batches of `epoch` from `self.batch` on (of `total` steps in the schedule),
+        saving to `out/last` every `save_minutes` of wall time."""
+        steps = self.rollout_steps(epoch)
         order = batches(self.epoch_order(epoch), self.settings.batch_size)
         label = f"epoch {epoch + 1}/{self.settings.epochs} ({steps}-step)"
         self.emulator.train()
