@@ -323,7 +323,12 @@ def skill(
     from wxens.data_pipeline.analysis_store import StoreError
     from wxens.forecast.runner import lead_steps_of
     from wxens.forecast.skill import Analyses, deterministic_skill, rollout_checks
-    from wxens.models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
+    from wxens.models.checkpoint import (
+        CheckpointError,
+        checkpoint_labels,
+        find_checkpoints,
+        load_checkpoint,
+    )
     from wxens.models.kinds import KINDS
 
     cfg, _ = read_config(config)
@@ -333,8 +338,8 @@ def skill(
         lead_steps = lead_steps_of(f"{lead_days * 24}h", interval)
         truth = Analyses(analyses_path(cfg, analyses), cfg)
         emulators = {
-            path.name: load_checkpoint(path, cfg, torch_device)
-            for path in find_checkpoints(checkpoints)
+            label: load_checkpoint(path, cfg, torch_device)
+            for label, path in checkpoint_labels(find_checkpoints(checkpoints)).items()
         }
         baseline = {"nwp": KINDS["nwp"].build(cfg, None, torch_device)}
         scores = deterministic_skill(

@@ -39,7 +39,7 @@ from wxens.forecast.runner import (
     sha256_json,
     write_ensemble,
 )
-from wxens.models.checkpoint import find_checkpoints, load_checkpoint
+from wxens.models.checkpoint import checkpoint_labels, find_checkpoints, load_checkpoint
 from wxens.models.emulator import Emulator, FixedBatchEmulator
 
 MICRO_BATCH = 8
@@ -65,9 +65,9 @@ def load_members(
     """
     listed = [paths] if isinstance(paths, str | Path) else list(paths)
     emulators = []
-    for path in find_checkpoints([Path(p) for p in listed]):
+    for label, path in checkpoint_labels(find_checkpoints([Path(p) for p in listed])).items():
         emulator = load_checkpoint(path, config, device or default_device())
-        emulator.name = path.name
+        emulator.name = label
         emulators.append(emulator)
     return emulators
 

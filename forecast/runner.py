@@ -74,6 +74,7 @@ from wxens.forecast.seeds import SeedStates
 from wxens.forecast.skill import area_rmse
 from wxens.models.checkpoint import (
     CheckpointError,
+    checkpoint_labels,
     find_checkpoints,
     load_checkpoint,
     read_metadata,
@@ -1005,7 +1006,8 @@ def store_attrs(
 ) -> dict[str, object]:
     """Provenance: config, command options, checkpoints and their sha256, seeds, versions."""
     config = spec.config
-    weights = {Path(p).name: read_metadata(Path(p))["weights_sha256"] for p in spec.checkpoints}
+    labels = checkpoint_labels([Path(p) for p in spec.checkpoints])
+    weights = {label: read_metadata(path)["weights_sha256"] for label, path in labels.items()}
     return {
         **provenance(json.loads(spec.config_json), command, **recorded),
         "wxens_model": spec.model,

@@ -158,3 +158,22 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
             raise CheckpointError(f"{path}: neither a checkpoint nor a folder of checkpoints")
         found.extend(inside)
     return found
+
+
+def checkpoint_labels(paths: list[Path]) -> dict[str, Path]:
+    """A name for each checkpoint: its folder's name, or the fewest trailing path parts that
+    no other checkpoint shares (`cut-short/sfno-seed1` beside `finished/sfno-seed1`).
+
+    Raises CheckpointError when one checkpoint is named twice."""
+    resolved = [path.resolve() for path in paths]
+    if len(set(resolved)) < len(resolved):
+        twice = next(path for path in paths if resolved.count(path.resolve()) > 1)
+        raise CheckpointError(f"{twice}: the same checkpoint is named twice")
+
+    def label(full: Path) -> str:
+        depth = 1
+        while any(o != full and o.parts[-depth:] == full.parts[-depth:] for o in resolved):
+            depth += 1
+        return "/".join(full.parts[-depth:])
+
+    return {label(full): given for full, given in zip(resolved, paths, strict=True)}

@@ -13,6 +13,7 @@ import pytest
 import torch
 import xarray as xr
 from wxens.data_pipeline.sphere import LatLonGrid
+from wxens.models.checkpoint import checkpoint_labels
 
 import wxens
 
@@ -234,3 +235,19 @@ def test_loading_refuses_what_is_not_a_checkpoint_or_a_store(tmp_path):
     (tmp_path / "half.zarr").mkdir()
     with pytest.raises(wxens.StoreError, match=r"half\.zarr: not a readable Zarr store"):
         wxens.open_analyses(tmp_path / "half.zarr")
+
+
+def test_checkpoints_of_the_same_name_get_labels_that_tell_them_apart(tmp_path):
+    committed = ROOT / "checkpoints" / "default" / "sfno-seed1"
+    for folder in ("cut-short", "finished"):
+        shutil.copytree(committed, tmp_path / folder / "runs" / "sfno-seed1")
+    paths = [tmp_path / f / "runs" / "sfno-seed1" for f in ("cut-short", "finished")]
+    members = wxens.load_members([*paths, committed.parent / "sfno-seed2"], device="cpu")
+    assert [m.name for m in members] == [
+        "cut-short/runs/sfno-seed1",
+        "finished/runs/sfno-seed1",
+        "sfno-seed2",
+    ]
+    assert list(checkpoint_labels([Path("a/x"), Path("b/y")])) == ["x", "y"]
+    with pytest.raises(wxens.CheckpointError, match=r"sfno-seed1: the same checkpoint is named"):
+        wxens.load_members([paths[0], paths[0].parent / ".." / "runs" / "sfno-seed1"])
