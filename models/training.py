@@ -259,7 +259,8 @@ class Trainer:
             self.start_from(init_from, start)
         self.epoch, self.step, self.best, self.history = 0, 0, math.inf, []
         self.batch = 0  # batches of epoch `self.epoch` done (a run saved mid-epoch)
-        self.continued_metrics: dict[str, Any] | None = None
+        # A continued run's starting weights scored on its own analyses (`continuing`).
+        self.start_validation: dict[str, Any] | None = None
 
     @classmethod
     def continuing(
@@ -274,11 +275,14 @@ class Trainer:
         true in its metadata), into `out`, with the checkpoint's own config, seed and kind.
 
         It starts from the checkpoint's weights at the epoch and step they were saved at (its
-        best epoch; any later epochs are run again). The optimizer's moments were not kept, so
-        AdamW starts them afresh, and the learning rate warms up again over
-        `training.warmup_steps` from the schedule's value at that step. `analyses` (default: the
-        config's) must be the data it was trained on (`check_training_data`). The run's identity
-        records what it continues, so `out` resumes like any other run.
+        best epoch; any later epochs are run again). Those weights are validated first on
+        `analyses`, and later epochs must beat that score (`start_validation` in the metadata)
+        rather than the recorded one: a truth run on other hardware follows another trajectory
+        of the same world, whose validation year scores differently. The optimizer's moments
+        were not kept, so AdamW starts them afresh, and the learning rate warms up again over
+        `training.warmup_steps` from the schedule's value at that step. `analyses` (default:
+        the config's) must be the data it was trained on (`check_training_data`). The run's
+        identity records what it continues, so `out` resumes like any other run.
         """
         metadata = read_metadata(checkpoint)
         training = metadata.get("training", {})
@@ -325,8 +329,6 @@ class Trainer:
         }
         self.epoch, self.step = training["epoch"], training["step"]
         self.history = [e for e in training.get("history", []) if e["epoch"] < self.epoch]
-        self.continued_metrics = metadata["validation"]
-        self.best = self.continued_metrics["score"]
 
     def start_from(self, checkpoint: Path, loaded: Any) -> None:
         """Fine-tune: begin with the weights (and normalisation) of `checkpoint`, `loaded`,
@@ -403,22 +405,17 @@ class Trainer:
         stopped mid-epoch loses at most that much work; a run resumed mid-epoch goes on with the
         same batches and noise, and ends with the same weights."""
         self.resume()
-        if self.continued_metrics is not None and not (self.out / LAST / STATE).is_file():
-            self.save_best(self.continued_metrics)  # `out` holds a checkpoint from the start
+        if "continues" in self.identity and not (self.out / LAST / STATE).is_file():
+            self.start_validation = self.validation_metrics()
+            self.best = self.start_validation["score"]
+            self.save_best(self.start_validation)  # `out` holds a checkpoint from the start
             self.save_last()
         end, total = self.settings.epochs, self.total_steps()
         if max_epochs is not None:
             end = min(end, self.epoch + max_epochs)
         for epoch in range(self.epoch, end):
             self.train_epoch(epoch, total, save_minutes)
-            self.emulator.eval()
-            metrics = validate(
-                self.emulator,
-                self.validation,
-                self.settings.validation_inits,
-                self.settings.batch_size,
-                self.settings.validation_lead_steps,
-            )
+            metrics = self.validation_metrics()
             self.history.append({"epoch": epoch, "step": self.step, **metrics})
             self.epoch, self.batch = epoch + 1, 0
             if metrics["score"] < self.best:
@@ -430,6 +427,17 @@ class Trainer:
             self.mark_finished()
         summary = {"out": str(self.out), "best_score": self.best, "finished": finished}
         return {**summary, "history": self.history}
+
+    def validation_metrics(self) -> dict[str, Any]:
+        """The current weights' score on the validation years (`validate`)."""
+        self.emulator.eval()
+        return validate(
+            self.emulator,
+            self.validation,
+            self.settings.validation_inits,
+            self.settings.batch_size,
+            self.settings.validation_lead_steps,
+        )
 
     def train_epoch(self, epoch: int, total: int, save_minutes: float) -> None:
         """The batches of `epoch` from `self.batch` on (of `total` steps in the schedule),
@@ -489,10 +497,15 @@ class Trainer:
                 "device": str(self.device),
                 "threads": torch.get_num_threads(),
                 "history": self.history,  # so far: a run cut short can be continued from it
+                **self.start_record(),
             },
             training_data=self.description,
             validation=metrics,
         )
+
+    def start_record(self) -> dict[str, Any]:
+        """`start_validation` for a continued run's metadata and state; nothing otherwise."""
+        return {} if self.start_validation is None else {"start_validation": self.start_validation}
 
     def mark_finished(self) -> None:
         """Record in the best checkpoint's metadata that the run is over, with its history."""
@@ -521,6 +534,7 @@ class Trainer:
                 "step": self.step,
                 "best": self.best,
                 "history": self.history,
+                **self.start_record(),
                 "param_groups": state["param_groups"],
                 "weights_sha256": sha256_file(last / WEIGHTS),
                 "optimizer_sha256": sha256_file(last / OPTIMIZER),
@@ -545,7 +559,7 @@ class Trainer:
             if training.get("finished"):
                 self.check_identity(training)
                 self.epoch, self.history = self.settings.epochs, training["history"]
-                self.best = min(entry["score"] for entry in self.history)
+                self.best = read_metadata(self.out)["validation"]["score"]
                 return
         if not path.is_file():
             if (self.out / METADATA).exists():
@@ -566,3 +580,4 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
         self.epoch, self.batch, self.step = saved["epoch"], saved.get("batch", 0), saved["step"]
         self.best, self.history = saved["best"], saved["history"]
+        self.start_validation = saved.get("start_validation")

@@ -436,6 +436,12 @@ def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trai
     assert summary["history"][0] == reference[0] and summary["history"][1] != reference[1]
     training = json.loads((tmp_path / "finished" / "metadata.json").read_text())["training"]
     assert training["continues"]["step"] == 6 and training["finished"]
+    # The starting weights, validated again on the same analyses, score what the cut run
+    # recorded for them; epoch 1 must beat that score to replace them.
+    start = training["start_validation"]
+    assert start["score"] == pytest.approx(reference[0]["score"], rel=1e-9)
+    best = min(start["score"], summary["history"][1]["score"])
+    assert summary["best_score"] == best
     code, output = run_cli("train", "--continue", checkpoint, "--out", tmp_path / "finished")
     assert code == 0 and json.loads(output.strip().splitlines()[-1]) == summary["history"][-1]
 
