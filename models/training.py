@@ -165,6 +165,17 @@ class PeriodStates:
 
 
 @torch.no_grad()
+def content_named(tensors: dict[str, torch.Tensor], folder: Path, stem: str) -> tuple[str, str]:
+    """Write `tensors` to `folder/<stem>-<sha256[:16]>.safetensors`; return its name and sha256.
+    A file named by its content is never overwritten with other content mid-write."""
+    temporary = folder / f"{stem}.partial.safetensors"
+    save_tensors(tensors, temporary)
+    digest = sha256_file(temporary)
+    name = f"{stem}-{digest[:16]}.safetensors"
+    temporary.replace(folder / name)
+    return name, digest
+
+
 def validate(
     emulator: Any, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
@@ -514,18 +525,22 @@ class Trainer:
         save_json(metadata, self.out / METADATA)
 
     def save_last(self) -> None:
-        """Weights, optimizer moments and counters, each file replaced atomically; the state
-        JSON goes last, so a run killed mid-save resumes from the previous complete epoch."""
+        """Weights, optimizer moments and counters. The tensor files are named by their content
+        and the state JSON, replaced atomically, goes last and names them; the files of the
+        previous save are removed only after it. A run killed at any point of a save resumes
+        from the previous complete one."""
         last = self.out / LAST
         last.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.emulator.weights(), last / WEIGHTS)
         state = self.optimizer.state_dict()
         moments = {
             f"{index}.{name}": value
             for index, entry in state["state"].items()
             for name, value in entry.items()
         }
-        save_tensors(moments, last / OPTIMIZER)
+        files = {
+            "weights": content_named(self.emulator.weights(), last, "model"),
+            "optimizer": content_named(moments, last, "optimizer"),
+        }
         save_json(
             {
                 **self.identity,
@@ -536,11 +551,15 @@ class Trainer:
                 "history": self.history,
                 **self.start_record(),
                 "param_groups": state["param_groups"],
-                "weights_sha256": sha256_file(last / WEIGHTS),
-                "optimizer_sha256": sha256_file(last / OPTIMIZER),
+                **{f"{part}_file": name for part, (name, _) in files.items()},
+                **{f"{part}_sha256": digest for part, (_, digest) in files.items()},
             },
             last / STATE,
         )
+        kept = {name for name, _ in files.values()}
+        for stale in last.glob("*.safetensors"):
+            if stale.name not in kept:
+                stale.unlink()
 
     def check_identity(self, saved: dict[str, Any]) -> None:
         for key, value in self.identity.items():
@@ -568,11 +587,14 @@ class Trainer:
         saved = json.loads(path.read_text())
         self.check_identity(saved)
         last = self.out / LAST
-        for name, digest in ((WEIGHTS, "weights_sha256"), (OPTIMIZER, "optimizer_sha256")):
-            if sha256_file(last / name) != saved[digest]:
-                raise CheckpointError(f"{last / name}: corrupt (sha256 differs from {STATE})")
-        self.emulator.load_weights(safetensors.torch.load_file(str(last / WEIGHTS)))
-        moments = safetensors.torch.load_file(str(last / OPTIMIZER))
+        # A state saved before its files were named by content names the fixed ones.
+        files = {"weights": WEIGHTS, "optimizer": OPTIMIZER}
+        files = {part: last / saved.get(f"{part}_file", name) for part, name in files.items()}
+        for part, path in files.items():
+            if not path.is_file() or sha256_file(path) != saved[f"{part}_sha256"]:
+                raise CheckpointError(f"{path}: missing or corrupt (sha256 differs from {STATE})")
+        self.emulator.load_weights(safetensors.torch.load_file(str(files["weights"])))
+        moments = safetensors.torch.load_file(str(files["optimizer"]))
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in moments.items():
             index, name = key.split(".", 1)

@@ -28,6 +28,7 @@ from wxens.models.nwp import QGEmulator
 from wxens.models.sfno import SFNOEmulator
 from wxens.models.training import (
     LAST,
+    OPTIMIZER,
     STATE,
     PeriodStates,
     Trainer,
@@ -289,6 +290,12 @@ def weights_of(folder):
     return safetensors.torch.load_file(str(folder / WEIGHTS))
 
 
+def last_weights(out):
+    """The weights of the state in `out/last`, from the file its state JSON names."""
+    name = json.loads((out / LAST / STATE).read_text())["weights_file"]
+    return safetensors.torch.load_file(str(out / LAST / name))
+
+
 def test_training_lowers_the_validation_error_and_keeps_the_best(trained):
     state = json.loads((trained / LAST / STATE).read_text())
     scores = [entry["score"] for entry in state["history"]]
@@ -401,7 +408,7 @@ def test_same_seed_same_weights_and_resume_after_sigkill(world, trained, tmp_pat
     assert interrupted == 1  # killed between the two epochs, so the resume did real work
     for name, value in weights_of(trained).items():
         assert torch.equal(value, weights_of(out)[name]), name
-    assert weights_of(out / LAST).keys() == weights_of(trained / LAST).keys()
+    assert last_weights(out).keys() == last_weights(trained).keys()
 
 
 def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trained, tmp_path):
@@ -418,6 +425,14 @@ def test_max_epochs_stops_and_continue_finishes_a_cut_short_schedule(world, trai
     reference = json.loads((trained / "metadata.json").read_text())["training"]["history"]
     training = json.loads((cut / "metadata.json").read_text())["training"]
     assert "finished" not in training and training["history"] == reference[:1]
+    legacy = tmp_path / "legacy"  # a state saved under the fixed file names resumes as well
+    shutil.copytree(cut, legacy)
+    state = json.loads((legacy / LAST / STATE).read_text())
+    for part, name in (("weights", WEIGHTS), ("optimizer", OPTIMIZER)):
+        (legacy / LAST / state.pop(f"{part}_file")).rename(legacy / LAST / name)
+    (legacy / LAST / STATE).write_text(json.dumps(state))
+    code, output = run_cli("train", *arguments, "--out", legacy)
+    assert code == 0 and json.loads(output.strip().splitlines()[-1]) == reference[1]
     checkpoint = tmp_path / "checkpoint"  # what a run that lost its last/ leaves
     checkpoint.mkdir()
     for name in ("metadata.json", WEIGHTS):
