@@ -164,7 +164,6 @@ class PeriodStates:
         return self.states[index], self.states[index[:, None] + offsets]
 
 
-@torch.no_grad()
 def content_named(tensors: dict[str, torch.Tensor], folder: Path, stem: str) -> tuple[str, str]:
     """Write `tensors` to `folder/<stem>-<sha256[:16]>.safetensors`; return its name and sha256.
     A file named by its content is never overwritten with other content mid-write."""
@@ -176,6 +175,7 @@ def content_named(tensors: dict[str, torch.Tensor], folder: Path, stem: str) -> 
     return name, digest
 
 
+@torch.no_grad()
 def validate(
     emulator: Any, period: PeriodStates, count: int, batch_size: int, steps: int
 ) -> dict[str, Any]:
