@@ -310,9 +310,13 @@ def test_training_beats_the_untrained_network(world, trained):
     """Validation score of the trained emulator against the same network untrained."""
     _, store, config = world
     trainer = Trainer(config, {}, store, 5, trained.parent / "fresh", torch.device("cpu"), True)
+    grad_enabled = []  # validation builds no autograd graph
+    for module in trainer.emulator.modules():
+        module.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
     untrained = validate(trainer.emulator.eval(), trainer.validation, 8, 16, 2)["score"]
     best = json.loads((trained / "metadata.json").read_text())["validation"]["score"]
     assert best < 0.7 * untrained
+    assert grad_enabled and not any(grad_enabled)
 
 
 def test_period_windows_equal_the_lazy_store_pairs(world):
