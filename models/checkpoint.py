@@ -167,7 +167,8 @@ def checkpoint_labels(paths: list[Path]) -> dict[str, Path]:
     Raises CheckpointError when one checkpoint is named twice."""
     resolved = [path.resolve() for path in paths]
     if len(set(resolved)) < len(resolved):
-        twice = next(path for path in paths if resolved.count(path.resolve()) > 1)
+        pairs = zip(paths, resolved, strict=True)
+        twice = next(given for given, full in pairs if resolved.count(full) > 1)
         raise CheckpointError(f"{twice}: the same checkpoint is named twice")
 
     def label(full: Path) -> str:

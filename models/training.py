@@ -574,11 +574,12 @@ class Trainer:
         do nothing more if `out` holds the finished checkpoint of that run."""
         path = self.out / LAST / STATE
         if (self.out / METADATA).is_file():
-            training = read_metadata(self.out).get("training", {})
+            metadata = read_metadata(self.out)
+            training = metadata.get("training", {})
             if training.get("finished"):
                 self.check_identity(training)
                 self.epoch, self.history = self.settings.epochs, training["history"]
-                self.best = read_metadata(self.out)["validation"]["score"]
+                self.best = metadata["validation"]["score"]
                 return
         if not path.is_file():
             if (self.out / METADATA).exists():
@@ -588,8 +589,10 @@ class Trainer:
         self.check_identity(saved)
         last = self.out / LAST
         # A state saved before its files were named by content names the fixed ones.
-        files = {"weights": WEIGHTS, "optimizer": OPTIMIZER}
-        files = {part: last / saved.get(f"{part}_file", name) for part, name in files.items()}
+        files = {
+            part: last / saved.get(f"{part}_file", name)
+            for part, name in (("weights", WEIGHTS), ("optimizer", OPTIMIZER))
+        }
         for part, path in files.items():
             if not path.is_file() or sha256_file(path) != saved[f"{part}_sha256"]:
                 raise CheckpointError(f"{path}: missing or corrupt (sha256 differs from {STATE})")
