@@ -7,11 +7,15 @@ each round one new ensemble (the first round two). Each try runs the kind's ense
 calibration inits and scores it against the analyses; its objective is
 
     J = mean_{variable, lead} CRPS / sigma_clim  x  (1 + 10 mean_{variable, lead} e),
-    e = max(0, |spread-skill ratio - 1| - 0.1)
+    e = max(0, |spread-skill ratio - 1| - b)
 
 over the leads of days 2 to 10 (those of the run), `sigma_clim` each variable's area-mean
 temporal standard deviation over the calibration period: the fair CRPS, made unitless, and a
-penalty that is zero while the spread-skill ratio stays within [0.9, 1.1]. Golden-section
+penalty that is zero while the spread-skill ratio stays within [1 - b, 1 + b] (`band` b, 0.1
+by default). Near its minimum the fair CRPS is flat (it changes by about 0.1 % while the
+ratio moves by 0.05), so J cannot tell tries apart there; a narrower band (b = 0.05) picks the try
+whose every day is nearest 1, and leaves room for a test period whose weather shifts the ratio
+of a day by a few hundredths. Golden-section
 search assumes J unimodal in the knob, which a dispersion knob gives (CRPS falls, then rises,
 as the spread passes the error); `rounds` rounds shrink the bracket by 0.618^rounds.
 
@@ -141,11 +145,12 @@ class Calibration:
     """What a calibration tried (`tries`: knob value, objective J, mean normalised CRPS, mean
     spread-skill ratio, mean outlier fraction over the calibrated one 2/(M+1), M members; all
     over days 2-10) and the value it chose. J does not use the outliers: they show where the
-    spread is, which the ratio, a mean, does not."""
+    spread is, which the ratio, a mean, does not. `band`: the half-width b of J's band."""
 
     knob: str
     kind: str
     tries: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    band: float = 0.1
 
     @property
     def best(self) -> tuple[float, float, float, float, float]:
@@ -212,6 +217,19 @@ def check_request(config: ExperimentConfig, kind: str, knob: str, init_times: np
     return KNOBS[knob]
 
 
+def objective_j(crps: float, ratio: np.ndarray | xr.DataArray, band: float = 0.1) -> float:
+    """The search's objective: the mean normalised fair CRPS `crps` (unitless) times
+    `1 + 10 mean(max(0, |ratio - 1| - band))` over the spread-skill ratios `ratio` of each
+    variable and lead (see the module).
+
+    Example:
+        >>> round(objective_j(0.3, np.array([1.0, 1.15, 0.8]), band=0.1), 4)
+        0.325
+    """
+    excess = float(np.maximum(0.0, abs(np.asarray(ratio) - 1) - band).mean())
+    return crps * (1 + 10 * excess)
+
+
 def calibrate(
     config_path: Path,
     kind: str,
@@ -224,6 +242,7 @@ def calibrate(
     rounds: int = 6,
     low: float | None = None,
     high: float | None = None,
+    band: float = 0.1,
 ) -> Calibration:
     """Tune `knob` of `kind`'s members on `init_times` (see the module); return the tries."""
     from wxens.verification.verify import VerifyOptions, score
@@ -235,13 +254,15 @@ def calibrate(
     high = chosen.high if high is None else high
     if rounds < 1:
         raise ForecastError(f"the search needs at least 1 round, got {rounds}")
+    if not 0 < band < 1:
+        raise ForecastError(f"the spread-skill band needs 0 < band < 1, got {band}")
     if not 0 < low < high:
         raise ForecastError(f"the search range needs 0 < low < high, got {low} and {high}")
     source = Path(analyses or config.analyses)
     truth = open_analyses(source)
     period = truth[list(config.variables)].sel(time=slice(init_times[0], init_times[-1]))
     sigma = period.std("time").mean(("latitude", "longitude")).to_array("variable").compute()
-    result = Calibration(knob, kind)
+    result = Calibration(knob, kind, band=band)
 
     def objective(log_value: float) -> float:
         value = math.exp(log_value)
@@ -269,8 +290,7 @@ def calibrate(
         scores = scores.where((days >= 2) & (days <= 10), drop=True)
         crps = float((scores.crps.sel(system="forecast") / sigma).mean())
         ratio = scores.spread_skill_ratio.sel(system="forecast")
-        excess = float(np.maximum(0.0, abs(ratio - 1) - 0.1).mean())
-        j = crps * (1 + 10 * excess)
+        j = objective_j(crps, ratio, band)
         outliers = float(scores.outlier_fraction.sel(system="forecast").mean()) * (members + 1) / 2
         result.tries.append((value, j, crps, float(ratio.mean()), outliers))
         return j
@@ -290,7 +310,8 @@ def write_calibrated(calibration: Calibration, config_path: Path, out: Path, kno
     relative = os.path.relpath(Path(config_path).resolve(), Path(out).resolve().parent)
     header = [
         f"# wxens calibrate: {calibration.knob} of kind {calibration.kind} (golden-section",
-        "# search; J = mean CRPS / sigma_clim x (1 + 10 x mean excess of |ratio - 1| over 0.1),",
+        "# search; J = mean CRPS / sigma_clim x (1 + 10 x mean excess of |ratio - 1| over"
+        f" {calibration.band:g}),",
         "# leads of days 2-10). What it tried:",
         *[f"# {line}" for line in calibration.table().splitlines()],
     ]

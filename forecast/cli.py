@@ -846,12 +846,22 @@ def calibrate_command(
     low: Annotated[float | None, typer.Option("--low", help="Lowest value tried.")] = None,
     high: Annotated[float | None, typer.Option("--high", help="Highest value tried.")] = None,
     analyses: AnalysesOption = None,
+    band: Annotated[
+        float,
+        typer.Option(
+            "--band",
+            help=(
+                "Half-width b of the band [1 - b, 1 + b] the spread-skill ratio of each day"
+                " is held in; 0.05 leaves room for another period's weather."
+            ),
+        ),
+    ] = 0.1,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Tune one dispersion knob of one member kind on calibration inits that never overlap
     the test period: golden-section search for the lowest fair CRPS with the spread-skill
-    ratio held in [0.9, 1.1] over days 2-10; writes a config with the chosen value and the
-    table of what it tried (--config itself is never changed)."""
+    ratio held in [0.9, 1.1] (--band) over days 2-10; writes a config with the chosen value
+    and the table of what it tried (--config itself is never changed)."""
     import pandas as pd
     from wxens.data_pipeline.analysis_store import StoreError
     from wxens.forecast.calibrate import KNOBS, calibrate, write_calibrated
@@ -875,6 +885,7 @@ def calibrate_command(
             rounds=rounds,
             low=low,
             high=high,
+            band=band,
         )
     except (StoreError, CheckpointError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])

@@ -10,7 +10,13 @@ import pytest
 import yaml
 from scipy.optimize import minimize_scalar
 from wxens.data_pipeline.config import load_config
-from wxens.forecast.calibrate import KNOBS, Calibration, golden_section, write_calibrated
+from wxens.forecast.calibrate import (
+    KNOBS,
+    Calibration,
+    golden_section,
+    objective_j,
+    write_calibrated,
+)
 
 
 def test_golden_section_finds_scipys_minimum_in_rounds_plus_one_calls():
@@ -25,6 +31,16 @@ def test_golden_section_finds_scipys_minimum_in_rounds_plus_one_calls():
     assert found == pytest.approx(reference.x, abs=1e-5)
     assert found == pytest.approx(math.log(3), abs=1e-5)
     assert len(calls) == 31
+
+
+def test_the_objective_penalises_each_ratio_outside_the_band_by_its_excess():
+    """J = CRPS (1 + 10 mean(max(0, |r - 1| - b))), by hand: ratios 1.0, 1.15 and 0.8 exceed
+    the 0.1 band by 0, 0.05 and 0.1 (mean 0.05, J = 1.5 CRPS); the 0.05 band by 0, 0.1 and
+    0.15 (mean 1/12, J = 1.8333 CRPS); and a ratio inside both bands costs nothing."""
+    ratios = np.array([1.0, 1.15, 0.8])
+    assert objective_j(0.3, ratios) == pytest.approx(0.3 * 1.5)
+    assert objective_j(0.3, ratios, band=0.05) == pytest.approx(0.3 * (1 + 10 / 12))
+    assert objective_j(0.3, np.array([0.96, 1.04]), band=0.05) == pytest.approx(0.3)
 
 
 def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_path):
@@ -55,6 +71,7 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
         ([*period, "--knob", "tendency_sigma"], "kind nwp has no deterministic tendency"),
         ([*period, "--knob", "tendency_additive"], "kind nwp has no emulated tendency"),
         ([*period, "--knob", "spread"], "knob 'spread': expected one of"),
+        ([*period, "--band", 0], "the spread-skill band needs 0 < band < 1, got 0.0"),
     ):
         knob = [] if "--knob" in bad else ["--knob", "bred_fraction"]
         code, output = wxens("calibrate", *common, *bad, *knob, "--out", tmp_path / "x.yaml")
@@ -72,10 +89,11 @@ def test_the_written_config_keeps_the_kinds_other_settings(tiny_world, tmp_path)
         "fgn": {"noise_scale": 2.0, "noise_ramp_hours": 48},
     }}}  # fmt: skip
     tuned.write_text(yaml.safe_dump(data))
-    calibration = Calibration("noise_scale", "fgn")
+    calibration = Calibration("noise_scale", "fgn", band=0.05)
     calibration.tries += [(3.0, 0.5, 0.4, 0.9, 1.2), (4.5, 0.3, 0.35, 1.0, 1.1)]
     out = tmp_path / "calibrated.yaml"
     write_calibrated(calibration, tuned, out, KNOBS["noise_scale"])
+    assert "excess of |ratio - 1| over 0.05)" in out.read_text()
     kinds = load_config(out).ensemble.kinds
     assert kinds["fgn"].noise_scale == 4.5 and kinds["fgn"].noise_ramp_hours == 48
     assert kinds["sfno"].share == 2 and kinds["sfno"].tendency_ramp_hours == 24
