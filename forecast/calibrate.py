@@ -224,7 +224,7 @@ def objective_j(crps: float, ratio: np.ndarray | xr.DataArray, band: float = 0.1
 
     Example:
         >>> round(objective_j(0.3, np.array([1.0, 1.15, 0.8]), band=0.1), 4)
-        0.325
+        0.45
     """
     excess = float(np.maximum(0.0, abs(np.asarray(ratio) - 1) - band).mean())
     return crps * (1 + 10 * excess)
