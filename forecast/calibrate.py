@@ -13,11 +13,11 @@ over the leads of days 2 to 10 (those of the run), `sigma_clim` each variable's 
 temporal standard deviation over the calibration period: the fair CRPS, made unitless, and a
 penalty that is zero while the spread-skill ratio stays within [1 - b, 1 + b] (`band` b, 0.1
 by default). Near its minimum the fair CRPS is flat (it changes by about 0.1 % while the
-ratio moves by 0.05), so J cannot tell tries apart there; a narrower band (b = 0.05) picks the try
-whose every day is nearest 1, and leaves room for a test period whose weather shifts the ratio
-of a day by a few hundredths. Golden-section
-search assumes J unimodal in the knob, which a dispersion knob gives (CRPS falls, then rises,
-as the spread passes the error); `rounds` rounds shrink the bracket by 0.618^rounds.
+ratio moves by 0.05), so J cannot tell tries apart there; a narrower band (b = 0.05) picks
+the try whose every day is nearest 1, and leaves room for a test period whose weather shifts
+the ratio of a day by a few hundredths. Golden-section search assumes J unimodal in the
+knob, which a dispersion knob gives (CRPS falls, then rises, as the spread passes the
+error); `rounds` rounds shrink the bracket by 0.618^rounds.
 
 Refused in one line, with no config written: a calibration period that overlaps the test
 period, a knob the kind does not have, fewer than `MIN_INITS` inits.
