@@ -572,7 +572,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from `out/last` if an earlier run with the same identity left it there;
         do nothing more if `out` holds the finished checkpoint of that run."""
-        path = self.out / LAST / STATE
+        last = self.out / LAST
         if (self.out / METADATA).is_file():
             metadata = read_metadata(self.out)
             training = metadata.get("training", {})
@@ -581,21 +581,20 @@ class Trainer:
                 self.epoch, self.history = self.settings.epochs, training["history"]
                 self.best = metadata["validation"]["score"]
                 return
-        if not path.is_file():
+        if not (last / STATE).is_file():
             if (self.out / METADATA).exists():
                 raise CheckpointError(f"{self.out}: holds a checkpoint but no {LAST}/{STATE}")
             return
-        saved = json.loads(path.read_text())
+        saved = json.loads((last / STATE).read_text())
         self.check_identity(saved)
-        last = self.out / LAST
         # A state saved before its files were named by content names the fixed ones.
         files = {
             part: last / saved.get(f"{part}_file", name)
             for part, name in (("weights", WEIGHTS), ("optimizer", OPTIMIZER))
         }
-        for part, path in files.items():
-            if not path.is_file() or sha256_file(path) != saved[f"{part}_sha256"]:
-                raise CheckpointError(f"{path}: missing or corrupt (sha256 differs from {STATE})")
+        for part, file in files.items():
+            if not file.is_file() or sha256_file(file) != saved[f"{part}_sha256"]:
+                raise CheckpointError(f"{file}: missing or corrupt (sha256 differs from {STATE})")
         self.emulator.load_weights(safetensors.torch.load_file(str(files["weights"])))
         moments = safetensors.torch.load_file(str(files["optimizer"]))
         state: dict[int, dict[str, torch.Tensor]] = {}
