@@ -48,6 +48,9 @@ band the search holds it to."""
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
+BAND = 0.1
+"""The default half-width b of the band [1 - b, 1 + b] that J holds each spread-skill ratio in."""
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -150,7 +153,7 @@ class Calibration:
     knob: str
     kind: str
     tries: list[tuple[float, float, float, float, float]] = field(default_factory=list)
-    band: float = 0.1
+    band: float = BAND
 
     @property
     def best(self) -> tuple[float, float, float, float, float]:
@@ -217,7 +220,7 @@ def check_request(config: ExperimentConfig, kind: str, knob: str, init_times: np
     return KNOBS[knob]
 
 
-def objective_j(crps: float, ratio: np.ndarray | xr.DataArray, band: float = 0.1) -> float:
+def objective_j(crps: float, ratio: np.ndarray | xr.DataArray, band: float = BAND) -> float:
     """The search's objective: the mean normalised fair CRPS `crps` (unitless) times
     `1 + 10 mean(max(0, |ratio - 1| - band))` over the spread-skill ratios `ratio` of each
     variable and lead (see the module).
@@ -242,7 +245,7 @@ def calibrate(
     rounds: int = 6,
     low: float | None = None,
     high: float | None = None,
-    band: float = 0.1,
+    band: float = BAND,
 ) -> Calibration:
     """Tune `knob` of `kind`'s members on `init_times` (see the module); return the tries."""
     from wxens.verification.verify import VerifyOptions, score
