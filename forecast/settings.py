@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from wxens.models.settings import Sampler
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -63,8 +64,9 @@ class MemberKind(Strict):
     it further by a factor piecewise linear in the hours the member has stepped, given as
     `{hours: factor}` knots and constant beyond the first and the last (empty: 1): a
     lead-dependent inflation, such as more noise at days 3-6 than at day 2 or 10.
-    `sampler_steps` overrides a diffusion checkpoint's `DiffusionConfig.sampler_steps` (null:
-    as trained): more levels cost more denoiser calls and bias the spread less.
+    `sampler_steps` and `sampler` override a diffusion checkpoint's `DiffusionConfig` ones
+    (null: as trained): more levels cost more denoiser calls and bias the spread less;
+    `dpmpp_2m` makes one call a level where `heun` makes two.
     `tendency_sigma` perturbs a deterministic SFNO member's tendencies step by step, with a
     pattern of its own correlated over `tendency_length_km` and `tendency_hours` (0: white in
     time) (`models.sfno`, SPPT; 0: none): model uncertainty that grows the spread with the lead,
@@ -83,6 +85,7 @@ class MemberKind(Strict):
         "noise_ramp_hours": "draw no noise",
         "noise_profile": "draw no noise",
         "sampler_steps": "have no sampler levels",
+        "sampler": "have no sampler",
         "tendency_sigma": "have no deterministic tendency to scale",
         "tendency_length_km": "have no emulated tendency to perturb",
         "tendency_hours": "have no emulated tendency to perturb",
@@ -97,6 +100,7 @@ class MemberKind(Strict):
     noise_ramp_hours: float = Field(0.0, ge=0)
     noise_profile: dict[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = {}
     sampler_steps: int | None = Field(None, ge=2)
+    sampler: Sampler | None = None
     tendency_sigma: float = Field(0.0, ge=0)
     tendency_length_km: PositiveFloat = 2000.0
     tendency_hours: float = Field(0.0, ge=0)

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
+Sampler = Literal["heun", "euler", "dpmpp_2m"]
+"""A diffusion member's ODE sampler (`models.diffusion.SAMPLERS`)."""
+
 
 class Strict(BaseModel):
     """A settings section: unknown keys are refused, values are frozen."""
@@ -81,7 +84,8 @@ class DiffusionConfig(Strict):
     """The diffusion emulator (`models.diffusion`, EDM; Karras et al. 2022, arXiv:2206.00364):
     an SFNO (`sfno`) denoiser of the normalised 6 h tendency, its noise level sigma entering
     through a sinusoidal embedding of `noise_embedding` numbers. Sampling: `sampler` (`heun`,
-    EDM's 2nd order; `euler`, 1st order, DDIM-like) on `sampler_steps` levels from `sigma_max`
+    EDM's 2nd order; `euler`, 1st order, DDIM-like; `dpmpp_2m`, DPM-Solver++(2M), 2nd order
+    with one denoiser call a level) on `sampler_steps` levels from `sigma_max`
     to `sigma_min` spaced as `rho`; training draws ln sigma ~ N(`p_mean`, `p_std`^2) and adds
     to each conditioning state white noise of `input_noise` times each channel's 6 h tendency
     std (projected to the truncation; 0: none), its target still the true next state, so the
@@ -97,7 +101,7 @@ class DiffusionConfig(Strict):
     the 6 h tendency std: 1 for the whole tendency, the SFNO's 6 h error for a correction."""
 
     sampler_steps: int = Field(8, ge=2)
-    sampler: Literal["heun", "euler"] = "heun"
+    sampler: Sampler = "heun"
     sigma_min: PositiveFloat = 0.002
     sigma_max: PositiveFloat = 80.0
     rho: PositiveFloat = 7.0
