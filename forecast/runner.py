@@ -98,6 +98,8 @@ class EnsembleSpec:
     device: str
     stats_json: str
     bred_rmse_48h_json: str  # per model, {variable: RMSE}, or null where it does not breed
+    model_names: tuple[str, ...] = ()  # per model: its checkpoint's name (`load_models`)
+    model_kinds: tuple[str, ...] = ()  # per model: its kind
 
     @property
     def config(self) -> ExperimentConfig:
@@ -110,22 +112,30 @@ def load_models(
     """The members' models: `model` names a kind of the registry (`models.kinds.KINDS`). One
     built from the config (the NWP baseline, `nwp`) is built; one of checkpoints (`sfno`)
     loads the `checkpoints`, each checked against `config`, its kind against
-    `ensemble.kinds`, whose forecast-time settings its kind then applies to it."""
+    `ensemble.kinds`, whose forecast-time settings its kind then applies to it, and makes its
+    kind's member models of it (`EmulatorKind.member_models`: itself, or one per mean network
+    of a residual diffusion checkpoint)."""
     built = KINDS[model]
     if not built.from_checkpoints:
         return [built.build(config, None, device)]
-    loaded = [load_checkpoint(path, config, device) for path in checkpoints]
     kinds = config.ensemble.kinds
-    for path, emulator in zip(checkpoints, loaded, strict=True):
+    models: list[Emulator] = []
+    for path in checkpoints:
+        emulator = load_checkpoint(path, config, device)
+        emulator.name = Path(path).name
         if emulator.kind not in kinds:
             raise CheckpointError(
                 f"{path}: a checkpoint of kind {emulator.kind}, but ensemble.kinds is {list(kinds)}"
             )
-        KINDS[emulator.kind].use_member_settings(emulator, kinds[emulator.kind])
-    missing = [kind for kind in kinds if kind not in {e.kind for e in loaded}]
+        kind, members = KINDS[emulator.kind], kinds[emulator.kind]
+        kind.use_member_settings(emulator, members)
+        models += kind.member_models(
+            emulator, members, lambda other: load_checkpoint(other, config, device)
+        )
+    missing = [kind for kind in kinds if kind not in {e.kind for e in models}]
     if missing:
         raise CheckpointError(f"ensemble.kinds has {missing[0]}, but no checkpoint of that kind")
-    return loaded
+    return models
 
 
 def member_checkpoints(
@@ -237,6 +247,8 @@ def prepare(
         str(device),
         json.dumps(stats.to_dict()),
         json.dumps(rmse),
+        tuple(m.name for m in models) if from_checkpoints else (),
+        tuple(m.kind for m in models) if from_checkpoints else (),
     )
 
 
@@ -554,8 +566,8 @@ def fingerprint(
     later version, whose default keeps the earlier numbers, leaves the fingerprints of existing
     stores and archives as they were (while changing a default's value is a change of the code,
     which no fingerprint covers)."""
-    weights = [read_metadata(Path(p))["weights_sha256"] for p in spec.checkpoints]
-    ignored = ("checkpoints", "device", "config_json")
+    weights = [read_metadata(path)["weights_sha256"] for path in checkpoint_files(spec)]
+    ignored = ("checkpoints", "device", "config_json", "model_names", "model_kinds")
     identity = {
         **{k: v for k, v in asdict(spec).items() if k not in ignored},
         "config": spec.config.model_dump(mode="json", exclude_defaults=True),
@@ -564,6 +576,14 @@ def fingerprint(
         **({"seeds": seeds.fingerprint} if seeds is not None else {}),
     }
     return sha256_json(identity)
+
+
+def checkpoint_files(spec: EnsembleSpec) -> list[Path]:
+    """The checkpoints whose weights set the members: the spec's, then the mean networks of
+    `ensemble.kinds.<kind>.mean_checkpoints`."""
+    kinds = spec.config.ensemble.kinds.values()
+    means = [path for kind in kinds for path in kind.mean_checkpoints]
+    return [Path(p) for p in spec.checkpoints] + (find_checkpoints(means) if means else [])
 
 
 def run_identity(init_times: np.ndarray, lead_times: np.ndarray, members: int) -> dict:
@@ -959,7 +979,7 @@ def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> E
     """The `EnsembleRun` of a config's ensemble (`prepare`); `recorded` are the options kept
     in the store's attributes."""
     config = spec.config
-    kinds = [read_metadata(Path(p))["kind"] for p in spec.checkpoints] or [spec.model]
+    kinds = list(spec.model_kinds) or [spec.model]
     seeds = seed_states(spec)
 
     def identity(init_times: np.ndarray, lead_times: np.ndarray, members: int) -> str:
@@ -975,7 +995,7 @@ def spec_run(spec: EnsembleSpec, recorded: dict[str, object], command: str) -> E
         timestep=forecaster_timestep(spec),
         device=torch.device(spec.device),
         micro_batch=micro_batch(config, spec.model),
-        names=[Path(p).name for p in spec.checkpoints] or [spec.model],
+        names=list(spec.model_names) or [spec.model],
         kinds=kinds,
         checkpoint_of=functools.partial(member_checkpoints, kinds=kinds, config=config),
         identity=identity,
@@ -1004,9 +1024,10 @@ def field_attrs(dataset: xr.Dataset) -> dict[str, dict[str, str]]:
 def store_attrs(
     spec: EnsembleSpec, identity: str, recorded: dict[str, object], command: str
 ) -> dict[str, object]:
-    """Provenance: config, command options, checkpoints and their sha256, seeds, versions."""
+    """Provenance: config, command options, checkpoints (the mean networks' too) and their
+    sha256, seeds, versions."""
     config = spec.config
-    labels = checkpoint_labels([Path(p) for p in spec.checkpoints])
+    labels = checkpoint_labels(checkpoint_files(spec))
     weights = {label: read_metadata(path)["weights_sha256"] for label, path in labels.items()}
     return {
         **provenance(json.loads(spec.config_json), command, **recorded),

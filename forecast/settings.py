@@ -74,6 +74,10 @@ class MemberKind(Strict):
     ramps up linearly over the member's first `tendency_ramp_hours` (0: none).
     `tendency_additive` adds the same pattern times the 6 h tendency's std (0: none), ramped
     alike: spread where the tendency itself, and so the multiplicative part, is small.
+    `mean_checkpoints` (SFNO checkpoints, or folders of them) replaces a residual diffusion
+    checkpoint's frozen mean network with each one's in turn, one member model per checkpoint
+    that the members cycle over as over `ensemble.checkpoints` (empty: its own): the
+    multi-checkpoint model uncertainty of the SFNO ensemble under the sampled corrections.
 
     `share` and `initial` apply to every kind; each of `FORECAST_SETTINGS` only to the kinds
     that read it (`models.kinds.EmulatorKind.member_settings`): set away from its default for
@@ -91,6 +95,7 @@ class MemberKind(Strict):
         "tendency_hours": "have no emulated tendency to perturb",
         "tendency_ramp_hours": "have no emulated tendency to perturb",
         "tendency_additive": "have no emulated tendency to perturb",
+        "mean_checkpoints": "have no mean network",
     }
     """The settings that only some kinds read, and what the others lack (for the error)."""
 
@@ -106,6 +111,7 @@ class MemberKind(Strict):
     tendency_hours: float = Field(0.0, ge=0)
     tendency_ramp_hours: float = Field(0.0, ge=0)
     tendency_additive: float = Field(0.0, ge=0)
+    mean_checkpoints: tuple[Path, ...] = ()
 
     def forecast_settings(self) -> list[str]:
         """The names of the `FORECAST_SETTINGS` set away from their defaults."""

@@ -63,12 +63,14 @@ at N = 16; Euler's is 0.6-0.7 and 0.8-0.85 times; DPM-Solver++(2M)'s 1.09-1.19 a
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from wxens.models.checkpoint import CheckpointError, find_checkpoints
 from wxens.models.fgn import (
     NOISY_MEMBER_SETTINGS,
     NoisyEmulator,
@@ -82,7 +84,10 @@ from wxens.models.settings import DiffusionConfig
 from wxens.models.sfno import build_network
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from wxens.data_pipeline.config import ExperimentConfig, MemberKind, TrainingConfig
+    from wxens.models.emulator import Emulator
 
 SIGMA_DATA = 1.0
 """The std of the whole normalised tendency (1 by construction): `sigma_data` where none is
@@ -261,6 +266,28 @@ class DiffusionEmulator(NoisyEmulator):
         if self.mean_network is not None:
             self.mean_network.load_state_dict(mean)
 
+    def with_mean_network(self, sfno: Emulator, source: str) -> DiffusionEmulator:
+        """A copy of this residual member whose frozen mean network is `sfno`'s network (from
+        checkpoint `source`): the same sampled corrections under another deterministic SFNO,
+        such as another seed of the one it was trained on. `sfno` must have the mean network's
+        architecture (`starting_network`'s: its `sfno` settings, the precision aside, and its
+        normalisation).
+
+        Raises CheckpointError (one line naming `source`) for a member without a mean network
+        or an `sfno` of another kind or architecture."""
+        if self.mean_network is None:
+            raise CheckpointError(f"{source}: this diffusion member has no mean network to replace")
+        _, ours = self.starting_network()
+        theirs = sfno.architecture()
+        theirs = {**theirs, "sfno": {**theirs.get("sfno", {}), "precision": self.sfno.precision}}
+        differing = [key for key in ours if key in theirs and theirs[key] != ours[key]]
+        if sfno.kind != "sfno" or differing:
+            what = f"kind {sfno.kind}" if sfno.kind != "sfno" else f"its {differing[0]} differs"
+            raise CheckpointError(f"{source}: cannot be a diffusion member's mean network ({what})")
+        member = copy.deepcopy(self)
+        member.mean_network.load_state_dict(sfno.network.state_dict())
+        return member
+
     def starting_network(self) -> tuple[torch.nn.Module, dict]:
         """An SFNO checkpoint starts the mean network where there is one (its architecture's
         `sfno`, the precision aside, must be `mean_network`); else the denoiser."""
@@ -379,6 +406,22 @@ def check_mean_network(config: ExperimentConfig) -> None:
         )
 
 
+def members_with_means(
+    emulator: DiffusionEmulator, members: MemberKind, load: Callable[[Path], Emulator]
+) -> list[Emulator]:
+    """One member model per SFNO checkpoint of `members.mean_checkpoints`, each the residual
+    `emulator` with that checkpoint's network as its mean, named `<emulator>+<checkpoint>`
+    (`diffusion-seed1+sfno-seed2`; none listed: `emulator` itself)."""
+    if not members.mean_checkpoints:
+        return [emulator]
+    models = []
+    for path in find_checkpoints(list(members.mean_checkpoints)):
+        model = emulator.with_mean_network(load(path), str(path))
+        model.name = f"{emulator.name}+{path.name}"
+        models.append(model)
+    return models
+
+
 DIFFUSION = register_kind(
     EmulatorKind(
         name="diffusion",
@@ -390,8 +433,9 @@ DIFFUSION = register_kind(
         loss=diffusion_loss,
         validation=sampled_validation,
         score="crps",
-        member_settings=(*NOISY_MEMBER_SETTINGS, "sampler_steps", "sampler"),
+        member_settings=(*NOISY_MEMBER_SETTINGS, "sampler_steps", "sampler", "mean_checkpoints"),
         use_member_settings=DiffusionEmulator.use_member_settings,
+        member_models=members_with_means,
         check=check_mean_network,
     )
 )

@@ -11,7 +11,9 @@ An entry holds everything the rest of wxens needs to know about a kind, so that 
 - `load`, the emulator from a checkpoint's `architecture` (None: no checkpoints; the NWP);
 - `loss` and `validation`, its training loss and validation terms (None: not trainable);
 - `member_settings`, the forecast-time settings of `ensemble.kinds.<name>` it reads
-  (`MemberKind.FORECAST_SETTINGS`), and `use_member_settings`, which applies them.
+  (`MemberKind.FORECAST_SETTINGS`), `use_member_settings`, which applies them, and
+  `member_models`, the member models a checkpoint makes under them (itself, or one per mean
+  network of a residual diffusion checkpoint).
 
 A kind's module registers its entry when it is imported (`KINDS.register`); the registry
 imports the built-in kinds' modules (`BUILTIN`) the first time it is read. Adding a kind
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from pydantic import BaseModel
     from wxens.data_pipeline.config import ExperimentConfig, MemberKind
@@ -63,6 +67,13 @@ def _apply_nothing(emulator: Emulator, members: MemberKind) -> None:
     """A kind that reads no forecast-time member settings."""
 
 
+def _itself(
+    emulator: Emulator, members: MemberKind, load: Callable[[Path], Emulator]
+) -> list[Emulator]:
+    """A kind whose checkpoint makes one member model: the emulator itself."""
+    return [emulator]
+
+
 def _ensemble_micro_batch(config: ExperimentConfig) -> int:
     return config.ensemble.micro_batch
 
@@ -80,6 +91,8 @@ class EmulatorKind:
     kinds whose checkpoints can start its training (`--init-from`) though they lack some of
     its layers (an FGN starts from an SFNO: its noise layers start at zero). `check(config)`
     raises ValueError (one line, a dotted path) where the config cannot run this kind.
+    `member_models(emulator, members, load)` are the member models one loaded checkpoint makes
+    under `ensemble.kinds.<name>` (`load(path)` loads another checkpoint).
     `micro_batch(config)` is its members per CPU forward pass.
     """
 
@@ -95,6 +108,9 @@ class EmulatorKind:
     starts_from: tuple[str, ...] = ()
     member_settings: tuple[str, ...] = ()
     use_member_settings: Callable[[Emulator, MemberKind], None] = _apply_nothing
+    member_models: Callable[[Emulator, MemberKind, Callable[[Path], Emulator]], list[Emulator]] = (
+        _itself
+    )
     check: Callable[[ExperimentConfig], None] | None = None
     micro_batch: Callable[[ExperimentConfig], int] = _ensemble_micro_batch
 

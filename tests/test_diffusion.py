@@ -6,10 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import xarray as xr
 import yaml
-from member_kinds import check_mixed_ensemble, check_sampling_per_member, check_two_draws_differ
+from member_kinds import (
+    check_mixed_ensemble,
+    check_sampling_per_member,
+    check_two_draws_differ,
+    member_kinds,
+    one_day_forecast,
+)
 from wxens.data_pipeline.config import ConfigError, MemberKind, load_config, parse_config
 from wxens.forecast.runner import load_models
 from wxens.models.checkpoint import CheckpointError, load_checkpoint
@@ -311,3 +319,66 @@ def test_a_residual_member_refuses_an_sfno_of_other_settings(
         ConfigError, match=r"diffusion\.mean_network\.gradient_features: False differs"
     ):
         parse_config(data)
+
+
+def test_mean_checkpoints_put_each_sfno_under_the_same_corrections(
+    residual_checkpoint, residual_config, tiny_checkpoints, diffusion_checkpoint, tmp_path, wxens
+):
+    """`ensemble.kinds.diffusion.mean_checkpoints: [the tiny SFNOs]` makes one member model per
+    SFNO: its mean network holds that SFNO's weights bitwise and its denoiser the checkpoint's.
+    A one-day forecast of 8 members cycles over them by bred pairs, the store names each
+    (`diffusion-seed1+sfno-seed2`) and records their weights' sha256, and 4 members run alone
+    equal the first 4. Refused in one line: a mean checkpoint of another kind, a diffusion
+    checkpoint without a mean network, another kind setting it."""
+    data = yaml.safe_load(residual_config.read_text())
+    data["ensemble"] = {
+        "kinds": {"diffusion": {"mean_checkpoints": [str(tiny_checkpoints)]}},
+        "checkpoint_group": 2,
+    }
+    means = tmp_path / "means.yaml"
+    means.write_text(yaml.safe_dump(data))
+    config = load_config(means)
+    models = load_models("sfno", [str(residual_checkpoint)], config, torch.device("cpu"))
+    residual = load_checkpoint(residual_checkpoint, config)
+    assert [m.name for m in models] == [f"diffusion-seed1+sfno-seed{k}" for k in (1, 2)]
+    for model, seed in zip(models, (1, 2), strict=True):
+        sfno = load_checkpoint(tiny_checkpoints / f"sfno-seed{seed}", config)
+        for name, value in sfno.network.state_dict().items():
+            assert torch.equal(model.weights()[MEAN_PREFIX + name], value), name
+        for name, value in residual.network.state_dict().items():
+            assert torch.equal(model.network.state_dict()[name], value), name
+
+    code, output = one_day_forecast(wxens, means, [residual_checkpoint], 8, tmp_path / "a.zarr")
+    assert code == 0, output
+    store = xr.open_zarr(tmp_path / "a.zarr")
+    kinds, names = member_kinds(store)
+    assert kinds == ["diffusion"] * 8
+    assert names == ["diffusion-seed1+sfno-seed1", "diffusion-seed1+sfno-seed2"]
+    assert store["checkpoint"].values.tolist() == [0, 0, 1, 1] * 2
+    weights = json.loads(store.attrs["wxens_checkpoints_sha256"])
+    assert set(weights) == {"diffusion-seed1", "sfno-seed1", "sfno-seed2"}
+    values = store["psi_upper"].values
+    assert not np.array_equal(values[:, -1, 0], values[:, -1, 2])  # another mean, another step
+    code, output = one_day_forecast(wxens, means, [residual_checkpoint], 4, tmp_path / "b.zarr")
+    assert code == 0, output
+    np.testing.assert_array_equal(
+        xr.open_zarr(tmp_path / "b.zarr")["psi_upper"].values, values[:, :, :4]
+    )
+
+    for mean, checkpoint, refused in (
+        (
+            residual_checkpoint,
+            residual_checkpoint,
+            "cannot be a diffusion member's mean network (kind diffusion)",
+        ),
+        (tiny_checkpoints, diffusion_checkpoint, "has no mean network to replace"),
+    ):
+        data["ensemble"]["kinds"]["diffusion"]["mean_checkpoints"] = [str(mean)]
+        means.write_text(yaml.safe_dump(data))
+        code, output = one_day_forecast(wxens, means, [checkpoint], 4, tmp_path / "c.zarr")
+        assert code == 1 and refused in output, output
+        assert not (tmp_path / "c.zarr").exists()
+    with pytest.raises(
+        ConfigError, match=r"kinds\.fgn\.mean_checkpoints: FGN members have no mean network"
+    ):
+        parse_config({"ensemble": {"kinds": {"fgn": {"mean_checkpoints": ["x"]}}}})
