@@ -14,10 +14,8 @@ statistics store of its own (`wxens verify --stats`, only the pairs it lacks); t
 Cost on a 2-core machine with bf16 matrix units, 40 steps a member and init (docs/
 getting-started.md): the NWP baseline about 4 min, each of the SFNO, FGN and VAE 8-10 min
 (128,000 member-steps), the mixed ensemble 13 min, the limit (16 members of the truth's own
-model) about 6 min, each with 1-2 min of verification; the residual diffusion members (4 mean
-networks, 8 DPM-Solver++(2M) levels: 9 network calls a step) fill 104 padded slots a step at
-100 members; 20 members in passes of 6 took about 47 min on a 2-core Intel CPU without bf16
-units.
+model) about 6 min, each with 1-2 min of verification; the residual diffusion members (16
+sampler levels) 68 min at 20 members (`--members diffusion=20`; about 6 h at 100).
 """
 
 from __future__ import annotations
