@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 import yaml
 from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import load_config, merged, parse_config
-from wxens.forecast.runner import RunOptions, run_configured_ensemble
-from wxens.verification.verify import VerifyOptions, score
+from wxens.forecast.calibrate import climate_sigma, scored_trial
 
 TRUTH = Path("out/calibration/truth.zarr")
 DAYS = np.arange(1, 11)
@@ -42,21 +39,9 @@ def explore(kind: str, members: int, overlay: Path, inits: np.ndarray) -> str:
     base = Path("configs/demo.yaml" if kind in ("sfno", "nwp") else f"configs/demo-{kind}.yaml")
     fragment = yaml.safe_load(overlay.read_text()) or {}
     config = parse_config(merged(load_config(base).model_dump(mode="json"), fragment, depth=4))
-    truth = open_analyses(TRUTH)
-    period = truth[list(config.variables)].sel(time=slice(inits[0], inits[-1]))
-    sigma = period.std("time").mean(("latitude", "longitude")).to_array("variable")
-    with tempfile.TemporaryDirectory(prefix="wxens-explore-") as folder:
-        out = Path(folder) / "ensemble.zarr"
-        run_configured_ensemble(
-            config, inits, members, "10D", RunOptions(out, quiet=True), model=kind, analyses=TRUTH
-        )
-        scores = score(
-            xr.open_zarr(out),
-            truth,
-            scores=["crps", "spread_skill_ratio", "outlier_fraction", "spectra"],
-            regions=["global"],
-            options=VerifyOptions(maps=False),
-        ).sel(system="forecast")
+    sigma = climate_sigma(open_analyses(TRUTH), config, inits)
+    extra = ["outlier_fraction", "spectra"]
+    scores = scored_trial(config, kind, inits, members, 10, TRUTH, extra).sel(system="forecast")
     days = scores.lead_time / np.timedelta64(1, "D")
     late = (days >= 2) & (days <= 10)
     crps = float((scores.crps.squeeze("region", drop=True).where(late) / sigma).mean())

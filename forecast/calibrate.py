@@ -248,8 +248,6 @@ def calibrate(
     band: float = BAND,
 ) -> Calibration:
     """Tune `knob` of `kind`'s members on `init_times` (see the module); return the tries."""
-    from wxens.verification.verify import VerifyOptions, score
-
     config = load_config(config_path)
     init_times = np.sort(np.asarray(init_times, dtype="datetime64[ns]"))
     chosen = check_request(config, kind, knob, init_times)
@@ -262,33 +260,15 @@ def calibrate(
     if not 0 < low < high:
         raise ForecastError(f"the search range needs 0 < low < high, got {low} and {high}")
     source = Path(analyses or config.analyses)
-    truth = open_analyses(source)
-    period = truth[list(config.variables)].sel(time=slice(init_times[0], init_times[-1]))
-    sigma = period.std("time").mean(("latitude", "longitude")).to_array("variable").compute()
+    sigma = climate_sigma(open_analyses(source), config, init_times)
     result = Calibration(knob, kind, band=band)
 
     def objective(log_value: float) -> float:
         value = math.exp(log_value)
         trial = _with_setting(config, chosen.setting(kind, value))
-        with tempfile.TemporaryDirectory(prefix="wxens-calibrate-") as folder:
-            out = Path(folder) / "ensemble.zarr"
-            options = RunOptions(out, quiet=True, command="calibrate")
-            run_configured_ensemble(
-                trial,
-                init_times,
-                members,
-                f"{lead_days * 24}h",
-                options,
-                model=kind,
-                analyses=source,
-            )
-            scores = score(
-                xr.open_zarr(out),
-                truth,
-                scores=["crps", "spread_skill_ratio", "outlier_fraction"],
-                regions=["global"],
-                options=VerifyOptions(maps=False),
-            ).squeeze("region", drop=True)
+        scores = scored_trial(
+            trial, kind, init_times, members, lead_days, source, ["outlier_fraction"]
+        ).squeeze("region", drop=True)
         days = scores.lead_time / np.timedelta64(1, "D")
         scores = scores.where((days >= 2) & (days <= 10), drop=True)
         crps = float((scores.crps.sel(system="forecast") / sigma).mean())
@@ -300,6 +280,45 @@ def calibrate(
 
     golden_section(objective, math.log(low), math.log(high), rounds)
     return result
+
+
+def climate_sigma(
+    truth: xr.Dataset, config: ExperimentConfig, init_times: np.ndarray
+) -> xr.DataArray:
+    """Each variable's area-mean temporal standard deviation over the inits' period (field
+    units, dimension `variable`): what J's CRPS is divided by."""
+    period = truth[list(config.variables)].sel(time=slice(init_times[0], init_times[-1]))
+    return period.std("time").mean(("latitude", "longitude")).to_array("variable").compute()
+
+
+def scored_trial(
+    config: ExperimentConfig,
+    kind: str,
+    init_times: np.ndarray,
+    members: int,
+    lead_days: float,
+    analyses: Path,
+    extra_scores: list[str],
+) -> xr.Dataset:
+    """`kind`'s ensemble of `config` from `init_times` (`members` members, `lead_days` days,
+    in a temporary store) scored against `analyses`: the fair CRPS, the spread-skill ratio
+    and `extra_scores`, global, system `forecast`."""
+    from wxens.verification.verify import VerifyOptions, score
+
+    with tempfile.TemporaryDirectory(prefix="wxens-calibrate-") as folder:
+        out = Path(folder) / "ensemble.zarr"
+        options = RunOptions(out, quiet=True, command="calibrate")
+        lead = f"{lead_days * 24}h"
+        run_configured_ensemble(
+            config, init_times, members, lead, options, model=kind, analyses=analyses
+        )
+        return score(
+            xr.open_zarr(out),
+            open_analyses(analyses),
+            scores=["crps", "spread_skill_ratio", *extra_scores],
+            regions=["global"],
+            options=VerifyOptions(maps=False),
+        ).compute()
 
 
 def _with_setting(config: ExperimentConfig, fragment: dict) -> ExperimentConfig:
