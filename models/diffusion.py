@@ -81,7 +81,7 @@ from wxens.models.fgn import (
 )
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.settings import DiffusionConfig
-from wxens.models.sfno import build_network
+from wxens.models.sfno import build_network, differing_section
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -280,9 +280,9 @@ class DiffusionEmulator(NoisyEmulator):
         _, ours = self.starting_network()
         theirs = sfno.architecture()
         theirs = {**theirs, "sfno": {**theirs.get("sfno", {}), "precision": self.sfno.precision}}
-        differing = [key for key in ours if key in theirs and theirs[key] != ours[key]]
-        if sfno.kind != "sfno" or differing:
-            what = f"kind {sfno.kind}" if sfno.kind != "sfno" else f"its {differing[0]} differs"
+        differing = differing_section(ours, theirs)
+        if sfno.kind != "sfno" or differing is not None:
+            what = f"kind {sfno.kind}" if sfno.kind != "sfno" else f"its {differing} differs"
             raise CheckpointError(f"{source}: cannot be a diffusion member's mean network ({what})")
         member = copy.deepcopy(self)
         member.mean_network.load_state_dict(sfno.network.state_dict())

@@ -107,6 +107,13 @@ def build_network(
     )
 
 
+def differing_section(ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    """The first section of architecture `ours` (`SFNOEmulator.architecture`'s dict) that
+    `theirs` has too, with other settings; None when every section both have is the same, so
+    that one's weights fit the other's network (an SFNO's fit an FGN's backbone)."""
+    return next((key for key in ours if key in theirs and theirs[key] != ours[key]), None)
+
+
 @functools.cache  # once per process
 def warn_float32_fallback() -> None:
     """The one-line warning of `bf16-cpu` on a CPU without bfloat16 matrix units."""

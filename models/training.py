@@ -65,6 +65,7 @@ from wxens.models.checkpoint import (
 from wxens.models.fgn import sampled_rollout_errors, sampled_rollout_terms
 from wxens.models.kinds import KINDS
 from wxens.models.losses import adjusted_mse, fair_crps, rollout_errors, weighted_mse
+from wxens.models.sfno import differing_section
 
 __all__ = [  # the losses live beside their kinds; they are imported from here too
     "KINDS", "LAST", "OPTIMIZER", "STATE", "PeriodStates", "Trainer", "adjusted_mse",
@@ -351,11 +352,10 @@ class Trainer:
         sha256 becomes part of the run's identity."""
         network, ours = self.emulator.starting_network()
         theirs = loaded.architecture()
-        for key in (k for k in theirs if k in ours):
-            if theirs[key] != ours[key]:
-                raise CheckpointError(
-                    f"{checkpoint}: its network ({theirs[key]}) is not the config's {key}"
-                )
+        if (key := differing_section(ours, theirs)) is not None:
+            raise CheckpointError(
+                f"{checkpoint}: its network ({theirs[key]}) is not the config's {key}"
+            )
         try:
             missing, unexpected = network.load_state_dict(loaded.network.state_dict(), strict=False)
         except RuntimeError:  # shapes differ (a diffusion denoiser has more input channels)

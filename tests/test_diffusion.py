@@ -31,6 +31,7 @@ from wxens.models.diffusion import (
     sigma_schedule,
 )
 from wxens.models.fgn import draw_noise
+from wxens.models.sfno import SFNOEmulator
 from wxens.models.training import LAST, STATE, Trainer, validate
 
 FOUR_LEVELS = [80.0, 9.723201355260132, 0.46997905799774714, 0.002, 0.0]
@@ -300,11 +301,11 @@ def test_a_residual_member_learns_the_tendency_less_the_sfno_one(residual_checkp
 
 
 def test_a_residual_member_refuses_an_sfno_of_other_settings(
-    residual_config, tiny_world, tiny_checkpoints, tmp_path
+    residual_config, residual_checkpoint, tiny_world, tiny_checkpoints, tmp_path
 ):
-    """An `--init-from` SFNO whose settings are not `diffusion.mean_network` (one line naming
-    the section), and a mean network that reads other features than the denoiser (a
-    one-line config error naming the setting)."""
+    """An `--init-from` SFNO whose settings are not `diffusion.mean_network`, and such an SFNO
+    as a member's mean network (one line naming the section); a mean network that reads other
+    features than the denoiser (a one-line config error naming the setting)."""
     data = yaml.safe_load(residual_config.read_text())
     data["diffusion"]["mean_network"]["embed_dim"] = 16
     wider = parse_config(data)
@@ -314,6 +315,11 @@ def test_a_residual_member_refuses_an_sfno_of_other_settings(
         CheckpointError, match=r"sfno-seed1: its network \(.*\) is not the config's sfno$"
     ):
         Trainer(wider, {}, store, 1, tmp_path / "w", cpu, True, sfno, model="diffusion")
+    residual = load_checkpoint(residual_checkpoint)
+    architecture = load_checkpoint(sfno).architecture()
+    architecture["sfno"]["embed_dim"] = 16
+    with pytest.raises(CheckpointError, match=r"^wide: .* mean network \(its sfno differs\)$"):
+        residual.with_mean_network(SFNOEmulator.from_architecture(architecture), "wide")
     data["diffusion"]["mean_network"].update(embed_dim=8, gradient_features=False)
     with pytest.raises(
         ConfigError, match=r"diffusion\.mean_network\.gradient_features: False differs"
