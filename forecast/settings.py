@@ -78,6 +78,11 @@ class MemberKind(Strict):
     checkpoint's frozen mean network with each one's in turn, one member model per checkpoint
     that the members cycle over as over `ensemble.checkpoints` (empty: its own): the
     multi-checkpoint model uncertainty of the SFNO ensemble under the sampled corrections.
+    `correction_damping` damps a diffusion member's sampled correction (a residual member's
+    `c`, else its whole tendency) at the small scales each step: its spherical-harmonic
+    coefficient of total wavenumber `l` times `exp(-d (l (l + 1) / (T (T + 1)))^2)`, `d` the
+    setting (e-foldings at the truncation T; 0: none), a del^4 hyperdiffusion of what the
+    denoiser adds (`models.diffusion`), for members whose states gain small-scale power.
 
     `share` and `initial` apply to every kind; each of `FORECAST_SETTINGS` only to the kinds
     that read it (`models.kinds.EmulatorKind.member_settings`): set away from its default for
@@ -96,6 +101,7 @@ class MemberKind(Strict):
         "tendency_ramp_hours": "have no emulated tendency to perturb",
         "tendency_additive": "have no emulated tendency to perturb",
         "mean_checkpoints": "have no mean network",
+        "correction_damping": "have no sampled correction to damp",
     }
     """The settings that only some kinds read, and what the others lack (for the error)."""
 
@@ -112,6 +118,7 @@ class MemberKind(Strict):
     tendency_ramp_hours: float = Field(0.0, ge=0)
     tendency_additive: float = Field(0.0, ge=0)
     mean_checkpoints: tuple[Path, ...] = ()
+    correction_damping: float = Field(0.0, ge=0)
 
     def forecast_settings(self) -> list[str]:
         """The names of the `FORECAST_SETTINGS` set away from their defaults."""

@@ -218,6 +218,9 @@ class DiffusionEmulator(NoisyEmulator):
 
     kind = "diffusion"
     Settings = DiffusionConfig
+    correction_damping = 0.0
+    """E-foldings at the truncation of the del^4 damping of the sampled correction
+    (`MemberKind.correction_damping`, `damped`; training uses 0)."""
 
     @property
     def diffusion(self) -> DiffusionConfig:
@@ -225,8 +228,9 @@ class DiffusionEmulator(NoisyEmulator):
 
     def use_member_settings(self, members: MemberKind) -> None:
         """Also sample with `members.sampler` on `members.sampler_steps` levels where set (else
-        as trained)."""
+        as trained), and damp the correction by `members.correction_damping`."""
         super().use_member_settings(members)
+        self.correction_damping = members.correction_damping
         update = {
             name: getattr(members, name)
             for name in ("sampler_steps", "sampler")
@@ -330,10 +334,23 @@ class DiffusionEmulator(NoisyEmulator):
             output = self.inference_network()(torch.cat([c_in * noisy, features], dim=1))
         return c_skip * noisy + c_out * output
 
+    def damped(self, correction: torch.Tensor) -> torch.Tensor:
+        """`correction` `(batch, channel, lat, lon)` with its spherical-harmonic coefficients
+        of total wavenumber `l` times `exp(-d (l (l + 1) / (T (T + 1)))^2)`, `d` the
+        `correction_damping` (e-foldings at the truncation T): a del^4 hyperdiffusion of one
+        step's sampled correction (unchanged where `d` is 0)."""
+        if self.correction_damping == 0:
+            return correction
+        l = self.transforms.total_wavenumber[:, :1]  # noqa: E741 (the total wavenumber)
+        scale = self.truncation * (self.truncation + 1)
+        factor = torch.exp(-self.correction_damping * (l * (l + 1) / scale) ** 2)
+        coefficients = self.transforms.to_spectral(correction.float())
+        return self.transforms.to_grid(coefficients * factor.to(coefficients.real.dtype))
+
     def forward(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The next state sampled from initial `noise` `(batch, channel, lat, lon)` (zero when
-        None) with the configured sampler, added to the mean network's tendency where there is
-        one, then un-normalised, projected and added."""
+        None) with the configured sampler and `damped`, added to the mean network's tendency
+        where there is one, then un-normalised, projected and added."""
         if noise is None:
             noise = draw_noise(len(state), self.noise_shape, None)
         features = self.features(state)
@@ -341,8 +358,13 @@ class DiffusionEmulator(NoisyEmulator):
         def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return self.denoise(x, sigma, features)
 
-        residual = sample(
-            denoiser, noise.to(state.device, torch.float32), self.sigmas(), self.diffusion.sampler
+        residual = self.damped(
+            sample(
+                denoiser,
+                noise.to(state.device, torch.float32),
+                self.sigmas(),
+                self.diffusion.sampler,
+            )
         )
         mean = self.mean_tendency(features)
         return self.advance(state, residual if mean is None else mean + residual)
@@ -433,7 +455,13 @@ DIFFUSION = register_kind(
         loss=diffusion_loss,
         validation=sampled_validation,
         score="crps",
-        member_settings=(*NOISY_MEMBER_SETTINGS, "sampler_steps", "sampler", "mean_checkpoints"),
+        member_settings=(
+            *NOISY_MEMBER_SETTINGS,
+            "sampler_steps",
+            "sampler",
+            "mean_checkpoints",
+            "correction_damping",
+        ),
         use_member_settings=DiffusionEmulator.use_member_settings,
         member_models=members_with_means,
         check=check_mean_network,

@@ -287,6 +287,52 @@ def test_a_residual_member_steps_as_its_frozen_sfno_plus_the_sampled_correction(
     torch.testing.assert_close(added, gain * unit, rtol=1e-3, atol=1e-3 * float(unit.abs().max()))
 
 
+def test_correction_damping_is_a_del4_filter_of_the_sampled_correction(
+    residual_checkpoint, residual_config
+):
+    """`ensemble.kinds.diffusion.correction_damping: 2` multiplies each spherical harmonic of
+    total wavenumber l in the correction by `exp(-2 (l (l + 1) / (T (T + 1)))^2)` (worked here
+    with numpy), so a step's correction is its undamped one filtered so; 0 leaves it alone.
+    Another kind cannot set it (one line naming the kinds that read it)."""
+    config = load_config(residual_config)
+    kinds = {"kinds": {"diffusion": MemberKind(correction_damping=2.0)}}
+    damping = config.model_copy(update={"ensemble": config.ensemble.model_copy(update=kinds)})
+    cpu = torch.device("cpu")
+    damped = load_models("sfno", [str(residual_checkpoint)], damping, cpu)[0]
+    plain = load_checkpoint(residual_checkpoint, config)
+    assert (damped.correction_damping, plain.correction_damping) == (2.0, 0.0)
+    transforms, truncation = damped.transforms, damped.truncation
+    coefficients = torch.zeros(1, 1, truncation + 1, truncation + 1, dtype=torch.complex64)
+    degrees = (0, 1, truncation - 1, truncation)
+    for l in degrees:  # noqa: E741 (the total wavenumber)
+        coefficients[..., l, min(l, 1)] = 1.0
+    field = transforms.to_grid(coefficients)
+    kept = transforms.to_spectral(damped.damped(field))
+    scale = truncation * (truncation + 1)
+    for l in degrees:  # noqa: E741
+        expected = np.exp(-2.0 * (l * (l + 1) / scale) ** 2)
+        assert float(kept[0, 0, l, min(l, 1)].real) == pytest.approx(expected, rel=1e-4), l
+    torch.testing.assert_close(plain.damped(field), field)
+
+    draws = torch.Generator().manual_seed(5)
+    state = plain.mean + plain.std * torch.randn(2, 2, 9, 16, generator=draws)
+    noise = torch.randn(2, *plain.noise_shape, generator=draws)
+    with torch.no_grad():
+        features = plain.features(state)
+        correction = sample(
+            lambda x, sigma: plain.denoise(x, sigma, features),
+            noise,
+            plain.sigmas(),
+            plain.diffusion.sampler,
+        )
+        step = plain.advance(state, plain.mean_tendency(features) + damped.damped(correction))
+        torch.testing.assert_close(damped(state, noise), step, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(plain(state, noise), step)
+    refused = r"kinds\.fgn\.correction_damping: FGN members have no sampled correction to damp"
+    with pytest.raises(ConfigError, match=refused):
+        parse_config({"ensemble": {"kinds": {"fgn": {"correction_damping": 1.0}}}})
+
+
 def test_a_residual_member_learns_the_tendency_less_the_sfno_one(residual_checkpoint):
     """`denoising_loss` of a residual member toward `x(t + dt)` is the loss of the same
     denoiser without a mean toward `x(t + dt) - sigma_tend m`, `m` the frozen SFNO's
