@@ -132,6 +132,13 @@ KNOBS = {
             2.0,
         ),
         Knob(
+            "correction_damping",
+            ("ensemble", "kinds", "{kind}", "correction_damping"),
+            _kind_reads("correction_damping", "has no sampled correction to damp"),
+            0.05,
+            4.0,
+        ),
+        Knob(
             "tendency_additive",
             ("ensemble", "kinds", "{kind}", "tendency_additive"),
             _kind_reads("tendency_additive", "has no emulated tendency to perturb"),

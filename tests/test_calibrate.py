@@ -70,6 +70,7 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
         ([*period, "--knob", "noise_scale"], "kind nwp draws no noise"),
         ([*period, "--knob", "tendency_sigma"], "kind nwp has no deterministic tendency"),
         ([*period, "--knob", "tendency_additive"], "kind nwp has no emulated tendency"),
+        ([*period, "--knob", "correction_damping"], "kind nwp has no sampled correction"),
         ([*period, "--knob", "spread"], "knob 'spread': expected one of"),
         ([*period, "--band", 0], "the spread-skill band needs 0 < band < 1, got 0.0"),
     ):
