@@ -39,6 +39,7 @@ import yaml
 from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import ExperimentConfig, load_config, merged, parse_config
 from wxens.forecast.runner import ForecastError, RunOptions, run_configured_ensemble
+from wxens.forecast.settings import MemberKind
 from wxens.models.kinds import KINDS
 
 MIN_INITS = 8
@@ -89,12 +90,15 @@ def _random_field(config: ExperimentConfig, kind: str) -> str | None:
     return None
 
 
-def _kind_reads(setting: str, lacks: str) -> Callable[[ExperimentConfig, str], str | None]:
+def _kind_reads(setting: str) -> Callable[[ExperimentConfig, str], str | None]:
     """The check of a knob that is one of a kind's `member_settings`: kinds that do not read
-    `setting` are refused with "kind K " + `lacks`."""
+    `setting` are refused with what they lack, as the config check words it
+    (`MemberKind.FORECAST_SETTINGS`)."""
 
     def check(config: ExperimentConfig, kind: str) -> str | None:
-        return None if setting in KINDS[kind].member_settings else f"kind {kind} {lacks}"
+        if setting in KINDS[kind].member_settings:
+            return None
+        return f"kind {kind}: {KINDS[kind].title} members {MemberKind.FORECAST_SETTINGS[setting]}"
 
     return check
 
@@ -119,7 +123,7 @@ KNOBS = {
         Knob(
             "noise_scale",
             ("ensemble", "kinds", "{kind}", "noise_scale"),
-            _kind_reads("noise_scale", "draws no noise"),
+            _kind_reads("noise_scale"),
             0.25,
             8.0,
         ),
@@ -127,21 +131,21 @@ KNOBS = {
         Knob(
             "tendency_sigma",
             ("ensemble", "kinds", "{kind}", "tendency_sigma"),
-            _kind_reads("tendency_sigma", "has no deterministic tendency to scale"),
+            _kind_reads("tendency_sigma"),
             0.05,
             2.0,
         ),
         Knob(
             "correction_damping",
             ("ensemble", "kinds", "{kind}", "correction_damping"),
-            _kind_reads("correction_damping", "has no sampled correction to damp"),
+            _kind_reads("correction_damping"),
             0.05,
             4.0,
         ),
         Knob(
             "tendency_additive",
             ("ensemble", "kinds", "{kind}", "tendency_additive"),
-            _kind_reads("tendency_additive", "has no emulated tendency to perturb"),
+            _kind_reads("tendency_additive"),
             0.01,
             1.0,
         ),

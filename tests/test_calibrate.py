@@ -67,10 +67,19 @@ def test_calibrate_the_nwp_bred_fraction_and_refusals(tiny_world, wxens, tmp_pat
     for bad, message in (
         (["--start", "2027-03-01", "--end", "2027-04-05"], "overlap the test period 2027-2027"),
         (["--start", "2026-03-01", "--end", "2026-03-16"], "at least 8 inits"),
-        ([*period, "--knob", "noise_scale"], "kind nwp draws no noise"),
-        ([*period, "--knob", "tendency_sigma"], "kind nwp has no deterministic tendency"),
-        ([*period, "--knob", "tendency_additive"], "kind nwp has no emulated tendency"),
-        ([*period, "--knob", "correction_damping"], "kind nwp has no sampled correction"),
+        ([*period, "--knob", "noise_scale"], "kind nwp: NWP members draw no noise"),
+        (
+            [*period, "--knob", "tendency_sigma"],
+            "kind nwp: NWP members have no deterministic tendency",
+        ),
+        (
+            [*period, "--knob", "tendency_additive"],
+            "kind nwp: NWP members have no emulated tendency",
+        ),
+        (
+            [*period, "--knob", "correction_damping"],
+            "kind nwp: NWP members have no sampled correction",
+        ),
         ([*period, "--knob", "spread"], "knob 'spread': expected one of"),
         ([*period, "--band", 0], "the spread-skill band needs 0 < band < 1, got 0.0"),
     ):
