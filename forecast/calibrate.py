@@ -90,23 +90,23 @@ def _random_field(config: ExperimentConfig, kind: str) -> str | None:
     return None
 
 
-def _kind_reads(setting: str) -> Callable[[ExperimentConfig, str], str | None]:
-    """The check of a knob that is one of a kind's `member_settings`: kinds that do not read
-    `setting` are refused with what they lack, as the config check words it
-    (`MemberKind.FORECAST_SETTINGS`)."""
-
-    def check(config: ExperimentConfig, kind: str) -> str | None:
-        if setting in KINDS[kind].member_settings:
-            return None
-        return f"kind {kind}: {KINDS[kind].title} members {MemberKind.FORECAST_SETTINGS[setting]}"
-
-    return check
-
-
 def _weights(config: ExperimentConfig, kind: str) -> str | None:
     if not KINDS[kind].from_checkpoints:
         return f"kind {kind} has no network weights to perturb"
     return None
+
+
+def _member_setting(name: str, low: float, high: float) -> Knob:
+    """The knob of `ensemble.kinds.<kind>.<name>`, one of a kind's `member_settings`: kinds
+    that do not read it are refused with what they lack, as the config check words it
+    (`MemberKind.FORECAST_SETTINGS`)."""
+
+    def applies(config: ExperimentConfig, kind: str) -> str | None:
+        if name in KINDS[kind].member_settings:
+            return None
+        return f"kind {kind}: {KINDS[kind].title} members {MemberKind.FORECAST_SETTINGS[name]}"
+
+    return Knob(name, ("ensemble", "kinds", "{kind}", name), applies, low, high)
 
 
 KNOBS = {
@@ -120,35 +120,11 @@ KNOBS = {
             0.01,
             1.0,
         ),
-        Knob(
-            "noise_scale",
-            ("ensemble", "kinds", "{kind}", "noise_scale"),
-            _kind_reads("noise_scale"),
-            0.25,
-            8.0,
-        ),
+        _member_setting("noise_scale", 0.25, 8.0),
         Knob("parameter_sigma", ("perturbation", "parameter_sigma"), _weights, 1e-4, 0.1),
-        Knob(
-            "tendency_sigma",
-            ("ensemble", "kinds", "{kind}", "tendency_sigma"),
-            _kind_reads("tendency_sigma"),
-            0.05,
-            2.0,
-        ),
-        Knob(
-            "correction_damping",
-            ("ensemble", "kinds", "{kind}", "correction_damping"),
-            _kind_reads("correction_damping"),
-            0.05,
-            4.0,
-        ),
-        Knob(
-            "tendency_additive",
-            ("ensemble", "kinds", "{kind}", "tendency_additive"),
-            _kind_reads("tendency_additive"),
-            0.01,
-            1.0,
-        ),
+        _member_setting("tendency_sigma", 0.05, 2.0),
+        _member_setting("correction_damping", 0.05, 4.0),
+        _member_setting("tendency_additive", 0.01, 1.0),
     )
 }
 """The knobs `wxens calibrate --knob` searches, by name."""
