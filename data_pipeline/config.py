@@ -205,11 +205,10 @@ class ExperimentConfig(Strict):
                 )
             kind = KINDS[name]
             for setting in members.forecast_settings():
-                if setting not in kind.member_settings:
+                if lacks := kind.lacks(setting):
                     readers = ", ".join(k for k in KINDS if setting in KINDS[k].member_settings)
-                    lacks = MemberKind.FORECAST_SETTINGS[setting]
                     raise ValueError(
-                        f"ensemble.kinds.{name}.{setting}: {kind.title} members {lacks};"
+                        f"ensemble.kinds.{name}.{setting}: {lacks};"
                         f" it is for {readers or 'no kind'}"
                     )
         for name, kind in KINDS.items():

@@ -39,7 +39,6 @@ import yaml
 from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import ExperimentConfig, load_config, merged, parse_config
 from wxens.forecast.runner import ForecastError, RunOptions, run_configured_ensemble
-from wxens.forecast.settings import MemberKind
 from wxens.models.kinds import KINDS
 
 MIN_INITS = 8
@@ -99,12 +98,11 @@ def _weights(config: ExperimentConfig, kind: str) -> str | None:
 def _member_setting(name: str, low: float, high: float) -> Knob:
     """The knob of `ensemble.kinds.<kind>.<name>`, one of a kind's `member_settings`: kinds
     that do not read it are refused with what they lack, as the config check words it
-    (`MemberKind.FORECAST_SETTINGS`)."""
+    (`EmulatorKind.lacks`)."""
 
     def applies(config: ExperimentConfig, kind: str) -> str | None:
-        if name in KINDS[kind].member_settings:
-            return None
-        return f"kind {kind}: {KINDS[kind].title} members {MemberKind.FORECAST_SETTINGS[name]}"
+        lacks = KINDS[kind].lacks(name)
+        return f"kind {kind}: {lacks}" if lacks else None
 
     return Knob(name, ("ensemble", "kinds", "{kind}", name), applies, low, high)
 

@@ -33,12 +33,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from wxens.forecast.settings import MemberKind
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
     from pydantic import BaseModel
-    from wxens.data_pipeline.config import ExperimentConfig, MemberKind
+    from wxens.data_pipeline.config import ExperimentConfig
     from wxens.models.emulator import Emulator
 
 BUILTIN = (
@@ -118,6 +120,13 @@ class EmulatorKind:
     def trainable(self) -> bool:
         """Whether `wxens train --model NAME` trains it (it has a loss and validation terms)."""
         return self.loss is not None and self.validation is not None
+
+    def lacks(self, setting: str) -> str | None:
+        """What this kind's members lack that `ensemble.kinds.<kind>.<setting>` acts on, in
+        the words of the refusal ("SFNO members draw no noise"); None where they read it."""
+        if setting in self.member_settings:
+            return None
+        return f"{self.title} members {MemberKind.FORECAST_SETTINGS[setting]}"
 
     @property
     def from_checkpoints(self) -> bool:
