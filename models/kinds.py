@@ -11,7 +11,8 @@ An entry holds everything the rest of wxens needs to know about a kind, so that 
 - `load`, the emulator from a checkpoint's `architecture` (None: no checkpoints; the NWP);
 - `loss` and `validation`, its training loss and validation terms (None: not trainable);
 - `member_settings`, the forecast-time settings of `ensemble.kinds.<name>` it reads
-  (`MemberKind.FORECAST_SETTINGS`), `use_member_settings`, which applies them, and
+  (`MemberKind.FORECAST_SETTINGS`; `lacks` words the refusal of the others),
+  `use_member_settings`, which applies them, and
   `member_models`, the member models a checkpoint makes under them (itself, or one per mean
   network of a residual diffusion checkpoint).
 
