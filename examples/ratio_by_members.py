@@ -19,10 +19,11 @@ A store a hindcast is still writing (`NAME.zarr.partial`) is read over its finis
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import zarr
+from wxens.forecast.ensemble_store import EnsembleStore
 from wxens.verification.aggregation import cell_area_weights
 from wxens.verification.metrics import ensemble_summary_means, spread_skill_ratio
 from wxens.verification.verify import open_store
@@ -31,11 +32,11 @@ DAYS = np.arange(2, 11)
 
 
 def finished(store: str, forecast: xr.Dataset) -> xr.Dataset:
-    """The init times a hindcast has finished (all of them for a finished store)."""
-    group = zarr.open_group(store, mode="r", use_consolidated=False)
-    if "tasks" not in group:
+    """The init times a hindcast has finished (all of them for a store without task flags)."""
+    tasks = EnsembleStore(Path(store))
+    if not tasks.created:
         return forecast
-    return forecast.isel(init_time=np.flatnonzero(group["tasks"]["done"][:].all(axis=1)))
+    return forecast.isel(init_time=np.flatnonzero(tasks.done().all(axis=1)))
 
 
 def ratio_by_day(forecast: xr.Dataset, truth: xr.Dataset, members: int) -> np.ndarray:
