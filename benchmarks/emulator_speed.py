@@ -5,14 +5,15 @@
 
 For each batch size it times four calls on the same input with the same weights:
 - the raw torch-harmonics network in float32 (`SFNOEmulator.network`), the peer;
-- its `bf16-cpu` copy (`models.cpu_bf16.matmul_network`: bfloat16 matrix products);
+- its `bf16-cpu` copy (`models.cpu_bf16.matmul_network`: bfloat16 matrix products, or float32
+  ones on a CPU without bfloat16 matrix units);
 - `SFNOEmulator.step` at each precision (the raw network plus normalisation, residual and the
   spectral projection onto T21).
 Calls alternate so that all four see the same machine load; each figure is the median over
 `--repeats` timed calls after one warm-up call, with glibc keeping freed memory as `wxens`
 does (`keep_freed_memory`). The last columns compare the `bf16-cpu` forward with the float32
-one (target: at least 2 x) and the bf16 step with its raw forward. CPU only; a CPU without
-bfloat16 matrix units measures float32 twice (and says so).
+one (target: at least 2 x; 1.3 x for the float32 matrix products of a CPU without bfloat16
+matrix units, which the header says) and the bf16 step with its raw forward. CPU only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from wxens.data_pipeline.memory import keep_freed_memory
 from wxens.models.checkpoint import load_checkpoint
 from wxens.models.cpu_bf16 import cpu_has_bf16_matrix_units
 
-TARGET = 2.0  # bf16-cpu forward / float32 forward, member-steps/s per core
+TARGETS = {True: 2.0, False: 1.3}
+"""bf16-cpu forward / float32 forward, member-steps/s per core, by whether the CPU has
+bfloat16 matrix units (without them `bf16-cpu` is the float32 matrix-product copy)."""
 
 
 def seconds_per_call(function: Callable[[], object], device: torch.device) -> float:
@@ -83,7 +86,9 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
-    units = "bfloat16 matrix units" if cpu_has_bf16_matrix_units() else "NO bfloat16 units"
+    has_units = cpu_has_bf16_matrix_units()
+    target = TARGETS[has_units]
+    units = "bfloat16 matrix units" if has_units else "NO bfloat16 units: bf16-cpu runs float32"
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), {units}")
     names = ("raw float32", "raw bf16-cpu", "step float32", "step bf16-cpu")
     header = "".join(f"{n:>15}" for n in names) + f"{'bf16 / fp32':>13}{'step / raw':>12}"
@@ -92,12 +97,12 @@ def main() -> None:
         rates = measure(args.checkpoint, batch, args.repeats, torch.device("cpu"))
         speedup = rates["raw bf16-cpu"] / rates["raw float32"]
         overhead = rates["step bf16-cpu"] / rates["raw bf16-cpu"]
-        verdict = "  pass" if speedup >= TARGET else "  FAIL"
+        verdict = "  pass" if speedup >= target else "  FAIL"
         print(
             f"{batch:>5}" + "".join(f"{rates[n]:>15.1f}" for n in names)
             + f"{speedup:>13.2f}{overhead:>12.3f}{verdict}"
         )  # fmt: skip
-    print(f"member-steps/s per {args.threads} thread(s); target: bf16 / fp32 >= {TARGET}")
+    print(f"member-steps/s per {args.threads} thread(s); target: bf16 / fp32 >= {target}")
 
 
 if __name__ == "__main__":

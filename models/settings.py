@@ -45,8 +45,9 @@ class SFNOConfig(Strict):
     """The forward pass's arithmetic: `tf32` and `bf16` (autocast) apply on CUDA only;
     `bf16-cpu` (the default) runs the blocks' spectral convolutions and MLPs as bfloat16
     matrix products on a CPU with bfloat16 matrix units (`models.cpu_bf16`: 3 x float32's
-    member-steps/s, fair CRPS within 0.4 % on the demo's test period); float32 on CUDA and
-    on other CPUs (with a one-line warning, once).
+    member-steps/s, fair CRPS within 0.4 % on the demo's test period); on other CPUs the
+    same matrix products in float32 (1.4-1.7 x torch-harmonics' forward, with a one-line
+    warning, once); float32 on CUDA.
     A run-time choice: a forecast takes it from its config, whatever its checkpoints were
     trained with; `bf16-cpu` applies to every pass outside autograd (forecasts, validation),
     never to the gradient steps of training."""

@@ -119,7 +119,7 @@ def warn_float32_fallback() -> None:
     """The one-line warning of `bf16-cpu` on a CPU without bfloat16 matrix units."""
     warnings.warn(
         "sfno.precision bf16-cpu: this CPU has no bfloat16 matrix units (avx512_bf16 or"
-        " amx_bf16); running float32",
+        " amx_bf16); running its matrix products in float32",
         stacklevel=3,
     )
 
@@ -187,18 +187,21 @@ class SFNOEmulator(torch.nn.Module):
 
     def inference_network(self, name: str = "network") -> torch.nn.Module:
         """The SFNO submodule `name` (`network`), or with `sfno.precision: bf16-cpu` outside
-        autograd on the CPU its bfloat16 copy (`models.cpu_bf16.matmul_network`), made again
-        whenever the weights change."""
+        autograd on the CPU its matrix-product copy (`models.cpu_bf16.matmul_network`), made
+        again whenever the weights change: bfloat16 where the CPU has bfloat16 matrix units,
+        else float32 (the same tokens without torch-harmonics' copies: 1.4-1.7 x its
+        member-steps/s, `benchmarks/emulator_speed.py`)."""
         network = getattr(self, name)
         if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
             return network
         parameters = list(network.parameters())
-        if parameters[0].device.type != "cpu" or not cpu_has_bf16_matrix_units():
+        if parameters[0].device.type != "cpu":
             return network
         version = tuple(p._version for p in parameters) + tuple(map(id, parameters))
         cached = self.__dict__.get(f"_bf16_{name}")
         if cached is None or cached[0] != version:
-            cached = (version, matmul_network(network))
+            compute = torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
+            cached = (version, matmul_network(network, compute))
             self.__dict__[f"_bf16_{name}"] = cached  # not a submodule: no state_dict entry
         return cached[1]
 

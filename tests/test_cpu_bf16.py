@@ -1,5 +1,6 @@
 """`sfno.precision: bf16-cpu` (models/cpu_bf16.py): the matrix-product SFNO against torch-harmonics'
-own forward, its DFT matrices against torch.fft, the emulator's switch and its fallback."""
+own forward, its DFT matrices against torch.fft, the emulator's switch and its float32
+fallback."""
 
 import numpy as np
 import pytest
@@ -124,10 +125,21 @@ def test_emulator_steps_in_bfloat16_outside_autograd_only():
     assert relative_error(changed - state, reference - state) > 0.5
 
 
-@needs_bf16
-def test_fgn_noise_reaches_the_bfloat16_blocks():
-    """The generative kinds' conditional norms act in the bfloat16 copy: noise changes the
-    step as it does in float32."""
+def without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this process read the CPU as one without bfloat16 matrix units."""
+    monkeypatch.setattr(cpu_bf16, "cpu_has_bf16_matrix_units", lambda: False)
+    monkeypatch.setattr("wxens.models.sfno.cpu_has_bf16_matrix_units", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("bf16_units", "tolerance"), [pytest.param(True, 0.05, marks=needs_bf16), (False, 1e-5)]
+)
+def test_fgn_noise_reaches_the_matrix_product_blocks(bf16_units, tolerance, monkeypatch):
+    """The generative kinds' conditional norms act in the matrix-product copy (bfloat16, or
+    float32 on a CPU without bfloat16 units): noise changes the step as it does in
+    torch-harmonics' float32 network."""
+    if not bf16_units:
+        without_bf16_units(monkeypatch)
     fast, plain = tiny_emulator(FGNEmulator, "bf16-cpu"), tiny_emulator(FGNEmulator, "float32")
     for ours, theirs in zip(fast.network.blocks, plain.network.blocks, strict=True):
         torch.nn.init.normal_(ours.norm.modulation.weight, std=0.5)  # zero at init
@@ -137,16 +149,25 @@ def test_fgn_noise_reaches_the_bfloat16_blocks():
     with torch.no_grad():
         changes = [e(state, noise) - e(state, torch.zeros_like(noise)) for e in (fast, plain)]
     assert changes[1].abs().max() > 0
-    assert relative_error(*changes) < 0.05
+    assert relative_error(*changes) < tolerance
 
 
-def test_a_cpu_without_bf16_warns_in_one_line_and_runs_float32(monkeypatch):
-    monkeypatch.setattr(cpu_bf16, "cpu_has_bf16_matrix_units", lambda: False)
-    monkeypatch.setattr("wxens.models.sfno.cpu_has_bf16_matrix_units", lambda: False)
-    plain = tiny_emulator(SFNOEmulator, "float32")
+def test_a_cpu_without_bf16_warns_in_one_line_and_steps_float32_matrix_products(monkeypatch):
+    """Without bfloat16 units, `bf16-cpu` steps the same matrix-product copy in float32:
+    torch-harmonics' float32 step to round-off, not bit for bit; with gradients on, the
+    network itself."""
+    without_bf16_units(monkeypatch)
+    fast = tiny_emulator(SFNOEmulator, "float32")
     warn_float32_fallback.cache_clear()  # it warns once a process
     with pytest.warns(UserWarning, match=r"^sfno.precision bf16-cpu: this CPU has no bfloat16"):
-        plain.use_precision("bf16-cpu")
+        fast.use_precision("bf16-cpu")
+    with torch.no_grad():
+        copy = fast.inference_network()
+    assert all(type(b.mlp) is cpu_bf16.MatmulMLP for b in copy.blocks)
+    assert all(b.mlp.weight1.dtype == torch.float32 for b in copy.blocks)
     state = tiny_state(8)
     reference = tiny_emulator(SFNOEmulator, "float32").step(state)
-    assert torch.equal(plain.step(state), reference)
+    stepped = fast.step(state)
+    assert not torch.equal(stepped, reference)
+    assert relative_error(stepped - state, reference - state) < 1e-5
+    assert torch.equal(fast(state), reference)  # gradients on: torch-harmonics' network
