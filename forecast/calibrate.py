@@ -20,7 +20,10 @@ knob, which a dispersion knob gives (CRPS falls, then rises, as the spread passe
 error); `rounds` rounds shrink the bracket by 0.618^rounds.
 
 Refused in one line, with no config written: a calibration period that overlaps the test
-period, a knob the kind does not have, fewer than `MIN_INITS` inits.
+period, a knob the kind does not have, fewer than `MIN_INITS` inits, and a try whose members
+are not whole cycles of the kind's models (`member_cycle`): a try that leaves some
+checkpoints or mean networks without members reads a lower spread-skill ratio than the
+ensemble it stands for, and one that weights them unevenly another one.
 """
 
 from __future__ import annotations
@@ -34,11 +37,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import xarray as xr
 import yaml
 from wxens.data_pipeline.analysis_store import open_analyses
 from wxens.data_pipeline.config import ExperimentConfig, load_config, merged, parse_config
-from wxens.forecast.runner import ForecastError, RunOptions, run_configured_ensemble
+from wxens.forecast.runner import (
+    ForecastError,
+    RunOptions,
+    checkpoint_group_size,
+    load_models,
+    member_checkpoints,
+    run_configured_ensemble,
+)
+from wxens.models.checkpoint import find_checkpoints
 from wxens.models.kinds import KINDS
 
 MIN_INITS = 8
@@ -180,9 +192,32 @@ def golden_section(
     return c if fc <= fd else d
 
 
-def check_request(config: ExperimentConfig, kind: str, knob: str, init_times: np.ndarray) -> Knob:
-    """Refuse, with one line, a knob the kind lacks, too few inits, or inits in the test
-    period; return the knob."""
+def member_cycle(config: ExperimentConfig, kind: str) -> tuple[int, int]:
+    """`(models, cycle)`: how many member models `kind`'s ensemble of `config` runs (one per
+    checkpoint, or per mean network of a residual diffusion checkpoint) and the members of
+    one cycle of them: the period of the member-to-model assignment
+    (`runner.member_checkpoints`; `checkpoint_group` times the models for one kind, longer
+    with the shares of several), and at least a bred pair where the kind starts from bred
+    vectors. The period is found from the assignment itself, because with shares and
+    checkpoint counts that have common factors no closed form is simpler."""
+    checkpoints = []
+    if KINDS[kind].from_checkpoints:
+        checkpoints = [str(p) for p in find_checkpoints(list(config.ensemble.checkpoints))]
+    models = load_models(kind, checkpoints, config, torch.device("cpu"))
+    shares = sum(member.share for member in config.ensemble.kinds.values())
+    longest = checkpoint_group_size(config) * len(models) * max(1, shares)
+    assigned = member_checkpoints(range(2 * longest), [m.kind for m in models], config)
+    cycle = next(p for p in range(1, longest + 1) if (assigned[p:] == assigned[:-p]).all())
+    pair = 2 if config.initial_perturbation(kind) == "bred_vector" else 1
+    return len(models), math.lcm(cycle, pair)
+
+
+def check_request(
+    config: ExperimentConfig, kind: str, knob: str, init_times: np.ndarray, members: int
+) -> Knob:
+    """Refuse, with one line, a knob the kind lacks, too few inits, inits in the test
+    period, or a try of `members` that is not whole cycles of the kind's models; return the
+    knob."""
     if knob not in KNOBS:
         raise ForecastError(f"knob {knob!r}: expected one of {', '.join(KNOBS)}")
     if kind not in KINDS:
@@ -201,6 +236,14 @@ def check_request(config: ExperimentConfig, kind: str, knob: str, init_times: np
         raise ForecastError(
             f"the calibration inits ({str(init_times[0])[:10]} to {str(init_times[-1])[:10]})"
             f" overlap the test period {test.first}-{test.last}"
+        )
+    models, cycle = member_cycle(config, kind)
+    if members % cycle:
+        pairs = " in bred pairs" if config.initial_perturbation(kind) == "bred_vector" else ""
+        raise ForecastError(
+            f"--members {members}: kind {kind}'s members come in cycles of {cycle} over its"
+            f" {models} model(s){pairs}; a try of {members} would not stand for the ensemble"
+            f" (use a multiple of {cycle})"
         )
     return KNOBS[knob]
 
@@ -235,7 +278,7 @@ def calibrate(
     """Tune `knob` of `kind`'s members on `init_times` (see the module); return the tries."""
     config = load_config(config_path)
     init_times = np.sort(np.asarray(init_times, dtype="datetime64[ns]"))
-    chosen = check_request(config, kind, knob, init_times)
+    chosen = check_request(config, kind, knob, init_times, members)
     low = chosen.low if low is None else low
     high = chosen.high if high is None else high
     if rounds < 1:

@@ -4,8 +4,10 @@ real calibration of the NWP baseline's bred fraction on the tiny world, with its
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from scipy.optimize import minimize_scalar
@@ -13,10 +15,14 @@ from wxens.data_pipeline.config import load_config
 from wxens.forecast.calibrate import (
     KNOBS,
     Calibration,
+    calibrate,
+    check_request,
     golden_section,
+    member_cycle,
     objective_j,
     write_calibrated,
 )
+from wxens.forecast.runner import ForecastError
 
 
 def test_golden_section_finds_scipys_minimum_in_rounds_plus_one_calls():
@@ -107,3 +113,35 @@ def test_the_written_config_keeps_the_kinds_other_settings(tiny_world, tmp_path)
     kinds = load_config(out).ensemble.kinds
     assert kinds["fgn"].noise_scale == 4.5 and kinds["fgn"].noise_ramp_hours == 48
     assert kinds["sfno"].share == 2 and kinds["sfno"].tendency_ramp_hours == 24
+
+
+CALIBRATION_INITS = pd.date_range("2030-02-01", periods=9, freq="30D").values
+
+
+@pytest.mark.parametrize(
+    ("config", "kind", "knob", "models", "cycle", "short"),
+    [
+        # groups of 4 members (two bred pairs) on each of the 4 checkpoints in turn: 4 x 4
+        ("configs/demo.yaml", "sfno", "bred_fraction", 4, 16, 8),
+        # groups of 2 (one bred pair) on each of the 4 mean networks of one checkpoint: 2 x 4
+        ("configs/demo-diffusion.yaml", "diffusion", "noise_scale", 4, 8, 12),
+        # groups of 2 alternate SFNO and VAE (shares 1:1), the SFNO's on its 4 checkpoints in
+        # turn: 8 groups, 16 members, before the pattern repeats
+        ("configs/demo-mixed.yaml", "sfno", "tendency_additive", 5, 16, 24),
+        # one model, bred pairs
+        ("configs/demo.yaml", "nwp", "bred_fraction", 1, 2, 9),
+    ],
+)
+def test_a_try_must_cover_whole_cycles_of_the_kinds_models(
+    config, kind, knob, models, cycle, short, tmp_path
+):
+    """The committed checkpoints' cycles, counted by hand from the assignment's rule; a try
+    of whole cycles passes the check, another is refused in one line before any run."""
+    loaded = load_config(config)
+    assert member_cycle(loaded, kind) == (models, cycle)
+    assert check_request(loaded, kind, knob, CALIBRATION_INITS, 2 * cycle) is KNOBS[knob]
+    with pytest.raises(ForecastError) as refused:
+        calibrate(Path(config), kind, knob, CALIBRATION_INITS, short, 10.0, analyses=tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"--members {short}: kind {kind}'s members come in cycles of")
+    assert f"use a multiple of {cycle})" in message and "\n" not in message
