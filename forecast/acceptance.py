@@ -15,7 +15,8 @@ Cost on a 2-core machine with bf16 matrix units, 40 steps a member and init (doc
 getting-started.md): the NWP baseline about 4 min, each of the SFNO, FGN and VAE 8-10 min
 (128,000 member-steps), the mixed ensemble 13 min, the limit (16 members of the truth's own
 model) about 6 min, each with 1-2 min of verification; the residual diffusion members (16
-sampler levels) 68 min at 20 members (`--members diffusion=20`; about 6 h at 100).
+sampler levels) 68 min at 20 members (`--members diffusion=20`; at 100, about 3.5 h on a
+2-core CPU without bfloat16 units, where `bf16-cpu` runs float32 matrix products).
 """
 
 from __future__ import annotations
