@@ -46,7 +46,7 @@ class SFNOConfig(Strict):
     `bf16-cpu` (the default) runs the blocks' spectral convolutions and MLPs as bfloat16
     matrix products on a CPU with bfloat16 matrix units (`models.cpu_bf16`: 3 x float32's
     member-steps/s, fair CRPS within 0.4 % on the demo's test period); on other CPUs the
-    same matrix products in float32 (1.4-1.7 x torch-harmonics' forward, with a one-line
+    same matrix products in float32 (1.6-2.1 x torch-harmonics' forward, with a one-line
     warning, once); float32 on CUDA.
     A run-time choice: a forecast takes it from its config, whatever its checkpoints were
     trained with; `bf16-cpu` applies to every pass outside autograd (forecasts, validation),

@@ -189,7 +189,7 @@ class SFNOEmulator(torch.nn.Module):
         """The SFNO submodule `name` (`network`), or with `sfno.precision: bf16-cpu` outside
         autograd on the CPU its matrix-product copy (`models.cpu_bf16.matmul_network`), made
         again whenever the weights change: bfloat16 where the CPU has bfloat16 matrix units,
-        else float32 (the same tokens without torch-harmonics' copies: 1.4-1.7 x its
+        else float32 (the same tokens without torch-harmonics' copies: 1.6-2.1 x its
         member-steps/s, `benchmarks/emulator_speed.py`)."""
         network = getattr(self, name)
         if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
