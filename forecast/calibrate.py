@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -192,14 +193,23 @@ def golden_section(
     return c if fc <= fd else d
 
 
-def member_cycle(config: ExperimentConfig, kind: str) -> tuple[int, int]:
-    """`(models, cycle)`: how many member models `kind`'s ensemble of `config` runs (one per
-    checkpoint, or per mean network of a residual diffusion checkpoint) and the members of
-    one cycle of them: the period of the member-to-model assignment
-    (`runner.member_checkpoints`; `checkpoint_group` times the models for one kind, longer
-    with the shares of several), and at least a bred pair where the kind starts from bred
-    vectors. The period is found from the assignment itself, because with shares and
-    checkpoint counts that have common factors no closed form is simpler."""
+class MemberCycle(NamedTuple):
+    """How a kind's members repeat: `models` member models, a cycle of `members` members,
+    drawn `bred` (in bred pairs) or not."""
+
+    models: int
+    members: int
+    bred: bool
+
+
+def member_cycle(config: ExperimentConfig, kind: str) -> MemberCycle:
+    """How many member models `kind`'s ensemble of `config` runs (one per checkpoint, or per
+    mean network of a residual diffusion checkpoint) and the members of one cycle of them:
+    the period of the member-to-model assignment (`runner.member_checkpoints`;
+    `checkpoint_group` times the models for one kind, longer with the shares of several),
+    and at least a bred pair where the kind starts from bred vectors. The period is found
+    from the assignment itself, because with shares and checkpoint counts that have common
+    factors no closed form is simpler."""
     checkpoints = []
     if KINDS[kind].from_checkpoints:
         checkpoints = [str(p) for p in find_checkpoints(list(config.ensemble.checkpoints))]
@@ -208,8 +218,8 @@ def member_cycle(config: ExperimentConfig, kind: str) -> tuple[int, int]:
     longest = checkpoint_group_size(config) * len(models) * max(1, shares)
     assigned = member_checkpoints(range(2 * longest), [m.kind for m in models], config)
     cycle = next(p for p in range(1, longest + 1) if (assigned[p:] == assigned[:-p]).all())
-    pair = 2 if config.initial_perturbation(kind) == "bred_vector" else 1
-    return len(models), math.lcm(cycle, pair)
+    bred = config.initial_perturbation(kind) == "bred_vector"
+    return MemberCycle(len(models), math.lcm(cycle, 2 if bred else 1), bred)
 
 
 def check_request(
@@ -237,13 +247,13 @@ def check_request(
             f"the calibration inits ({str(init_times[0])[:10]} to {str(init_times[-1])[:10]})"
             f" overlap the test period {test.first}-{test.last}"
         )
-    models, cycle = member_cycle(config, kind)
-    if members % cycle:
-        pairs = " in bred pairs" if config.initial_perturbation(kind) == "bred_vector" else ""
+    cycle = member_cycle(config, kind)
+    if members % cycle.members:
         raise ForecastError(
-            f"--members {members}: kind {kind}'s members come in cycles of {cycle} over its"
-            f" {models} model(s){pairs}; a try of {members} would not stand for the ensemble"
-            f" (use a multiple of {cycle})"
+            f"--members {members}: kind {kind}'s members come in cycles of {cycle.members}"
+            f" over its {cycle.models} model(s){' in bred pairs' if cycle.bred else ''}; a try"
+            f" of {members} would not stand for the ensemble (use a multiple of"
+            f" {cycle.members})"
         )
     return KNOBS[knob]
 

@@ -198,11 +198,11 @@ class SFNOEmulator(torch.nn.Module):
         if parameters[0].device.type != "cpu":
             return network
         version = tuple(p._version for p in parameters) + tuple(map(id, parameters))
-        cached = self.__dict__.get(f"_bf16_{name}")
+        cached = self.__dict__.get(f"_matmul_{name}")
         if cached is None or cached[0] != version:
             compute = torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
             cached = (version, matmul_network(network, compute))
-            self.__dict__[f"_bf16_{name}"] = cached  # not a submodule: no state_dict entry
+            self.__dict__[f"_matmul_{name}"] = cached  # not a submodule: no state_dict entry
         return cached[1]
 
     def weights(self) -> dict[str, torch.Tensor]:

@@ -138,10 +138,11 @@ def test_a_try_must_cover_whole_cycles_of_the_kinds_models(
     """The committed checkpoints' cycles, counted by hand from the assignment's rule; a try
     of whole cycles passes the check, another is refused in one line before any run."""
     loaded = load_config(config)
-    assert member_cycle(loaded, kind) == (models, cycle)
+    assert member_cycle(loaded, kind) == (models, cycle, True)  # each breeds
     assert check_request(loaded, kind, knob, CALIBRATION_INITS, 2 * cycle) is KNOBS[knob]
     with pytest.raises(ForecastError) as refused:
         calibrate(Path(config), kind, knob, CALIBRATION_INITS, short, 10.0, analyses=tmp_path)
     message = str(refused.value)
     assert message.startswith(f"--members {short}: kind {kind}'s members come in cycles of")
+    assert f"model(s) in bred pairs; a try of {short}" in message
     assert f"use a multiple of {cycle})" in message and "\n" not in message
