@@ -22,7 +22,7 @@ Three rows, all on the CPU, same checkpoint, members, 6 h steps and batch size, 
   task runs on one torch thread, one task per core side by side, in forward passes of 8
   members), so `--batch` is not passed on: wxens picks its own, unless `--wxens-batch-size`
   is given.
-- raw forward: `emulator.inference_network()(emulator.features(x))` (the network at the
+- raw forward: `emulator.runtime_network()(emulator.features(x))` (the network at the
   config's `sfno.precision`, as every step runs it) under `torch.no_grad()` for the same
   member-steps at the same batch size (one untimed warm-up call first); no de-normalisation,
   residual or spectral projection, no perturbation, no I/O.
@@ -243,7 +243,7 @@ def run_raw(
     """Seconds of `network(features(x))` for `members` x `steps` member-steps in batches."""
     sizes = [min(batch, members - first) for first in range(0, members, batch)]
     inputs = {size: state.expand(size, *state.shape[1:]).contiguous() for size in set(sizes)}
-    network = emulator.inference_network()  # at the config's sfno.precision, as the step runs
+    network = emulator.runtime_network()  # at the config's sfno.precision, as the step runs
     network(emulator.features(inputs[sizes[0]]))  # warm-up
     start = time.perf_counter()
     for size in sizes:

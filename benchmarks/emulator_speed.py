@@ -64,7 +64,7 @@ def measure(
         state = emulator.mean + emulator.std * noise
         with torch.no_grad():  # the raw network's input, made outside the timing
             features = emulator.features(state)
-        network = emulator.inference_network
+        network = emulator.runtime_network
         calls[f"raw {precision}"] = lambda n=network, f=features: n()(f)
         calls[f"step {precision}"] = lambda e=emulator, s=state: e.step(s)
     seconds = {name: [] for name in calls}

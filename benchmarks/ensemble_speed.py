@@ -91,7 +91,7 @@ def timed_passes(one_pass: Callable[[int], object], batch: int, member_steps: in
 def raw_forward(emulator, batch: int, member_steps: int) -> float:
     """Seconds for `member_steps` of the bare network forward in batches of `batch`."""
     features = emulator.features(random_fields(emulator, batch))
-    network = emulator.inference_network()  # at the config's precision, as the runner steps
+    network = emulator.runtime_network()  # at the config's precision, as the runner steps
     return timed_passes(lambda n: network(features), batch, member_steps)
 
 

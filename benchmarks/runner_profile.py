@@ -6,7 +6,7 @@ step, the initial perturbations, the store writes and the padding.
 
 Runs one task (one init, `--members` members) through `run_configured_ensemble` on one
 worker thread (`threads:1`, batch size = members), with timers around the emulators' networks
-(`SFNOEmulator.inference_network`'s result), their whole `step`, the initial perturbations
+(`SFNOEmulator.runtime_network`'s result), their whole `step`, the initial perturbations
 and `EnsembleStore.write` (which runs on the task's writer thread, beside the steps). Prints
 each as seconds and as a share of the task's wall clock, and the padding: forward-pass slots
 that step no member.
@@ -68,8 +68,8 @@ def instrument() -> None:
     """Timers on the step, the network inside it, the initial perturbations and the writes,
     and a slot count on the padded forward passes (wrapped class methods: every forecaster
     the run builds is timed)."""
-    inference_network = SFNOEmulator.inference_network
-    SFNOEmulator.inference_network = lambda self: timed("network", inference_network(self))
+    runtime_network = SFNOEmulator.runtime_network
+    SFNOEmulator.runtime_network = lambda self: timed("network", runtime_network(self))
     for kind in (SFNOEmulator, *SFNOEmulator.__subclasses__()):
         if "step" in vars(kind):
             kind.step = timed("step", kind.step)

@@ -1,5 +1,5 @@
-"""bfloat16 inference of a torch-harmonics SFNO on the CPU's matrix units
-(`sfno.precision: bf16-cpu`).
+"""A torch-harmonics SFNO as matrix products in a token layout, for the CPU: bfloat16
+inference on its matrix units (`sfno.precision: bf16-cpu`) and float32 training.
 
 `matmul_network(network)` returns a copy of the network whose spectral convolutions and MLPs
 run as bfloat16 matrix products (float32 accumulation) in a token layout `(lon, lat, batch,
@@ -16,8 +16,13 @@ channel)`, so that oneDNN takes every operand without a copy:
 with `P_m` torch-harmonics' quadrature-weighted Legendre functions (`RealSHT.weights`), `Q_m`
 its synthesis functions (`InverseRealSHT.pct`) and `F` the DFT that `torch.fft.rfft(norm=
 "forward")` computes, truncated at the network's order M. In float32 the same steps equal
-torch-harmonics' to 1e-6 (tests/test_cpu_bf16.py). Outer skips, normalisation layers and the
-encoder and decoder stay as they are, in float32.
+torch-harmonics' to 1e-6 (tests/test_cpu_bf16.py). The encoder's and decoder's 1x1
+convolutions run as float32 products on the same tokens; skips and normalisation layers stay
+as they are, in float32.
+
+`training_network(network)` is the same in float32 with the network's own parameters, for
+training on the CPU: autograd takes the products back as products, where torch-harmonics'
+layout sends each 1x1 convolution's backward through torch's slow path.
 
 Written here rather than taken from torch-harmonics: its transforms build complex tensors
 with `torch.complex`, which has no bfloat16 kernel on the CPU (so `torch.autocast` cannot run
@@ -80,32 +85,62 @@ def dft_matrices(nlon: int, mmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     return analysis / nlon, synthesis.T.contiguous()
 
 
+def real_blocks(weight: torch.Tensor) -> torch.Tensor:
+    """torch-harmonics' complex spectral weights `W` `(out, in, L)` as real blocks `B_l`
+    `(L, 2 in, 2 out)`, rows (real, imaginary part) x in, columns `Re Z`, then `Im Z`, so
+    that `[Re Z_l, Im Z_l] = [Re Y_l, Im Y_l] B_l` is `Z_l = Y_l W_l`:
+    `B_l = [[Re W_l, Im W_l], [-Im W_l, Re W_l]]`."""
+    weight = weight.permute(2, 1, 0)  # (L, in, out)
+    real, imag = weight.real, weight.imag
+    return torch.cat([torch.cat([real, imag], 2), torch.cat([-imag, real], 2)], 1)
+
+
+def hold(
+    module: torch.nn.Module,
+    name: str,
+    tensor: torch.Tensor | None,
+    dtype: torch.dtype,
+    shared: bool,
+) -> None:
+    """Put a layer's weight `tensor` on `module` as `name`: the parameter itself where
+    `shared` (a training view: gradients reach the original layer), else a detached buffer
+    in `dtype` (an inference copy)."""
+    if shared:
+        setattr(module, name, tensor)
+    else:
+        value = tensor.detach().to(dtype) if tensor is not None else None
+        module.register_buffer(name, value, persistent=False)
+
+
 class MatmulSpectralConv(torch.nn.Module):
     """torch-harmonics' `SpectralConvS2` (Driscoll-Healy weights, one per degree and channel
     pair, same grid in and out) as matrix products in `compute` precision; returns `(x', x)`
-    as it does, `x'` in `output` precision."""
+    as it does, `x'` in `output` precision. `shared`: its weights are the layer's own
+    parameters (float32 training), else a copy."""
 
     def __init__(
-        self, conv: SpectralConvS2, compute: torch.dtype = BF16, output: torch.dtype = BF16
+        self,
+        conv: SpectralConvS2,
+        compute: torch.dtype = BF16,
+        output: torch.dtype = BF16,
+        shared: bool = False,
     ):
         super().__init__()
         analysis, synthesis = conv.forward_transform, conv.inverse_transform
-        self.compute, self.output = compute, output
+        self.compute, self.output, self.shared = compute, output, shared
         forward_dft, inverse_dft = dft_matrices(analysis.nlon, analysis.mmax)
-        weight = conv.weight.detach().permute(2, 1, 0)  # (L, in, out) complex
-        real_blocks = {  # rows (real, imaginary part) x in: columns Re Z, then Im Z
-            "to_real": torch.cat([weight.real, -weight.imag], 1),
-            "to_imag": torch.cat([weight.imag, weight.real], 1),
-        }
         buffers = {
             "forward_dft": forward_dft,  # (2M, W)
             "inverse_dft": inverse_dft,  # (W, 2M)
             "analysis": analysis.weights,  # (M, L, K)
             "synthesis": synthesis.pct,  # (M, K, L)
-            **real_blocks,  # (L, 2 in, out) each
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.to(compute), persistent=False)
+        if shared:
+            self.weight = conv.weight  # (out, in, L) complex
+        else:  # (L, 2 in, 2 out)
+            self.register_buffer("blocks", real_blocks(conv.weight.detach()).to(compute), False)
 
     @staticmethod
     def supports(conv: torch.nn.Module) -> bool:
@@ -122,42 +157,33 @@ class MatmulSpectralConv(torch.nn.Module):
         grid = tokens(x, self.compute)
         lon, lat, batch, channels = grid.shape
         orders, _, degrees = self.synthesis.shape
-        out = self.to_real.shape[2]
-        like = {"dtype": self.compute, "device": grid.device}
+        blocks = real_blocks(self.weight) if self.shared else self.blocks
+        out = blocks.shape[2] // 2
         # X = F x: (part, m, lat, batch.channel), then Y_m = P_m X_m: (part, m, l, batch.channel)
         spectral = (self.forward_dft @ grid.view(lon, -1)).view(2, orders, lat, -1)
         legendre = torch.matmul(self.analysis, spectral)
-        # by degree, rows (m, batch), columns (part, channel): Z_l = Y_l W_l
-        by_degree = torch.empty(degrees, orders, batch, 2, channels, **like)
-        by_degree.copy_(legendre.view(2, orders, degrees, batch, channels).permute(2, 1, 3, 0, 4))
-        by_degree = by_degree.view(degrees, orders * batch, 2 * channels)
-        mixed = torch.empty(2, degrees, orders * batch, out, **like)
-        torch.bmm(by_degree, self.to_real, out=mixed[0])
-        torch.bmm(by_degree, self.to_imag, out=mixed[1])
+        # by degree, rows (m, batch), columns (part, channel): [Re Z, Im Z]_l = [Re Y, Im Y]_l B_l
+        by_degree = legendre.view(2, orders, degrees, batch, channels).permute(2, 1, 3, 0, 4)
+        mixed = torch.bmm(by_degree.reshape(degrees, orders * batch, 2 * channels), blocks)
         # G_m = Q_m Z_m per part, then x' = F^-1 G: (lon, lat, batch, out)
-        synthesised = torch.empty(2, orders, lat, batch * out, **like)
-        for part in range(2):
-            by_order = mixed[part].view(degrees, orders, batch * out).transpose(0, 1)
-            torch.bmm(self.synthesis, by_order, out=synthesised[part])
+        by_order = mixed.view(degrees, orders, batch, 2, out).permute(3, 1, 0, 2, 4)
+        synthesised = torch.matmul(self.synthesis, by_order.reshape(2, orders, degrees, -1))
         result = self.inverse_dft @ synthesised.view(2 * orders, -1)
         return as_grid(result.view(lon, lat, batch, out).to(self.output)), x
 
 
 class MatmulMLP(torch.nn.Module):
     """torch-harmonics' `MLP` (1x1 convolution with bias, GELU, 1x1 convolution) as matrix
-    products on the tokens in `compute` precision; float32 out."""
+    products on the tokens in `compute` precision; float32 out. `shared`: its weights are
+    the layer's own parameters (float32 training), else a copy."""
 
-    def __init__(self, mlp: MLP, compute: torch.dtype = BF16):
+    def __init__(self, mlp: MLP, compute: torch.dtype = BF16, shared: bool = False):
         super().__init__()
         first, second = mlp.fwd[0], mlp.fwd[-1]
         self.compute = compute
-        weights = {
-            "weight1": first.weight[:, :, 0, 0],
-            "bias1": first.bias,
-            "weight2": second.weight[:, :, 0, 0],
-        }
-        for name, value in weights.items():
-            self.register_buffer(name, value.detach().to(compute), persistent=False)
+        hold(self, "weight1", first.weight, compute, shared)  # (hidden, in, 1, 1)
+        hold(self, "bias1", first.bias, compute, shared)
+        hold(self, "weight2", second.weight, compute, shared)  # (out, hidden, 1, 1)
 
     @staticmethod
     def supports(mlp: torch.nn.Module) -> bool:
@@ -173,19 +199,19 @@ class MatmulMLP(torch.nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.gelu(F.linear(tokens(x, self.compute), self.weight1, self.bias1))
-        return as_grid(F.linear(hidden, self.weight2).float())
+        hidden = F.linear(tokens(x, self.compute), self.weight1[:, :, 0, 0], self.bias1)
+        return as_grid(F.linear(F.gelu(hidden), self.weight2[:, :, 0, 0]).float())
 
 
 class MatmulPointwise(torch.nn.Module):
     """A 1x1 `Conv2d` (the network's encoder or decoder) as a float32 matrix product on the
-    tokens: its output keeps the token layout that the blocks read without a copy."""
+    tokens: its output keeps the token layout that the blocks read without a copy.
+    `shared`: its weights are the layer's own parameters (training), else a copy."""
 
-    def __init__(self, conv: torch.nn.Conv2d):
+    def __init__(self, conv: torch.nn.Conv2d, shared: bool = False):
         super().__init__()
-        self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].float(), False)
-        bias = conv.bias.detach().float() if conv.bias is not None else None
-        self.register_buffer("bias", bias, False)
+        hold(self, "weight", conv.weight, torch.float32, shared)  # (out, in, 1, 1)
+        hold(self, "bias", conv.bias, torch.float32, shared)
 
     @staticmethod
     def supports(layer: torch.nn.Module) -> bool:
@@ -198,32 +224,48 @@ class MatmulPointwise(torch.nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return as_grid(F.linear(tokens(x, torch.float32), self.weight, self.bias))
+        return as_grid(F.linear(tokens(x, torch.float32), self.weight[:, :, 0, 0], self.bias))
 
 
-def swap_pointwise(layers: torch.nn.Module) -> None:
+def swap_pointwise(layers: torch.nn.Module, shared: bool) -> None:
     """Replace, in place, the 1x1 convolutions among the children of `layers` (an encoder or
     decoder `Sequential`, or a VAE's `LatentEncoder`, which is one) by `MatmulPointwise`."""
     if not isinstance(layers, torch.nn.Sequential):
         return
     for name, child in layers.named_children():
         if MatmulPointwise.supports(child):
-            setattr(layers, name, MatmulPointwise(child))
+            setattr(layers, name, MatmulPointwise(child, shared))
+
+
+def swap_layers(network: torch.nn.Module, compute: torch.dtype, shared: bool) -> None:
+    """Replace, in place, `network`'s blocks' spectral convolutions and MLPs by their matrix
+    products in `compute` precision and its encoder's and decoder's 1x1 convolutions by
+    float32 ones on the same tokens; layers of another make are kept as they are."""
+    swap_pointwise(network.encoder, shared), swap_pointwise(network.decoder, shared)
+    for block in network.blocks:
+        mlp = MatmulMLP.supports(getattr(block, "mlp", None))
+        if mlp:
+            block.mlp = MatmulMLP(block.mlp, compute, shared)
+        if MatmulSpectralConv.supports(block.global_conv):
+            output = compute if mlp else torch.float32
+            block.global_conv = MatmulSpectralConv(block.global_conv, compute, output, shared)
 
 
 def matmul_network(network: torch.nn.Module, compute: torch.dtype = BF16) -> torch.nn.Module:
     """A copy of the torch-harmonics SFNO `network` (or one with conditional norms or a
-    latent encoder, as the generative kinds build) whose blocks' spectral convolutions and
-    MLPs run as matrix products in `compute` precision (`MatmulSpectralConv`, `MatmulMLP`)
-    and whose encoder's and decoder's 1x1 convolutions run as float32 ones on the same tokens
-    (`MatmulPointwise`), for inference; layers of another make are kept as they are."""
+    latent encoder, as the generative kinds build) whose layers run as matrix products on
+    the tokens (`swap_layers`) in `compute` precision, for inference."""
     fast = copy.deepcopy(network)
-    swap_pointwise(fast.encoder), swap_pointwise(fast.decoder)
-    for block in fast.blocks:
-        mlp = MatmulMLP.supports(getattr(block, "mlp", None))
-        if mlp:
-            block.mlp = MatmulMLP(block.mlp, compute)
-        if MatmulSpectralConv.supports(block.global_conv):
-            output = compute if mlp else torch.float32
-            block.global_conv = MatmulSpectralConv(block.global_conv, compute, output)
+    swap_layers(fast, compute, shared=False)
     return fast.eval()
+
+
+def training_network(network: torch.nn.Module) -> torch.nn.Module:
+    """A view of `network` for float32 training on the CPU: the same matrix products on the
+    tokens (`swap_layers`), with `network`'s own parameters, so that gradients and optimizer
+    steps reach them. Its gradients equal torch-harmonics' to round-off, and a step forward
+    and back takes 0.6-0.7 of the time: no slow-path 1x1 convolutions and no layout copies
+    (`benchmarks/training_speed.py`)."""
+    view = copy.deepcopy(network, memo={id(p): p for p in network.parameters()})
+    swap_layers(view, torch.float32, shared=True)
+    return view

@@ -306,7 +306,7 @@ class DiffusionEmulator(NoisyEmulator):
         if self.mean_network is None:
             return None
         with torch.no_grad():
-            return self.inference_network("mean_network")(features)
+            return self.runtime_network("mean_network")(features)
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -331,7 +331,7 @@ class DiffusionEmulator(NoisyEmulator):
         )
         embedding = noise_embedding(c_noise.flatten(), self.diffusion.noise_embedding)
         with conditioning(embedding):
-            output = self.inference_network()(torch.cat([c_in * noisy, features], dim=1))
+            output = self.runtime_network()(torch.cat([c_in * noisy, features], dim=1))
         return c_skip * noisy + c_out * output
 
     def damped(self, correction: torch.Tensor) -> torch.Tensor:

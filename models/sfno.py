@@ -52,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,7 +66,7 @@ from wxens.data_pipeline.sphere import (
 )
 from wxens.data_pipeline.training_data import NormalisationStats
 from wxens.data_pipeline.truth import model_grid
-from wxens.models.cpu_bf16 import cpu_has_bf16_matrix_units, matmul_network
+from wxens.models.cpu_bf16 import cpu_has_bf16_matrix_units, matmul_network, training_network
 from wxens.models.emulator import Generators, member_draws
 from wxens.models.kinds import EmulatorKind, register_kind
 from wxens.models.losses import rollout_loss, rollout_validation
@@ -151,6 +151,9 @@ class SFNOEmulator(torch.nn.Module):
     tendency_additive = 0.0
     """`a` of the additive part, in units of the 6 h tendency's std `sigma_tend`
     (`MemberKind.tendency_additive`; 0: none)."""
+    trains_on_tokens = True
+    """Train on the CPU through `models.cpu_bf16.training_network` (False: through
+    torch-harmonics' own layers, as `benchmarks/training_speed.py` compares)."""
 
     def __init__(
         self,
@@ -181,28 +184,42 @@ class SFNOEmulator(torch.nn.Module):
             self.register_buffer(name, torch.from_numpy(value), persistent=False)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """The next state, `state` `(batch, channel, lat, lon)`: differentiable with gradients
-        on (training), else through `inference_network` (bf16 with `bf16-cpu`)."""
-        return self.advance(state, self.inference_network()(self.features(state)))
+        """The next state, `state` `(batch, channel, lat, lon)`, through `runtime_network`
+        (differentiable with gradients on)."""
+        return self.advance(state, self.runtime_network()(self.features(state)))
 
-    def inference_network(self, name: str = "network") -> torch.nn.Module:
-        """The SFNO submodule `name` (`network`), or with `sfno.precision: bf16-cpu` outside
-        autograd on the CPU its matrix-product copy (`models.cpu_bf16.matmul_network`), made
-        again whenever the weights change: bfloat16 where the CPU has bfloat16 matrix units,
-        else float32 (the same tokens without torch-harmonics' copies: 1.6-2.1 x its
-        member-steps/s, `benchmarks/emulator_speed.py`)."""
+    def runtime_network(self, name: str = "network") -> torch.nn.Module:
+        """The SFNO submodule `name` (`network`) to run now. On the CPU: with gradients on
+        (training), its float32 matrix-product view, which shares its parameters
+        (`models.cpu_bf16.training_network`, unless `trains_on_tokens` is False); outside
+        autograd with `sfno.precision: bf16-cpu`, its matrix-product copy
+        (`matmul_network`), made again whenever the weights change: bfloat16 where the CPU
+        has bfloat16 matrix units, else float32 (the same tokens without torch-harmonics'
+        copies: 1.6-2.1 x its member-steps/s, `benchmarks/emulator_speed.py`). Elsewhere
+        the submodule itself."""
         network = getattr(self, name)
-        if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
-            return network
         parameters = list(network.parameters())
         if parameters[0].device.type != "cpu":
             return network
-        version = tuple(p._version for p in parameters) + tuple(map(id, parameters))
-        cached = self.__dict__.get(f"_matmul_{name}")
-        if cached is None or cached[0] != version:
-            compute = torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
-            cached = (version, matmul_network(network, compute))
-            self.__dict__[f"_matmul_{name}"] = cached  # not a submodule: no state_dict entry
+        identity = tuple(map(id, parameters))
+        if torch.is_grad_enabled() and self.trains_on_tokens:
+            view = self.cached(f"_training_{name}", identity, lambda: training_network(network))
+            return view.train(network.training)
+        if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
+            return network
+        compute = torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
+        version = tuple(p._version for p in parameters)  # a copy: made again on any change
+        return self.cached(
+            f"_matmul_{name}", version + identity, lambda: matmul_network(network, compute)
+        )
+
+    def cached(self, key: str, depends: tuple, make: Callable[[], Any]) -> Any:
+        """`make()`, kept under `key` (not a submodule: no state_dict entry) until
+        `depends` changes."""
+        cached = self.__dict__.get(key)
+        if cached is None or cached[0] != depends:
+            cached = (depends, make())
+            self.__dict__[key] = cached
         return cached[1]
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -321,7 +338,7 @@ class SFNOEmulator(torch.nn.Module):
         channels = len(self.input_variables)
         fields, hidden = state[:, :channels], state[:, channels:]
         with self._precision(state.device):
-            residual = self.inference_network()(self.features(fields))
+            residual = self.runtime_network()(self.features(fields))
         if not self.perturbs_tendencies or generator is None:
             stepped, hidden_after = self.advance(fields, residual), hidden
         else:
@@ -348,7 +365,7 @@ class SFNOEmulator(torch.nn.Module):
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:
         """bf16 autocast or TF32 matmuls on CUDA when `sfno.precision` asks; else nothing
-        (`bf16-cpu` is `inference_network`'s)."""
+        (`bf16-cpu` is `runtime_network`'s)."""
         if device.type != "cuda" or self.sfno.precision in ("float32", "bf16-cpu"):
             yield
         elif self.sfno.precision == "bf16":

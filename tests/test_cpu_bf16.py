@@ -1,6 +1,6 @@
-"""`sfno.precision: bf16-cpu` (models/cpu_bf16.py): the matrix-product SFNO against torch-harmonics'
-own forward, its DFT matrices against torch.fft, the emulator's switch and its float32
-fallback."""
+"""The matrix-product SFNO of models/cpu_bf16.py against torch-harmonics' own forward and
+autograd: `sfno.precision: bf16-cpu`, its DFT matrices against torch.fft, the emulator's
+switch, its float32 fallback, and the float32 view that CPU training runs."""
 
 import numpy as np
 import pytest
@@ -9,10 +9,11 @@ import wxens.models.cpu_bf16 as cpu_bf16
 from wxens.data_pipeline.config import parse_config
 from wxens.data_pipeline.sphere import LatLonGrid
 from wxens.data_pipeline.training_data import NormalisationStats
-from wxens.models.cpu_bf16 import dft_matrices, matmul_network
-from wxens.models.fgn import FGNEmulator
+from wxens.models.cpu_bf16 import dft_matrices, matmul_network, training_network
+from wxens.models.fgn import FGNEmulator, conditioning
 from wxens.models.settings import SFNOConfig
 from wxens.models.sfno import SFNOEmulator, build_network, warn_float32_fallback
+from wxens.models.vae import LatentDraw, VAEEmulator
 
 from tests.conftest import TINY_WORLD
 
@@ -22,7 +23,7 @@ needs_bf16 = pytest.mark.skipif(
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((value - reference).norm() / reference.norm())
+    return float((value - reference).detach().norm() / reference.detach().norm())
 
 
 @pytest.mark.parametrize(
@@ -154,15 +155,14 @@ def test_fgn_noise_reaches_the_matrix_product_blocks(bf16_units, tolerance, monk
 
 def test_a_cpu_without_bf16_warns_in_one_line_and_steps_float32_matrix_products(monkeypatch):
     """Without bfloat16 units, `bf16-cpu` steps the same matrix-product copy in float32:
-    torch-harmonics' float32 step to round-off, not bit for bit; with gradients on, the
-    network itself."""
+    torch-harmonics' float32 step to round-off, not bit for bit."""
     without_bf16_units(monkeypatch)
     fast = tiny_emulator(SFNOEmulator, "float32")
     warn_float32_fallback.cache_clear()  # it warns once a process
     with pytest.warns(UserWarning, match=r"^sfno.precision bf16-cpu: this CPU has no bfloat16"):
         fast.use_precision("bf16-cpu")
     with torch.no_grad():
-        copy = fast.inference_network()
+        copy = fast.runtime_network()
     assert all(type(b.mlp) is cpu_bf16.MatmulMLP for b in copy.blocks)
     assert all(b.mlp.weight1.dtype == torch.float32 for b in copy.blocks)
     state = tiny_state(8)
@@ -170,4 +170,58 @@ def test_a_cpu_without_bf16_warns_in_one_line_and_steps_float32_matrix_products(
     stepped = fast.step(state)
     assert not torch.equal(stepped, reference)
     assert relative_error(stepped - state, reference - state) < 1e-5
-    assert torch.equal(fast(state), reference)  # gradients on: torch-harmonics' network
+
+
+def noisy_layers_drawn(emulator: SFNOEmulator) -> SFNOEmulator:
+    """`emulator` with its zero-initialised noise layers (an FGN's modulations, a VAE's
+    projection) drawn at random, so that the noise reaches the output and the gradients."""
+    generator = torch.Generator().manual_seed(8)
+    for name, parameter in emulator.network.named_parameters():
+        if "modulation" in name or "projection" in name:
+            parameter.data.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return emulator
+
+
+@pytest.mark.parametrize("kind", [SFNOEmulator, FGNEmulator, VAEEmulator])
+def test_training_view_has_torch_harmonics_gradients_on_the_same_parameters(kind):
+    """`training_network` runs the network's own parameters (no copy: an optimizer step on
+    them is a step of the network), and a loss through it has torch-harmonics' value and
+    gradients to float32 round-off, noise layers and all."""
+    emulator = noisy_layers_drawn(tiny_emulator(kind, "float32")).train()
+    network, state = emulator.network, tiny_state(9)
+    view = training_network(network)
+    assert {id(p) for p in view.parameters()} == {id(p) for p in network.parameters()}
+    assert any(type(b.global_conv) is cpu_bf16.MatmulSpectralConv for b in view.blocks)
+    noise = torch.randn(2, *getattr(emulator, "noise_shape", (1,)))
+    driven = {FGNEmulator: noise, VAEEmulator: LatentDraw(noise)}.get(kind)
+
+    def output_and_gradients(net: torch.nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        network.zero_grad(set_to_none=True)
+        with conditioning(driven):
+            output = net(emulator.features(state))
+        output.square().mean().backward()
+        return output.detach(), [p.grad for p in network.parameters()]  # None: not reached
+
+    (output, gradients), (reference, expected) = map(output_and_gradients, (view, network))
+    assert relative_error(output, reference) < 1e-5
+    assert [g is None for g in gradients] == [g is None for g in expected]
+    reached = [(g, e) for g, e in zip(gradients, expected, strict=True) if e is not None]
+    assert len(reached) > len(expected) // 2
+    for gradient, reference_gradient in reached:  # some are zero in both: zero-init layers
+        assert (gradient - reference_gradient).norm() <= 1e-5 * reference_gradient.norm()
+
+
+def test_training_steps_the_view_and_float32_steps_torch_harmonics():
+    """With gradients on, the emulator runs its training view (torch-harmonics' value to
+    round-off, and a change of the weights is seen at once); `step` in float32 runs
+    torch-harmonics' network itself, bit for bit."""
+    emulator, state = tiny_emulator(SFNOEmulator, "float32"), tiny_state(10)
+    with torch.no_grad():
+        raw = emulator.advance(state, emulator.network(emulator.features(state)))
+    assert torch.equal(emulator.step(state), raw)
+    trained = emulator(state)
+    assert not torch.equal(trained, raw)
+    assert relative_error(trained - state, raw - state) < 1e-5
+    trained.square().mean().backward()
+    torch.optim.SGD(emulator.parameters(), lr=0.5).step()
+    assert relative_error(emulator(state) - state, trained - state) > 1e-3
