@@ -3,7 +3,8 @@ inference on its matrix units (`sfno.precision: bf16-cpu`) and float32 training.
 
 `matmul_network(network)` returns a copy of the network whose spectral convolutions and MLPs
 run as bfloat16 matrix products (float32 accumulation) in a token layout `(lon, lat, batch,
-channel)`, so that oneDNN takes every operand without a copy:
+channel)`, so that oneDNN takes every operand without a copy but for the spectral
+coefficients' reorder from orders to degrees and back around the channel mixing:
 
     X = F x                      real DFT in longitude, (2M x W) @ (W x lat.batch.channel)
     Y_m = P_m X_m                Legendre analysis per order m, (L x K) @ (K x batch.channel)
