@@ -204,7 +204,7 @@ class SFNOEmulator(torch.nn.Module):
         identity = tuple(map(id, parameters))
         if torch.is_grad_enabled() and self.trains_on_tokens:
             view = self.cached(f"_training_{name}", identity, lambda: training_network(network))
-            return view.train(network.training)
+            return view if view.training == network.training else view.train(network.training)
         if self.sfno.precision != "bf16-cpu" or torch.is_grad_enabled():
             return network
         compute = torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32

@@ -225,3 +225,6 @@ def test_training_steps_the_view_and_float32_steps_torch_harmonics():
     trained.square().mean().backward()
     torch.optim.SGD(emulator.parameters(), lr=0.5).step()
     assert relative_error(emulator(state) - state, trained - state) > 1e-3
+    for mode in (True, False, True):  # the view follows the network's train/eval mode
+        view = emulator.train(mode).runtime_network()
+        assert all(module.training is mode for module in view.modules())
