@@ -56,6 +56,7 @@ class System:
 SYSTEMS = {
     "nwp": System(Path("configs/demo.yaml"), "nwp", 100),
     "sfno": System(Path("configs/demo.yaml"), "sfno", 100),
+    "sfno-finished": System(Path("configs/demo-finished.yaml"), "sfno", 100),
     "limit": System(Path("configs/targets-limit.yaml"), "truth", 16),  # from sfno's states
     "fgn": System(Path("configs/demo-fgn.yaml"), "fgn", 100),
     "vae": System(Path("configs/demo-vae.yaml"), "vae", 100),
