@@ -3,20 +3,18 @@ found, matches its grid and variables, and loads with the weights its metadata h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from wxens.data_pipeline.config import load_config
-from wxens.models.checkpoint import find_checkpoints, load_checkpoint
+from wxens.data_pipeline.config import ExperimentConfig, load_config
+from wxens.models.checkpoint import find_checkpoints, load_checkpoint, read_metadata
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def named_checkpoints(path: Path) -> list[Path]:
+def named_checkpoints(config: ExperimentConfig) -> list[Path]:
     """The checkpoints a config names: the ensemble's and the diffusion's mean networks."""
-    config = load_config(path)
     named = list(config.ensemble.checkpoints)
     named += [p for kind in config.ensemble.kinds.values() for p in kind.mean_checkpoints]
     return find_checkpoints([ROOT / p for p in named]) if named else []
@@ -25,7 +23,7 @@ def named_checkpoints(path: Path) -> list[Path]:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads_with_the_checkpoints_it_names(path: Path) -> None:
     config = load_config(path)
-    for checkpoint in named_checkpoints(path):
+    for checkpoint in named_checkpoints(config):
         emulator = load_checkpoint(checkpoint, config)
         assert emulator.metadata["architecture"]["variables"] == config.variables
 
@@ -37,10 +35,8 @@ def test_the_finished_checkpoints_continue_the_committed_ones() -> None:
     finished = find_checkpoints([ROOT / "checkpoints/default-finished"])
     assert [p.name for p in finished] == [f"sfno-seed{seed}" for seed in (1, 2, 3, 4)]
     for path in finished:
-        metadata = json.loads((path / "metadata.json").read_text())
-        committed = json.loads(
-            (ROOT / "checkpoints/default" / path.name / "metadata.json").read_text()
-        )
+        metadata = read_metadata(path)
+        committed = read_metadata(ROOT / "checkpoints/default" / path.name)
         training = metadata["training"]
         assert training["continues"] == {
             "weights_sha256": committed["weights_sha256"],
